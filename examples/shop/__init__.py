@@ -1,0 +1,1 @@
+"""The Celery side of the kafcel examples: ``examples.shop.tasks:app``."""

@@ -1,0 +1,179 @@
+"""Kafka administration used by the bridge, the CLI and the demo: topics and offsets.
+
+End offsets need care on Tansu: its high watermark is the base offset of the last batch
+plus one, so it can be low by up to one batch. :func:`end_offsets` reads that last batch
+to find the true end; on Apache Kafka the read returns nothing new and costs one fetch.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from .errors import KafkaError
+
+__all__ = [
+    "PartitionLag",
+    "committed_offsets",
+    "end_offsets",
+    "ensure_topics",
+    "group_lag",
+    "partitions_of",
+    "topic_depth",
+]
+
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+    lag: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _admin(bootstrap_servers: str, extra: Mapping[str, str] | None = None) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap_servers, **(extra or {})})
+
+
+def _consumer(bootstrap_servers: str, group_id: str | None = None, **extra: Any) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group_id or f"kafcel-admin-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            **extra,
+        }
+    )
+
+
+def ensure_topics(
+    bootstrap_servers: str,
+    topics: Mapping[str, int],
+    *,
+    extra: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> None:
+    """Create the missing topics with the given partition counts; existing ones stay."""
+    admin = _admin(bootstrap_servers, extra)
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        raise KafkaError(f"Kafka at {bootstrap_servers} is not reachable: {exc}") from exc
+    missing = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
+    if missing:
+        for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise KafkaError(f"could not create topic {name!r}: {exc}") from exc
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meta = admin.list_topics(timeout=timeout_s).topics
+        if all(name in meta and meta[name].partitions for name in topics):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaError(f"topics {sorted(topics)} did not appear within {timeout_s:.0f}s")
+        time.sleep(0.1)
+
+
+def partitions_of(bootstrap_servers: str, topic: str, *, timeout_s: float = 10.0) -> list[int]:
+    try:
+        meta = _admin(bootstrap_servers).list_topics(topic, timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaError(f"Kafka at {bootstrap_servers} is not reachable: {exc}") from exc
+    t = meta.topics.get(topic)
+    if t is None or t.error is not None or not t.partitions:
+        return []
+    return sorted(t.partitions)
+
+
+def end_offsets(
+    bootstrap_servers: str, tps: Iterable[TP], *, settle_s: float = 0.3
+) -> dict[TP, int]:
+    """The offset after the last record of each partition (see the module note on Tansu)."""
+    tps = list(tps)
+    if not tps:
+        return {}
+    consumer = _consumer(bootstrap_servers, None, **{"fetch.wait.max.ms": 50})
+    try:
+        ends: dict[TP, int] = {}
+        for t, p in tps:
+            _, high = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+            ends[(t, p)] = max(high, 0)
+        tail = [TopicPartition(t, p, ends[(t, p)] - 1) for t, p in tps if ends[(t, p)] > 0]
+        if tail:
+            consumer.assign(tail)
+            quiet_since = time.monotonic()
+            while time.monotonic() - quiet_since < settle_s:
+                msgs = consumer.consume(1000, timeout=settle_s / 3)
+                for m in msgs:
+                    topic, partition, offset = m.topic(), m.partition(), m.offset()
+                    if m.error() is None and topic is not None and partition is not None:
+                        tp = (topic, partition)
+                        if offset is not None and offset + 1 > ends[tp]:
+                            ends[tp] = offset + 1
+                            quiet_since = time.monotonic()
+        return ends
+    except KafkaException as exc:
+        raise KafkaError(f"could not read end offsets: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def committed_offsets(
+    bootstrap_servers: str, group_id: str, tps: Iterable[TP]
+) -> dict[TP, int | None]:
+    consumer = _consumer(bootstrap_servers, group_id)
+    try:
+        got = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
+    except KafkaException as exc:
+        raise KafkaError(f"could not read committed offsets of {group_id!r}: {exc}") from exc
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in got}
+
+
+def group_lag(bootstrap_servers: str, group_id: str, topic: str) -> list[PartitionLag]:
+    """Per partition of ``topic``: the group's committed offset, the end offset, the lag."""
+    tps = [(topic, p) for p in partitions_of(bootstrap_servers, topic)]
+    ends = end_offsets(bootstrap_servers, tps)
+    committed = committed_offsets(bootstrap_servers, group_id, tps)
+    rows = []
+    for tp in tps:
+        c = committed.get(tp)
+        end = ends.get(tp, 0)
+        rows.append(PartitionLag(tp[0], tp[1], c, end, max(end - (c or 0), 0)))
+    return rows
+
+
+def topic_depth(bootstrap_servers: str, topic: str) -> int:
+    """How many records a topic holds (end minus low offset, summed over partitions)."""
+    tps = [(topic, p) for p in partitions_of(bootstrap_servers, topic)]
+    if not tps:
+        return 0
+    ends = end_offsets(bootstrap_servers, tps)
+    consumer = _consumer(bootstrap_servers)
+    try:
+        total = 0
+        for tp in tps:
+            low, _ = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=10)
+            total += max(ends[tp] - max(low, 0), 0)
+        return total
+    except KafkaException as exc:
+        raise KafkaError(f"could not read offsets of {topic!r}: {exc}") from exc
+    finally:
+        consumer.close()

@@ -1,0 +1,482 @@
+"""The bridge loop: consume envelopes, dispatch Celery tasks, settle on outcomes, commit.
+
+One thread does everything (fetch, validate, dispatch, read outcomes, commit), so the
+offset tracker needs no locks and rebalance callbacks, which librdkafka runs inside
+``consume()``, see a consistent state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from celery import Celery
+from confluent_kafka import (
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka import KafkaError as RdKafkaError
+
+from ..admin import ensure_topics
+from ..celery import HEADER
+from ..dlq import DeadLetter, dlq_headers
+from ..envelope import Envelope, task_id_for
+from ..errors import BrokerError, ConfigError, KafkaError, RecordRejected
+from ..results import Origin, Outcome
+from ..settings import Settings
+from .filter import TaskFilter
+from .tracker import TP, OffsetTracker
+
+__all__ = ["Bridge", "BridgeStats", "load_app"]
+
+log = logging.getLogger("kafcel.bridge")
+
+_FETCH_BATCH = 500
+_POLL_S = 0.02
+
+
+@dataclass
+class BridgeStats:
+    consumed: int = 0
+    dispatched: int = 0
+    settled: int = 0
+    dlq: int = 0
+    duplicates: int = 0
+    commits: int = 0
+    in_flight: int = 0
+    paused: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_app(spec: str) -> Celery:
+    """Import a Celery app from ``pkg.module:app`` (or ``pkg.module``, finding ``app``)."""
+    from celery.app.utils import find_app
+
+    try:
+        app = find_app(spec)
+    except Exception as exc:
+        raise ConfigError(f"cannot load Celery app {spec!r}: {exc}") from exc
+    if not isinstance(app, Celery):
+        raise ConfigError(f"{spec!r} is not a Celery app")
+    return app
+
+
+class Bridge:
+    """Runs until :meth:`stop` (or SIGTERM/SIGINT when run in the main thread)."""
+
+    def __init__(
+        self,
+        *,
+        app: Celery,
+        settings: Settings,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        if not isinstance(app, Celery):
+            raise ConfigError("app must be a Celery app")
+        self.app = app
+        self.settings = settings
+        self.stats = BridgeStats()
+        self._on_ready = on_ready
+        self._stop = threading.Event()
+        self._tracker = OffsetTracker()
+        # task id -> records waiting for its outcome; two records may share an explicit id.
+        self._pending: dict[str, list[tuple[TP, int]]] = {}
+        self._paused = False
+        self._assignment_changed = False
+        self._dlq_retry: list[tuple[Message, DeadLetter, bool]] = []
+        app.loader.import_default_modules()
+        app.finalize(auto=True)
+        self._filter = TaskFilter(
+            registered=list(app.tasks.keys()), allow=settings.allow, deny=settings.deny
+        )
+        base = {"bootstrap.servers": settings.bootstrap_servers, **settings.librdkafka()}
+        consumer_conf: dict[str, Any] = {
+            **base,
+            "group.id": settings.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": int(settings.session_timeout_s * 1000),
+            "heartbeat.interval.ms": max(int(settings.session_timeout_s * 1000 / 10), 100),
+            # Bound what librdkafka prefetches so memory stays flat with any backlog.
+            "queued.max.messages.kbytes": 16384,
+            "on_commit": self._on_commit,
+        }
+        if settings.group_instance_id:
+            consumer_conf["group.instance.id"] = settings.group_instance_id
+        self._consumer_conf = consumer_conf
+        self._results_conf = {
+            **base,
+            "group.id": f"{settings.group_id}.results.{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+        self._producer_conf = {**base, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+        self._consumer: Consumer | None = None
+        self._results: Consumer | None = None
+        self._producer: Producer | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the bridge to stop fetching, drain and exit (safe from a signal handler)."""
+        self._stop.set()
+
+    def run(self) -> int:
+        s = self.settings
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        ensure_topics(
+            s.bootstrap_servers,
+            {s.topic: s.partitions, s.results_topic: s.partitions, s.dlq_topic: s.partitions},
+            extra=s.librdkafka(),
+        )
+        try:
+            self._producer = Producer(self._producer_conf)
+            self._results = Consumer(self._results_conf)
+            self._open_results()
+            self._consumer = Consumer(self._consumer_conf)
+            self._consumer.subscribe(
+                [s.topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+        except KafkaException as exc:
+            raise KafkaError(f"cannot start the bridge consumer: {exc}") from exc
+        log.info("bridge started: topic=%s group=%s", s.topic, s.group_id)
+        if self._on_ready:
+            self._on_ready()
+        last_commit = time.monotonic()
+        while not self._stop.is_set():
+            self._step(fetch=True)
+            if time.monotonic() - last_commit >= s.commit_interval_s:
+                self._commit(asynchronous=True)
+                last_commit = time.monotonic()
+        self._drain()
+        return 0
+
+    def _drain(self) -> None:
+        assert self._consumer is not None and self._producer is not None
+        s = self.settings
+        with contextlib.suppress(KafkaException):
+            self._consumer.pause(self._consumer.assignment())
+        deadline = time.monotonic() + s.drain_timeout_s
+        log.info("draining %d in-flight task(s)", self._tracker.in_flight())
+        while self._tracker.in_flight() > 0 and time.monotonic() < deadline:
+            self._step(fetch=False)
+        left = self._tracker.in_flight()
+        if left:
+            log.warning("drain timeout: %d task(s) unsettled; they will be re-read", left)
+        self._commit(asynchronous=False)
+        # close() leaves the group; the revoke callback commits once more, synchronously.
+        self._consumer.close()
+        if self._results is not None:
+            self._results.close()
+        self._producer.flush(10)
+        log.info("bridge stopped: %s", self.stats.as_dict())
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _step(self, *, fetch: bool) -> None:
+        assert self._consumer is not None and self._producer is not None
+        if fetch:
+            msgs = self._consumer.consume(_FETCH_BATCH, timeout=_POLL_S)
+            for msg in msgs:
+                self._handle(msg)
+        else:
+            # Paused: consume() still serves rebalance callbacks and heartbeats.
+            self._consumer.consume(1, timeout=_POLL_S)
+        self._read_outcomes()
+        self._producer.poll(0)
+        self._retry_dlq()
+        self._backpressure()
+        self.stats.in_flight = self._tracker.in_flight()
+
+    def _handle(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() == RdKafkaError._PARTITION_EOF:
+                return
+            if err.fatal():
+                raise KafkaError(f"fatal consumer error: {err}")
+            log.warning("consumer error: %s", err)
+            return
+        tp, offset = _position(msg)
+        if not self._tracker.add(tp, offset):
+            return
+        self.stats.consumed += 1
+        try:
+            envelope = Envelope.decode(msg.value(), max_bytes=self.settings.max_record_bytes)
+            self._filter.check(envelope.task)
+        except RecordRejected as exc:
+            self._dead_letter(msg, exc)
+            return
+        task_id = task_id_for(envelope, tp[0], tp[1], offset)
+        key = msg.key()
+        origin = Origin(
+            topic=tp[0],
+            partition=tp[1],
+            offset=offset,
+            key=key.decode("utf-8", "surrogateescape") if key is not None else None,
+            results_topic=self.settings.results_topic,
+            dlq_topic=self.settings.dlq_topic,
+            trace_id=envelope.trace_id,
+            headers=dict(envelope.headers),
+        )
+        self._pending.setdefault(task_id, []).append((tp, offset))
+        self._dispatch(envelope, task_id, origin)
+
+    def _dispatch(self, envelope: Envelope, task_id: str, origin: Origin) -> None:
+        delay_s = 0.1
+        while True:
+            try:
+                self.app.send_task(
+                    envelope.task,
+                    args=list(envelope.args),
+                    kwargs=dict(envelope.kwargs),
+                    task_id=task_id,
+                    countdown=envelope.countdown,
+                    eta=envelope.eta,
+                    expires=envelope.expires,
+                    priority=envelope.priority,
+                    queue=envelope.queue,
+                    serializer="json",
+                    headers={HEADER: origin.to_header()},
+                )
+                self.stats.dispatched += 1
+                return
+            except Exception as exc:
+                # The broker is down: keep the record in flight and try again; never drop.
+                error = BrokerError(f"Celery broker refused task {task_id}: {exc}")
+                log.warning("%s; retrying in %.1fs", error, delay_s)
+                if self._stop.wait(delay_s):
+                    # Stopping: the record stays unsettled and is re-read after restart.
+                    return
+                self._read_outcomes()
+                delay_s = min(delay_s * 2, 5.0)
+
+    def _dead_letter(self, msg: Message, exc: RecordRejected, *, drop_value: bool = False) -> None:
+        assert self._producer is not None
+        (topic, partition), offset = _position(msg)
+        letter = DeadLetter(
+            error_class=type(exc).__name__,
+            error_message=exc.reason,
+            field=exc.field,
+            origin_topic=topic,
+            origin_partition=partition,
+            origin_offset=offset,
+            stage="bridge",
+        )
+        self._produce_dlq(msg, letter, drop_value)
+
+    def _produce_dlq(self, msg: Message, letter: DeadLetter, drop_value: bool) -> None:
+        assert self._producer is not None
+        headers: list[tuple[str, str | bytes | None]] = list(
+            dlq_headers(letter, _header_list(msg.headers()))
+        )
+        if drop_value:
+            headers.append(("kafcel.value_dropped_bytes", str(len(msg.value() or b"")).encode()))
+
+        def delivered(err: Any, _: Message) -> None:
+            if err is None:
+                self.stats.dlq += 1
+                self._settle(*_position(msg))
+            else:
+                log.warning("DLQ write failed (%s); retrying", err)
+                # A value too large for the DLQ topic goes without its bytes; the origin
+                # offset in the headers still points at them.
+                too_big = err.code() == RdKafkaError.MSG_SIZE_TOO_LARGE
+                self._dlq_retry.append((msg, letter, drop_value or too_big))
+
+        while True:
+            try:
+                self._producer.produce(
+                    self.settings.dlq_topic,
+                    value=None if drop_value else msg.value(),
+                    key=msg.key(),
+                    headers=headers,
+                    on_delivery=delivered,
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                if "MSG_SIZE_TOO_LARGE" in str(exc) and not drop_value:
+                    drop_value = True
+                    headers.append(
+                        ("kafcel.value_dropped_bytes", str(len(msg.value() or b"")).encode())
+                    )
+                    continue
+                raise KafkaError(f"cannot write to the DLQ topic: {exc}") from exc
+
+    def _retry_dlq(self) -> None:
+        if self._dlq_retry:
+            retry, self._dlq_retry = self._dlq_retry, []
+            for msg, letter, drop_value in retry:
+                self._produce_dlq(msg, letter, drop_value)
+
+    # -- outcomes and offsets ------------------------------------------------------
+
+    def _open_results(self) -> None:
+        assert self._results is not None
+        topic = self.settings.results_topic
+        meta = self._results.list_topics(topic, timeout=10)
+        parts = sorted(meta.topics[topic].partitions)
+        # Start at the current end, resolved now: an outcome written after this point is
+        # seen. Older outcomes belong to records already committed or that we re-dispatch
+        # (the worker's once-guard then re-announces them).
+        start = []
+        for p in parts:
+            _, high = self._results.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            # Tansu's watermark may be low by a batch: re-reading a few old outcomes is harmless.
+            start.append(TopicPartition(topic, p, max(high - 1, 0) if high > 0 else 0))
+        self._results.assign(start)
+
+    def _read_outcomes(self) -> None:
+        assert self._results is not None
+        for _ in range(20):
+            msgs = self._results.consume(1000, timeout=0)
+            if not msgs:
+                return
+            for msg in msgs:
+                value = msg.value()
+                if msg.error() is not None or value is None:
+                    continue
+                try:
+                    outcome = Outcome.decode(value)
+                except Exception:
+                    log.warning("ignoring a non-kafcel record on %s", msg.topic())
+                    continue
+                self._on_outcome(outcome)
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        records = self._pending.pop(outcome.task_id, None)
+        if records is None:
+            return
+        if outcome.duplicate:
+            self.stats.duplicates += 1
+        for tp, offset in records:
+            self._settle(tp, offset)
+
+    def _settle(self, tp: TP, offset: int) -> None:
+        if self._tracker.settle(tp, offset):
+            self.stats.settled += 1
+
+    def _commit(self, *, asynchronous: bool, only: list[TP] | None = None) -> None:
+        assert self._consumer is not None
+        if asynchronous:
+            # Marked committed only when the broker confirms (in _on_commit).
+            offsets = self._tracker.pending_commits()
+        else:
+            # Revoke and shutdown commit everything settled, whatever earlier async
+            # commits claimed, so a lost async commit is repaired here.
+            offsets = {
+                tp: off
+                for tp in self._tracker.partitions()
+                if (off := self._tracker.committable(tp)) is not None
+            }
+        if only is not None:
+            offsets = {tp: off for tp, off in offsets.items() if tp in only}
+        if not offsets:
+            return
+        batch = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=batch, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=batch, asynchronous=False)
+        except KafkaException as exc:
+            # A failed commit loses nothing: the records are re-read and the once-guard
+            # absorbs the overlap. Log and go on.
+            log.warning("commit failed: %s", exc)
+            return
+        self.stats.commits += 1
+        if not asynchronous:
+            for tp, off in offsets.items():
+                self._tracker.mark_committed(tp, off)
+
+    def _on_commit(self, err: Any, partitions: list[TopicPartition]) -> None:
+        if err is not None:
+            log.warning("asynchronous commit failed: %s", err)
+            return
+        for p in partitions:
+            if p.error is None and p.offset >= 0:
+                self._tracker.mark_committed((p.topic, p.partition), p.offset)
+
+    def _backpressure(self) -> None:
+        assert self._consumer is not None
+        in_flight = self._tracker.in_flight()
+        limit = self.settings.max_in_flight
+        try:
+            if not self._paused and in_flight >= limit:
+                self._consumer.pause(self._consumer.assignment())
+                self._paused = True
+                log.info("paused: %d records in flight (max %d)", in_flight, limit)
+            elif self._paused and self._assignment_changed:
+                self._consumer.pause(self._consumer.assignment())
+            elif self._paused and in_flight <= limit // 2:
+                self._consumer.resume(self._consumer.assignment())
+                self._paused = False
+                log.info("resumed: %d records in flight", in_flight)
+        except KafkaException as exc:
+            log.warning("pause/resume failed: %s", exc)
+        self._assignment_changed = False
+        self.stats.paused = self._paused
+
+    # -- rebalance -----------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned: %s", [(p.topic, p.partition) for p in partitions])
+        self._assignment_changed = True
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        log.info("revoked: %s", tps)
+        self._commit(asynchronous=False, only=tps)
+        self._forget(tps)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        log.warning("lost without commit: %s", tps)
+        self._forget(tps)
+
+    def _forget(self, tps: list[TP]) -> None:
+        gone = set(tps)
+        for tp in tps:
+            self._tracker.revoke(tp)
+        # The next owner re-reads these records; our outcomes for them no longer matter.
+        for task_id, records in list(self._pending.items()):
+            kept = [(tp, off) for tp, off in records if tp not in gone]
+            if kept:
+                self._pending[task_id] = kept
+            else:
+                del self._pending[task_id]
+
+
+def _position(msg: Message) -> tuple[TP, int]:
+    """Topic, partition and offset of a fetched message (never None once fetched)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return (topic, partition), offset
+
+
+def _header_list(
+    headers: dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None,
+) -> list[tuple[str, str | bytes | None]]:
+    if headers is None:
+        return []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)

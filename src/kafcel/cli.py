@@ -1,0 +1,249 @@
+"""``kafcel`` command line: bridge, submit, status, dev, demo.
+
+Every failure the user can cause or fix is one line on stderr and a non-zero exit code;
+tracebacks are for bugs, and even those are cut to one line unless ``KAFCEL_DEBUG`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .errors import ConfigError, KafcelError
+from .settings import Settings
+
+__all__ = ["cli", "main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def settings_options(func: F) -> F:
+    """Add one ``--flag`` per Settings field; unset flags fall back to ``KAFCEL_*``."""
+    for f in reversed(fields(Settings)):
+        kind = str(f.type)
+        click_type: Any = {"int": int, "float": float}.get(kind, str)
+        func = click.option(
+            "--" + f.name.replace("_", "-"),
+            f.name,
+            type=click_type,
+            default=None,
+            help=f"{f.metadata.get('help', '')} [env KAFCEL_{f.name.upper()}]",
+        )(func)
+    return func
+
+
+def build_settings(options: dict[str, Any]) -> Settings:
+    overrides: dict[str, Any] = {}
+    for f in fields(Settings):
+        value = options.pop(f.name, None)
+        if value is None:
+            continue
+        if str(f.type).startswith("tuple"):
+            value = tuple(v.strip() for v in str(value).split(",") if v.strip())
+        overrides[f.name] = value
+    return Settings.from_env(**overrides)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@click.group()
+@click.version_option(package_name="kafcel")
+def cli() -> None:
+    """Kafka-driven task scheduling for Celery."""
+
+
+@cli.command()
+@click.option("-A", "--app", "app_spec", required=True, help="Celery app, pkg.module:app")
+@click.option("--log-level", default="INFO", show_default=True)
+@settings_options
+def bridge(app_spec: str, log_level: str, **options: Any) -> None:
+    """Run the bridge: Kafka task topic -> Celery, offsets committed when settled."""
+    from .bridge import Bridge, load_app
+
+    settings = build_settings(options)
+    _setup_logging(log_level)
+    sys.path.insert(0, os.getcwd())
+    app = load_app(app_spec)
+    code = Bridge(
+        app=app, settings=settings, on_ready=lambda: print("kafcel bridge ready", flush=True)
+    ).run()
+    sys.exit(code)
+
+
+def _json_or_str(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+@cli.command()
+@click.argument("task")
+@click.argument("args", nargs=-1)
+@click.option("--key", "-k", default=None, help="ordering key (user id, order id...)")
+@click.option("--kwargs", "kwargs_json", default=None, help='keyword arguments as JSON, {"a": 1}')
+@click.option("--id", "task_id", default=None, help="idempotency key / Celery task id")
+@click.option("--countdown", type=float, default=None)
+@click.option("--queue", default=None)
+@click.option("--priority", type=int, default=None)
+@settings_options
+def submit(
+    task: str,
+    args: tuple[str, ...],
+    key: str | None,
+    kwargs_json: str | None,
+    task_id: str | None,
+    countdown: float | None,
+    queue: str | None,
+    priority: int | None,
+    **options: Any,
+) -> None:
+    """Submit TASK with ARGS (each parsed as JSON when it is JSON, else a string)."""
+    from .producer import Producer
+
+    settings = build_settings(options)
+    kwargs: dict[str, Any] = {}
+    if kwargs_json:
+        try:
+            parsed = json.loads(kwargs_json)
+        except ValueError as exc:
+            raise ConfigError(f"--kwargs is not valid JSON: {exc}") from exc
+        if not isinstance(parsed, dict):
+            raise ConfigError("--kwargs must be a JSON object")
+        kwargs = parsed
+    with Producer(settings=settings) as producer:
+        tid = producer.submit(
+            task,
+            *[_json_or_str(a) for a in args],
+            key=key,
+            id=task_id,
+            countdown=countdown,
+            queue=queue,
+            priority=priority,
+            **kwargs,
+        )
+    click.echo(tid)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")
+@settings_options
+def status(as_json: bool, **options: Any) -> None:
+    """Per partition: committed offset, end offset, lag; and the DLQ depth."""
+    from .status import collect_status, render_status
+
+    settings = build_settings(options)
+    report = collect_status(settings)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        render_status(report)
+
+
+@cli.group()
+def dev() -> None:
+    """The local stack: Tansu (Kafka) and Redis."""
+
+
+def _stack(kafka_port: int, redis_port: int) -> Any:
+    from .devstack import DevStack
+
+    return DevStack(
+        kafka_port=kafka_port, redis_port=redis_port, state_dir=Path(".kafcel/devstack")
+    )
+
+
+_kafka_port = click.option("--kafka-port", type=int, default=9092, show_default=True)
+_redis_port = click.option("--redis-port", type=int, default=6379, show_default=True)
+
+
+@dev.command("up")
+@_kafka_port
+@_redis_port
+def dev_up(kafka_port: int, redis_port: int) -> None:
+    """Start what is not running."""
+    stack = _stack(kafka_port, redis_port)
+    started = stack.up()
+    click.echo(f"started: {', '.join(started) or 'nothing (all running)'}")
+    click.echo(f"KAFCEL_BOOTSTRAP_SERVERS={stack.bootstrap_servers}")
+    click.echo(f"KAFCEL_REDIS_URL={stack.redis_url}")
+
+
+@dev.command("down")
+@_kafka_port
+@_redis_port
+def dev_down(kafka_port: int, redis_port: int) -> None:
+    """Stop what `kafcel dev up` started (never services it found running)."""
+    stopped = _stack(kafka_port, redis_port).down()
+    click.echo(f"stopped: {', '.join(stopped) or 'nothing'}")
+
+
+@dev.command("status")
+@_kafka_port
+@_redis_port
+def dev_status(kafka_port: int, redis_port: int) -> None:
+    """Show whether Kafka and Redis answer, and who started them."""
+    for s in _stack(kafka_port, redis_port).status():
+        state = "running" if s.running else "down"
+        owner = f"started by kafcel (pid {s.pid})" if s.managed else "external"
+        click.echo(f"{s.name:6} {s.address:22} {state:8} {owner if s.running else ''}")
+
+
+@cli.command()
+@click.option("--tasks", "n_tasks", type=int, default=10_000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="end with one JSON summary line")
+@click.option("--kafka-port", type=int, default=9092, show_default=True)
+@click.option("--redis-port", type=int, default=6379, show_default=True)
+@click.option("--timeout-s", type=float, default=600.0, show_default=True)
+def demo(n_tasks: int, as_json: bool, kafka_port: int, redis_port: int, timeout_s: float) -> None:
+    """Run the whole pipeline on the local stack and show what happened."""
+    from .demo import run_demo
+
+    if n_tasks < 1:
+        raise ConfigError("--tasks must be at least 1")
+    summary = run_demo(
+        n_tasks=n_tasks,
+        kafka_port=kafka_port,
+        redis_port=redis_port,
+        timeout_s=timeout_s,
+        quiet=as_json,
+    )
+    if as_json:
+        click.echo(json.dumps(summary))
+    if summary["lost"] or summary["duplicates"] or summary["lag"]:
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="kafcel", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KafcelError as exc:
+        click.echo(f"kafcel: error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        if os.environ.get("KAFCEL_DEBUG"):
+            raise
+        click.echo(f"kafcel: unexpected error ({type(exc).__name__}): {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,204 @@
+"""``kafcel demo``: the whole pipeline on the local stack, with an independent ledger.
+
+Starts Tansu and Redis when absent, one Celery worker and one bridge as subprocesses,
+submits keyed ``process_order`` tasks (some fail once and retry with backoff) plus a few
+poison records, waits until every offset is committed, and counts from the ledger what
+was lost or doubled. Everything it started is stopped again, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+from confluent_kafka import Producer as KafkaProducer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .admin import committed_offsets, end_offsets, ensure_topics, partitions_of, topic_depth
+from .demo_tasks import fails_once
+from .devstack import DevStack
+from .envelope import Envelope
+from .errors import KafcelError
+from .procs import ManagedProcess, bridge_argv, worker_argv
+from .producer import Producer
+from .settings import Settings
+
+__all__ = ["run_demo"]
+
+TASK = "kafcel.demo_tasks.process_order"
+APP = "kafcel.demo_tasks:app"
+USERS = 1000
+
+
+def _poison(i: int) -> bytes:
+    """Three kinds of bad records a careless producer writes, in turn."""
+    kind = i % 3
+    if kind == 0:
+        return b'{"v": 1, "task": "' + TASK.encode() + b'", "args": [1, '  # truncated JSON
+    if kind == 1:
+        return Envelope(task="kafcel.demo_tasks.no_such_task", args=(i,)).encode()
+    return b'{"v": 1, "task": "' + TASK.encode() + b'", "args": "not-a-list"}'
+
+
+def run_demo(
+    *,
+    n_tasks: int,
+    kafka_port: int = 9092,
+    redis_port: int = 6379,
+    timeout_s: float = 600.0,
+    quiet: bool = False,
+    workdir: Path = Path(".kafcel"),
+) -> dict[str, Any]:
+    console = Console(stderr=True, quiet=False)
+    stack = DevStack(kafka_port=kafka_port, redis_port=redis_port, state_dir=workdir / "devstack")
+    run = uuid.uuid4().hex[:8]
+    started: list[str] = []
+    procs: list[ManagedProcess] = []
+    ledger_prefix = f"kafcel:demo:{run}"
+    try:
+        with console.status("starting the local stack (Tansu, Redis)"):
+            started = stack.up()
+        settings = Settings(
+            bootstrap_servers=stack.bootstrap_servers,
+            redis_url=stack.redis_url,
+            topic=f"kafcel-demo-{run}",
+            group_id=f"kafcel-demo-{run}",
+            partitions=8,
+            session_timeout_s=6.0,
+        )
+        ensure_topics(
+            settings.bootstrap_servers,
+            {settings.topic: 8, settings.results_topic: 8, settings.dlq_topic: 8},
+        )
+        env = {
+            **os.environ,
+            **settings.as_env(),
+            "KAFCEL_DEMO_QUEUE": f"kafcel-demo-{run}",
+            "KAFCEL_DEMO_LEDGER": ledger_prefix,
+        }
+        logs = workdir / "demo" / run
+        worker = ManagedProcess(
+            name="celery worker",
+            argv=worker_argv(APP, queue=f"kafcel-demo-{run}", concurrency=2, name=f"demo-{run}"),
+            env=env,
+            log_path=logs / "worker.log",
+        ).start()
+        procs.append(worker)
+        bridge = ManagedProcess(
+            name="kafcel bridge", argv=bridge_argv(APP), env=env, log_path=logs / "bridge.log"
+        ).start()
+        procs.append(bridge)
+        console.print(
+            f"run [bold]{run}[/]: topic {settings.topic}, 1 bridge, 1 Celery worker "
+            f"(2 processes); logs in {logs}"
+        )
+
+        n_poison = max(3, n_tasks // 200)
+        poison_every = max(n_tasks // n_poison, 1)
+        t0 = time.monotonic()
+        raw = KafkaProducer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all"})
+        progress = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        day0 = date(2026, 1, 1)
+        planted = 0
+        with progress, Producer(settings=settings) as producer:
+            sub = progress.add_task("submitted", total=n_tasks)
+            for order_id in range(n_tasks):
+                day = (day0 + timedelta(days=order_id % 365)).isoformat()
+                producer.submit(TASK, order_id, day, key=f"user-{order_id % USERS}")
+                if order_id % poison_every == 0 and planted < n_poison:
+                    raw.produce(settings.topic, value=_poison(planted), key=b"poison")
+                    planted += 1
+                if order_id % 200 == 0:
+                    progress.update(sub, completed=order_id + 1)
+                    raw.poll(0)
+            producer.flush()
+            raw.flush(30)
+            progress.update(sub, completed=n_tasks)
+
+            tps = [
+                (settings.topic, p)
+                for p in partitions_of(settings.bootstrap_servers, settings.topic)
+            ]
+            ends = end_offsets(settings.bootstrap_servers, tps)
+            total = sum(ends.values())
+            done = progress.add_task("settled", total=total)
+            deadline = time.monotonic() + timeout_s
+            committed: dict[tuple[str, int], int | None] = {}
+            while True:
+                committed = committed_offsets(settings.bootstrap_servers, settings.group_id, tps)
+                settled = sum(min(committed.get(tp) or 0, ends[tp]) for tp in tps)
+                progress.update(done, completed=settled)
+                if settled >= total:
+                    break
+                for proc in procs:
+                    if not proc.alive():
+                        raise KafcelError(f"{proc.name} died:\n{proc.tail()}")
+                if time.monotonic() > deadline:
+                    console.print(f"[red]timeout after {timeout_s:.0f}s[/]")
+                    break
+                time.sleep(0.5)
+        elapsed = time.monotonic() - t0
+
+        ledger: redis.Redis[bytes] = redis.Redis.from_url(settings.redis_url)
+        effects = {int(k): int(v) for k, v in ledger.hgetall(f"{ledger_prefix}:effects").items()}
+        attempts = {int(k): int(v) for k, v in ledger.hgetall(f"{ledger_prefix}:attempts").items()}
+        ledger.delete(f"{ledger_prefix}:effects", f"{ledger_prefix}:attempts")
+        lag = sum(max(ends[tp] - (committed.get(tp) or 0), 0) for tp in tps)
+        summary: dict[str, Any] = {
+            "run": run,
+            "submitted": n_tasks,
+            "completed": sum(1 for o in range(n_tasks) if effects.get(o, 0) >= 1),
+            "retried": sum(1 for n in attempts.values() if n > 1),
+            "retried_planted": sum(1 for o in range(n_tasks) if fails_once(o)),
+            "dlq": topic_depth(settings.bootstrap_servers, settings.dlq_topic),
+            "dlq_planted": planted,
+            "lost": sum(1 for o in range(n_tasks) if effects.get(o, 0) == 0),
+            "duplicates": sum(1 for n in effects.values() if n > 1),
+            "lag": lag,
+            "elapsed_s": round(elapsed, 2),
+            "tasks_per_s": round(n_tasks / elapsed, 1) if elapsed > 0 else 0.0,
+        }
+        _show(console, summary)
+        return summary
+    finally:
+        with console.status("stopping what the demo started"):
+            for proc in reversed(procs):
+                proc.stop(timeout_s=30)
+            stack.stop_started(started)
+
+
+def _show(console: Console, s: dict[str, Any]) -> None:
+    table = Table(title=f"kafcel demo {s['run']}", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("expected", justify="right")
+    ok = "[green]{}[/]"
+    bad = "[red]{}[/]"
+    rows = [
+        ("submitted", s["submitted"], ""),
+        ("completed", s["completed"], s["submitted"]),
+        ("retried (failed once)", s["retried"], s["retried_planted"]),
+        ("dead-lettered", s["dlq"], s["dlq_planted"]),
+        ("lost", s["lost"], 0),
+        ("duplicate effects", s["duplicates"], 0),
+        ("lag at the end", s["lag"], 0),
+        ("elapsed (s)", s["elapsed_s"], ""),
+        ("tasks/s", s["tasks_per_s"], ""),
+    ]
+    for name, value, expected in rows:
+        fmt = ok if expected == "" or value == expected else bad
+        table.add_row(name, fmt.format(value), str(expected))
+    console.print(table)

@@ -1,0 +1,162 @@
+"""Producer SDK: submit Celery tasks through Kafka.
+
+```python
+with kafcel.Producer(bootstrap_servers="kafka:9092") as producer:
+    task_id = producer.submit("shop.process_order", 42, key=f"user-{user_id}")
+```
+
+The Kafka producer is idempotent (``enable.idempotence``, ``acks=all``) and batches
+(``linger.ms``); ``submit`` only queues the record, ``flush()`` waits for delivery and
+raises :class:`DeliveryError` naming every record Kafka refused.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka import KafkaException, Message
+from confluent_kafka import Producer as KafkaProducer
+
+from .envelope import Envelope
+from .errors import ConfigError, DeliveryError, KafkaError
+from .settings import Settings
+
+__all__ = ["Producer"]
+
+_DEFAULTS = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+}
+
+
+class Producer:
+    """Writes task envelopes to the task topic, keyed for per-key order."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        bootstrap_servers: str | None = None,
+        topic: str | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        base = settings or Settings.from_env()
+        self.settings = base.replace(
+            **{
+                k: v
+                for k, v in {"bootstrap_servers": bootstrap_servers, "topic": topic}.items()
+                if v is not None
+            }
+        )
+        conf: dict[str, Any] = {"bootstrap.servers": self.settings.bootstrap_servers}
+        conf.update(_DEFAULTS)
+        conf.update(self.settings.librdkafka())
+        conf.update(config or {})
+        if str(conf.get("acks")) not in ("all", "-1"):
+            raise ConfigError(
+                "kafcel needs acks=all: a task acknowledged by one broker can be lost"
+            )
+        try:
+            self._producer = KafkaProducer(conf)
+        except KafkaException as exc:
+            raise ConfigError(f"invalid Kafka producer configuration: {exc}") from exc
+        self._lock = threading.Lock()
+        self._failures: list[tuple[str, str]] = []
+        self.delivered = 0
+
+    def submit(
+        self,
+        task: str,
+        *args: Any,
+        key: str | bytes | None = None,
+        id: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: datetime | float | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        trace_id: str | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Queue ``task(*args, **kwargs)``; returns its Celery task id."""
+        task_id = id or str(uuid.uuid4())
+        envelope = Envelope(
+            task=task,
+            args=args,
+            kwargs=kwargs,
+            id=task_id,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            priority=priority,
+            queue=queue,
+            headers=dict(headers or {}),
+            trace_id=trace_id,
+            created_at=datetime.now().astimezone().isoformat(),
+        )
+        self.send(envelope, key=key)
+        return task_id
+
+    def send(self, envelope: Envelope, *, key: str | bytes | None = None) -> None:
+        """Queue an already built envelope."""
+        raw_key = key.encode() if isinstance(key, str) else key
+        value = envelope.encode()
+        while True:
+            try:
+                self._producer.produce(
+                    self.settings.topic, value=value, key=raw_key, on_delivery=self._on_delivery
+                )
+                break
+            except BufferError:
+                # Local queue full: serve delivery reports to make room, then retry.
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                raise KafkaError(f"could not queue task {envelope.task!r}: {exc}") from exc
+        self._producer.poll(0)
+
+    def _on_delivery(self, err: Any, msg: Message) -> None:
+        with self._lock:
+            if err is not None:
+                self._failures.append((str(msg.key()), str(err)))
+            else:
+                self.delivered += 1
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until every queued record is delivered; raise DeliveryError otherwise."""
+        remaining = self._producer.flush(timeout_s)
+        with self._lock:
+            failures, self._failures = self._failures, []
+        if failures:
+            first = failures[0][1]
+            raise DeliveryError(
+                f"{len(failures)} task record(s) were not delivered to Kafka "
+                f"(first error: {first})",
+                failures=failures,
+            )
+        if remaining:
+            raise DeliveryError(
+                f"{remaining} task record(s) still queued after {timeout_s:.0f}s: "
+                f"is Kafka reachable at {self.settings.bootstrap_servers}?"
+            )
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        self.flush(timeout_s)
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Flush even on error: tasks already submitted must not be silently dropped.
+        self.flush()

@@ -1,0 +1,105 @@
+"""Task outcomes on the results topic: what the worker publishes and the bridge settles on.
+
+One record per final outcome (success, or failure after retries), keyed like the request
+so downstream consumers keep per-key order. The bridge settles the request's offset when it
+reads the outcome; other services (Flink, Spark...) may read the same topic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import KafcelError
+
+__all__ = ["FAILURE", "SUCCESS", "Origin", "Outcome"]
+
+SUCCESS = "SUCCESS"
+FAILURE = "FAILURE"
+_STATUSES = (SUCCESS, FAILURE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Origin:
+    """Where a task request came from, carried in the Celery message header ``kafcel``."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    results_topic: str = ""
+    dlq_topic: str = ""
+    trace_id: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+
+    def to_header(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_header(cls, raw: Any) -> Origin | None:
+        """Parse the header; ``None`` for a task that kafcel did not dispatch."""
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return cls(
+                topic=str(raw["topic"]),
+                partition=int(raw["partition"]),
+                offset=int(raw["offset"]),
+                key=raw.get("key"),
+                results_topic=str(raw.get("results_topic", "")),
+                dlq_topic=str(raw.get("dlq_topic", "")),
+                trace_id=raw.get("trace_id"),
+                headers=dict(raw.get("headers") or {}),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """The final state of one task, as published on the results topic."""
+
+    task_id: str
+    task: str
+    status: str
+    retries: int = 0
+    result: Any = None
+    error_class: str | None = None
+    error_message: str | None = None
+    origin_topic: str = ""
+    origin_partition: int = -1
+    origin_offset: int = -1
+    headers: dict[str, Any] = field(default_factory=dict)
+    trace_id: str | None = None
+    finished_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    # True when a redelivered copy of an already finished task re-announces its outcome.
+    duplicate: bool = False
+    v: int = 1
+
+    def __post_init__(self) -> None:
+        if self.status not in _STATUSES:
+            raise ValueError(f"status must be one of {_STATUSES}, got {self.status!r}")
+
+    def encode(self) -> bytes:
+        data = asdict(self)
+        try:
+            return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError):
+            # A task may return something JSON cannot carry; the outcome must still go out.
+            data["result"] = repr(self.result)
+            return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Outcome:
+        try:
+            data = json.loads(raw)
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise KafcelError(f"not a kafcel outcome record: {exc}") from exc
+
+    def with_duplicate(self) -> Outcome:
+        data = asdict(self)
+        data["duplicate"] = True
+        return Outcome(**data)

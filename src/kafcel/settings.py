@@ -1,0 +1,176 @@
+"""One Settings object, read from ``KAFCEL_*`` environment variables and CLI flags.
+
+Nothing is read at import time: call :meth:`Settings.from_env` where the settings are
+needed (CLI entry, worker process start), so tests and embedders control the source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings"]
+
+ENV_PREFIX = "KAFCEL_"
+
+_ORDERINGS = ("key", "partition", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every tunable of kafcel. Field ``foo_bar`` is env ``KAFCEL_FOO_BAR``, flag ``--foo-bar``."""
+
+    bootstrap_servers: str = field(
+        default="127.0.0.1:9092", metadata={"help": "Kafka bootstrap servers"}
+    )
+    topic: str = field(default="celery-tasks", metadata={"help": "topic of task envelopes"})
+    results_topic: str = field(
+        default="", metadata={"help": "topic of task outcomes (default: TOPIC.results)"}
+    )
+    dlq_topic: str = field(default="", metadata={"help": "dead-letter topic (default: TOPIC.dlq)"})
+    group_id: str = field(default="kafcel-bridge", metadata={"help": "bridge consumer group"})
+    group_instance_id: str = field(
+        default="", metadata={"help": "static membership id of this bridge (optional)"}
+    )
+    partitions: int = field(
+        default=8, metadata={"help": "partitions when kafcel creates a missing topic"}
+    )
+    max_in_flight: int = field(
+        default=10_000,
+        metadata={"help": "fetched-but-unsettled records above which the bridge pauses"},
+    )
+    max_record_bytes: int = field(
+        default=1_048_576, metadata={"help": "largest record value accepted (bytes)"}
+    )
+    commit_interval_s: float = field(
+        default=1.0, metadata={"help": "period of asynchronous offset commits"}
+    )
+    drain_timeout_s: float = field(
+        default=30.0, metadata={"help": "how long SIGTERM waits for in-flight tasks"}
+    )
+    session_timeout_s: float = field(
+        default=10.0, metadata={"help": "consumer group session timeout"}
+    )
+    ordering: str = field(default="none", metadata={"help": "key | partition | none"})
+    allow: tuple[str, ...] = field(
+        default=(), metadata={"help": "glob patterns of task names allowed (comma separated)"}
+    )
+    deny: tuple[str, ...] = field(
+        default=(), metadata={"help": "glob patterns of task names refused (comma separated)"}
+    )
+    redis_url: str = field(
+        default="redis://127.0.0.1:6379/0",
+        metadata={"help": "Redis of the once-guard (worker side)"},
+    )
+    once_lease_s: float = field(
+        default=300.0, metadata={"help": "once-guard lease of a running task"}
+    )
+    once_done_ttl_s: float = field(
+        default=7 * 24 * 3600.0, metadata={"help": "how long a finished task id is remembered"}
+    )
+    kafka_config: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "extra librdkafka settings, key=value (comma separated)"},
+    )
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers.strip():
+            raise ConfigError("bootstrap_servers must not be empty")
+        if not self.topic.strip():
+            raise ConfigError("topic must not be empty")
+        if not self.results_topic:
+            object.__setattr__(self, "results_topic", f"{self.topic}.results")
+        if not self.dlq_topic:
+            object.__setattr__(self, "dlq_topic", f"{self.topic}.dlq")
+        if len({self.topic, self.results_topic, self.dlq_topic}) != 3:
+            raise ConfigError("topic, results_topic and dlq_topic must be three different topics")
+        for name in ("partitions", "max_in_flight", "max_record_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in (
+            "commit_interval_s",
+            "drain_timeout_s",
+            "session_timeout_s",
+            "once_lease_s",
+            "once_done_ttl_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.ordering not in _ORDERINGS:
+            raise ConfigError(
+                f"ordering must be one of {', '.join(_ORDERINGS)}, got {self.ordering!r}"
+            )
+        for item in self.kafka_config:
+            if "=" not in item:
+                raise ConfigError(f"kafka_config entry {item!r} is not key=value")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``KAFCEL_*`` variables, then apply non-None ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, f.type, raw)
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            if name not in {f.name for f in fields(cls)}:
+                raise ConfigError(f"unknown setting {name!r}")
+            values[name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def librdkafka(self) -> dict[str, str]:
+        """The extra librdkafka settings as a dict."""
+        return dict(item.split("=", 1) for item in self.kafka_config)
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``KAFCEL_*`` variables, to hand to a subprocess."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[ENV_PREFIX + f.name.upper()] = (
+                ",".join(value) if isinstance(value, tuple) else str(value)
+            )
+        return out
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str, str]]:
+        """(env name, flag, default, help) of every setting, for docs and ``--help``."""
+        rows = []
+        for f in fields(cls):
+            default = f.default
+            shown = ",".join(default) if isinstance(default, tuple) else str(default)
+            rows.append(
+                (
+                    ENV_PREFIX + f.name.upper(),
+                    "--" + f.name.replace("_", "-"),
+                    shown,
+                    str(f.metadata.get("help", "")),
+                )
+            )
+        return rows
+
+
+def _parse(name: str, type_name: Any, raw: str) -> Any:
+    env_name = ENV_PREFIX + name.upper()
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{env_name}={raw!r} is not a valid {kind}") from exc

@@ -1,0 +1,56 @@
+"""``kafcel status``: where the task topic stands for the bridge group, and the DLQ depth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .admin import group_lag, partitions_of, topic_depth
+from .errors import KafkaError
+from .settings import Settings
+
+__all__ = ["collect_status", "render_status"]
+
+
+def collect_status(settings: Settings) -> dict[str, Any]:
+    """Committed offset, end offset and lag per partition; DLQ depth. Raises KafkaError."""
+    if not partitions_of(settings.bootstrap_servers, settings.topic):
+        raise KafkaError(
+            f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers} "
+            "(start a bridge, or check --topic / KAFCEL_TOPIC)"
+        )
+    rows = group_lag(settings.bootstrap_servers, settings.group_id, settings.topic)
+    return {
+        "topic": settings.topic,
+        "group": settings.group_id,
+        "partitions": [r.as_dict() for r in rows],
+        "lag": sum(r.lag for r in rows),
+        "dlq": {
+            "topic": settings.dlq_topic,
+            "depth": topic_depth(settings.bootstrap_servers, settings.dlq_topic),
+        },
+    }
+
+
+def render_status(report: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"{report['topic']}  (group {report['group']})")
+    for col in ("partition", "committed", "end", "lag"):
+        table.add_column(col, justify="right")
+    for row in report["partitions"]:
+        committed = "-" if row["committed"] is None else str(row["committed"])
+        lag = str(row["lag"])
+        table.add_row(
+            str(row["partition"]),
+            committed,
+            str(row["end"]),
+            f"[red]{lag}[/]" if row["lag"] else lag,
+        )
+    table.add_section()
+    table.add_row("total", "", "", str(report["lag"]))
+    console.print(table)
+    dlq = report["dlq"]
+    style = "red" if dlq["depth"] else "green"
+    console.print(f"DLQ [bold]{dlq['topic']}[/]: [{style}]{dlq['depth']}[/] record(s)")

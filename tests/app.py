@@ -1,0 +1,109 @@
+"""The Celery app the integration tests run in a real worker subprocess.
+
+Every task records its executions in a Redis hash named by the test (``ledger``), so a
+test counts effects independently of kafcel's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+
+from kafcel.celery import install
+from kafcel.settings import Settings
+
+QUEUE = "kafcel-tests"
+
+
+class _Config:
+    @property
+    def broker_url(self) -> str:
+        return Settings.from_env().redis_url
+
+    @property
+    def result_backend(self) -> str:
+        return Settings.from_env().redis_url
+
+    task_default_queue = QUEUE
+    broker_connection_retry_on_startup = True
+    worker_hijack_root_logger = False
+
+
+app = Celery("kafcel_tests")
+app.config_from_object(_Config())
+install(app)
+
+_client: tuple[int, redis.Redis[bytes]] | None = None
+
+
+def ledger() -> redis.Redis[bytes]:
+    global _client
+    if _client is None or _client[0] != os.getpid():
+        _client = (os.getpid(), redis.Redis.from_url(Settings.from_env().redis_url))
+    return _client[1]
+
+
+def _record(name: str, item: Any, attempt: int) -> None:
+    r = ledger()
+    r.hincrby(f"{name}:attempts", str(item), 1)
+    r.rpush(f"{name}:log", f"{item}:{attempt}")
+
+
+@app.task
+def record(name: str, item: Any) -> Any:
+    _record(name, item, 0)
+    ledger().hincrby(f"{name}:effects", str(item), 1)
+    return item
+
+
+@app.task(bind=True, max_retries=3, default_retry_delay=60)
+def flaky_bind(self: Any, name: str, item: Any, fail_times: int) -> Any:
+    """The classic shape: bind=True, max_retries, default_retry_delay, self.retry()."""
+    _record(name, item, self.request.retries)
+    if self.request.retries < fail_times:
+        # The test cannot wait default_retry_delay (60 s); the shape is what matters.
+        raise self.retry(exc=ValueError(f"attempt {self.request.retries} fails"), countdown=0.2)
+    ledger().hincrby(f"{name}:effects", str(item), 1)
+    return item
+
+
+@app.task(
+    bind=True,
+    autoretry_for=(ConnectionError,),
+    retry_backoff=True,
+    retry_backoff_max=1,
+    retry_jitter=True,
+    max_retries=4,
+)
+def flaky_auto(self: Any, name: str, item: Any, fail_times: int) -> Any:
+    """autoretry_for + retry_backoff + retry_jitter."""
+    _record(name, item, self.request.retries)
+    if self.request.retries < fail_times:
+        raise ConnectionError(f"attempt {self.request.retries} fails")
+    ledger().hincrby(f"{name}:effects", str(item), 1)
+    return item
+
+
+@app.task(
+    bind=True,
+    autoretry_for=(RuntimeError,),
+    retry_backoff=True,
+    retry_backoff_max=1,
+    retry_jitter=False,
+    max_retries=2,
+)
+def always_fail(self: Any, name: str, item: Any) -> Any:
+    _record(name, item, self.request.retries)
+    raise RuntimeError(f"order {item} can never be processed")
+
+
+@app.task
+def slow(name: str, item: Any, seconds: float) -> Any:
+    ledger().hincrby(f"{name}:started", str(item), 1)
+    time.sleep(seconds)
+    ledger().hincrby(f"{name}:effects", str(item), 1)
+    return item

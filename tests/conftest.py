@@ -1,0 +1,194 @@
+"""Session fixtures: the real stack (Tansu, Redis) and a real Celery worker, started once.
+
+Each test gets its own topics, consumer group and Redis ledger names, so tests never see
+each other's records. Services run on ports of their own, away from a developer's stack.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from kafcel.admin import committed_offsets, end_offsets, ensure_topics, partitions_of
+from kafcel.devstack import DevStack
+from kafcel.procs import ManagedProcess, bridge_argv, worker_argv
+from kafcel.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_APP = "tests.app:app"
+
+
+def _free_ports(n: int) -> list[int]:
+    # Hold every socket until all are bound, so the ports differ.
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.2
+) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(every_s)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    state = tmp_path_factory.mktemp("devstack")
+    kafka_port, redis_port = _free_ports(2)
+    s = DevStack(kafka_port=kafka_port, redis_port=redis_port, state_dir=state)
+    s.up()
+    try:
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+def base_env(stack: DevStack) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAFCEL_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["KAFCEL_BOOTSTRAP_SERVERS"] = stack.bootstrap_servers
+    env["KAFCEL_REDIS_URL"] = stack.redis_url
+    return env
+
+
+@pytest.fixture(scope="session")
+def worker(stack: DevStack, logs_dir: Path) -> Iterator[ManagedProcess]:
+    proc = ManagedProcess(
+        name="celery worker",
+        argv=worker_argv(TEST_APP, queue="kafcel-tests", concurrency=4, name="tests"),
+        env=base_env(stack),
+        log_path=logs_dir / "worker.log",
+        cwd=ROOT,
+    ).start()
+    try:
+        proc.wait_for_log(" ready.", timeout_s=60)
+        yield proc
+    finally:
+        proc.stop(timeout_s=20)
+
+
+@pytest.fixture()
+def ledger(stack: DevStack) -> Iterator[tuple[str, redis.Redis[bytes]]]:
+    name = f"kafcel:test:{uuid.uuid4().hex[:10]}"
+    client: redis.Redis[bytes] = redis.Redis.from_url(stack.redis_url)
+    yield name, client
+    for suffix in ("attempts", "effects", "started", "log"):
+        client.delete(f"{name}:{suffix}")
+
+
+@dataclass
+class Pipeline:
+    """One test's topics and group, plus helpers to run bridges and read topics."""
+
+    stack: DevStack
+    settings: Settings
+    logs_dir: Path
+    bridges: list[ManagedProcess] = field(default_factory=list)
+
+    def env(self, **overrides: Any) -> dict[str, str]:
+        return {**base_env(self.stack), **self.settings.replace(**overrides).as_env()}
+
+    def start_bridge(self, *, wait_assigned: bool = True, **overrides: Any) -> ManagedProcess:
+        n = len(self.bridges)
+        proc = ManagedProcess(
+            name=f"bridge {n}",
+            argv=bridge_argv(TEST_APP),
+            env=self.env(**overrides),
+            log_path=self.logs_dir / f"{self.settings.topic}-bridge{n}.log",
+            cwd=ROOT,
+        ).start()
+        self.bridges.append(proc)
+        if wait_assigned:
+            proc.wait_for_log("assigned:", timeout_s=60)
+        return proc
+
+    def tps(self, topic: str | None = None) -> list[tuple[str, int]]:
+        t = topic or self.settings.topic
+        return [(t, p) for p in partitions_of(self.settings.bootstrap_servers, t)]
+
+    def committed(self) -> dict[tuple[str, int], int | None]:
+        return committed_offsets(
+            self.settings.bootstrap_servers, self.settings.group_id, self.tps()
+        )
+
+    def ends(self, topic: str | None = None) -> dict[tuple[str, int], int]:
+        return end_offsets(self.settings.bootstrap_servers, self.tps(topic))
+
+    def fully_committed(self) -> bool:
+        ends = self.ends()
+        committed = self.committed()
+        return all((committed.get(tp) or 0) >= end for tp, end in ends.items())
+
+    def read(
+        self, topic: str, until: Callable[[list[Message]], bool], timeout_s: float = 60
+    ) -> list[Message]:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.bootstrap_servers,
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+            }
+        )
+        consumer.assign([TopicPartition(t, p, 0) for t, p in self.tps(topic)])
+        got: list[Message] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not until(got):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"timed out reading {topic}: {len(got)} record(s)")
+                got.extend(m for m in consumer.consume(500, timeout=0.2) if m.error() is None)
+            return got
+        finally:
+            consumer.close()
+
+
+@pytest.fixture()
+def pipeline(stack: DevStack, worker: ManagedProcess, logs_dir: Path) -> Iterator[Pipeline]:
+    run = uuid.uuid4().hex[:8]
+    settings = Settings(
+        bootstrap_servers=stack.bootstrap_servers,
+        redis_url=stack.redis_url,
+        topic=f"t-{run}",
+        group_id=f"g-{run}",
+        partitions=4,
+        session_timeout_s=6.0,
+        commit_interval_s=0.5,
+        drain_timeout_s=30.0,
+    )
+    ensure_topics(
+        settings.bootstrap_servers,
+        {settings.topic: 4, settings.results_topic: 4, settings.dlq_topic: 4},
+    )
+    p = Pipeline(stack=stack, settings=settings, logs_dir=logs_dir)
+    try:
+        yield p
+    finally:
+        for proc in p.bridges:
+            proc.stop(timeout_s=30)

@@ -1,0 +1,173 @@
+"""End to end on the real path: Producer -> Tansu -> bridge -> Redis -> Celery worker -> results."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any
+
+import pytest
+import redis
+from confluent_kafka import Producer as KafkaProducer
+
+from kafcel import Envelope, Outcome, Producer
+from kafcel.dlq import parse_dlq_headers
+
+from .conftest import Pipeline, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+Ledger = tuple[str, "redis.Redis[bytes]"]
+
+
+def outcomes_for(pipeline: Pipeline, n: int) -> dict[str, Outcome]:
+    msgs = pipeline.read(
+        pipeline.settings.results_topic,
+        until=lambda got: len({Outcome.decode(m.value()).task_id for m in got}) >= n,
+        timeout_s=120,
+    )
+    return {o.task_id: o for o in (Outcome.decode(m.value()) for m in msgs)}
+
+
+def counts(client: redis.Redis[bytes], key: str) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client.hgetall(key).items()}
+
+
+def test_n_submitted_n_outcomes_and_offsets_committed_to_the_end(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    name, client = ledger
+    n = 400
+    pipeline.start_bridge()
+    ids: dict[str, int] = {}
+    with Producer(settings=pipeline.settings) as producer:
+        for i in range(n):
+            ids[producer.submit("tests.app.record", name, i, key=f"user-{i % 37}")] = i
+
+    outcomes = outcomes_for(pipeline, n)
+    assert set(ids) <= set(outcomes)
+    assert all(outcomes[t].status == "SUCCESS" and outcomes[t].result == ids[t] for t in ids)
+    # Every record's key travels to its outcome (partitioning of downstream consumers).
+    wait_until(pipeline.fully_committed, 30, "offsets committed to the end")
+    effects = counts(client, f"{name}:effects")
+    assert len(effects) == n and set(effects.values()) == {1}
+
+
+def test_record_without_id_gets_a_deterministic_id_from_its_offset(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    from kafcel import derive_task_id
+
+    name, _ = ledger
+    pipeline.start_bridge()
+    raw = KafkaProducer({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    delivered: list[Any] = []
+    raw.produce(
+        pipeline.settings.topic,
+        Envelope(task="tests.app.record", args=(name, "x")).encode(),
+        key=b"k",
+        on_delivery=lambda err, msg: delivered.append(msg),
+    )
+    raw.flush(10)
+    msg = delivered[0]
+    expected = derive_task_id(msg.topic(), msg.partition(), msg.offset())
+    outcomes = outcomes_for(pipeline, 1)
+    assert expected in outcomes
+    assert outcomes[expected].origin_offset == msg.offset()
+
+
+POISON: list[tuple[str, bytes, str]] = [
+    ("bad-json", b'{"v": 1, "task": "tests.app.record", "args": [', "InvalidJson"),
+    ("bad-utf8", b'{"v": 1, "task": "tests.app.rec\xff\xfeord"}', "InvalidEncoding"),
+    (
+        "too-big",
+        b'{"v":1,"task":"tests.app.record","args":["' + b"x" * 5000 + b'"]}',
+        "RecordTooLarge",
+    ),
+    ("schema", b'{"v": 1, "task": "tests.app.record", "args": "no"}', "SchemaViolation"),
+    ("unknown", Envelope(task="tests.app.nope").encode(), "TaskNotAllowed"),
+    ("denied", Envelope(task="tests.app.slow", args=("n", 1, 0)).encode(), "TaskNotAllowed"),
+    (
+        "pickle",
+        pickle.dumps({"task": "tests.app.record"}),
+        "InvalidEncoding",
+    ),
+    ("nan", b'{"v": 1, "task": "tests.app.record", "args": [NaN]}', "InvalidJson"),
+    ("dup-key", b'{"v": 1, "task": "tests.app.record", "task": "tests.app.slow"}', "InvalidJson"),
+]
+
+
+def test_poison_records_go_to_the_dlq_with_their_reason_and_nothing_stalls(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    name, client = ledger
+    pipeline.start_bridge(max_record_bytes=2000, deny=("tests.app.slow",))
+    raw = KafkaProducer({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    for label, value, _ in POISON:
+        raw.produce(
+            pipeline.settings.topic, value, key=b"same-key", headers=[("origin-app", label)]
+        )
+    raw.flush(10)
+    # Good records behind the poison on the same key still run.
+    with Producer(settings=pipeline.settings) as producer:
+        for i in range(5):
+            producer.submit("tests.app.record", name, i, key="same-key")
+
+    dlq = pipeline.read(pipeline.settings.dlq_topic, until=lambda got: len(got) >= len(POISON))
+    by_label = {dict(m.headers())["origin-app"].decode(): m for m in dlq}
+    for label, value, error_class in POISON:
+        m = by_label[label]
+        h = parse_dlq_headers(m.headers())
+        assert h["error.class"] == error_class, (label, h)
+        assert h["error.message"]
+        assert h["origin.topic"] == pipeline.settings.topic
+        assert int(h["origin.offset"]) >= 0 and int(h["origin.partition"]) >= 0
+        assert h["stage"] == "bridge" and h["failed_at"]
+        assert m.value() == value, label  # original bytes kept for replay
+        assert m.key() == b"same-key"
+    wait_until(lambda: len(counts(client, f"{name}:effects")) == 5, 60, "good records to run")
+    wait_until(pipeline.fully_committed, 30, "offsets committed past the poison")
+
+
+def test_retry_shapes_succeed_and_a_task_failing_for_good_lands_in_the_dlq(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    name, client = ledger
+    pipeline.start_bridge()
+    with Producer(settings=pipeline.settings) as producer:
+        bind_id = producer.submit("tests.app.flaky_bind", name, "bind", 2, key="a")
+        auto_id = producer.submit("tests.app.flaky_auto", name, "auto", 2, key="b")
+        fail_id = producer.submit("tests.app.always_fail", name, "fail", key="c")
+
+    outcomes = outcomes_for(pipeline, 3)
+    assert outcomes[bind_id].status == "SUCCESS" and outcomes[bind_id].retries == 2
+    assert outcomes[auto_id].status == "SUCCESS" and outcomes[auto_id].retries == 2
+    failed = outcomes[fail_id]
+    assert failed.status == "FAILURE" and failed.error_class == "RuntimeError"
+    assert failed.retries == 2
+
+    attempts = counts(client, f"{name}:attempts")
+    assert attempts == {"bind": 3, "auto": 3, "fail": 3}
+    assert counts(client, f"{name}:effects") == {"bind": 1, "auto": 1}
+
+    dlq = pipeline.read(pipeline.settings.dlq_topic, until=lambda got: len(got) >= 1)
+    h = parse_dlq_headers(dlq[0].headers())
+    assert h["stage"] == "worker" and h["task_id"] == fail_id
+    assert h["error.class"] == "RuntimeError" and h["attempts"] == "3"
+    assert "can never be processed" in h["traceback"]
+    replay = Envelope.decode(dlq[0].value())
+    assert replay.task == "tests.app.always_fail" and replay.id == fail_id
+    assert list(replay.args) == [name, "fail"]
+    wait_until(pipeline.fully_committed, 30, "offsets committed")
+
+
+def test_same_id_twice_has_one_effect(pipeline: Pipeline, ledger: Ledger) -> None:
+    name, client = ledger
+    pipeline.start_bridge()
+    with Producer(settings=pipeline.settings) as producer:
+        for _ in range(3):
+            producer.submit("tests.app.record", name, "once", id=f"{name}-order-1", key="k")
+    wait_until(pipeline.fully_committed, 60, "all three records settled")
+    assert counts(client, f"{name}:effects") == {"once": 1}
+    outcomes = pipeline.read(pipeline.settings.results_topic, until=lambda got: len(got) >= 1)
+    assert {json.loads(m.value())["task_id"] for m in outcomes} == {f"{name}-order-1"}
