@@ -61,8 +61,9 @@ RECORDS
 
 results() {
     # One outcome per task that reached a final state, keyed like its request:
-    # {"task_id":"order-42","task":"shop.process_order","status":"SUCCESS",...}. -e exits at the end
-    # of the topic; drop it to follow new outcomes. Downstream services read this topic.
+    #   user-7 {"task_id":"order-42","task":"shop.process_order","status":"SUCCESS",...}
+    # -e exits at the end of the topic; drop it to follow new outcomes. Downstream
+    # services (Flink, Spark, other consumers) read this same topic.
     kcat -C -b "$BROKER" -t "$RESULTS" -o beginning -e -q -f '%k %s\n'
 }
 

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from .errors import KafkaError
+from .errors import ConfigError, KafkaError
 
 __all__ = [
     "PartitionLag",
@@ -67,32 +68,46 @@ def ensure_topics(
     timeout_s: float = 30.0,
 ) -> None:
     """Create the missing topics with the given partition counts; existing ones stay."""
+    for topic, n in topics.items():
+        if not topic or isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"topic {topic!r}: need a name and >= 1 partitions, got {n!r}")
+    if not topics:
+        return
     admin = _admin(bootstrap_servers, extra)
-    try:
-        existing = set(admin.list_topics(timeout=timeout_s).topics)
-    except KafkaException as exc:
-        raise KafkaError(f"Kafka at {bootstrap_servers} is not reachable: {exc}") from exc
-    missing = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
+    missing = [name for name in topics if name not in _topic_partitions(admin, timeout_s)]
     if missing:
-        for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
+        new = [NewTopic(n, num_partitions=topics[n], replication_factor=1) for n in missing]
+        for name, future in admin.create_topics(new, request_timeout=timeout_s).items():
             try:
                 future.result()
             except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                # Another client may have created it in between; that is fine.
+                if exc.args[0].code() != RdKafkaError.TOPIC_ALREADY_EXISTS:
                     raise KafkaError(f"could not create topic {name!r}: {exc}") from exc
     deadline = time.monotonic() + timeout_s
     while True:
-        meta = admin.list_topics(timeout=timeout_s).topics
-        if all(name in meta and meta[name].partitions for name in topics):
+        known = _topic_partitions(admin, timeout_s)
+        if all(known.get(name, 0) > 0 for name in topics):
             return
-        if time.monotonic() > deadline:
-            raise KafkaError(f"topics {sorted(topics)} did not appear within {timeout_s:.0f}s")
+        if time.monotonic() >= deadline:
+            absent = ", ".join(name for name in topics if not known.get(name))
+            raise KafkaError(f"topics {absent} not visible after {timeout_s:g}s")
         time.sleep(0.1)
+
+
+def _topic_partitions(admin: AdminClient, timeout_s: float) -> dict[str, int]:
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaError(f"Kafka is not reachable: {exc}") from exc
+    return {t: len(meta.partitions) for t, meta in metadata.topics.items() if not meta.error}
 
 
 def partitions_of(bootstrap_servers: str, topic: str, *, timeout_s: float = 10.0) -> list[int]:
     try:
-        meta = _admin(bootstrap_servers).list_topics(topic, timeout=timeout_s)
+        # All topics, not list_topics(topic): a metadata request naming a topic makes
+        # brokers with auto-creation (Tansu) create it.
+        meta = _admin(bootstrap_servers).list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise KafkaError(f"Kafka at {bootstrap_servers} is not reachable: {exc}") from exc
     t = meta.topics.get(topic)

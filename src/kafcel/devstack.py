@@ -24,13 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-# confluent_kafka.admin re-exports NewTopic without __all__, which mypy --strict rejects.
-from confluent_kafka.cimpl import NewTopic
-
+from .admin import ensure_topics
 from .errors import ConfigError, DevStackError
 
 __all__ = ["DevStack", "ServiceStatus", "tansu_binary"]
@@ -213,36 +210,7 @@ class DevStack:
 
     def ensure_topics(self, topics: dict[str, int]) -> None:
         """Create missing topics (replication 1) and wait until metadata lists them."""
-        for topic, n in topics.items():
-            if not topic or not _is_int(n) or n < 1:
-                raise ConfigError(f"topic {topic!r}: need a name and >= 1 partitions, got {n!r}")
-        if not topics:
-            return
-        admin = self._admin()
-        missing = [name for name in topics if name not in self._topic_partitions(admin)]
-        if missing:
-            new = [NewTopic(n, num_partitions=topics[n], replication_factor=1) for n in missing]
-            for name, future in admin.create_topics(new).items():
-                try:
-                    future.result()
-                except KafkaException as exc:
-                    # Another client may have created it in between; that is fine.
-                    if exc.args[0].code() != RdKafkaError.TOPIC_ALREADY_EXISTS:
-                        raise DevStackError(
-                            f"could not create topic {name!r} on {self.bootstrap_servers}: {exc}"
-                        ) from exc
-        deadline = time.monotonic() + self.start_timeout_s
-        while True:
-            known = self._topic_partitions(admin)
-            if all(known.get(name, 0) > 0 for name in topics):
-                return
-            if time.monotonic() >= deadline:
-                absent = ", ".join(name for name in topics if not known.get(name))
-                raise DevStackError(
-                    f"topics {absent} not visible on {self.bootstrap_servers} after "
-                    f"{self.start_timeout_s:g}s: check the broker log in {self.state_dir}"
-                )
-            time.sleep(_POLL_S)
+        ensure_topics(self.bootstrap_servers, topics, timeout_s=self.start_timeout_s)
 
     def _kafka_cmd(self) -> list[str]:
         url = f"tcp://{self.bootstrap_servers}"
@@ -257,15 +225,6 @@ class DevStack:
 
     def _admin(self) -> AdminClient:
         return AdminClient({"bootstrap.servers": self.bootstrap_servers}, logger=_log)
-
-    def _topic_partitions(self, admin: AdminClient) -> dict[str, int]:
-        try:
-            metadata = admin.list_topics(timeout=max(_PROBE_TIMEOUT_S, 5.0))
-        except KafkaException as exc:
-            raise DevStackError(
-                f"Kafka at {self.bootstrap_servers} did not answer: run `kafcel dev up` first"
-            ) from exc
-        return {t: len(meta.partitions) for t, meta in metadata.topics.items() if not meta.error}
 
     def _kafka_answers(self) -> bool:
         # The TCP check keeps librdkafka from retrying against a closed port for a second.
