@@ -29,7 +29,8 @@ produce() {
     #   task  a Celery task name registered in the bridge's app (or on its allow-list)
     #   args  positional arguments, JSON values only (kwargs: an object)
     #   id    idempotency key: becomes the Celery task id, so writing this record twice
-    #         still charges order 42 once (the worker's once-guard skips a finished id)
+    #         still charges order 42 once (the worker's once-guard skips a finished id
+    #         for KAFCEL_ONCE_DONE_TTL_S, 7 days by default)
     printf '%s\n' '{"v":1,"task":"shop.process_order","args":[42,"2026-11-23"],"id":"order-42"}' |
         kcat -P -b "$BROKER" -t "$TOPIC" -k user-7
 

@@ -107,3 +107,12 @@ def slow(name: str, item: Any, seconds: float) -> Any:
     time.sleep(seconds)
     ledger().hincrby(f"{name}:effects", str(item), 1)
     return item
+
+
+@app.task
+def sequenced(name: str, key: str, seq: int, seconds: float) -> int:
+    """Appends seq to the key's list: the list's order is the order effects happened in."""
+    time.sleep(seconds)
+    ledger().rpush(f"{name}:seq:{key}", seq)
+    ledger().hincrby(f"{name}:effects", f"{key}:{seq}", 1)
+    return seq

@@ -171,3 +171,23 @@ def test_same_id_twice_has_one_effect(pipeline: Pipeline, ledger: Ledger) -> Non
     assert counts(client, f"{name}:effects") == {"once": 1}
     outcomes = pipeline.read(pipeline.settings.results_topic, until=lambda got: len(got) >= 1)
     assert {json.loads(m.value())["task_id"] for m in outcomes} == {f"{name}-order-1"}
+
+
+def test_key_ordering_keeps_each_keys_effects_in_submission_order(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    name, client = ledger
+    pipeline.start_bridge(ordering="key")
+    keys, per_key = 12, 8
+    with Producer(settings=pipeline.settings) as producer:
+        for seq in range(per_key):
+            for k in range(keys):
+                # Early records sleep longer: without the gate, later ones would overtake.
+                delay = 0.08 if seq % 2 == 0 else 0.0
+                producer.submit("tests.app.sequenced", name, f"k{k}", seq, delay, key=f"k{k}")
+    wait_until(lambda: len(counts(client, f"{name}:effects")) == keys * per_key, 120, "all effects")
+    for k in range(keys):
+        got = [int(x) for x in client.lrange(f"{name}:seq:k{k}", 0, -1)]
+        assert got == list(range(per_key)), f"key k{k} ran out of order: {got}"
+        client.delete(f"{name}:seq:k{k}")
+    wait_until(pipeline.fully_committed, 30, "offsets committed")

@@ -56,7 +56,14 @@ class Settings:
     session_timeout_s: float = field(
         default=10.0, metadata={"help": "consumer group session timeout"}
     )
-    ordering: str = field(default="none", metadata={"help": "key | partition | none"})
+    ordering: str = field(
+        default="key",
+        metadata={"help": "key (one unsettled task per key) | partition | none"},
+    )
+    gap_wait_s: float = field(
+        default=2.0,
+        metadata={"help": "how long a missing offset is waited for before it counts as a gap"},
+    )
     allow: tuple[str, ...] = field(
         default=(), metadata={"help": "glob patterns of task names allowed (comma separated)"}
     )
@@ -92,6 +99,8 @@ class Settings:
         for name in ("partitions", "max_in_flight", "max_record_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.gap_wait_s < 0:
+            raise ConfigError(f"gap_wait_s must be >= 0, got {self.gap_wait_s}")
         for name in (
             "commit_interval_s",
             "drain_timeout_s",

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,6 +35,8 @@ from ..errors import BrokerError, ConfigError, KafkaError, RecordRejected
 from ..results import Origin, Outcome
 from ..settings import Settings
 from .filter import TaskFilter
+from .ordering import OrderingGate
+from .sequence import SequenceGuard
 from .tracker import TP, OffsetTracker
 
 __all__ = ["Bridge", "BridgeStats", "load_app"]
@@ -43,6 +45,19 @@ log = logging.getLogger("kafcel.bridge")
 
 _FETCH_BATCH = 500
 _POLL_S = 0.02
+_REPORT_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class _Dispatch:
+    """A valid record on its way to Celery (or waiting behind its key)."""
+
+    envelope: Envelope
+    task_id: str
+    origin: Origin
+    tp: TP
+    offset: int
+    slot: Hashable | None
 
 
 @dataclass
@@ -54,6 +69,8 @@ class BridgeStats:
     duplicates: int = 0
     commits: int = 0
     in_flight: int = 0
+    waiting: int = 0
+    gaps_reseeked: int = 0
     paused: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -92,7 +109,10 @@ class Bridge:
         self._stop = threading.Event()
         self._tracker = OffsetTracker()
         # task id -> records waiting for its outcome; two records may share an explicit id.
-        self._pending: dict[str, list[tuple[TP, int]]] = {}
+        self._pending: dict[str, list[_Dispatch]] = {}
+        self._gate: OrderingGate[_Dispatch] = OrderingGate(mode=settings.ordering)
+        self._seq = SequenceGuard(seek=self._seek_tasks, gap_wait_s=settings.gap_wait_s)
+        self._seq_results = SequenceGuard(seek=self._seek_results, gap_wait_s=settings.gap_wait_s)
         self._paused = False
         self._assignment_changed = False
         self._dlq_retry: list[tuple[Message, DeadLetter, bool]] = []
@@ -160,12 +180,16 @@ class Bridge:
         log.info("bridge started: topic=%s group=%s", s.topic, s.group_id)
         if self._on_ready:
             self._on_ready()
-        last_commit = time.monotonic()
+        last_commit = last_report = time.monotonic()
         while not self._stop.is_set():
             self._step(fetch=True)
-            if time.monotonic() - last_commit >= s.commit_interval_s:
+            now = time.monotonic()
+            if now - last_commit >= s.commit_interval_s:
                 self._commit(asynchronous=True)
-                last_commit = time.monotonic()
+                last_commit = now
+            if now - last_report >= _REPORT_EVERY_S:
+                self._report()
+                last_report = now
         self._drain()
         return 0
 
@@ -189,6 +213,14 @@ class Bridge:
         self._producer.flush(10)
         log.info("bridge stopped: %s", self.stats.as_dict())
 
+    def _report(self) -> None:
+        oldest = {
+            f"{t}[{p}]": off
+            for t, p in self._tracker.partitions()
+            if (off := self._tracker.lowest_unsettled((t, p))) is not None
+        }
+        log.info("stats %s; oldest unsettled %s", self.stats.as_dict(), oldest or "none")
+
     # -- the loop ------------------------------------------------------------------
 
     def _step(self, *, fetch: bool) -> None:
@@ -205,6 +237,8 @@ class Bridge:
         self._retry_dlq()
         self._backpressure()
         self.stats.in_flight = self._tracker.in_flight()
+        self.stats.waiting = self._gate.waiting
+        self.stats.gaps_reseeked = self._seq.reseeks + self._seq_results.reseeks
 
     def _handle(self, msg: Message) -> None:
         err = msg.error()
@@ -216,7 +250,7 @@ class Bridge:
             log.warning("consumer error: %s", err)
             return
         tp, offset = _position(msg)
-        if not self._tracker.add(tp, offset):
+        if not self._seq.admit(tp, offset) or not self._tracker.add(tp, offset):
             return
         self.stats.consumed += 1
         try:
@@ -237,10 +271,13 @@ class Bridge:
             trace_id=envelope.trace_id,
             headers=dict(envelope.headers),
         )
-        self._pending.setdefault(task_id, []).append((tp, offset))
-        self._dispatch(envelope, task_id, origin)
+        item = _Dispatch(envelope, task_id, origin, tp, offset, self._gate.slot_for(tp, key))
+        if self._gate.admit(item.slot, item):
+            self._dispatch(item)
 
-    def _dispatch(self, envelope: Envelope, task_id: str, origin: Origin) -> None:
+    def _dispatch(self, item: _Dispatch) -> None:
+        self._pending.setdefault(item.task_id, []).append(item)
+        envelope, task_id, origin = item.envelope, item.task_id, item.origin
         delay_s = 0.1
         while True:
             try:
@@ -345,6 +382,8 @@ class Bridge:
             # Tansu's watermark may be low by a batch: re-reading a few old outcomes is harmless.
             start.append(TopicPartition(topic, p, max(high - 1, 0) if high > 0 else 0))
         self._results.assign(start)
+        for tp in start:
+            self._seq_results.expect((topic, tp.partition), tp.offset)
 
     def _read_outcomes(self) -> None:
         assert self._results is not None
@@ -356,6 +395,8 @@ class Bridge:
                 value = msg.value()
                 if msg.error() is not None or value is None:
                     continue
+                if not self._seq_results.admit(*_position(msg)):
+                    continue
                 try:
                     outcome = Outcome.decode(value)
                 except Exception:
@@ -364,13 +405,17 @@ class Bridge:
                 self._on_outcome(outcome)
 
     def _on_outcome(self, outcome: Outcome) -> None:
-        records = self._pending.pop(outcome.task_id, None)
-        if records is None:
+        items = self._pending.pop(outcome.task_id, None)
+        if items is None:
             return
         if outcome.duplicate:
             self.stats.duplicates += 1
-        for tp, offset in records:
-            self._settle(tp, offset)
+        for item in items:
+            self._settle(item.tp, item.offset)
+            # The key's next record may go now: its predecessor's effect is final.
+            following = self._gate.release(item.slot)
+            if following is not None:
+                self._dispatch(following)
 
     def _settle(self, tp: TP, offset: int) -> None:
         if self._tracker.settle(tp, offset):
@@ -442,6 +487,14 @@ class Bridge:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned: %s", [(p.topic, p.partition) for p in partitions])
         self._assignment_changed = True
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+        except KafkaException as exc:
+            log.warning("could not read committed offsets on assign: %s", exc)
+            return
+        for p in committed:
+            if p.offset >= 0:
+                self._seq.expect((p.topic, p.partition), p.offset)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -458,13 +511,29 @@ class Bridge:
         gone = set(tps)
         for tp in tps:
             self._tracker.revoke(tp)
+            self._seq.forget(tp)
+        self._gate.drop(tps)
         # The next owner re-reads these records; our outcomes for them no longer matter.
-        for task_id, records in list(self._pending.items()):
-            kept = [(tp, off) for tp, off in records if tp not in gone]
+        for task_id, items in list(self._pending.items()):
+            kept = [item for item in items if item.tp not in gone]
             if kept:
                 self._pending[task_id] = kept
             else:
                 del self._pending[task_id]
+
+    def _seek_tasks(self, tp: TP, offset: int) -> None:
+        assert self._consumer is not None
+        try:
+            self._consumer.seek(TopicPartition(tp[0], tp[1], offset))
+        except KafkaException as exc:
+            log.warning("seek %s[%d] to %d failed: %s", tp[0], tp[1], offset, exc)
+
+    def _seek_results(self, tp: TP, offset: int) -> None:
+        assert self._results is not None
+        try:
+            self._results.seek(TopicPartition(tp[0], tp[1], offset))
+        except KafkaException as exc:
+            log.warning("seek %s[%d] to %d failed: %s", tp[0], tp[1], offset, exc)
 
 
 def _position(msg: Message) -> tuple[TP, int]:

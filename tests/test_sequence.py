@@ -1,0 +1,87 @@
+"""Offset-gap detection (pure logic): never step over a record that is not visible yet."""
+
+from __future__ import annotations
+
+import pytest
+
+from kafcel.bridge.sequence import SequenceGuard
+
+TP = ("t", 0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(wait_s: float = 1.0) -> tuple[SequenceGuard, list[tuple[tuple[str, int], int]], Clock]:
+    seeks: list[tuple[tuple[str, int], int]] = []
+    clock = Clock()
+    guard = SequenceGuard(
+        seek=lambda tp, off: seeks.append((tp, off)), gap_wait_s=wait_s, clock=clock
+    )
+    return guard, seeks, clock
+
+
+def test_in_order_offsets_pass() -> None:
+    guard, seeks, _ = make()
+    assert all(guard.admit(TP, o) for o in range(5))
+    assert seeks == []
+
+
+def test_a_gap_seeks_back_and_the_late_record_is_processed_first() -> None:
+    guard, seeks, clock = make()
+    guard.expect(TP, 10)
+    assert guard.admit(TP, 10)
+    assert not guard.admit(TP, 12)  # 11 not visible yet
+    assert seeks == [(TP, 11)]
+    assert not guard.admit(TP, 13)  # rest of the same fetch is dropped, no second seek
+    assert seeks == [(TP, 11)]
+    clock.now += 0.1
+    assert guard.admit(TP, 11)  # after the seek, 11 shows up
+    assert guard.admit(TP, 12)
+    assert guard.gaps_accepted == 0
+
+
+def test_a_gap_that_never_fills_is_accepted_after_the_wait() -> None:
+    guard, seeks, clock = make(wait_s=1.0)
+    guard.expect(TP, 0)
+    assert not guard.admit(TP, 2)
+    for _ in range(5):
+        clock.now += 0.1
+        assert not guard.admit(TP, 2)
+    assert len(seeks) == 6
+    clock.now += 1.0
+    assert guard.admit(TP, 2)
+    assert guard.gaps_accepted == 1
+    assert guard.admit(TP, 3)
+
+
+def test_records_before_the_expected_offset_are_dropped() -> None:
+    guard, _, _ = make()
+    guard.expect(TP, 5)
+    assert not guard.admit(TP, 4)
+    assert guard.admit(TP, 5)
+
+
+def test_zero_wait_accepts_gaps_at_once_on_the_next_look() -> None:
+    guard, _, _ = make(wait_s=0.0)
+    guard.expect(TP, 0)
+    assert not guard.admit(TP, 3)
+    assert guard.admit(TP, 3)
+
+
+def test_first_record_after_forget_sets_the_sequence() -> None:
+    guard, _, _ = make()
+    guard.expect(TP, 0)
+    guard.forget(TP)
+    assert guard.admit(TP, 40)
+    assert guard.admit(TP, 41)
+
+
+def test_negative_wait_is_refused() -> None:
+    with pytest.raises(ValueError):
+        SequenceGuard(seek=lambda tp, off: None, gap_wait_s=-1)
