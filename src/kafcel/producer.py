@@ -13,6 +13,7 @@ raises :class:`DeliveryError` naming every record Kafka refused.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -45,7 +46,11 @@ class Producer:
         bootstrap_servers: str | None = None,
         topic: str | None = None,
         config: Mapping[str, Any] | None = None,
+        queue_full_timeout_s: float = 30.0,
     ) -> None:
+        if queue_full_timeout_s <= 0:
+            raise ConfigError("queue_full_timeout_s must be positive")
+        self._queue_full_timeout_s = queue_full_timeout_s
         base = settings or Settings.from_env()
         self.settings = base.replace(
             **{
@@ -108,14 +113,21 @@ class Producer:
         """Queue an already built envelope."""
         raw_key = key.encode() if isinstance(key, str) else key
         value = envelope.encode()
+        deadline = time.monotonic() + self._queue_full_timeout_s
         while True:
             try:
                 self._producer.produce(
                     self.settings.topic, value=value, key=raw_key, on_delivery=self._on_delivery
                 )
                 break
-            except BufferError:
-                # Local queue full: serve delivery reports to make room, then retry.
+            except BufferError as exc:
+                # Local queue full: serve delivery reports to make room, then retry; a
+                # caller (a web request) must not wait forever for an unreachable Kafka.
+                if time.monotonic() > deadline:
+                    raise DeliveryError(
+                        f"local queue still full after {self._queue_full_timeout_s:g}s: is "
+                        f"Kafka reachable at {self.settings.bootstrap_servers}?"
+                    ) from exc
                 self._producer.poll(0.1)
             except KafkaException as exc:
                 raise KafkaError(f"could not queue task {envelope.task!r}: {exc}") from exc
