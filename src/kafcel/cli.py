@@ -219,7 +219,6 @@ def demo(n_tasks: int, as_json: bool, kafka_port: int, redis_port: int, timeout_
         kafka_port=kafka_port,
         redis_port=redis_port,
         timeout_s=timeout_s,
-        quiet=as_json,
     )
     if as_json:
         click.echo(json.dumps(summary))

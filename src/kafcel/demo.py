@@ -9,6 +9,8 @@ was lost or doubled. Everything it started is stopped again, also on Ctrl-C.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 import uuid
 from datetime import date, timedelta
@@ -53,10 +55,12 @@ def run_demo(
     kafka_port: int = 9092,
     redis_port: int = 6379,
     timeout_s: float = 600.0,
-    quiet: bool = False,
     workdir: Path = Path(".kafcel"),
 ) -> dict[str, Any]:
-    console = Console(stderr=True, quiet=False)
+    console = Console(stderr=True)
+    if threading.current_thread() is threading.main_thread():
+        # `kill` of the demo cleans up like Ctrl-C does.
+        signal.signal(signal.SIGTERM, _interrupt)
     stack = DevStack(kafka_port=kafka_port, redis_port=redis_port, state_dir=workdir / "devstack")
     run = uuid.uuid4().hex[:8]
     started: list[str] = []
@@ -100,10 +104,7 @@ def run_demo(
             f"(2 processes); logs in {logs}"
         )
 
-        n_poison = max(3, n_tasks // 200)
-        poison_every = max(n_tasks // n_poison, 1)
         t0 = time.monotonic()
-        raw = KafkaProducer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all"})
         progress = Progress(
             TextColumn("{task.description:<10}"),
             BarColumn(),
@@ -111,45 +112,9 @@ def run_demo(
             TimeElapsedColumn(),
             console=console,
         )
-        day0 = date(2026, 1, 1)
-        planted = 0
-        with progress, Producer(settings=settings) as producer:
-            sub = progress.add_task("submitted", total=n_tasks)
-            for order_id in range(n_tasks):
-                day = (day0 + timedelta(days=order_id % 365)).isoformat()
-                producer.submit(TASK, order_id, day, key=f"user-{order_id % USERS}")
-                if order_id % poison_every == 0 and planted < n_poison:
-                    raw.produce(settings.topic, value=_poison(planted), key=b"poison")
-                    planted += 1
-                if order_id % 200 == 0:
-                    progress.update(sub, completed=order_id + 1)
-                    raw.poll(0)
-            producer.flush()
-            raw.flush(30)
-            progress.update(sub, completed=n_tasks)
-
-            tps = [
-                (settings.topic, p)
-                for p in partitions_of(settings.bootstrap_servers, settings.topic)
-            ]
-            ends = end_offsets(settings.bootstrap_servers, tps)
-            total = sum(ends.values())
-            done = progress.add_task("settled", total=total)
-            deadline = time.monotonic() + timeout_s
-            committed: dict[tuple[str, int], int | None] = {}
-            while True:
-                committed = committed_offsets(settings.bootstrap_servers, settings.group_id, tps)
-                settled = sum(min(committed.get(tp) or 0, ends[tp]) for tp in tps)
-                progress.update(done, completed=settled)
-                if settled >= total:
-                    break
-                for proc in procs:
-                    if not proc.alive():
-                        raise KafcelError(f"{proc.name} died:\n{proc.tail()}")
-                if time.monotonic() > deadline:
-                    console.print(f"[red]timeout after {timeout_s:.0f}s[/]")
-                    break
-                time.sleep(0.5)
+        with progress:
+            planted = _submit(settings, n_tasks, progress)
+            tps, ends, committed = _wait_settled(settings, procs, progress, timeout_s, console)
         elapsed = time.monotonic() - t0
 
         ledger: redis.Redis[bytes] = redis.Redis.from_url(settings.redis_url)
@@ -178,6 +143,63 @@ def run_demo(
             for proc in reversed(procs):
                 proc.stop(timeout_s=30)
             stack.stop_started(started)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _submit(settings: Settings, n_tasks: int, progress: Progress) -> int:
+    """Submit the orders, with a poison record planted every so often; returns how many."""
+    n_poison = max(3, n_tasks // 200)
+    poison_every = max(n_tasks // n_poison, 1)
+    raw = KafkaProducer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all"})
+    day0 = date(2026, 1, 1)
+    planted = 0
+    sub = progress.add_task("submitted", total=n_tasks)
+    with Producer(settings=settings) as producer:
+        for order_id in range(n_tasks):
+            day = (day0 + timedelta(days=order_id % 365)).isoformat()
+            producer.submit(TASK, order_id, day, key=f"user-{order_id % USERS}")
+            if order_id % poison_every == 0 and planted < n_poison:
+                raw.produce(settings.topic, value=_poison(planted), key=b"poison")
+                planted += 1
+            if order_id % 200 == 0:
+                progress.update(sub, completed=order_id + 1)
+                raw.poll(0)
+    if raw.flush(30):
+        raise KafcelError("poison records were not delivered to Kafka")
+    progress.update(sub, completed=n_tasks)
+    return planted
+
+
+def _wait_settled(
+    settings: Settings,
+    procs: list[ManagedProcess],
+    progress: Progress,
+    timeout_s: float,
+    console: Console,
+) -> tuple[list[tuple[str, int]], dict[tuple[str, int], int], dict[tuple[str, int], int | None]]:
+    """Wait until the bridge group has committed every partition to its end."""
+    bootstrap = settings.bootstrap_servers
+    tps = [(settings.topic, p) for p in partitions_of(bootstrap, settings.topic)]
+    ends = end_offsets(bootstrap, tps)
+    total = sum(ends.values())
+    done = progress.add_task("settled", total=total)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        committed = committed_offsets(bootstrap, settings.group_id, tps)
+        settled = sum(min(committed.get(tp) or 0, ends[tp]) for tp in tps)
+        progress.update(done, completed=settled)
+        if settled >= total:
+            return tps, ends, committed
+        for proc in procs:
+            if not proc.alive():
+                raise KafcelError(f"{proc.name} died:\n{proc.tail()}")
+        if time.monotonic() > deadline:
+            console.print(f"[red]timeout after {timeout_s:.0f}s[/]")
+            return tps, ends, committed
+        time.sleep(0.5)
 
 
 def _show(console: Console, s: dict[str, Any]) -> None:
