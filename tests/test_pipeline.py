@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -190,4 +191,28 @@ def test_key_ordering_keeps_each_keys_effects_in_submission_order(
         got = [int(x) for x in client.lrange(f"{name}:seq:k{k}", 0, -1)]
         assert got == list(range(per_key)), f"key k{k} ran out of order: {got}"
         client.delete(f"{name}:seq:k{k}")
+    wait_until(pipeline.fully_committed, 30, "offsets committed")
+
+
+def test_countdown_is_honoured_and_an_expired_task_settles_through_the_dlq(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    name, client = ledger
+    pipeline.start_bridge()
+    before = datetime.now(UTC)
+    with Producer(settings=pipeline.settings) as producer:
+        later = producer.submit("tests.app.record", name, "later", key="a", countdown=1.5)
+        expired = producer.submit(
+            "tests.app.record", name, "expired", key="b", expires=before - timedelta(seconds=5)
+        )
+    outcomes = outcomes_for(pipeline, 2)
+    ran_at = datetime.fromisoformat(outcomes[later].finished_at)
+    assert outcomes[later].status == "SUCCESS"
+    assert (ran_at - before).total_seconds() >= 1.5
+    assert outcomes[expired].status == "REVOKED"
+    assert outcomes[expired].error_class == "TaskExpired"
+    dlq = pipeline.read(pipeline.settings.dlq_topic, until=lambda got: len(got) >= 1)
+    h = parse_dlq_headers(dlq[0].headers())
+    assert h["error.class"] == "TaskExpired" and h["task_id"] == expired
+    assert counts(client, f"{name}:effects") == {"later": 1}
     wait_until(pipeline.fully_committed, 30, "offsets committed")

@@ -18,13 +18,14 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
+from celery.signals import task_revoked
 from confluent_kafka import Producer
 
 from .dlq import DeadLetter, dlq_headers
 from .envelope import Envelope
 from .errors import KafcelError
 from .once import OnceGuard
-from .results import FAILURE, SUCCESS, Origin, Outcome
+from .results import FAILURE, REVOKED, SUCCESS, Origin, Outcome
 from .settings import Settings
 
 __all__ = ["HEADER", "install", "origin_of"]
@@ -57,7 +58,17 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
         for task in list(app.tasks.values()):
             _guard(task, state)
 
+    def on_revoked(
+        sender: Any = None, request: Any = None, expired: bool = False, **_: Any
+    ) -> None:
+        # An expired or revoked task never reaches task.run, so without this its record
+        # would wait for an outcome forever.
+        if request is None or getattr(sender, "app", app) is not app:
+            return
+        _revoked(str(getattr(sender, "name", "")), request, state, expired=expired)
+
     app.on_after_finalize.connect(guard_all, weak=False)
+    task_revoked.connect(on_revoked, weak=False)
     if app.finalized:
         guard_all()
     return app
@@ -79,9 +90,14 @@ class _WorkerState:
         self._pid = -1
         self._producer: Producer | None = None
         self._guard: OnceGuard | None = None
+        self._inherited: list[Producer] = []
 
     def _ensure(self) -> tuple[Settings, Producer, OnceGuard]:
         if self._pid != os.getpid() or self._producer is None or self._guard is None:
+            if self._producer is not None:
+                # A client inherited through fork must never be destroyed here: librdkafka
+                # would wait for threads that only exist in the parent.
+                self._inherited.append(self._producer)
             settings = self._settings or Settings.from_env()
             self._settings = settings
             config: dict[str, Any] = {
@@ -218,17 +234,68 @@ def _finish(
     if dead is None:
         state.publish(origin, outcome)
         return
-    # The worker no longer has the original bytes: the DLQ value is the request rebuilt
-    # as an envelope with the same id, which is what a replay needs.
+    # The worker no longer has the original bytes: the DLQ value is the request rebuilt.
+    state.publish(
+        origin, outcome, dead=(_rebuild(task.name, args, kwargs, request.id, origin), dead)
+    )
+
+
+def _revoked(task_name: str, request: Any, state: _WorkerState, *, expired: bool) -> None:
+    # ``request`` is the task's Context: custom message headers are attributes of it.
+    origin = origin_of(request)
+    if origin is None:
+        return
+    reason = "TaskExpired" if expired else "TaskRevoked"
+    message = (
+        "the task expired before a worker could run it"
+        if expired
+        else "the task was revoked before it ran"
+    )
+    outcome = Outcome(
+        task_id=request.id,
+        task=task_name,
+        status=REVOKED,
+        error_class=reason,
+        error_message=message,
+        origin_topic=origin.topic,
+        origin_partition=origin.partition,
+        origin_offset=origin.offset,
+        headers=origin.headers,
+        trace_id=origin.trace_id,
+    )
+    letter = DeadLetter(
+        error_class=reason,
+        error_message=message,
+        origin_topic=origin.topic,
+        origin_partition=origin.partition,
+        origin_offset=origin.offset,
+        stage="worker",
+        task=task_name,
+        task_id=request.id,
+        attempts=0,
+    )
     try:
-        value = Envelope(
-            task=task.name,
-            args=tuple(args),
+        state.guard.finish(outcome)
+    except KafcelError:
+        log.exception("kafcel: could not record %s as revoked", request.id)
+    value = _rebuild(
+        task_name, tuple(request.args or ()), dict(request.kwargs or {}), request.id, origin
+    )
+    state.publish(origin, outcome, dead=(value, letter))
+
+
+def _rebuild(
+    task: str, args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str, origin: Origin
+) -> bytes:
+    """The request as an envelope with the same id: what the DLQ holds for a replay."""
+    try:
+        return Envelope(
+            task=task,
+            args=args,
             kwargs=kwargs,
-            id=request.id,
+            id=task_id,
             headers=origin.headers,
             trace_id=origin.trace_id,
         ).encode()
     except KafcelError:
-        value = repr((task.name, args, kwargs)).encode()
-    state.publish(origin, outcome, dead=(value, dead))
+        return repr((task, args, kwargs)).encode()

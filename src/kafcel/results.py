@@ -14,11 +14,13 @@ from typing import Any
 
 from .errors import KafcelError
 
-__all__ = ["FAILURE", "SUCCESS", "Origin", "Outcome"]
+__all__ = ["FAILURE", "REVOKED", "SUCCESS", "Origin", "Outcome"]
 
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
-_STATUSES = (SUCCESS, FAILURE)
+# Expired before it could run, or revoked by an operator: final, never run.
+REVOKED = "REVOKED"
+_STATUSES = (SUCCESS, FAILURE, REVOKED)
 
 
 @dataclass(frozen=True, kw_only=True)
