@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 import kafcel.envelope as envelope_module
 from kafcel.envelope import (
     MAX_DEPTH,
+    MAX_SECONDS,
     SCHEMA_PATH,
     TASK_ID_NAMESPACE,
     Envelope,
@@ -360,6 +361,8 @@ def test_constructor_normalises() -> None:
         ({"task": "t", "eta": "2024-05-01T12:30:00Z"}, "eta", "must be a datetime"),
         ({"task": "t", "countdown": float("nan")}, "countdown", "finite"),
         ({"task": "t", "countdown": float("inf")}, "countdown", "finite"),
+        ({"task": "t", "countdown": 1e12}, "countdown", "<= 315360000"),
+        ({"task": "t", "expires": 1e12}, "expires", "<= 315360000"),
         ({"task": "t", "countdown": 1, "eta": datetime(2024, 1, 1)}, "countdown", "not both"),
         ({"task": "t", "expires": "2024-05-01"}, "expires", "must be a datetime"),
         ({"task": "t", "priority": 10}, "priority", "between 0 and 9"),
@@ -458,7 +461,9 @@ zones = (
     | st.integers(-23 * 60, 23 * 60).map(lambda minutes: timezone(timedelta(minutes=minutes)))
 )
 moments = st.datetimes(timezones=zones)
-seconds = st.integers(min_value=0) | st.floats(min_value=0, allow_infinity=False)
+seconds = st.integers(min_value=0, max_value=MAX_SECONDS) | st.floats(
+    min_value=0, max_value=MAX_SECONDS
+)
 when = (
     st.tuples(st.none(), st.none()) | st.tuples(moments, st.none()) | st.tuples(st.none(), seconds)
 )
@@ -573,6 +578,9 @@ def test_derive_task_id_is_a_deterministic_uuid5() -> None:
     assert first == str(uuid.uuid5(TASK_ID_NAMESPACE, "tasks/3/1234"))
     others = {derive_task_id("tasks", 3, 1235), derive_task_id("tasks", 4, 1234)}
     others.add(derive_task_id("other", 3, 1234))
+    # Same place, another incarnation of the topic (a new timestamp): a new id.
+    assert derive_task_id("tasks", 3, 1234, 1_700_000_000_000) != first
+    assert derive_task_id("tasks", 3, 1234, -1) == first
     assert first not in others and len(others) == 3
 
 

@@ -71,7 +71,7 @@ def test_record_without_id_gets_a_deterministic_id_from_its_offset(
     )
     raw.flush(10)
     msg = delivered[0]
-    expected = derive_task_id(msg.topic(), msg.partition(), msg.offset())
+    expected = derive_task_id(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1])
     outcomes = outcomes_for(pipeline, 1)
     assert expected in outcomes
     assert outcomes[expected].origin_offset == msg.offset()

@@ -7,6 +7,7 @@ to find the true end; on Apache Kafka the read returns nothing new and costs one
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -20,7 +21,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from .errors import ConfigError, KafkaError
 
 __all__ = [
+    "KAFKA_LOG",
     "PartitionLag",
+    "client_config",
     "committed_offsets",
     "end_offsets",
     "ensure_topics",
@@ -44,20 +47,41 @@ class PartitionLag:
         return asdict(self)
 
 
+# librdkafka's own log lines go through Python logging, not straight to stderr, so a CLI
+# error stays one line and the bridge's log stays in one format.
+KAFKA_LOG = logging.getLogger("kafcel.kafka")
+
+
+def client_config(bootstrap_servers: str, extra: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Base config of every Kafka client kafcel creates."""
+    return {"bootstrap.servers": bootstrap_servers, "logger": KAFKA_LOG, **(extra or {})}
+
+
 def _admin(bootstrap_servers: str, extra: Mapping[str, str] | None = None) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap_servers, **(extra or {})})
+    try:
+        return AdminClient(client_config(bootstrap_servers, extra))
+    except KafkaException as exc:
+        raise KafkaError(f"invalid Kafka configuration: {exc}") from exc
 
 
-def _consumer(bootstrap_servers: str, group_id: str | None = None, **extra: Any) -> Consumer:
-    return Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group_id or f"kafcel-admin-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            **extra,
-        }
-    )
+def _consumer(
+    bootstrap_servers: str,
+    group_id: str | None = None,
+    extra: Mapping[str, str] | None = None,
+    **more: Any,
+) -> Consumer:
+    try:
+        return Consumer(
+            {
+                **client_config(bootstrap_servers, extra),
+                "group.id": group_id or f"kafcel-admin-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                **more,
+            }
+        )
+    except KafkaException as exc:
+        raise KafkaError(f"invalid Kafka configuration: {exc}") from exc
 
 
 def ensure_topics(
@@ -76,7 +100,8 @@ def ensure_topics(
     admin = _admin(bootstrap_servers, extra)
     missing = [name for name in topics if name not in _topic_partitions(admin, timeout_s)]
     if missing:
-        new = [NewTopic(n, num_partitions=topics[n], replication_factor=1) for n in missing]
+        # -1: the broker's default.replication.factor, so production clusters replicate.
+        new = [NewTopic(n, num_partitions=topics[n], replication_factor=-1) for n in missing]
         for name, future in admin.create_topics(new, request_timeout=timeout_s).items():
             try:
                 future.result()
@@ -103,11 +128,17 @@ def _topic_partitions(admin: AdminClient, timeout_s: float) -> dict[str, int]:
     return {t: len(meta.partitions) for t, meta in metadata.topics.items() if not meta.error}
 
 
-def partitions_of(bootstrap_servers: str, topic: str, *, timeout_s: float = 10.0) -> list[int]:
+def partitions_of(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    extra: Mapping[str, str] | None = None,
+    timeout_s: float = 10.0,
+) -> list[int]:
     try:
         # All topics, not list_topics(topic): a metadata request naming a topic makes
         # brokers with auto-creation (Tansu) create it.
-        meta = _admin(bootstrap_servers).list_topics(timeout=timeout_s)
+        meta = _admin(bootstrap_servers, extra).list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise KafkaError(f"Kafka at {bootstrap_servers} is not reachable: {exc}") from exc
     t = meta.topics.get(topic)
@@ -117,13 +148,17 @@ def partitions_of(bootstrap_servers: str, topic: str, *, timeout_s: float = 10.0
 
 
 def end_offsets(
-    bootstrap_servers: str, tps: Iterable[TP], *, settle_s: float = 0.3
+    bootstrap_servers: str,
+    tps: Iterable[TP],
+    *,
+    extra: Mapping[str, str] | None = None,
+    settle_s: float = 0.3,
 ) -> dict[TP, int]:
     """The offset after the last record of each partition (see the module note on Tansu)."""
     tps = list(tps)
     if not tps:
         return {}
-    consumer = _consumer(bootstrap_servers, None, **{"fetch.wait.max.ms": 50})
+    consumer = _consumer(bootstrap_servers, None, extra, **{"fetch.wait.max.ms": 50})
     try:
         ends: dict[TP, int] = {}
         for t, p in tps:
@@ -150,9 +185,13 @@ def end_offsets(
 
 
 def committed_offsets(
-    bootstrap_servers: str, group_id: str, tps: Iterable[TP]
+    bootstrap_servers: str,
+    group_id: str,
+    tps: Iterable[TP],
+    *,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[TP, int | None]:
-    consumer = _consumer(bootstrap_servers, group_id)
+    consumer = _consumer(bootstrap_servers, group_id, extra)
     try:
         got = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
     except KafkaException as exc:
@@ -162,11 +201,17 @@ def committed_offsets(
     return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in got}
 
 
-def group_lag(bootstrap_servers: str, group_id: str, topic: str) -> list[PartitionLag]:
+def group_lag(
+    bootstrap_servers: str,
+    group_id: str,
+    topic: str,
+    *,
+    extra: Mapping[str, str] | None = None,
+) -> list[PartitionLag]:
     """Per partition of ``topic``: the group's committed offset, the end offset, the lag."""
-    tps = [(topic, p) for p in partitions_of(bootstrap_servers, topic)]
-    ends = end_offsets(bootstrap_servers, tps)
-    committed = committed_offsets(bootstrap_servers, group_id, tps)
+    tps = [(topic, p) for p in partitions_of(bootstrap_servers, topic, extra=extra)]
+    ends = end_offsets(bootstrap_servers, tps, extra=extra)
+    committed = committed_offsets(bootstrap_servers, group_id, tps, extra=extra)
     rows = []
     for tp in tps:
         c = committed.get(tp)
@@ -175,13 +220,15 @@ def group_lag(bootstrap_servers: str, group_id: str, topic: str) -> list[Partiti
     return rows
 
 
-def topic_depth(bootstrap_servers: str, topic: str) -> int:
+def topic_depth(
+    bootstrap_servers: str, topic: str, *, extra: Mapping[str, str] | None = None
+) -> int:
     """How many records a topic holds (end minus low offset, summed over partitions)."""
-    tps = [(topic, p) for p in partitions_of(bootstrap_servers, topic)]
+    tps = [(topic, p) for p in partitions_of(bootstrap_servers, topic, extra=extra)]
     if not tps:
         return 0
-    ends = end_offsets(bootstrap_servers, tps)
-    consumer = _consumer(bootstrap_servers)
+    ends = end_offsets(bootstrap_servers, tps, extra=extra)
+    consumer = _consumer(bootstrap_servers, None, extra)
     try:
         total = 0
         for tp in tps:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -18,12 +19,12 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
-from celery.signals import task_revoked
-from confluent_kafka import Producer
+from celery.signals import task_revoked, task_unknown, worker_init, worker_process_init
+from confluent_kafka import KafkaException, Producer
 
 from .dlq import DeadLetter, dlq_headers
 from .envelope import Envelope
-from .errors import KafcelError
+from .errors import BrokerError, DeliveryError, KafcelError
 from .once import OnceGuard
 from .results import FAILURE, REVOKED, SUCCESS, Origin, Outcome
 from .settings import Settings
@@ -65,10 +66,29 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
         # would wait for an outcome forever.
         if request is None or getattr(sender, "app", app) is not app:
             return
-        _revoked(str(getattr(sender, "name", "")), request, state, expired=expired)
+        origin = origin_of(request)  # the task's Context: headers are its attributes
+        if origin is not None:
+            reason = "TaskExpired" if expired else "TaskRevoked"
+            what = "expired before a worker could run it" if expired else "was revoked"
+            _never_ran(state, origin, request.id, sender.name, reason, f"the task {what}")
+
+    def on_unknown(
+        sender: Any = None, name: str = "", id: str = "", message: Any = None, **_: Any
+    ) -> None:
+        # The bridge's app knows the task but this worker's does not: Celery drops the
+        # message, so the record must be settled (and dead-lettered) from here.
+        headers = getattr(message, "headers", None) or {}
+        origin = Origin.from_header(headers.get(HEADER))
+        if origin is not None:
+            reason = "the task is not registered in this worker's Celery app"
+            _never_ran(state, origin, id, name, "TaskUnknownOnWorker", reason)
 
     app.on_after_finalize.connect(guard_all, weak=False)
+    # Tasks registered after finalize (late imports) are guarded when a worker starts.
+    worker_init.connect(guard_all, weak=False)
+    worker_process_init.connect(guard_all, weak=False)
     task_revoked.connect(on_revoked, weak=False)
+    task_unknown.connect(on_unknown, weak=False)
     if app.finalized:
         guard_all()
     return app
@@ -125,26 +145,41 @@ class _WorkerState:
     def publish(
         self, origin: Origin, outcome: Outcome, dead: tuple[bytes, DeadLetter] | None = None
     ) -> None:
-        settings, producer, _ = self._ensure()
+        """Write the DLQ record (if any), then the outcome; raise DeliveryError on failure.
+
+        The outcome is what lets the bridge commit, so it goes last and only once the DLQ
+        record is on Kafka; both are on Kafka before the broker message is acked.
+        """
+        settings, _, _ = self._ensure()
         key = origin.key.encode("utf-8", "surrogateescape") if origin.key is not None else None
         if dead is not None:
             value, letter = dead
-            producer.produce(
-                origin.dlq_topic or settings.dlq_topic,
-                value=value,
-                key=key,
-                headers=dlq_headers(letter, None),
+            self._deliver(
+                origin.dlq_topic or settings.dlq_topic, value, key, dlq_headers(letter, None)
             )
-        producer.produce(
-            origin.results_topic or settings.results_topic, value=outcome.encode(), key=key
-        )
-        # The outcome is what lets the bridge commit; it must be on Kafka before the
-        # broker message is acked, or a crash here would leave the offset unsettled.
+        self._deliver(origin.results_topic or settings.results_topic, outcome.encode(), key, None)
+
+    def _deliver(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, str | bytes | None]] | None,
+    ) -> None:
+        _, producer, _ = self._ensure()
+        errors: list[str] = []
+
+        def delivered(err: Any, _: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        try:
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
+        except (BufferError, KafkaException) as exc:
+            raise DeliveryError(f"cannot write to {topic}: {exc}") from exc
         remaining = producer.flush(30)
-        if remaining:
-            log.error(
-                "kafcel: %d outcome record(s) not delivered for %s", remaining, outcome.task_id
-            )
+        if remaining or errors:
+            raise DeliveryError(f"record for {topic} not delivered: {errors or 'timed out'}")
 
 
 def _guard(task: Task, state: _WorkerState) -> None:
@@ -158,10 +193,17 @@ def _guard(task: Task, state: _WorkerState) -> None:
         origin = origin_of(request)
         if origin is None or request.id is None or getattr(request, "is_eager", False):
             return run(*args, **kwargs)
-        claim = state.guard.claim(request.id)
+        try:
+            claim = state.guard.claim(request.id)
+        except BrokerError as exc:
+            # Without the guard we cannot tell whether this id already ran: hand the
+            # message back rather than run it blind or drop it.
+            log.warning("kafcel: %s; requeueing %s", exc, request.id)
+            time.sleep(1.0)
+            raise Reject(str(exc), requeue=True) from exc
         if claim.done is not None:
             log.info("kafcel: %s already finished; re-announcing its outcome", request.id)
-            state.publish(origin, claim.done.with_duplicate())
+            _publish_or_requeue(state, origin, claim.done.with_duplicate())
             raise Ignore()
         if not claim.acquired:
             countdown = min(claim.running_ttl_s or _MAX_BACKOFF_S, _MAX_BACKOFF_S)
@@ -170,12 +212,27 @@ def _guard(task: Task, state: _WorkerState) -> None:
             raise Ignore()
         try:
             result = run(*args, **kwargs)
-        except (Retry, Ignore, Reject):
-            # Not final: Celery will deliver this id again, which must be allowed to run.
+        except Retry:
+            # Not final: Celery delivers this id again, and that copy must be allowed to run.
             state.guard.release(request.id)
             raise
-        except BaseException as exc:
+        except Reject as exc:
+            if exc.requeue:
+                state.guard.release(request.id)
+            else:
+                _finish(task, state, origin, args, kwargs, exc=exc)
+            raise
+        except Ignore:
+            # The task chose to end without a state (self.replace() does this too): its
+            # record settles as a success with no result.
+            _finish(task, state, origin, args, kwargs, result=None)
+            raise
+        except Exception as exc:
             _finish(task, state, origin, args, kwargs, exc=exc)
+            raise
+        except BaseException:
+            # Ctrl-C in a solo worker, a greenlet killed: not the task's verdict.
+            state.guard.release(request.id)
             raise
         _finish(task, state, origin, args, kwargs, result=result)
         return result
@@ -232,28 +289,35 @@ def _finish(
     except KafcelError:
         log.exception("kafcel: could not record %s as done", request.id)
     if dead is None:
-        state.publish(origin, outcome)
+        _publish_or_requeue(state, origin, outcome)
         return
     # The worker no longer has the original bytes: the DLQ value is the request rebuilt.
-    state.publish(
-        origin, outcome, dead=(_rebuild(task.name, args, kwargs, request.id, origin), dead)
-    )
+    value = _rebuild(task.name, args, kwargs, request.id, origin)
+    _publish_or_requeue(state, origin, outcome, dead=(value, dead))
 
 
-def _revoked(task_name: str, request: Any, state: _WorkerState, *, expired: bool) -> None:
-    # ``request`` is the task's Context: custom message headers are attributes of it.
-    origin = origin_of(request)
-    if origin is None:
-        return
-    reason = "TaskExpired" if expired else "TaskRevoked"
-    message = (
-        "the task expired before a worker could run it"
-        if expired
-        else "the task was revoked before it ran"
-    )
+def _publish_or_requeue(
+    state: _WorkerState,
+    origin: Origin,
+    outcome: Outcome,
+    dead: tuple[bytes, DeadLetter] | None = None,
+) -> None:
+    try:
+        state.publish(origin, outcome, dead=dead)
+    except KafcelError as exc:
+        # The done marker is set: the requeued copy re-announces the outcome, so the
+        # effect is not repeated and the record still settles once Kafka is back.
+        log.warning("kafcel: %s; requeueing %s", exc, outcome.task_id)
+        raise Reject(str(exc), requeue=True) from exc
+
+
+def _never_ran(
+    state: _WorkerState, origin: Origin, task_id: str, task: str, reason: str, message: str
+) -> None:
+    """Settle a task that will not run: a REVOKED outcome; the bridge dead-letters it."""
     outcome = Outcome(
-        task_id=request.id,
-        task=task_name,
+        task_id=task_id,
+        task=task,
         status=REVOKED,
         error_class=reason,
         error_message=message,
@@ -263,25 +327,15 @@ def _revoked(task_name: str, request: Any, state: _WorkerState, *, expired: bool
         headers=origin.headers,
         trace_id=origin.trace_id,
     )
-    letter = DeadLetter(
-        error_class=reason,
-        error_message=message,
-        origin_topic=origin.topic,
-        origin_partition=origin.partition,
-        origin_offset=origin.offset,
-        stage="worker",
-        task=task_name,
-        task_id=request.id,
-        attempts=0,
-    )
     try:
-        state.guard.finish(outcome)
+        current = state.guard.finish_if_absent(outcome)
+        if current is None:
+            state.publish(origin, outcome)
+        elif current.done is not None:
+            state.publish(origin, current.done.with_duplicate())
+        # else another copy of this id runs right now and will announce itself
     except KafcelError:
-        log.exception("kafcel: could not record %s as revoked", request.id)
-    value = _rebuild(
-        task_name, tuple(request.args or ()), dict(request.kwargs or {}), request.id, origin
-    )
-    state.publish(origin, outcome, dead=(value, letter))
+        log.exception("kafcel: could not settle %s (%s)", task_id, reason)
 
 
 def _rebuild(

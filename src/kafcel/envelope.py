@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BYTES: Final = 1_048_576
+MAX_SECONDS: Final = 315_360_000  # ten years
 MAX_DEPTH: Final = 64
 """Deepest nesting of arrays/objects accepted; the envelope object itself is level 1."""
 MAX_NAME_LENGTH: Final = 255
@@ -170,14 +171,28 @@ _ABSENT: Final[Mapping[str, Any]] = {
 }
 
 
-def derive_task_id(topic: str, partition: int, offset: int) -> str:
-    """Stable task id of a record without ``id``: re-reading it yields the same id."""
-    return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{topic}/{partition}/{offset}"))
+def derive_task_id(topic: str, partition: int, offset: int, timestamp_ms: int | None = None) -> str:
+    """Stable task id of a record without ``id``: re-reading it yields the same id.
+
+    The record's timestamp is part of the name when Kafka has one, so a topic deleted and
+    created again (offsets from 0 again) does not reuse the ids of its previous records,
+    which the once-guard still remembers as done.
+    """
+    name = f"{topic}/{partition}/{offset}"
+    if timestamp_ms is not None and timestamp_ms >= 0:
+        name += f"/{timestamp_ms}"
+    return str(uuid.uuid5(TASK_ID_NAMESPACE, name))
 
 
-def task_id_for(envelope: Envelope, topic: str, partition: int, offset: int) -> str:
+def task_id_for(
+    envelope: Envelope,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None = None,
+) -> str:
     """The Celery task id of ``envelope`` read at ``topic``/``partition``/``offset``."""
-    return envelope.id or derive_task_id(topic, partition, offset)
+    return envelope.id or derive_task_id(topic, partition, offset, timestamp_ms)
 
 
 def json_schema() -> dict[str, Any]:
@@ -310,8 +325,12 @@ def _check_object(name: str, value: Any, from_json: bool) -> dict[str, Any]:
 def _check_seconds(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _wrong(name, "a number of seconds", value)
-    if not 0 <= value < math.inf:
-        raise SchemaViolation(f"must be a finite number >= 0, got {value!r}", field=name)
+    if not 0 <= value <= MAX_SECONDS:
+        # Past ten years Celery's date arithmetic overflows: refuse it here, clearly.
+        raise SchemaViolation(
+            f"must be a finite number of seconds <= {MAX_SECONDS} and >= 0, got {value!r}",
+            field=name,
+        )
 
 
 def _check_time(name: str, value: Any, from_json: bool) -> datetime:

@@ -9,7 +9,8 @@ KafcelError
 │   │   ├── InvalidEncoding
 │   │   ├── InvalidJson
 │   │   └── SchemaViolation
-│   └── TaskNotAllowed     the task is not registered or not on the allow-list
+│   ├── TaskNotAllowed     the task is not registered or not on the allow-list
+│   └── DispatchRefused    Celery could not build a message from a valid envelope
 ├── KafkaError             the Kafka client failed (wraps confluent_kafka errors)
 │   └── DeliveryError      records the producer could not deliver
 ├── BrokerError            the Celery broker refused or lost a message
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "DeliveryError",
     "DevStackError",
+    "DispatchRefused",
     "EnvelopeError",
     "InvalidEncoding",
     "InvalidJson",
@@ -78,6 +80,10 @@ class SchemaViolation(EnvelopeError):
 
 class TaskNotAllowed(RecordRejected):
     """The task name is not registered in the Celery app or not on the allow-list."""
+
+
+class DispatchRefused(RecordRejected):
+    """Celery refused a valid envelope (an option it cannot turn into a message)."""
 
 
 class KafkaError(KafcelError):

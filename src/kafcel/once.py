@@ -94,6 +94,19 @@ class OnceGuard:
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
 
+    def finish_if_absent(self, outcome: Outcome) -> Claim | None:
+        """Record ``outcome`` unless the id is already running or done; else its state."""
+        key = self._key(outcome.task_id)
+        try:
+            if self._redis.set(key, _DONE + outcome.encode(), nx=True, px=self._done_ms):
+                return None
+            value = self._redis.get(key)
+        except redis.RedisError as exc:
+            raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
+        if value is not None and value.startswith(_DONE):
+            return Claim(acquired=False, done=Outcome.decode(value[len(_DONE) :]))
+        return Claim(acquired=False, running_ttl_s=self._lease_ms / 1000)
+
     def state(self, task_id: str) -> dict[str, Any]:
         """What the guard knows of a task id (for status and tests)."""
         value = self._redis.get(self._key(task_id))

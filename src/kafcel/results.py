@@ -21,6 +21,7 @@ FAILURE = "FAILURE"
 # Expired before it could run, or revoked by an operator: final, never run.
 REVOKED = "REVOKED"
 _STATUSES = (SUCCESS, FAILURE, REVOKED)
+MAX_OUTCOME_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,11 +88,17 @@ class Outcome:
     def encode(self) -> bytes:
         data = asdict(self)
         try:
-            return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+            raw = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError):
             # A task may return something JSON cannot carry; the outcome must still go out.
             data["result"] = repr(self.result)
-            return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+            raw = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+        if len(raw) > MAX_OUTCOME_BYTES:
+            # Kafka refuses records above message.max.bytes (1 MB by default); the full
+            # result stays in Celery's result backend.
+            data["result"] = {"kafcel_result_omitted_bytes": len(raw)}
+            raw = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+        return raw
 
     @classmethod
     def decode(cls, raw: bytes) -> Outcome:

@@ -16,12 +16,13 @@ __all__ = ["collect_status", "render_status"]
 
 def collect_status(settings: Settings) -> dict[str, Any]:
     """Committed offset, end offset and lag per partition; DLQ depth. Raises KafkaError."""
-    if not partitions_of(settings.bootstrap_servers, settings.topic):
+    bootstrap, extra = settings.bootstrap_servers, settings.librdkafka()
+    if not partitions_of(bootstrap, settings.topic, extra=extra):
         raise KafkaError(
             f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers} "
             "(start a bridge, or check --topic / KAFCEL_TOPIC)"
         )
-    rows = group_lag(settings.bootstrap_servers, settings.group_id, settings.topic)
+    rows = group_lag(bootstrap, settings.group_id, settings.topic, extra=extra)
     return {
         "topic": settings.topic,
         "group": settings.group_id,
@@ -29,7 +30,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "lag": sum(r.lag for r in rows),
         "dlq": {
             "topic": settings.dlq_topic,
-            "depth": topic_depth(settings.bootstrap_servers, settings.dlq_topic),
+            "depth": topic_depth(bootstrap, settings.dlq_topic, extra=extra),
         },
     }
 

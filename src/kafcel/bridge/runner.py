@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import Celery
 from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaException,
     Message,
@@ -27,12 +28,12 @@ from confluent_kafka import (
 )
 from confluent_kafka import KafkaError as RdKafkaError
 
-from ..admin import ensure_topics
+from ..admin import client_config, ensure_topics
 from ..celery import HEADER
 from ..dlq import DeadLetter, dlq_headers
 from ..envelope import Envelope, task_id_for
-from ..errors import BrokerError, ConfigError, KafkaError, RecordRejected
-from ..results import Origin, Outcome
+from ..errors import BrokerError, ConfigError, DispatchRefused, KafkaError, RecordRejected
+from ..results import REVOKED, Origin, Outcome
 from ..settings import Settings
 from .filter import TaskFilter
 from .ordering import OrderingGate
@@ -58,6 +59,7 @@ class _Dispatch:
     tp: TP
     offset: int
     slot: Hashable | None
+    msg: Message  # the original record: what goes to the DLQ if Celery never runs it
 
 
 @dataclass
@@ -115,13 +117,15 @@ class Bridge:
         self._seq_results = SequenceGuard(seek=self._seek_results, gap_wait_s=settings.gap_wait_s)
         self._paused = False
         self._assignment_changed = False
-        self._dlq_retry: list[tuple[Message, DeadLetter, bool]] = []
+        self._dlq_retry: list[tuple[Message, DeadLetter, bool, Hashable | None]] = []
+        self._dlq_retry_at = 0.0
+        self._retryable: tuple[type[BaseException], ...] | None = None
         app.loader.import_default_modules()
         app.finalize(auto=True)
         self._filter = TaskFilter(
             registered=list(app.tasks.keys()), allow=settings.allow, deny=settings.deny
         )
-        base = {"bootstrap.servers": settings.bootstrap_servers, **settings.librdkafka()}
+        base = client_config(settings.bootstrap_servers, settings.librdkafka())
         consumer_conf: dict[str, Any] = {
             **base,
             "group.id": settings.group_id,
@@ -142,6 +146,8 @@ class Bridge:
             "group.id": f"{settings.group_id}.results.{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 10,
+            # Out of range (retention emptied the topic): re-read rather than skip ahead.
+            "auto.offset.reset": "earliest",
         }
         self._producer_conf = {**base, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
         self._consumer: Consumer | None = None
@@ -259,7 +265,9 @@ class Bridge:
         except RecordRejected as exc:
             self._dead_letter(msg, exc)
             return
-        task_id = task_id_for(envelope, tp[0], tp[1], offset)
+        kind, timestamp_ms = msg.timestamp()
+        stamp = timestamp_ms if kind != TIMESTAMP_NOT_AVAILABLE else None
+        task_id = task_id_for(envelope, tp[0], tp[1], offset, stamp)
         key = msg.key()
         origin = Origin(
             topic=tp[0],
@@ -271,12 +279,12 @@ class Bridge:
             trace_id=envelope.trace_id,
             headers=dict(envelope.headers),
         )
-        item = _Dispatch(envelope, task_id, origin, tp, offset, self._gate.slot_for(tp, key))
+        slot = self._gate.slot_for(tp, key)
+        item = _Dispatch(envelope, task_id, origin, tp, offset, slot, msg)
         if self._gate.admit(item.slot, item):
             self._dispatch(item)
 
     def _dispatch(self, item: _Dispatch) -> None:
-        self._pending.setdefault(item.task_id, []).append(item)
         envelope, task_id, origin = item.envelope, item.task_id, item.origin
         delay_s = 0.1
         while True:
@@ -294,33 +302,61 @@ class Bridge:
                     serializer="json",
                     headers={HEADER: origin.to_header()},
                 )
+                self._pending.setdefault(task_id, []).append(item)
                 self.stats.dispatched += 1
                 return
-            except Exception as exc:
+            except self._retryable_errors() as exc:
                 # The broker is down: keep the record in flight and try again; never drop.
-                error = BrokerError(f"Celery broker refused task {task_id}: {exc}")
+                error = BrokerError(f"Celery broker unavailable for task {task_id}: {exc}")
                 log.warning("%s; retrying in %.1fs", error, delay_s)
                 if self._stop.wait(delay_s):
                     # Stopping: the record stays unsettled and is re-read after restart.
                     return
-                self._read_outcomes()
                 delay_s = min(delay_s * 2, 5.0)
+            except Exception as exc:
+                # Not the broker's state but this record's (Celery cannot build the
+                # message): retrying would stall the partition, so it goes to the DLQ.
+                refused = DispatchRefused(f"Celery refused the task: {type(exc).__name__}: {exc}")
+                self._dead_letter(item.msg, refused, slot=item.slot)
+                return
 
-    def _dead_letter(self, msg: Message, exc: RecordRejected, *, drop_value: bool = False) -> None:
-        assert self._producer is not None
+    def _retryable_errors(self) -> tuple[type[BaseException], ...]:
+        if self._retryable is None:
+            from kombu.exceptions import OperationalError
+
+            with self.app.connection_for_write() as conn:
+                transport_errors = tuple(conn.connection_errors) + tuple(conn.channel_errors)
+            self._retryable = (OperationalError, ConnectionError, TimeoutError, *transport_errors)
+        return self._retryable
+
+    def _dead_letter(
+        self,
+        msg: Message,
+        exc: RecordRejected,
+        *,
+        slot: Hashable | None = None,
+        error_class: str | None = None,
+        task: str | None = None,
+        task_id: str | None = None,
+    ) -> None:
         (topic, partition), offset = _position(msg)
         letter = DeadLetter(
-            error_class=type(exc).__name__,
+            error_class=error_class or type(exc).__name__,
             error_message=exc.reason,
             field=exc.field,
             origin_topic=topic,
             origin_partition=partition,
             origin_offset=offset,
             stage="bridge",
+            task=task,
+            task_id=task_id,
         )
-        self._produce_dlq(msg, letter, drop_value)
+        self._produce_dlq(msg, letter, False, slot)
 
-    def _produce_dlq(self, msg: Message, letter: DeadLetter, drop_value: bool) -> None:
+    def _produce_dlq(
+        self, msg: Message, letter: DeadLetter, drop_value: bool, slot: Hashable | None
+    ) -> None:
+        """Write the DLQ record; the offset settles (and its key frees) once Kafka has it."""
         assert self._producer is not None
         headers: list[tuple[str, str | bytes | None]] = list(
             dlq_headers(letter, _header_list(msg.headers()))
@@ -332,12 +368,14 @@ class Bridge:
             if err is None:
                 self.stats.dlq += 1
                 self._settle(*_position(msg))
+                self._release(slot)
             else:
                 log.warning("DLQ write failed (%s); retrying", err)
                 # A value too large for the DLQ topic goes without its bytes; the origin
                 # offset in the headers still points at them.
                 too_big = err.code() == RdKafkaError.MSG_SIZE_TOO_LARGE
-                self._dlq_retry.append((msg, letter, drop_value or too_big))
+                self._dlq_retry.append((msg, letter, drop_value or too_big, slot))
+                self._dlq_retry_at = time.monotonic() + 1.0
 
         while True:
             try:
@@ -361,10 +399,10 @@ class Bridge:
                 raise KafkaError(f"cannot write to the DLQ topic: {exc}") from exc
 
     def _retry_dlq(self) -> None:
-        if self._dlq_retry:
+        if self._dlq_retry and time.monotonic() >= self._dlq_retry_at:
             retry, self._dlq_retry = self._dlq_retry, []
-            for msg, letter, drop_value in retry:
-                self._produce_dlq(msg, letter, drop_value)
+            for msg, letter, drop_value, slot in retry:
+                self._produce_dlq(msg, letter, drop_value, slot)
 
     # -- outcomes and offsets ------------------------------------------------------
 
@@ -378,9 +416,9 @@ class Bridge:
         # (the worker's once-guard then re-announces them).
         start = []
         for p in parts:
-            _, high = self._results.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = self._results.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             # Tansu's watermark may be low by a batch: re-reading a few old outcomes is harmless.
-            start.append(TopicPartition(topic, p, max(high - 1, 0) if high > 0 else 0))
+            start.append(TopicPartition(topic, p, max(high - 1, low, 0)))
         self._results.assign(start)
         for tp in start:
             self._seq_results.expect((topic, tp.partition), tp.offset)
@@ -411,11 +449,27 @@ class Bridge:
         if outcome.duplicate:
             self.stats.duplicates += 1
         for item in items:
+            if outcome.status == REVOKED:
+                # Never ran (expired or revoked): the original bytes go to the DLQ, and
+                # the record settles when that write is acknowledged.
+                reason = RecordRejected(outcome.error_message or "revoked")
+                self._dead_letter(
+                    item.msg,
+                    reason,
+                    slot=item.slot,
+                    error_class=outcome.error_class or "TaskRevoked",
+                    task=outcome.task,
+                    task_id=outcome.task_id,
+                )
+                continue
             self._settle(item.tp, item.offset)
-            # The key's next record may go now: its predecessor's effect is final.
-            following = self._gate.release(item.slot)
-            if following is not None:
-                self._dispatch(following)
+            self._release(item.slot)
+
+    def _release(self, slot: Hashable | None) -> None:
+        # The key's next record may go now: its predecessor's outcome is final.
+        following = self._gate.release(slot)
+        if following is not None:
+            self._dispatch(following)
 
     def _settle(self, tp: TP, offset: int) -> None:
         if self._tracker.settle(tp, offset):
