@@ -216,3 +216,22 @@ def test_countdown_is_honoured_and_an_expired_task_settles_through_the_dlq(
     assert h["error.class"] == "TaskExpired" and h["task_id"] == expired
     assert counts(client, f"{name}:effects") == {"later": 1}
     wait_until(pipeline.fully_committed, 30, "offsets committed")
+
+
+def test_task_allowed_by_pattern_but_unknown_to_the_worker_is_dead_lettered(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    name, client = ledger
+    pipeline.start_bridge(allow=("tests.app.elsewhere_*",))
+    with Producer(settings=pipeline.settings) as producer:
+        missing = producer.submit("tests.app.elsewhere_only", name, 1, key="k")
+        after = producer.submit("tests.app.record", name, "after", key="k")
+    dlq = pipeline.read(pipeline.settings.dlq_topic, until=lambda got: len(got) >= 1)
+    h = parse_dlq_headers(dlq[0].headers())
+    assert h["error.class"] == "TaskUnknownOnWorker" and h["task_id"] == missing
+    assert Envelope.decode(dlq[0].value()).task == "tests.app.elsewhere_only"
+    # The same key's next record was not held up for good.
+    outcomes = outcomes_for(pipeline, 2)
+    assert outcomes[after].status == "SUCCESS"
+    assert counts(client, f"{name}:effects") == {"after": 1}
+    wait_until(pipeline.fully_committed, 30, "offsets committed")

@@ -22,6 +22,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery.signals import task_revoked, task_unknown, worker_init, worker_process_init
 from confluent_kafka import KafkaException, Producer
 
+from .admin import client_config
 from .dlq import DeadLetter, dlq_headers
 from .envelope import Envelope
 from .errors import BrokerError, DeliveryError, KafcelError
@@ -121,7 +122,7 @@ class _WorkerState:
             settings = self._settings or Settings.from_env()
             self._settings = settings
             config: dict[str, Any] = {
-                "bootstrap.servers": settings.bootstrap_servers,
+                **client_config(settings.bootstrap_servers),
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 0,

@@ -75,6 +75,7 @@ def bridge(app_spec: str, log_level: str, **options: Any) -> None:
 
     settings = build_settings(options)
     _setup_logging(log_level)
+    logging.getLogger("kafcel.kafka").setLevel(logging.WARNING)
     sys.path.insert(0, os.getcwd())
     app = load_app(app_spec)
     code = Bridge(
@@ -227,6 +228,9 @@ def demo(n_tasks: int, as_json: bool, kafka_port: int, redis_port: int, timeout_
 
 
 def main(argv: list[str] | None = None) -> None:
+    # librdkafka retries noisily while a broker is unreachable; a CLI command reports that
+    # once, as its own error line. The bridge turns these logs back on (see bridge()).
+    logging.getLogger("kafcel.kafka").setLevel(logging.CRITICAL + 1)
     try:
         cli.main(args=argv, prog_name="kafcel", standalone_mode=False)
     except click.exceptions.Abort:

@@ -23,7 +23,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .admin import committed_offsets, end_offsets, ensure_topics, partitions_of, topic_depth
+from .admin import (
+    client_config,
+    committed_offsets,
+    end_offsets,
+    ensure_topics,
+    partitions_of,
+    topic_depth,
+)
 from .demo_tasks import fails_once
 from .devstack import DevStack
 from .envelope import Envelope
@@ -153,7 +160,7 @@ def _submit(settings: Settings, n_tasks: int, progress: Progress) -> int:
     """Submit the orders, with a poison record planted every so often; returns how many."""
     n_poison = max(3, n_tasks // 200)
     poison_every = max(n_tasks // n_poison, 1)
-    raw = KafkaProducer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all"})
+    raw = KafkaProducer({**client_config(settings.bootstrap_servers), "acks": "all"})
     day0 = date(2026, 1, 1)
     planted = 0
     sub = progress.add_task("submitted", total=n_tasks)

@@ -23,6 +23,7 @@ from typing import Any
 from confluent_kafka import KafkaException, Message
 from confluent_kafka import Producer as KafkaProducer
 
+from .admin import client_config
 from .envelope import Envelope
 from .errors import ConfigError, DeliveryError, KafkaError
 from .settings import Settings
@@ -59,7 +60,7 @@ class Producer:
                 if v is not None
             }
         )
-        conf: dict[str, Any] = {"bootstrap.servers": self.settings.bootstrap_servers}
+        conf: dict[str, Any] = client_config(self.settings.bootstrap_servers)
         conf.update(_DEFAULTS)
         conf.update(self.settings.librdkafka())
         conf.update(config or {})

@@ -30,11 +30,12 @@ from confluent_kafka import KafkaError as RdKafkaError
 
 from ..admin import client_config, ensure_topics
 from ..celery import HEADER
-from ..dlq import DeadLetter, dlq_headers
+from ..dlq import DeadLetter
 from ..envelope import Envelope, task_id_for
 from ..errors import BrokerError, ConfigError, DispatchRefused, KafkaError, RecordRejected
 from ..results import REVOKED, Origin, Outcome
 from ..settings import Settings
+from .deadletter import DeadLetterWriter
 from .filter import TaskFilter
 from .ordering import OrderingGate
 from .sequence import SequenceGuard
@@ -117,8 +118,6 @@ class Bridge:
         self._seq_results = SequenceGuard(seek=self._seek_results, gap_wait_s=settings.gap_wait_s)
         self._paused = False
         self._assignment_changed = False
-        self._dlq_retry: list[tuple[Message, DeadLetter, bool, Hashable | None]] = []
-        self._dlq_retry_at = 0.0
         self._retryable: tuple[type[BaseException], ...] | None = None
         app.loader.import_default_modules()
         app.finalize(auto=True)
@@ -153,6 +152,7 @@ class Bridge:
         self._consumer: Consumer | None = None
         self._results: Consumer | None = None
         self._producer: Producer | None = None
+        self._dlq: DeadLetterWriter | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -172,6 +172,9 @@ class Bridge:
         )
         try:
             self._producer = Producer(self._producer_conf)
+            self._dlq = DeadLetterWriter(
+                producer=self._producer, topic=s.dlq_topic, on_written=self._dead_lettered
+            )
             self._results = Consumer(self._results_conf)
             self._open_results()
             self._consumer = Consumer(self._consumer_conf)
@@ -240,8 +243,11 @@ class Bridge:
             self._consumer.consume(1, timeout=_POLL_S)
         self._read_outcomes()
         self._producer.poll(0)
-        self._retry_dlq()
-        self._backpressure()
+        assert self._dlq is not None
+        self._dlq.retry_due()
+        if fetch:
+            # While draining, partitions stay paused whatever the in-flight count.
+            self._backpressure()
         self.stats.in_flight = self._tracker.in_flight()
         self.stats.waiting = self._gate.waiting
         self.stats.gaps_reseeked = self._seq.reseeks + self._seq_results.reseeks
@@ -351,58 +357,13 @@ class Bridge:
             task=task,
             task_id=task_id,
         )
-        self._produce_dlq(msg, letter, False, slot)
+        assert self._dlq is not None
+        self._dlq.write(msg, letter, slot)
 
-    def _produce_dlq(
-        self, msg: Message, letter: DeadLetter, drop_value: bool, slot: Hashable | None
-    ) -> None:
-        """Write the DLQ record; the offset settles (and its key frees) once Kafka has it."""
-        assert self._producer is not None
-        headers: list[tuple[str, str | bytes | None]] = list(
-            dlq_headers(letter, _header_list(msg.headers()))
-        )
-        if drop_value:
-            headers.append(("kafcel.value_dropped_bytes", str(len(msg.value() or b"")).encode()))
-
-        def delivered(err: Any, _: Message) -> None:
-            if err is None:
-                self.stats.dlq += 1
-                self._settle(*_position(msg))
-                self._release(slot)
-            else:
-                log.warning("DLQ write failed (%s); retrying", err)
-                # A value too large for the DLQ topic goes without its bytes; the origin
-                # offset in the headers still points at them.
-                too_big = err.code() == RdKafkaError.MSG_SIZE_TOO_LARGE
-                self._dlq_retry.append((msg, letter, drop_value or too_big, slot))
-                self._dlq_retry_at = time.monotonic() + 1.0
-
-        while True:
-            try:
-                self._producer.produce(
-                    self.settings.dlq_topic,
-                    value=None if drop_value else msg.value(),
-                    key=msg.key(),
-                    headers=headers,
-                    on_delivery=delivered,
-                )
-                return
-            except BufferError:
-                self._producer.poll(0.1)
-            except KafkaException as exc:
-                if "MSG_SIZE_TOO_LARGE" in str(exc) and not drop_value:
-                    drop_value = True
-                    headers.append(
-                        ("kafcel.value_dropped_bytes", str(len(msg.value() or b"")).encode())
-                    )
-                    continue
-                raise KafkaError(f"cannot write to the DLQ topic: {exc}") from exc
-
-    def _retry_dlq(self) -> None:
-        if self._dlq_retry and time.monotonic() >= self._dlq_retry_at:
-            retry, self._dlq_retry = self._dlq_retry, []
-            for msg, letter, drop_value, slot in retry:
-                self._produce_dlq(msg, letter, drop_value, slot)
+    def _dead_lettered(self, msg: Message, slot: Hashable | None) -> None:
+        self.stats.dlq += 1
+        self._settle(*_position(msg))
+        self._release(slot)
 
     # -- outcomes and offsets ------------------------------------------------------
 
@@ -595,11 +556,3 @@ def _position(msg: Message) -> tuple[TP, int]:
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
     assert topic is not None and partition is not None and offset is not None
     return (topic, partition), offset
-
-
-def _header_list(
-    headers: dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None,
-) -> list[tuple[str, str | bytes | None]]:
-    if headers is None:
-        return []
-    return list(headers.items()) if isinstance(headers, dict) else list(headers)

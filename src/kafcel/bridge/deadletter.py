@@ -1,0 +1,92 @@
+"""Writes the bridge's dead letters and reports each one once Kafka has acknowledged it.
+
+A record counts as settled only when its DLQ copy is on Kafka, so a crash between the
+decision and the write re-reads the record instead of losing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka import KafkaException, Message, Producer
+
+from ..dlq import DeadLetter, dlq_headers
+from ..errors import KafkaError
+
+__all__ = ["DeadLetterWriter"]
+
+log = logging.getLogger("kafcel.bridge")
+
+_RETRY_AFTER_S = 1.0
+_DROPPED = "kafcel.value_dropped_bytes"
+
+Written = Callable[[Message, Hashable | None], None]
+
+
+class DeadLetterWriter:
+    def __init__(self, *, producer: Producer, topic: str, on_written: Written) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._on_written = on_written
+        self._retry: list[tuple[Message, DeadLetter, bool, Hashable | None]] = []
+        self._retry_at = 0.0
+
+    def write(
+        self, msg: Message, letter: DeadLetter, slot: Hashable | None, drop_value: bool = False
+    ) -> None:
+        """Queue the DLQ copy of ``msg``; ``on_written(msg, slot)`` runs once it is on Kafka."""
+        headers: list[tuple[str, str | bytes | None]] = list(
+            dlq_headers(letter, _header_list(msg.headers()))
+        )
+        size = str(len(msg.value() or b"")).encode()
+        if drop_value:
+            headers.append((_DROPPED, size))
+
+        def delivered(err: Any, _: Message) -> None:
+            if err is None:
+                self._on_written(msg, slot)
+                return
+            log.warning("DLQ write failed (%s); retrying", err)
+            # A value too large for the DLQ topic goes without its bytes; the origin
+            # offset in the headers still points at them.
+            too_big = err.code() == RdKafkaError.MSG_SIZE_TOO_LARGE
+            self._retry.append((msg, letter, drop_value or too_big, slot))
+            self._retry_at = time.monotonic() + _RETRY_AFTER_S
+
+        while True:
+            try:
+                self._producer.produce(
+                    self._topic,
+                    value=None if drop_value else msg.value(),
+                    key=msg.key(),
+                    headers=headers,
+                    on_delivery=delivered,
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                if "MSG_SIZE_TOO_LARGE" in str(exc) and not drop_value:
+                    drop_value = True
+                    headers.append((_DROPPED, size))
+                    continue
+                raise KafkaError(f"cannot write to the DLQ topic: {exc}") from exc
+
+    def retry_due(self) -> None:
+        """Re-send the writes that failed, at most once a second."""
+        if self._retry and time.monotonic() >= self._retry_at:
+            retry, self._retry = self._retry, []
+            for msg, letter, drop_value, slot in retry:
+                self.write(msg, letter, slot, drop_value)
+
+
+def _header_list(
+    headers: dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None,
+) -> list[tuple[str, str | bytes | None]]:
+    if headers is None:
+        return []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
