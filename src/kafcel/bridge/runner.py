@@ -235,7 +235,9 @@ class Bridge:
     def _step(self, *, fetch: bool) -> None:
         assert self._consumer is not None and self._producer is not None
         if fetch:
-            msgs = self._consumer.consume(_FETCH_BATCH, timeout=_POLL_S)
+            # Never fetch past max_in_flight by more than one record.
+            room = self.settings.max_in_flight - self._tracker.in_flight()
+            msgs = self._consumer.consume(max(1, min(_FETCH_BATCH, room)), timeout=_POLL_S)
             for msg in msgs:
                 self._handle(msg)
         else:
