@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 import redis
@@ -27,7 +26,7 @@ def test_revoked_partitions_are_committed_synchronously(pipeline: Pipeline, ledg
         for i in range(n):
             producer.submit("tests.app.record", name, i, key=f"k{i}")
     outcomes_for(pipeline, n)
-    time.sleep(0.5)  # let the bridge read the last outcomes (nothing else to await)
+    first.wait_for_log(f"idle: all {n} fetched record(s) settled", timeout_s=30)
     assert all(c is None for c in pipeline.committed().values())
 
     second = pipeline.start_bridge(commit_interval_s=3600, wait_assigned=False)

@@ -250,7 +250,10 @@ class Bridge:
         if fetch:
             # While draining, partitions stay paused whatever the in-flight count.
             self._backpressure()
-        self.stats.in_flight = self._tracker.in_flight()
+        in_flight = self._tracker.in_flight()
+        if in_flight == 0 and self.stats.in_flight > 0:
+            log.info("idle: all %d fetched record(s) settled", self.stats.settled)
+        self.stats.in_flight = in_flight
         self.stats.waiting = self._gate.waiting
         self.stats.gaps_reseeked = self._seq.reseeks + self._seq_results.reseeks
 
