@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_APP = "tests.app:app"
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     # Hold every socket until all are bound, so the ports differ.
     socks = [socket.socket() for _ in range(n)]
     try:
@@ -56,7 +56,7 @@ def wait_until(
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     state = tmp_path_factory.mktemp("devstack")
-    kafka_port, redis_port = _free_ports(2)
+    kafka_port, redis_port = free_ports(2)
     s = DevStack(kafka_port=kafka_port, redis_port=redis_port, state_dir=state)
     s.up()
     try:

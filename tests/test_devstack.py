@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,17 +23,7 @@ from confluent_kafka.admin import AdminClient
 from kafcel.devstack import DevStack, ServiceStatus, tansu_binary
 from kafcel.errors import ConfigError, DevStackError
 
-
-def _free_ports(n: int) -> list[int]:
-    # Hold all sockets open until every port is picked, so the ports are distinct.
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+from .conftest import free_ports, wait_until
 
 
 def _port_free(port: int) -> bool:
@@ -56,7 +45,7 @@ needs_stack = pytest.mark.skipif(not _have_stack(), reason="needs Tansu and redi
 # Named apart from conftest's session-wide `stack`: each test here needs a fresh one.
 @pytest.fixture
 def own_stack(tmp_path: Path) -> Iterator[DevStack]:
-    kafka_port, redis_port = _free_ports(2)
+    kafka_port, redis_port = free_ports(2)
     dev = DevStack(kafka_port=kafka_port, redis_port=redis_port, state_dir=tmp_path / "stack")
     try:
         yield dev
@@ -179,14 +168,7 @@ def test_service_already_running_is_reused_and_left_alone(own_stack: DevStack) -
     )
     try:
         client = redis.Redis.from_url(own_stack.redis_url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "the external redis-server did not start"
-                time.sleep(0.1)
+        wait_until(lambda: _answers(client), 10, "the external redis-server to start", 0.1)
         assert own_stack.up() == ["kafka"]
         redis_status = {s.name: s for s in own_stack.status()}["redis"]
         assert redis_status.running and not redis_status.managed
@@ -213,3 +195,10 @@ def test_failed_up_reports_log_and_stops_what_it_started(own_stack: DevStack) ->
             own_stack.up()
     assert _port_free(own_stack.kafka_port)
     assert not list(own_stack.state_dir.glob("*.pid"))
+
+
+def _answers(client: redis.Redis[bytes]) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False

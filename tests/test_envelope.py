@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
@@ -237,12 +236,11 @@ def test_huge_integer() -> None:
     assert "digits" in error.reason
 
 
+@pytest.mark.timeout(5)
 @pytest.mark.parametrize("tail", [b"", b"]" * 10_000])
 def test_very_deep_nesting_is_rejected_fast(tail: bytes) -> None:
     data = b'{"v":1,"task":"t","args":' + b"[" * 10_000 + tail + b"}"
-    started = time.perf_counter()
     error = reject(data, InvalidJson)
-    assert time.perf_counter() - started < 0.1
     assert error.reason == "nesting deeper than 64"
 
 
@@ -263,11 +261,10 @@ def test_recursion_error_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     reject(b'{"v":1,"task":"t","args":' + b"[" * 100_000 + b"}", InvalidJson)
 
 
+@pytest.mark.timeout(5)  # a quadratic scan would take minutes on this input
 def test_nesting_scan_is_linear_on_hostile_strings() -> None:
     data = b'{"v":1,"task":"t","args":[' + b"[]," * 70 + b'"' + b'\\"' * 200_000
-    started = time.perf_counter()
     reject(data, InvalidJson)
-    assert time.perf_counter() - started < 0.2
 
 
 _UNPICKLED: list[str] = []

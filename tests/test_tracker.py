@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -228,12 +227,11 @@ def test_in_flight_unknown_partition_is_zero() -> None:
 # -- scale ------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(30)  # quadratic bookkeeping would take minutes here
 def test_100k_in_flight_random_settle_order_is_fast() -> None:
-    # Quadratic bookkeeping would take minutes here; the bound is loose for slow CI.
     n = 100_000
     rng = random.Random(7)
     t = OffsetTracker()
-    start = time.perf_counter()
     for o in range(n):
         t.add(A, o)
     order = list(range(1, n))
@@ -244,7 +242,6 @@ def test_100k_in_flight_random_settle_order_is_fast() -> None:
     assert t.in_flight() == 1
     t.settle(A, 0)
     assert t.committable(A) == n
-    assert time.perf_counter() - start < 10
 
 
 def test_stuck_head_does_not_keep_settled_offsets() -> None:

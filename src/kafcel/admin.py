@@ -112,7 +112,7 @@ def ensure_topics(
     deadline = time.monotonic() + timeout_s
     while True:
         known = _topic_partitions(admin, timeout_s)
-        if all(known.get(name, 0) > 0 for name in topics):
+        if all(known.get(name) for name in topics):
             return
         if time.monotonic() >= deadline:
             absent = ", ".join(name for name in topics if not known.get(name))
@@ -120,12 +120,14 @@ def ensure_topics(
         time.sleep(0.1)
 
 
-def _topic_partitions(admin: AdminClient, timeout_s: float) -> dict[str, int]:
+def _topic_partitions(admin: AdminClient, timeout_s: float) -> dict[str, list[int]]:
+    """Partition ids of every topic the broker lists (never a request naming a topic:
+    brokers with auto-creation, Tansu among them, would create it)."""
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise KafkaError(f"Kafka is not reachable: {exc}") from exc
-    return {t: len(meta.partitions) for t, meta in metadata.topics.items() if not meta.error}
+    return {t: sorted(meta.partitions) for t, meta in metadata.topics.items() if not meta.error}
 
 
 def partitions_of(
@@ -135,16 +137,7 @@ def partitions_of(
     extra: Mapping[str, str] | None = None,
     timeout_s: float = 10.0,
 ) -> list[int]:
-    try:
-        # All topics, not list_topics(topic): a metadata request naming a topic makes
-        # brokers with auto-creation (Tansu) create it.
-        meta = _admin(bootstrap_servers, extra).list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise KafkaError(f"Kafka at {bootstrap_servers} is not reachable: {exc}") from exc
-    t = meta.topics.get(topic)
-    if t is None or t.error is not None or not t.partitions:
-        return []
-    return sorted(t.partitions)
+    return _topic_partitions(_admin(bootstrap_servers, extra), timeout_s).get(topic, [])
 
 
 def end_offsets(
@@ -155,14 +148,26 @@ def end_offsets(
     settle_s: float = 0.3,
 ) -> dict[TP, int]:
     """The offset after the last record of each partition (see the module note on Tansu)."""
+    return {tp: end for tp, (_, end) in _bounds(bootstrap_servers, tps, extra, settle_s).items()}
+
+
+def _bounds(
+    bootstrap_servers: str,
+    tps: Iterable[TP],
+    extra: Mapping[str, str] | None,
+    settle_s: float = 0.3,
+) -> dict[TP, tuple[int, int]]:
+    """(low offset, true end offset) of each partition."""
     tps = list(tps)
     if not tps:
         return {}
     consumer = _consumer(bootstrap_servers, None, extra, **{"fetch.wait.max.ms": 50})
     try:
+        lows: dict[TP, int] = {}
         ends: dict[TP, int] = {}
         for t, p in tps:
-            _, high = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+            low, high = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+            lows[(t, p)] = max(low, 0)
             ends[(t, p)] = max(high, 0)
         tail = [TopicPartition(t, p, ends[(t, p)] - 1) for t, p in tps if ends[(t, p)] > 0]
         if tail:
@@ -177,7 +182,7 @@ def end_offsets(
                         if offset is not None and offset + 1 > ends[tp]:
                             ends[tp] = offset + 1
                             quiet_since = time.monotonic()
-        return ends
+        return {tp: (lows[tp], ends[tp]) for tp in tps}
     except KafkaException as exc:
         raise KafkaError(f"could not read end offsets: {exc}") from exc
     finally:
@@ -210,6 +215,8 @@ def group_lag(
 ) -> list[PartitionLag]:
     """Per partition of ``topic``: the group's committed offset, the end offset, the lag."""
     tps = [(topic, p) for p in partitions_of(bootstrap_servers, topic, extra=extra)]
+    if not tps:
+        return []
     ends = end_offsets(bootstrap_servers, tps, extra=extra)
     committed = committed_offsets(bootstrap_servers, group_id, tps, extra=extra)
     rows = []
@@ -225,17 +232,5 @@ def topic_depth(
 ) -> int:
     """How many records a topic holds (end minus low offset, summed over partitions)."""
     tps = [(topic, p) for p in partitions_of(bootstrap_servers, topic, extra=extra)]
-    if not tps:
-        return 0
-    ends = end_offsets(bootstrap_servers, tps, extra=extra)
-    consumer = _consumer(bootstrap_servers, None, extra)
-    try:
-        total = 0
-        for tp in tps:
-            low, _ = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=10)
-            total += max(ends[tp] - max(low, 0), 0)
-        return total
-    except KafkaException as exc:
-        raise KafkaError(f"could not read offsets of {topic!r}: {exc}") from exc
-    finally:
-        consumer.close()
+    bounds = _bounds(bootstrap_servers, tps, extra)
+    return sum(max(end - low, 0) for low, end in bounds.values())

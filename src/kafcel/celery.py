@@ -54,7 +54,6 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
     )
     state = _WorkerState(settings)
-    app.conf.kafcel_state = state
 
     def guard_all(sender: Any = None, **_: Any) -> None:
         for task in list(app.tasks.values()):
@@ -253,25 +252,19 @@ def _finish(
     exc: BaseException | None = None,
 ) -> None:
     request = task.request
-    common: dict[str, Any] = {
-        "task_id": request.id,
-        "task": task.name,
-        "retries": int(request.retries or 0),
-        "origin_topic": origin.topic,
-        "origin_partition": origin.partition,
-        "origin_offset": origin.offset,
-        "headers": origin.headers,
-        "trace_id": origin.trace_id,
-    }
+    retries = int(request.retries or 0)
     if exc is None:
-        outcome = Outcome(status=SUCCESS, result=result, **common)
+        outcome = _outcome(origin, request.id, task.name, SUCCESS, result=result, retries=retries)
         dead = None
     else:
-        outcome = Outcome(
-            status=FAILURE,
+        outcome = _outcome(
+            origin,
+            request.id,
+            task.name,
+            FAILURE,
+            retries=retries,
             error_class=type(exc).__name__,
             error_message=str(exc),
-            **common,
         )
         dead = DeadLetter(
             error_class=type(exc).__name__,
@@ -297,6 +290,21 @@ def _finish(
     _publish_or_requeue(state, origin, outcome, dead=(value, dead))
 
 
+def _outcome(origin: Origin, task_id: str, task: str, status: str, **fields: Any) -> Outcome:
+    """An outcome carrying its request's origin (topic, partition, offset, headers, trace)."""
+    return Outcome(
+        task_id=task_id,
+        task=task,
+        status=status,
+        origin_topic=origin.topic,
+        origin_partition=origin.partition,
+        origin_offset=origin.offset,
+        headers=origin.headers,
+        trace_id=origin.trace_id,
+        **fields,
+    )
+
+
 def _publish_or_requeue(
     state: _WorkerState,
     origin: Origin,
@@ -316,18 +324,7 @@ def _never_ran(
     state: _WorkerState, origin: Origin, task_id: str, task: str, reason: str, message: str
 ) -> None:
     """Settle a task that will not run: a REVOKED outcome; the bridge dead-letters it."""
-    outcome = Outcome(
-        task_id=task_id,
-        task=task,
-        status=REVOKED,
-        error_class=reason,
-        error_message=message,
-        origin_topic=origin.topic,
-        origin_partition=origin.partition,
-        origin_offset=origin.offset,
-        headers=origin.headers,
-        trace_id=origin.trace_id,
-    )
+    outcome = _outcome(origin, task_id, task, REVOKED, error_class=reason, error_message=message)
     try:
         current = state.guard.finish_if_absent(outcome)
         if current is None:

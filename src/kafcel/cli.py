@@ -41,15 +41,8 @@ def settings_options(func: F) -> F:
 
 
 def build_settings(options: dict[str, Any]) -> Settings:
-    overrides: dict[str, Any] = {}
-    for f in fields(Settings):
-        value = options.pop(f.name, None)
-        if value is None:
-            continue
-        if str(f.type).startswith("tuple"):
-            value = tuple(v.strip() for v in str(value).split(",") if v.strip())
-        overrides[f.name] = value
-    return Settings.from_env(**overrides)
+    """Settings from the command's flags (popped from ``options``), then ``KAFCEL_*``."""
+    return Settings.from_env(**{f.name: options.pop(f.name, None) for f in fields(Settings)})
 
 
 def _setup_logging(level: str) -> None:

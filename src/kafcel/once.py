@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
@@ -74,7 +73,7 @@ class OnceGuard:
                 if value is None:
                     continue  # expired between SET and GET: try to take it again
                 if value.startswith(_DONE):
-                    return Claim(acquired=False, done=Outcome.decode(value[len(_DONE) :]))
+                    return _done(value)
                 ttl_ms = self._redis.pttl(key)
                 return Claim(acquired=False, running_ttl_s=max(ttl_ms, 0) / 1000)
         except redis.RedisError as exc:
@@ -104,14 +103,9 @@ class OnceGuard:
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
         if value is not None and value.startswith(_DONE):
-            return Claim(acquired=False, done=Outcome.decode(value[len(_DONE) :]))
+            return _done(value)
         return Claim(acquired=False, running_ttl_s=self._lease_ms / 1000)
 
-    def state(self, task_id: str) -> dict[str, Any]:
-        """What the guard knows of a task id (for status and tests)."""
-        value = self._redis.get(self._key(task_id))
-        if value is None:
-            return {"state": "unknown"}
-        if value.startswith(_DONE):
-            return {"state": "done", "outcome": Outcome.decode(value[len(_DONE) :])}
-        return {"state": "running", "holder": value[len(_RUNNING) :].decode()}
+
+def _done(value: bytes) -> Claim:
+    return Claim(acquired=False, done=Outcome.decode(value[len(_DONE) :]))

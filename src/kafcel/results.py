@@ -8,7 +8,7 @@ reads the outcome; other services (Flink, Spark...) may read the same topic.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -109,6 +109,4 @@ class Outcome:
             raise KafcelError(f"not a kafcel outcome record: {exc}") from exc
 
     def with_duplicate(self) -> Outcome:
-        data = asdict(self)
-        data["duplicate"] = True
-        return Outcome(**data)
+        return replace(self, duplicate=True)

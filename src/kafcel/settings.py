@@ -127,11 +127,14 @@ class Settings:
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is not None and raw != "":
                 values[f.name] = _parse(f.name, f.type, raw)
+        types = {f.name: f.type for f in fields(cls)}
         for name, value in overrides.items():
             if value is None:
                 continue
-            if name not in {f.name for f in fields(cls)}:
+            if name not in types:
                 raise ConfigError(f"unknown setting {name!r}")
+            if isinstance(value, str):
+                value = _parse(name, types[name], value)  # a CLI flag: same rules as env
             values[name] = tuple(value) if isinstance(value, list) else value
         return cls(**values)
 
@@ -151,23 +154,6 @@ class Settings:
                 ",".join(value) if isinstance(value, tuple) else str(value)
             )
         return out
-
-    @classmethod
-    def describe(cls) -> list[tuple[str, str, str, str]]:
-        """(env name, flag, default, help) of every setting, for docs and ``--help``."""
-        rows = []
-        for f in fields(cls):
-            default = f.default
-            shown = ",".join(default) if isinstance(default, tuple) else str(default)
-            rows.append(
-                (
-                    ENV_PREFIX + f.name.upper(),
-                    "--" + f.name.replace("_", "-"),
-                    shown,
-                    str(f.metadata.get("help", "")),
-                )
-            )
-        return rows
 
 
 def _parse(name: str, type_name: Any, raw: str) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .admin import group_lag, partitions_of, topic_depth
+from .admin import group_lag, topic_depth
 from .errors import KafkaError
 from .settings import Settings
 
@@ -17,12 +17,12 @@ __all__ = ["collect_status", "render_status"]
 def collect_status(settings: Settings) -> dict[str, Any]:
     """Committed offset, end offset and lag per partition; DLQ depth. Raises KafkaError."""
     bootstrap, extra = settings.bootstrap_servers, settings.librdkafka()
-    if not partitions_of(bootstrap, settings.topic, extra=extra):
+    rows = group_lag(bootstrap, settings.group_id, settings.topic, extra=extra)
+    if not rows:
         raise KafkaError(
             f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers} "
             "(start a bridge, or check --topic / KAFCEL_TOPIC)"
         )
-    rows = group_lag(bootstrap, settings.group_id, settings.topic, extra=extra)
     return {
         "topic": settings.topic,
         "group": settings.group_id,

@@ -114,8 +114,12 @@ class Bridge:
         # task id -> records waiting for its outcome; two records may share an explicit id.
         self._pending: dict[str, list[_Dispatch]] = {}
         self._gate: OrderingGate[_Dispatch] = OrderingGate(mode=settings.ordering)
-        self._seq = SequenceGuard(seek=self._seek_tasks, gap_wait_s=settings.gap_wait_s)
-        self._seq_results = SequenceGuard(seek=self._seek_results, gap_wait_s=settings.gap_wait_s)
+        self._seq = SequenceGuard(
+            seek=lambda tp, off: _seek(self._consumer, tp, off), gap_wait_s=settings.gap_wait_s
+        )
+        self._seq_results = SequenceGuard(
+            seek=lambda tp, off: _seek(self._results, tp, off), gap_wait_s=settings.gap_wait_s
+        )
         self._paused = False
         self._assignment_changed = False
         self._retryable: tuple[type[BaseException], ...] | None = None
@@ -541,19 +545,14 @@ class Bridge:
             else:
                 del self._pending[task_id]
 
-    def _seek_tasks(self, tp: TP, offset: int) -> None:
-        assert self._consumer is not None
-        try:
-            self._consumer.seek(TopicPartition(tp[0], tp[1], offset))
-        except KafkaException as exc:
-            log.warning("seek %s[%d] to %d failed: %s", tp[0], tp[1], offset, exc)
 
-    def _seek_results(self, tp: TP, offset: int) -> None:
-        assert self._results is not None
-        try:
-            self._results.seek(TopicPartition(tp[0], tp[1], offset))
-        except KafkaException as exc:
-            log.warning("seek %s[%d] to %d failed: %s", tp[0], tp[1], offset, exc)
+def _seek(consumer: Consumer | None, tp: TP, offset: int) -> None:
+    """Send ``consumer`` back to ``offset`` of ``tp`` (the sequence guard's gap repair)."""
+    assert consumer is not None
+    try:
+        consumer.seek(TopicPartition(tp[0], tp[1], offset))
+    except KafkaException as exc:
+        log.warning("seek %s[%d] to %d failed: %s", tp[0], tp[1], offset, exc)
 
 
 def _position(msg: Message) -> tuple[TP, int]:
