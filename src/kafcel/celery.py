@@ -14,6 +14,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -25,8 +26,8 @@ from confluent_kafka import KafkaException, Producer
 from .admin import client_config
 from .dlq import DeadLetter, dlq_headers
 from .envelope import Envelope
-from .errors import BrokerError, DeliveryError, KafcelError
-from .once import OnceGuard
+from .errors import BrokerError, DeliveryError, KafcelError, TaskLost
+from .once import LeaseKeeper, OnceGuard
 from .results import FAILURE, REVOKED, SUCCESS, Origin, Outcome
 from .settings import Settings
 
@@ -110,6 +111,7 @@ class _WorkerState:
         self._pid = -1
         self._producer: Producer | None = None
         self._guard: OnceGuard | None = None
+        self._keeper: LeaseKeeper | None = None
         self._inherited: list[Producer] = []
 
     def _ensure(self) -> tuple[Settings, Producer, OnceGuard]:
@@ -134,6 +136,8 @@ class _WorkerState:
                 lease_s=settings.once_lease_s,
                 done_ttl_s=settings.once_done_ttl_s,
             )
+            # Threads do not survive fork: each process renews its own leases.
+            self._keeper = LeaseKeeper(self._guard)
             self._pid = os.getpid()
         assert self._settings is not None
         return self._settings, self._producer, self._guard
@@ -141,6 +145,28 @@ class _WorkerState:
     @property
     def guard(self) -> OnceGuard:
         return self._ensure()[2]
+
+    @property
+    def keeper(self) -> LeaseKeeper:
+        self._ensure()
+        assert self._keeper is not None
+        return self._keeper
+
+    @property
+    def max_attempts(self) -> int:
+        return self._ensure()[0].max_attempts
+
+    def end_attempt(self, task_id: str, *, retry_in_s: float | None = None) -> None:
+        """Our attempt ended without an outcome: free the id (or hold it for a retry)."""
+        with self.keeper.letting_go(task_id):
+            if retry_in_s is None:
+                self.guard.release(task_id)
+            else:
+                self.guard.wait_retry(task_id, retry_in_s)
+
+    def record_done(self, outcome: Outcome) -> None:
+        with self.keeper.letting_go(outcome.task_id):
+            self.guard.finish(outcome)
 
     def publish(
         self, origin: Origin, outcome: Outcome, dead: tuple[bytes, DeadLetter] | None = None
@@ -210,15 +236,24 @@ def _guard(task: Task, state: _WorkerState) -> None:
             log.info("kafcel: %s runs elsewhere; checking again in %.1fs", request.id, countdown)
             task.signature_from_request(request).apply_async(countdown=countdown)
             raise Ignore()
+        if claim.attempt > state.max_attempts:
+            lost = TaskLost(
+                f"the worker running this task died {claim.attempt - 1} time(s) "
+                f"(max_attempts={state.max_attempts}); not running it again"
+            )
+            _finish(task, state, origin, args, kwargs, exc=lost)
+            raise lost
+        state.keeper.hold(request.id)
         try:
             result = run(*args, **kwargs)
-        except Retry:
-            # Not final: Celery delivers this id again, and that copy must be allowed to run.
-            state.guard.release(request.id)
+        except Retry as exc:
+            # Not final: Celery delivers this id again, and that copy must be allowed to
+            # run; until then the id stays live, so the bridge does not send it again.
+            state.end_attempt(request.id, retry_in_s=_retry_delay_s(exc))
             raise
         except Reject as exc:
             if exc.requeue:
-                state.guard.release(request.id)
+                state.end_attempt(request.id)
             else:
                 _finish(task, state, origin, args, kwargs, exc=exc)
             raise
@@ -232,7 +267,7 @@ def _guard(task: Task, state: _WorkerState) -> None:
             raise
         except BaseException:
             # Ctrl-C in a solo worker, a greenlet killed: not the task's verdict.
-            state.guard.release(request.id)
+            state.end_attempt(request.id)
             raise
         _finish(task, state, origin, args, kwargs, result=result)
         return result
@@ -279,7 +314,7 @@ def _finish(
             traceback="".join(traceback.format_exception(exc))[-8000:],
         )
     try:
-        state.guard.finish(outcome)
+        state.record_done(outcome)
     except KafcelError:
         log.exception("kafcel: could not record %s as done", request.id)
     if dead is None:
@@ -288,6 +323,17 @@ def _finish(
     # The worker no longer has the original bytes: the DLQ value is the request rebuilt.
     value = _rebuild(task.name, args, kwargs, request.id, origin)
     _publish_or_requeue(state, origin, outcome, dead=(value, dead))
+
+
+def _retry_delay_s(exc: Retry) -> float:
+    """Seconds until Celery delivers the retry (``Retry.when``: a countdown or an ETA)."""
+    when = exc.when
+    if isinstance(when, (int, float)):
+        return float(when)
+    if isinstance(when, datetime):
+        now = datetime.now(when.tzinfo) if when.tzinfo else datetime.now()
+        return max((when - now).total_seconds(), 0.0)
+    return 0.0
 
 
 def _outcome(origin: Origin, task_id: str, task: str, status: str, **fields: Any) -> Outcome:

@@ -14,6 +14,7 @@ KafcelError
 ├── KafkaError             the Kafka client failed (wraps confluent_kafka errors)
 │   └── DeliveryError      records the producer could not deliver
 ├── BrokerError            the Celery broker refused or lost a message
+├── TaskLost               a task's worker died under it max_attempts times
 └── DevStackError          the local stack (Tansu, Redis) could not start
 ```
 
@@ -37,6 +38,7 @@ __all__ = [
     "RecordRejected",
     "RecordTooLarge",
     "SchemaViolation",
+    "TaskLost",
     "TaskNotAllowed",
 ]
 
@@ -100,6 +102,14 @@ class DeliveryError(KafkaError):
 
 class BrokerError(KafcelError):
     """The Celery broker could not take a task message."""
+
+
+class TaskLost(KafcelError):
+    """A task's worker died under it (killed, crashed, ``os._exit``) too many times.
+
+    Raised instead of running the task once more: the task is failed and dead-lettered,
+    so a task that kills its own process cannot requeue itself forever.
+    """
 
 
 class DevStackError(KafcelError):

@@ -1,15 +1,28 @@
 """The once-guard: at most one effect per task id, whatever redelivers the task.
 
-A task id is claimed with ``SET NX`` and a lease before it runs; a finished id keeps a
-``done`` marker (holding its outcome) for ``once_done_ttl_s``. A redelivered copy of a
-finished task therefore re-announces the stored outcome instead of running again, and a
-copy that arrives while the first one still runs backs off until the lease settles it.
+One Redis key per task id holds its state:
+
+- ``running:<owner>`` while an attempt runs; the owner renews this lease every third of
+  ``lease_s`` (:class:`LeaseKeeper`), so it expires soon after its worker dies;
+- ``retry:<owner>`` between a Celery retry and its next attempt, for the retry's countdown
+  plus one lease, so a retry waiting in a worker that then dies is noticed too;
+- ``done:<outcome>`` once the task finished, for ``done_ttl_s``: a redelivered copy
+  re-announces the stored outcome instead of running again.
+
+A second key counts attempts that started and did not end cleanly (the worker died under
+them); past ``max_attempts`` the task is not run again but dead-lettered. The bridge reads
+the same keys (:meth:`OnceGuard.peek`) to tell a live task from one whose message was lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import socket
+import threading
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import redis
@@ -17,27 +30,79 @@ import redis
 from .errors import BrokerError
 from .results import Outcome
 
-__all__ = ["Claim", "OnceGuard"]
+__all__ = ["Claim", "LeaseKeeper", "OnceGuard", "TaskState"]
+
+log = logging.getLogger("kafcel.once")
 
 _RUNNING = b"running:"
+_RETRY = b"retry:"
 _DONE = b"done:"
 
-# Release only our own lease: a lease that expired and was re-claimed elsewhere stays.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
+# Take the id if nobody holds it, it waits for a retry, or its holder is known dead.
+# Returns {1, attempts} when taken, {2, value} when done, {3, value, pttl} when running.
+_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if v == false or string.sub(v, 1, 6) == 'retry:' or (ARGV[4] ~= '' and v == ARGV[4]) then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    local n = redis.call('INCR', KEYS[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    return {1, n}
 end
-return 0
+if string.sub(v, 1, 5) == 'done:' then
+    return {2, v}
+end
+return {3, v, redis.call('PTTL', KEYS[1])}
+"""
+
+# Change our own lease only: one that expired and was re-claimed elsewhere stays.
+# ARGV[2] = '' deletes; otherwise the new value and its TTL. The attempt ended cleanly,
+# so it no longer counts against max_attempts.
+_END = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+if ARGV[2] == '' then
+    redis.call('DEL', KEYS[1])
+else
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+if redis.call('DECR', KEYS[2]) <= 0 then
+    redis.call('DEL', KEYS[2])
+end
+return 1
+"""
+
+# Renew our leases; re-create one that vanished (a FLUSHALL under a running task), so a
+# redispatched copy still finds the task running instead of starting a second run.
+_RENEW = """
+local n = 0
+for i, key in ipairs(KEYS) do
+    local v = redis.call('GET', key)
+    if v == false or v == ARGV[1] then
+        redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+        n = n + 1
+    end
+end
+return n
 """
 
 
 @dataclass(frozen=True)
 class Claim:
-    """Result of :meth:`OnceGuard.claim`: exactly one of the three states."""
+    """Result of :meth:`OnceGuard.claim`: acquired (with its attempt number), done, or busy."""
 
     acquired: bool
     done: Outcome | None = None
     running_ttl_s: float | None = None
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """What the once-guard knows of a task id, as the bridge sees it."""
+
+    live: bool  # running or waiting for a retry, under a lease that has not expired
+    done: bool
 
 
 class OnceGuard:
@@ -52,44 +117,83 @@ class OnceGuard:
         if lease_s <= 0 or done_ttl_s <= 0:
             raise ValueError("lease_s and done_ttl_s must be positive")
         self._redis = client
+        self.lease_s = float(lease_s)
         self._lease_ms = int(lease_s * 1000)
         self._done_ms = int(done_ttl_s * 1000)
         self._prefix = prefix
-        # The token makes a lease ours: pid for the log, uuid against pid reuse.
-        self._token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._release = client.register_script(_RELEASE)
+        # host and pid let a claimer on the same host see that an owner is dead; the uuid
+        # guards against pid reuse.
+        self._host = socket.gethostname()
+        self._token = f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._mine = _RUNNING + self._token.encode()
+        self._claim = client.register_script(_CLAIM)
+        self._end = client.register_script(_END)
+        self._renew = client.register_script(_RENEW)
 
     def _key(self, task_id: str) -> str:
         return self._prefix + task_id
 
+    def _attempts_key(self, task_id: str) -> str:
+        return f"{self._prefix}{task_id}:attempts"
+
     def claim(self, task_id: str) -> Claim:
-        key = self._key(task_id)
-        mine = _RUNNING + self._token.encode()
+        keys = [self._key(task_id), self._attempts_key(task_id)]
+        dead = b""
         try:
-            for _ in range(3):
-                if self._redis.set(key, mine, nx=True, px=self._lease_ms):
-                    return Claim(acquired=True)
-                value = self._redis.get(key)
-                if value is None:
-                    continue  # expired between SET and GET: try to take it again
-                if value.startswith(_DONE):
-                    return _done(value)
-                ttl_ms = self._redis.pttl(key)
-                return Claim(acquired=False, running_ttl_s=max(ttl_ms, 0) / 1000)
+            for _ in range(2):
+                args = [self._mine, self._lease_ms, self._done_ms, dead]
+                reply = self._claim(keys=keys, args=args)
+                if int(reply[0]) == 1:
+                    return Claim(acquired=True, attempt=int(reply[1]))
+                if int(reply[0]) == 2:
+                    return Claim(acquired=False, done=Outcome.decode(reply[1][len(_DONE) :]))
+                value, ttl_ms = bytes(reply[1]), int(reply[2])
+                if not self._owner_dead(value):
+                    return Claim(acquired=False, running_ttl_s=max(ttl_ms, 0) / 1000)
+                # Its worker process is gone (prefork child killed): no need to wait for
+                # the lease to run out.
+                dead = value
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
-        return Claim(acquired=False, running_ttl_s=self._lease_ms / 1000)
+        return Claim(acquired=False, running_ttl_s=self.lease_s)
+
+    def _owner_dead(self, value: bytes) -> bool:
+        if not value.startswith(_RUNNING):
+            return False
+        host, _, rest = value[len(_RUNNING) :].decode("utf-8", "replace").partition(":")
+        pid_text = rest.partition(":")[0]
+        if host != self._host or not pid_text.isdigit():
+            return False
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
 
     def release(self, task_id: str) -> None:
-        """Give the lease back so a Celery retry of the same id may run."""
+        """End our attempt without an outcome, so another delivery of the id may run."""
+        self._finish_attempt(task_id, b"", 0)
+
+    def wait_retry(self, task_id: str, countdown_s: float) -> None:
+        """Our attempt asked Celery for a retry: keep the id live until it comes back."""
+        ttl_ms = int(max(countdown_s, 0) * 1000) + self._lease_ms
+        self._finish_attempt(task_id, _RETRY + self._token.encode(), ttl_ms)
+
+    def _finish_attempt(self, task_id: str, value: bytes, ttl_ms: int) -> None:
+        keys = [self._key(task_id), self._attempts_key(task_id)]
         try:
-            self._release(keys=[self._key(task_id)], args=[_RUNNING + self._token.encode()])
+            self._end(keys=keys, args=[self._mine, value, ttl_ms])
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
 
     def finish(self, outcome: Outcome) -> None:
         try:
-            self._redis.set(self._key(outcome.task_id), _DONE + outcome.encode(), px=self._done_ms)
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._key(outcome.task_id), _DONE + outcome.encode(), px=self._done_ms)
+                pipe.delete(self._attempts_key(outcome.task_id))
+                pipe.execute()
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
 
@@ -103,9 +207,67 @@ class OnceGuard:
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
         if value is not None and value.startswith(_DONE):
-            return _done(value)
-        return Claim(acquired=False, running_ttl_s=self._lease_ms / 1000)
+            return Claim(acquired=False, done=Outcome.decode(value[len(_DONE) :]))
+        return Claim(acquired=False, running_ttl_s=self.lease_s)
+
+    def renew(self, task_ids: Iterable[str]) -> int:
+        keys = [self._key(t) for t in task_ids]
+        if not keys:
+            return 0
+        try:
+            return int(self._renew(keys=keys, args=[self._mine, self._lease_ms]))
+        except redis.RedisError as exc:
+            raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
+
+    def peek(self, task_ids: list[str]) -> dict[str, TaskState]:
+        """The state of each id (absent ids are neither live nor done)."""
+        if not task_ids:
+            return {}
+        try:
+            values = self._redis.mget([self._key(t) for t in task_ids])
+        except redis.RedisError as exc:
+            raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
+        states = {}
+        for task_id, value in zip(task_ids, values, strict=True):
+            done = value is not None and value.startswith(_DONE)
+            states[task_id] = TaskState(live=value is not None and not done, done=done)
+        return states
 
 
-def _done(value: bytes) -> Claim:
-    return Claim(acquired=False, done=Outcome.decode(value[len(_DONE) :]))
+class LeaseKeeper:
+    """Renews the leases of the tasks running in this process, from a daemon thread.
+
+    The held set and the renewal share a lock, so a lease is never renewed after its task
+    finished (which would make a finished id look running after a FLUSHALL).
+    """
+
+    def __init__(self, guard: OnceGuard) -> None:
+        self._guard = guard
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kafcel-lease", daemon=True)
+        self._thread.start()
+
+    def hold(self, task_id: str) -> None:
+        with self._lock:
+            self._held.add(task_id)
+
+    @contextlib.contextmanager
+    def letting_go(self, task_id: str) -> Iterator[None]:
+        """Stop renewing ``task_id`` for the duration (the caller ends its attempt)."""
+        with self._lock:
+            self._held.discard(task_id)
+            yield
+
+    def _loop(self) -> None:
+        period_s = self._guard.lease_s / 3
+        while not self._wake.wait(period_s):
+            with self._lock:
+                held = list(self._held)
+                if not held:
+                    continue
+                try:
+                    self._guard.renew(held)
+                except BrokerError as exc:
+                    log.warning("kafcel: could not renew %d lease(s): %s", len(held), exc)

@@ -75,7 +75,16 @@ class Settings:
         metadata={"help": "Redis of the once-guard (worker side)"},
     )
     once_lease_s: float = field(
-        default=300.0, metadata={"help": "once-guard lease of a running task"}
+        default=30.0,
+        metadata={"help": "once-guard lease of a running task (renewed every third of it)"},
+    )
+    redispatch_after_s: float = field(
+        default=120.0,
+        metadata={"help": "unsettled this long with no live lease: the task is sent again"},
+    )
+    max_attempts: int = field(
+        default=3,
+        metadata={"help": "attempts a task may lose with its worker before it is dead-lettered"},
     )
     once_done_ttl_s: float = field(
         default=7 * 24 * 3600.0, metadata={"help": "how long a finished task id is remembered"}
@@ -96,7 +105,7 @@ class Settings:
             object.__setattr__(self, "dlq_topic", f"{self.topic}.dlq")
         if len({self.topic, self.results_topic, self.dlq_topic}) != 3:
             raise ConfigError("topic, results_topic and dlq_topic must be three different topics")
-        for name in ("partitions", "max_in_flight", "max_record_bytes"):
+        for name in ("partitions", "max_in_flight", "max_record_bytes", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.gap_wait_s < 0:
@@ -107,6 +116,7 @@ class Settings:
             "session_timeout_s",
             "once_lease_s",
             "once_done_ttl_s",
+            "redispatch_after_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

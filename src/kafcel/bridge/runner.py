@@ -12,11 +12,11 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import redis
 from celery import Celery
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
@@ -33,12 +33,16 @@ from ..celery import HEADER
 from ..dlq import DeadLetter
 from ..envelope import Envelope, task_id_for
 from ..errors import BrokerError, ConfigError, DispatchRefused, KafkaError, RecordRejected
+from ..once import OnceGuard
 from ..results import REVOKED, Origin, Outcome
 from ..settings import Settings
 from .deadletter import DeadLetterWriter
 from .filter import TaskFilter
 from .ordering import OrderingGate
-from .sequence import SequenceGuard
+from .outcomes import OutcomeReader
+from .presence import Presence
+from .redispatch import Redispatcher
+from .sequence import SequenceGuard, position, seek_to
 from .tracker import TP, OffsetTracker
 
 __all__ = ["Bridge", "BridgeStats", "load_app"]
@@ -48,6 +52,7 @@ log = logging.getLogger("kafcel.bridge")
 _FETCH_BATCH = 500
 _POLL_S = 0.02
 _REPORT_EVERY_S = 10.0
+_PUBLISH_EVERY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class BridgeStats:
     settled: int = 0
     dlq: int = 0
     duplicates: int = 0
+    redispatched: int = 0
     commits: int = 0
     in_flight: int = 0
     waiting: int = 0
@@ -115,11 +121,20 @@ class Bridge:
         self._pending: dict[str, list[_Dispatch]] = {}
         self._gate: OrderingGate[_Dispatch] = OrderingGate(mode=settings.ordering)
         self._seq = SequenceGuard(
-            seek=lambda tp, off: _seek(self._consumer, tp, off), gap_wait_s=settings.gap_wait_s
+            seek=lambda tp, off: seek_to(self._consumer, tp, off), gap_wait_s=settings.gap_wait_s
         )
-        self._seq_results = SequenceGuard(
-            seek=lambda tp, off: _seek(self._results, tp, off), gap_wait_s=settings.gap_wait_s
+        client: redis.Redis[bytes] = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
         )
+        guard = OnceGuard(
+            client=client, lease_s=settings.once_lease_s, done_ttl_s=settings.once_done_ttl_s
+        )
+        self._redispatch = Redispatcher(
+            after_s=settings.redispatch_after_s,
+            guard=guard,
+            backend_state=lambda task_id: str(app.AsyncResult(task_id).state),
+        )
+        self._presence = Presence(client=client, group=settings.group_id)
         self._paused = False
         self._assignment_changed = False
         self._retryable: tuple[type[BaseException], ...] | None = None
@@ -144,17 +159,10 @@ class Bridge:
         if settings.group_instance_id:
             consumer_conf["group.instance.id"] = settings.group_instance_id
         self._consumer_conf = consumer_conf
-        self._results_conf = {
-            **base,
-            "group.id": f"{settings.group_id}.results.{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-            # Out of range (retention emptied the topic): re-read rather than skip ahead.
-            "auto.offset.reset": "earliest",
-        }
+        self._base_conf = base
         self._producer_conf = {**base, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
         self._consumer: Consumer | None = None
-        self._results: Consumer | None = None
+        self._results: OutcomeReader | None = None
         self._producer: Producer | None = None
         self._dlq: DeadLetterWriter | None = None
 
@@ -179,8 +187,12 @@ class Bridge:
             self._dlq = DeadLetterWriter(
                 producer=self._producer, topic=s.dlq_topic, on_written=self._dead_lettered
             )
-            self._results = Consumer(self._results_conf)
-            self._open_results()
+            self._results = OutcomeReader(
+                config=self._base_conf,
+                group_id=s.group_id,
+                topic=s.results_topic,
+                gap_wait_s=s.gap_wait_s,
+            )
             self._consumer = Consumer(self._consumer_conf)
             self._consumer.subscribe(
                 [s.topic],
@@ -194,12 +206,16 @@ class Bridge:
         if self._on_ready:
             self._on_ready()
         last_commit = last_report = time.monotonic()
+        last_publish = 0.0
         while not self._stop.is_set():
             self._step(fetch=True)
             now = time.monotonic()
             if now - last_commit >= s.commit_interval_s:
                 self._commit(asynchronous=True)
                 last_commit = now
+            if now - last_publish >= _PUBLISH_EVERY_S:
+                self._publish_presence()
+                last_publish = now
             if now - last_report >= _REPORT_EVERY_S:
                 self._report()
                 last_report = now
@@ -224,7 +240,15 @@ class Bridge:
         if self._results is not None:
             self._results.close()
         self._producer.flush(10)
+        self._presence.leave()
         log.info("bridge stopped: %s", self.stats.as_dict())
+
+    def _publish_presence(self) -> None:
+        try:
+            assignment = self._consumer.assignment() if self._consumer is not None else []
+        except KafkaException:
+            assignment = []
+        self._presence.publish(self.stats.as_dict(), [(p.topic, p.partition) for p in assignment])
 
     def _report(self) -> None:
         oldest = {
@@ -248,6 +272,7 @@ class Bridge:
             # Paused: consume() still serves rebalance callbacks and heartbeats.
             self._consumer.consume(1, timeout=_POLL_S)
         self._read_outcomes()
+        self._redispatch_lost()
         self._producer.poll(0)
         assert self._dlq is not None
         self._dlq.retry_due()
@@ -259,7 +284,9 @@ class Bridge:
             log.info("idle: all %d fetched record(s) settled", self.stats.settled)
         self.stats.in_flight = in_flight
         self.stats.waiting = self._gate.waiting
-        self.stats.gaps_reseeked = self._seq.reseeks + self._seq_results.reseeks
+        self.stats.gaps_reseeked = self._seq.reseeks + (
+            self._results.reseeks if self._results is not None else 0
+        )
 
     def _handle(self, msg: Message) -> None:
         err = msg.error()
@@ -270,7 +297,7 @@ class Bridge:
                 raise KafkaError(f"fatal consumer error: {err}")
             log.warning("consumer error: %s", err)
             return
-        tp, offset = _position(msg)
+        tp, offset = position(msg)
         if not self._seq.admit(tp, offset) or not self._tracker.add(tp, offset):
             return
         self.stats.consumed += 1
@@ -300,6 +327,21 @@ class Bridge:
             self._dispatch(item)
 
     def _dispatch(self, item: _Dispatch) -> None:
+        if self._send(item):
+            self._pending.setdefault(item.task_id, []).append(item)
+            self._redispatch.dispatched(item.task_id)
+            self.stats.dispatched += 1
+
+    def _redispatch_lost(self) -> None:
+        for task_id in self._redispatch.due():
+            items = self._pending.get(task_id)
+            if items:
+                log.warning("redispatching %s: no worker holds it", task_id)
+                self._send(items[0])
+                self.stats.redispatched += 1
+
+    def _send(self, item: _Dispatch) -> bool:
+        """Hand ``item`` to Celery; False if it went to the DLQ or the bridge is stopping."""
         envelope, task_id, origin = item.envelope, item.task_id, item.origin
         delay_s = 0.1
         while True:
@@ -317,23 +359,21 @@ class Bridge:
                     serializer="json",
                     headers={HEADER: origin.to_header()},
                 )
-                self._pending.setdefault(task_id, []).append(item)
-                self.stats.dispatched += 1
-                return
+                return True
             except self._retryable_errors() as exc:
                 # The broker is down: keep the record in flight and try again; never drop.
                 error = BrokerError(f"Celery broker unavailable for task {task_id}: {exc}")
                 log.warning("%s; retrying in %.1fs", error, delay_s)
                 if self._stop.wait(delay_s):
                     # Stopping: the record stays unsettled and is re-read after restart.
-                    return
+                    return False
                 delay_s = min(delay_s * 2, 5.0)
             except Exception as exc:
                 # Not the broker's state but this record's (Celery cannot build the
                 # message): retrying would stall the partition, so it goes to the DLQ.
                 refused = DispatchRefused(f"Celery refused the task: {type(exc).__name__}: {exc}")
                 self._dead_letter(item.msg, refused, slot=item.slot)
-                return
+                return False
 
     def _retryable_errors(self) -> tuple[type[BaseException], ...]:
         if self._retryable is None:
@@ -354,7 +394,7 @@ class Bridge:
         task: str | None = None,
         task_id: str | None = None,
     ) -> None:
-        (topic, partition), offset = _position(msg)
+        (topic, partition), offset = position(msg)
         letter = DeadLetter(
             error_class=error_class or type(exc).__name__,
             error_message=exc.reason,
@@ -371,51 +411,21 @@ class Bridge:
 
     def _dead_lettered(self, msg: Message, slot: Hashable | None) -> None:
         self.stats.dlq += 1
-        self._settle(*_position(msg))
+        self._settle(*position(msg))
         self._release(slot)
 
     # -- outcomes and offsets ------------------------------------------------------
 
-    def _open_results(self) -> None:
-        assert self._results is not None
-        topic = self.settings.results_topic
-        meta = self._results.list_topics(topic, timeout=10)
-        parts = sorted(meta.topics[topic].partitions)
-        # Start at the current end, resolved now: an outcome written after this point is
-        # seen. Older outcomes belong to records already committed or that we re-dispatch
-        # (the worker's once-guard then re-announces them).
-        start = []
-        for p in parts:
-            low, high = self._results.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            # Tansu's watermark may be low by a batch: re-reading a few old outcomes is harmless.
-            start.append(TopicPartition(topic, p, max(high - 1, low, 0)))
-        self._results.assign(start)
-        for tp in start:
-            self._seq_results.expect((topic, tp.partition), tp.offset)
-
     def _read_outcomes(self) -> None:
         assert self._results is not None
-        for _ in range(20):
-            msgs = self._results.consume(1000, timeout=0)
-            if not msgs:
-                return
-            for msg in msgs:
-                value = msg.value()
-                if msg.error() is not None or value is None:
-                    continue
-                if not self._seq_results.admit(*_position(msg)):
-                    continue
-                try:
-                    outcome = Outcome.decode(value)
-                except Exception:
-                    log.warning("ignoring a non-kafcel record on %s", msg.topic())
-                    continue
-                self._on_outcome(outcome)
+        for outcome in self._results.read():
+            self._on_outcome(outcome)
 
     def _on_outcome(self, outcome: Outcome) -> None:
         items = self._pending.pop(outcome.task_id, None)
         if items is None:
             return
+        self._redispatch.settled([outcome.task_id])
         if outcome.duplicate:
             self.stats.duplicates += 1
         for item in items:
@@ -544,19 +554,4 @@ class Bridge:
                 self._pending[task_id] = kept
             else:
                 del self._pending[task_id]
-
-
-def _seek(consumer: Consumer | None, tp: TP, offset: int) -> None:
-    """Send ``consumer`` back to ``offset`` of ``tp`` (the sequence guard's gap repair)."""
-    assert consumer is not None
-    try:
-        consumer.seek(TopicPartition(tp[0], tp[1], offset))
-    except KafkaException as exc:
-        log.warning("seek %s[%d] to %d failed: %s", tp[0], tp[1], offset, exc)
-
-
-def _position(msg: Message) -> tuple[TP, int]:
-    """Topic, partition and offset of a fetched message (never None once fetched)."""
-    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-    assert topic is not None and partition is not None and offset is not None
-    return (topic, partition), offset
+                self._redispatch.settled([task_id])

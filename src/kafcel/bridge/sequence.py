@@ -19,9 +19,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
 from .tracker import TP
 
-__all__ = ["SequenceGuard"]
+__all__ = ["SequenceGuard", "position", "seek_to"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -99,3 +101,19 @@ class SequenceGuard:
     def _reseek(self, tp: TP, offset: int) -> None:
         self.reseeks += 1
         self._seek(tp, offset)
+
+
+def seek_to(consumer: Consumer | None, tp: TP, offset: int) -> None:
+    """Send ``consumer`` back to ``offset`` of ``tp`` (the sequence guard's gap repair)."""
+    assert consumer is not None
+    try:
+        consumer.seek(TopicPartition(tp[0], tp[1], offset))
+    except KafkaException as exc:
+        log.warning("seek %s[%d] to %d failed: %s", tp[0], tp[1], offset, exc)
+
+
+def position(msg: Message) -> tuple[TP, int]:
+    """Topic, partition and offset of a fetched message (never None once fetched)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return (topic, partition), offset

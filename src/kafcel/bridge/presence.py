@@ -1,0 +1,69 @@
+"""Bridge presence: each bridge publishes its counters to Redis for ``kafcel status``.
+
+A key per bridge, ``kafcel:bridge:<group>:<member>``, expires unless refreshed, so a
+bridge that died disappears from the status within ``ttl_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import redis
+
+__all__ = ["Presence", "read_presence"]
+
+log = logging.getLogger("kafcel.bridge")
+
+_PREFIX = "kafcel:bridge:"
+
+
+class Presence:
+    def __init__(self, *, client: redis.Redis[bytes], group: str, ttl_s: float = 15.0) -> None:
+        self._redis = client
+        self._ttl_ms = int(ttl_s * 1000)
+        self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._key = f"{_PREFIX}{group}:{self.member}"
+        self._started = time.time()
+        self._warned = False
+
+    def publish(self, stats: dict[str, Any], assignment: list[tuple[str, int]]) -> None:
+        record = {
+            "member": self.member,
+            "started": self._started,
+            "updated": time.time(),
+            "partitions": sorted(p for _, p in assignment),
+            "stats": stats,
+        }
+        try:
+            self._redis.set(self._key, json.dumps(record), px=self._ttl_ms)
+            self._warned = False
+        except redis.RedisError as exc:
+            # Visibility only: never let it disturb the bridge loop, warn once per outage.
+            if not self._warned:
+                log.warning("cannot publish bridge stats to Redis: %s", exc)
+                self._warned = True
+
+    def leave(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self._redis.delete(self._key)
+
+
+def read_presence(client: redis.Redis[bytes], group: str) -> list[dict[str, Any]]:
+    """The live bridges of ``group`` with their counters, oldest first."""
+    records = []
+    for key in client.scan_iter(match=f"{_PREFIX}{group}:*", count=100):
+        raw = client.get(key)
+        if raw is None:
+            continue
+        try:
+            records.append(json.loads(raw))
+        except ValueError:
+            continue
+    return sorted(records, key=lambda r: r.get("started", 0))

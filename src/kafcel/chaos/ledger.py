@@ -1,0 +1,90 @@
+"""The chaos ledger: an independent record of every task effect, on a Redis of its own.
+
+It lives apart from Celery's broker and the once-guard, so flushing or restarting those
+does not touch the evidence. Per run it keeps:
+
+- ``runs``: order id -> task bodies that reached the effect (every completion counts);
+- ``applied``: order id -> effects applied through an inbox keyed by the task id (the
+  pattern docs/reliability.md recommends for external side effects);
+- ``last``: key -> highest sequence number applied, and ``ooo``: keys that saw a lower
+  sequence after a higher one (an out-of-order effect).
+
+``runs`` minus one per order is what the once-guard let through (a worker killed between
+the effect and the done marker); ``applied`` above one is a duplicate effect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+__all__ = ["Ledger", "LedgerCounts"]
+
+_APPLY = """
+redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
+    return 0
+end
+redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+local seq = tonumber(ARGV[4])
+if seq >= 0 then
+    local last = tonumber(redis.call('HGET', KEYS[4], ARGV[3]) or '-1')
+    if seq < last then
+        redis.call('SADD', KEYS[5], ARGV[3])
+    else
+        redis.call('HSET', KEYS[4], ARGV[3], seq)
+    end
+end
+return 1
+"""
+
+_SUFFIXES = ("runs", "inbox", "applied", "last", "ooo", "attempts")
+
+
+@dataclass(frozen=True)
+class LedgerCounts:
+    applied_orders: int  # orders whose effect happened at least once
+    duplicates: int  # effects applied beyond one per order
+    reruns: int  # task bodies completed beyond one per order (absorbed by the inbox)
+    out_of_order: int  # keys that saw a lower sequence after a higher one
+    applied_ids: frozenset[str]
+
+
+class Ledger:
+    def __init__(self, *, url: str, run: str) -> None:
+        if not run or ":" in run:
+            raise ValueError(f"run must be a non-empty name without ':', got {run!r}")
+        self.url = url
+        self.run = run
+        self._redis: redis.Redis[bytes] = redis.Redis.from_url(url)
+        self._apply = self._redis.register_script(_APPLY)
+
+    def _key(self, suffix: str) -> str:
+        return f"chaos:{self.run}:{suffix}"
+
+    def apply(self, *, task_id: str, order: str, key: str, seq: int) -> bool:
+        """Apply one order's effect once per task id; True if it was applied now."""
+        keys = [self._key(s) for s in ("runs", "inbox", "applied", "last", "ooo")]
+        return bool(self._apply(keys=keys, args=[task_id, order, key, seq]))
+
+    def attempt(self, order: str) -> int:
+        """Count an attempt of ``order`` (whatever its outcome); return the count so far."""
+        return int(self._redis.hincrby(self._key("attempts"), order, 1))
+
+    def counts(self) -> LedgerCounts:
+        applied = {k.decode(): int(v) for k, v in self._redis.hgetall(self._key("applied")).items()}
+        runs = {k.decode(): int(v) for k, v in self._redis.hgetall(self._key("runs")).items()}
+        return LedgerCounts(
+            applied_orders=len(applied),
+            duplicates=sum(v - 1 for v in applied.values() if v > 1),
+            reruns=sum(v - 1 for v in runs.values() if v > 1),
+            out_of_order=int(self._redis.scard(self._key("ooo"))),
+            applied_ids=frozenset(applied),
+        )
+
+    def clear(self) -> None:
+        self._redis.delete(*(self._key(s) for s in _SUFFIXES))
+
+    def close(self) -> None:
+        self._redis.close()
