@@ -109,10 +109,23 @@ def slow(name: str, item: Any, seconds: float) -> Any:
     return item
 
 
-@app.task
-def sequenced(name: str, key: str, seq: int, seconds: float) -> int:
-    """Appends seq to the key's list: the list's order is the order effects happened in."""
+@app.task(bind=True, max_retries=3)
+def sequenced(self: Any, name: str, key: str, seq: int, seconds: float, fail: bool = False) -> int:
+    """Appends seq to the key's list: the list's order is the order effects happened in.
+
+    With ``fail`` the first attempt raises and Celery retries it: the key's next task
+    must still wait for this one.
+    """
+    if fail and self.request.retries == 0:
+        raise self.retry(exc=RuntimeError(f"{key}:{seq} fails once"), countdown=0.2)
     time.sleep(seconds)
     ledger().rpush(f"{name}:seq:{key}", seq)
     ledger().hincrby(f"{name}:effects", f"{key}:{seq}", 1)
     return seq
+
+
+@app.task
+def suicide(name: str, item: Any) -> None:
+    """Ends its own worker process the hard way, every time."""
+    _record(name, item, 0)
+    os._exit(17)

@@ -136,7 +136,7 @@ def submit(
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")
 @settings_options
 def status(as_json: bool, **options: Any) -> None:
-    """Per partition: committed offset, end offset, lag; and the DLQ depth."""
+    """Lag per partition, DLQ depth, live bridges (in flight, redispatched)."""
     from .status import collect_status, render_status
 
     settings = build_settings(options)
