@@ -220,6 +220,59 @@ def demo(n_tasks: int, as_json: bool, kafka_port: int, redis_port: int, timeout_
         sys.exit(1)
 
 
+@cli.command()
+@click.option("--tasks", "n_tasks", type=int, default=10_000, show_default=True)
+@click.option("--only", multiple=True, help="run only this scenario (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="end with one JSON summary line")
+@click.option("--seed", type=int, default=1, show_default=True)
+def chaos(n_tasks: int, only: tuple[str, ...], as_json: bool, seed: int) -> None:
+    """Inject faults into a running pipeline; count lost, duplicate and out-of-order effects."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from .chaos.report import json_line, render
+    from .chaos.runner import run_suite, select
+
+    scenarios = select(only)
+    console = Console(stderr=as_json)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        bars: dict[str, Any] = {}
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            if name not in bars:
+                bars[name] = progress.add_task(name, total=total)
+            progress.update(bars[name], completed=done, total=total)
+
+        def on_result(result: Any) -> None:
+            verdict = "[green]pass[/]" if result.passed else "[red]FAIL[/]"
+            progress.console.print(
+                f"{result.system:11} {result.name:15} lost={result.lost} "
+                f"dup={result.duplicates} ooo={result.out_of_order} "
+                f"dlq={result.dlq}/{result.dlq_expected} drain={result.drain_s:.0f}s {verdict}"
+            )
+            bars.pop(result.name, None)
+
+        results = run_suite(
+            n_tasks=n_tasks,
+            scenarios=scenarios,
+            on_progress=on_progress,
+            on_result=on_result,
+            seed=seed,
+        )
+    render(results, console, n_tasks=n_tasks)
+    if as_json:
+        click.echo(json_line(results))
+    if not all(r.passed for r in results if r.system == "kafcel"):
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     # librdkafka retries noisily while a broker is unreachable; a CLI command reports that
     # once, as its own error line. The bridge turns these logs back on (see bridge()).

@@ -1,0 +1,49 @@
+"""The chaos table on screen and the one-line JSON summary."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .runner import ScenarioResult
+
+__all__ = ["json_line", "render"]
+
+_COLUMNS = (
+    ("scenario", "name"),
+    ("system", "system"),
+    ("lost", "lost"),
+    ("dup effects", "duplicates"),
+    ("out of order", "out_of_order"),
+    ("DLQ exp.", "dlq_expected"),
+    ("DLQ", "dlq"),
+    ("peak lag", "peak_lag"),
+    ("drain s", "drain_s"),
+    ("reruns", "reruns"),
+    ("redispatched", "redispatched"),
+)
+
+
+def render(results: list[ScenarioResult], console: Console, *, n_tasks: int) -> None:
+    table = Table(title=f"kafcel chaos — {n_tasks:,} tasks per scenario")
+    for title, _ in _COLUMNS:
+        table.add_column(title, justify="left" if title in ("scenario", "system") else "right")
+    table.add_column("verdict")
+    for r in results:
+        row = r.row()
+        cells = ["-" if row[k] is None else str(row[k]) for _, k in _COLUMNS]
+        verdict = "[green]pass[/]" if r.passed else f"[red]FAIL[/] {r.note}".rstrip()
+        table.add_row(*cells, verdict)
+    console.print(table)
+    console.print(
+        "[dim]reruns: task bodies that ran again after completing (a worker killed between "
+        "the effect and its done marker); the inbox in the ledger kept them to one effect.[/]"
+    )
+
+
+def json_line(results: list[ScenarioResult]) -> str:
+    scenarios: list[dict[str, Any]] = [r.row() for r in results]
+    return json.dumps({"scenarios": scenarios})

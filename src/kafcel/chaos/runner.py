@@ -1,0 +1,335 @@
+"""``kafcel chaos``: run the scenarios, measure each one, report.
+
+Per scenario: a fresh topic, group, Celery queue and ledger run on the suite's own stack;
+the workload is submitted, the fault injected while it drains, and the measurement loop
+samples progress until every order has its effect, the DLQ holds every planted record
+and the lag is 0, or until nothing has moved for ``stall_s`` (then the row shows what
+was lost). The stack is stopped at the end, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from ..admin import ensure_topics, group_lag, partitions_of
+from ..dlq import parse_dlq_headers
+from ..errors import KafcelError
+from ..settings import Settings
+from .ledger import Ledger
+from .rig import ChaosStack, KafcelRig
+from .scenarios import SCENARIOS, Scenario
+from .workload import Workload, make_workload, submit
+
+__all__ = ["ScenarioResult", "run_suite", "select"]
+
+_PARTITIONS = 4
+_WORK_MS = 2.0
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    system: str
+    lost: int
+    duplicates: int
+    out_of_order: int
+    dlq_expected: int
+    dlq: int
+    peak_lag: int | None
+    drain_s: float
+    reruns: int = 0
+    redispatched: int = 0
+    note: str = ""
+    passed: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.passed = (
+            self.lost == 0
+            and self.duplicates == 0
+            and self.out_of_order == 0
+            and self.dlq == self.dlq_expected
+            and not self.note
+        )
+
+    def row(self) -> dict[str, Any]:
+        keys = ("name", "system", "lost", "duplicates", "out_of_order", "dlq_expected", "dlq")
+        out = {k: getattr(self, k) for k in keys}
+        out.update(peak_lag=self.peak_lag, drain_s=round(self.drain_s, 1))
+        out.update(reruns=self.reruns, redispatched=self.redispatched, passed=self.passed)
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def select(only: tuple[str, ...]) -> list[Scenario]:
+    if not only:
+        return list(SCENARIOS)
+    known = {s.name for s in SCENARIOS} | {f"{s.system}:{s.name}" for s in SCENARIOS}
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise KafcelError(
+            f"unknown scenario(s) {', '.join(unknown)}; known: "
+            + ", ".join(sorted({s.name for s in SCENARIOS}))
+        )
+    return [s for s in SCENARIOS if s.name in only or f"{s.system}:{s.name}" in only]
+
+
+def chaos_settings(stack: ChaosStack, run: str) -> Settings:
+    """Short timers so faults are noticed and repaired within seconds, not minutes."""
+    return Settings(
+        bootstrap_servers=stack.bootstrap_servers,
+        redis_url=stack.redis_url,
+        topic=f"chaos-{run}",
+        group_id=f"chaos-{run}",
+        partitions=_PARTITIONS,
+        session_timeout_s=6.0,
+        commit_interval_s=0.5,
+        drain_timeout_s=20.0,
+        once_lease_s=3.0,
+        redispatch_after_s=8.0,
+        # Small enough that a task waits in Celery's queue less than redispatch_after_s.
+        max_in_flight=400,
+        max_record_bytes=65_536,
+    )
+
+
+def run_suite(
+    *,
+    n_tasks: int,
+    scenarios: list[Scenario],
+    on_progress: Callable[[str, int, int], None] | None = None,
+    on_result: Callable[[ScenarioResult], None] | None = None,
+    seed: int = 1,
+    stall_s: float = 90.0,
+) -> list[ScenarioResult]:
+    if n_tasks < 1:
+        raise KafcelError(f"--tasks must be at least 1, got {n_tasks}")
+    results: list[ScenarioResult] = []
+    with tempfile.TemporaryDirectory(prefix="kafcel-chaos-") as tmp:
+        stack = ChaosStack(state_dir=Path(tmp))
+        try:
+            stack.up()
+            for i, scenario in enumerate(scenarios):
+                result = run_scenario(
+                    stack,
+                    scenario,
+                    n_tasks=n_tasks,
+                    log_dir=Path(tmp) / f"{i:02d}-{scenario.system}-{scenario.name}",
+                    seed=seed + i,
+                    stall_s=stall_s,
+                    on_progress=on_progress,
+                )
+                results.append(result)
+                if on_result:
+                    on_result(result)
+        finally:
+            stack.down()
+    return results
+
+
+def run_scenario(
+    stack: ChaosStack,
+    scenario: Scenario,
+    *,
+    n_tasks: int,
+    log_dir: Path,
+    seed: int,
+    stall_s: float,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> ScenarioResult:
+    run = uuid.uuid4().hex[:8]
+    settings = chaos_settings(stack, run)
+    workload = make_workload(
+        run=run, n_tasks=n_tasks, poison_ratio=scenario.poison_ratio, seed=seed
+    )
+    ledger = Ledger(url=stack.ledger_url, run=run)
+    if scenario.system == "kombu-kafka":
+        from .kombu_run import run_kombu
+
+        try:
+            return run_kombu(stack, scenario, workload, ledger, log_dir, seed, stall_s, on_progress)
+        finally:
+            ledger.clear()
+            ledger.close()
+    ensure_topics(
+        settings.bootstrap_servers,
+        {t: _PARTITIONS for t in (settings.topic, settings.results_topic, settings.dlq_topic)},
+    )
+    rig = KafcelRig(stack=stack, settings=settings, log_dir=log_dir)
+    stop = threading.Event()
+    fault_error: list[BaseException] = []
+    try:
+        for _ in range(scenario.workers):
+            rig.start_worker()
+        for _ in range(scenario.bridges):
+            rig.start_bridge()
+        started = time.monotonic()
+        pace_s = scenario.submit_over_s / max(n_tasks, 1)
+        submitter = threading.Thread(
+            target=submit, args=(settings, workload), kwargs={"work_ms": _WORK_MS, "pace_s": pace_s}
+        )
+        submitter.start()
+        fault = _start_fault(scenario, stack, rig, seed, stop, fault_error)
+        watch = Watch(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=settings.group_id,
+            topic=settings.topic,
+            dlq_topic=settings.dlq_topic,
+            workload=workload,
+            ledger=ledger,
+        )
+        note = watch.until_drained(
+            busy=lambda: submitter.is_alive() or (fault is not None and fault.is_alive()),
+            stall_s=stall_s,
+            on_progress=lambda done, total: on_progress and on_progress(scenario.name, done, total),
+        )
+        drain_s = time.monotonic() - started
+        stop.set()
+        submitter.join()
+        if fault is not None:
+            fault.join()
+        if fault_error:
+            note = f"fault failed: {fault_error[0]}"
+        return watch.result(scenario, drain_s, note, redispatched=_redispatched(rig))
+    finally:
+        stop.set()
+        rig.stop()
+        ledger.clear()
+        ledger.close()
+
+
+def _start_fault(
+    scenario: Scenario,
+    stack: ChaosStack,
+    rig: Any,
+    seed: int,
+    stop: threading.Event,
+    errors: list[BaseException],
+) -> threading.Thread | None:
+    if scenario.fault is None:
+        return None
+    fault = scenario.fault
+
+    def inject() -> None:
+        try:
+            fault(stack, rig, random.Random(seed), stop)
+        except BaseException as exc:  # reported in the row rather than lost in a thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=inject, name=f"fault-{scenario.name}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _redispatched(rig: KafcelRig) -> int:
+    """Redispatches counted in the bridges' logs (their final stats lines)."""
+    total = 0
+    for path in sorted(rig.log_dir.glob("bridge*.log")):
+        total += path.read_text(errors="replace").count("redispatching ")
+    return total
+
+
+class Watch:
+    """Samples ledger, DLQ and lag until the scenario has drained or stalled."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        group_id: str,
+        topic: str,
+        dlq_topic: str | None,
+        workload: Workload,
+        ledger: Ledger,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.group_id = group_id
+        self.topic = topic
+        self.workload = workload
+        self.ledger = ledger
+        self.peak_lag = 0
+        self.lag = -1
+        self._dlq_seen: set[tuple[int, int]] = set()
+        self._dlq: Consumer | None = None
+        if dlq_topic is not None:
+            self._dlq = Consumer(
+                {
+                    "bootstrap.servers": bootstrap_servers,
+                    "group.id": f"chaos-watch-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False,
+                }
+            )
+            parts = partitions_of(bootstrap_servers, dlq_topic)
+            self._dlq.assign([TopicPartition(dlq_topic, p, 0) for p in parts])
+
+    def _sample(self) -> tuple[int, int, int]:
+        for msg in self._dlq.consume(1000, timeout=0.1) if self._dlq is not None else ():
+            if msg.error() is not None:
+                continue
+            h = parse_dlq_headers(msg.headers())  # type: ignore[arg-type]
+            # A record dead-lettered twice (bridge killed before its commit) counts once.
+            self._dlq_seen.add(
+                (int(h.get("origin.partition", -1)), int(h.get("origin.offset", -1)))
+            )
+        rows = group_lag(self.bootstrap_servers, self.group_id, self.topic)
+        self.lag = sum(r.lag for r in rows) if rows else -1
+        self.peak_lag = max(self.peak_lag, self.lag)
+        return self.ledger.counts().applied_orders, len(self._dlq_seen), self.lag
+
+    def until_drained(
+        self,
+        *,
+        busy: Callable[[], bool],
+        stall_s: float,
+        on_progress: Callable[[int, int], Any],
+    ) -> str:
+        want = (len(self.workload.orders), self.workload.dlq_expected)
+        total = sum(want)
+        last, last_change = (-1, -1, -1), time.monotonic()
+        while True:
+            state = self._sample()
+            on_progress(state[0] + state[1], total)
+            if state[:2] == want and state[2] == 0 and not busy():
+                return ""
+            now = time.monotonic()
+            if state != last:
+                last, last_change = state, now
+            elif now - last_change > stall_s and not busy():
+                return f"stalled for {stall_s:.0f}s"
+            time.sleep(0.5)
+
+    def result(
+        self, scenario: Scenario, drain_s: float, note: str, *, redispatched: int
+    ) -> ScenarioResult:
+        counts = self.ledger.counts()
+        if self._dlq is not None:
+            self._dlq.close()
+        expected = {order for order, _, _ in self.workload.orders}
+        return ScenarioResult(
+            name=scenario.name,
+            system=scenario.system,
+            lost=len(expected - counts.applied_ids),
+            duplicates=counts.duplicates,
+            out_of_order=counts.out_of_order,
+            dlq_expected=self.workload.dlq_expected,
+            dlq=len(self._dlq_seen),
+            peak_lag=self.peak_lag,
+            drain_s=drain_s,
+            reruns=counts.reruns,
+            redispatched=redispatched,
+            note=note,
+        )
+
+
+def as_dicts(results: list[ScenarioResult]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in results]

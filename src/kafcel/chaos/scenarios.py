@@ -1,0 +1,137 @@
+"""The chaos scenarios: what each one injects while the pipeline drains.
+
+A fault runs in its own thread beside the measurement loop and returns when it has done
+all its damage (and repaired what a person would repair: a killed bridge is restarted).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .rig import ChaosStack, KafcelRig
+
+__all__ = ["FAST", "SCENARIOS", "Scenario"]
+
+Fault = Callable[[ChaosStack, KafcelRig, random.Random, threading.Event], None]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    system: str  # "kafcel" or "kombu-kafka"
+    fault: Fault | None = None
+    poison_ratio: float = 0.0
+    bridges: int = 1
+    workers: int = 1
+    # Spread submission over this many seconds (the bounce scenario needs a long run).
+    submit_over_s: float = 0.0
+    description: str = ""
+
+
+def _pause(rng: random.Random, stop: threading.Event, low: float, high: float) -> bool:
+    """Wait a random moment; True if the scenario ended meanwhile."""
+    return stop.wait(rng.uniform(low, high))
+
+
+def kill_bridge(
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event
+) -> None:
+    for _ in range(5):
+        if _pause(rng, stop, 0.5, 3.0):
+            return
+        rig.kill_bridge(0, sig=signal.SIGKILL)
+        rig.start_bridge(0)
+
+
+def term_bridge(
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event
+) -> None:
+    for _ in range(5):
+        if _pause(rng, stop, 0.5, 3.0):
+            return
+        rig.kill_bridge(0, sig=signal.SIGTERM)
+        rig.start_bridge(0)
+
+
+def kill_worker(
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event
+) -> None:
+    for _ in range(5):
+        if _pause(rng, stop, 0.5, 3.0):
+            return
+        index = rng.randrange(len(rig.workers))
+        rig.kill_worker(index)
+        rig.start_worker(index)
+
+
+def flush_redis(
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event
+) -> None:
+    if not _pause(rng, stop, 1.0, 3.0):
+        stack.flush_redis()
+
+
+def restart_redis(
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event
+) -> None:
+    if not _pause(rng, stop, 1.0, 3.0):
+        stack.restart_redis()
+
+
+def bounce_bridge(
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event
+) -> None:
+    """Two bridges in one group; the second stops and starts every 10 s for 2 minutes."""
+    deadline = time.monotonic() + 120
+    up = True
+    while time.monotonic() < deadline:
+        if stop.wait(10):
+            return
+        if up:
+            rig.kill_bridge(1, sig=signal.SIGTERM)
+        else:
+            rig.start_bridge(1)
+        up = not up
+    if not up:
+        rig.start_bridge(1)
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario("control", "kafcel", description="no fault"),
+    Scenario("bridge-kill-9", "kafcel", kill_bridge, description="kill -9 the bridge 5 times"),
+    Scenario("bridge-sigterm", "kafcel", term_bridge, description="SIGTERM the bridge 5 times"),
+    Scenario(
+        "worker-kill-9",
+        "kafcel",
+        kill_worker,
+        workers=2,
+        description="kill -9 a worker (main and children) 5 times",
+    ),
+    Scenario("redis-flushall", "kafcel", flush_redis, description="FLUSHALL on Celery's Redis"),
+    Scenario("redis-restart", "kafcel", restart_redis, description="Celery's Redis restarted"),
+    Scenario(
+        "bridge-bounce",
+        "kafcel",
+        bounce_bridge,
+        bridges=2,
+        submit_over_s=110.0,
+        description="2 bridges, one stopped/started every 10 s for 2 min",
+    ),
+    Scenario(
+        "poison",
+        "kafcel",
+        poison_ratio=0.10,
+        description="10% poison of every kind, always-failing and self-killing tasks",
+    ),
+    Scenario("control", "kombu-kafka", description="no fault"),
+    Scenario("worker-kill-9", "kombu-kafka", kill_worker, description="kill -9 the worker 5 times"),
+    Scenario("redis-flushall", "kombu-kafka", flush_redis, description="FLUSHALL on Redis"),
+]
+
+# The subset `make test` runs with a small N.
+FAST = ("control", "bridge-kill-9", "redis-flushall", "poison")

@@ -1,0 +1,96 @@
+"""What a chaos scenario submits: keyed orders, and for the poison scenario, poison.
+
+Good orders are ``chaos.apply`` tasks numbered per key (the sequence the ledger checks).
+Poison covers every way a record can be refused (bytes the bridge rejects) or fail for
+good (a task that always raises, one that kills its own process); each is expected in the
+DLQ exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import Producer as KafkaProducer
+
+from ..envelope import Envelope
+from ..errors import DeliveryError
+from ..producer import Producer
+from ..settings import Settings
+
+__all__ = ["POISON_KINDS", "Workload", "make_workload", "submit"]
+
+# The bridge refuses these before Celery sees them (max_record_bytes is set to 64 KiB).
+POISON_KINDS: dict[str, bytes] = {
+    "truncated-json": b'{"v": 1, "task": "chaos.apply", "args": [',
+    "invalid-utf8": b'{"v": 1, "task": "chaos.ap\xff\xfeply"}',
+    "schema": b'{"v": 1, "task": "chaos.apply", "args": "not a list"}',
+    "unknown-task": Envelope(task="chaos.no_such_task").encode(),
+    "pickle": pickle.dumps({"task": "chaos.apply", "args": [1]}),
+    "nan": b'{"v": 1, "task": "chaos.apply", "args": [NaN]}',
+    "duplicate-keys": b'{"v": 1, "task": "chaos.apply", "task": "chaos.self_kill"}',
+    "too-large": json.dumps({"v": 1, "task": "chaos.apply", "args": ["x" * 70_000]}).encode(),
+    "nul-task": b'{"v": 1, "task": "chaos.apply\\u0000"}',
+}
+_FAILING = ("always-fail", "self-kill")
+
+
+@dataclass
+class Workload:
+    run: str
+    orders: list[tuple[str, str, int]] = field(default_factory=list)  # (order, key, seq)
+    poison: list[tuple[str, str]] = field(default_factory=list)  # (kind, key)
+    # submission order: ("order", index) or ("poison", index)
+    sequence: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def dlq_expected(self) -> int:
+        return len(self.poison)
+
+
+def make_workload(*, run: str, n_tasks: int, poison_ratio: float, seed: int) -> Workload:
+    rng = random.Random(seed)
+    n_keys = max(1, n_tasks // 10)
+    w = Workload(run=run)
+    kinds = [*POISON_KINDS, *_FAILING]
+    next_seq: dict[str, int] = {}
+    for i in range(n_tasks):
+        key = f"u{rng.randrange(n_keys)}"
+        if rng.random() < poison_ratio:
+            # Self-killing tasks are rarer: each costs max_attempts worker processes.
+            kind = "self-kill" if rng.random() < 0.02 else kinds[i % (len(kinds) - 1)]
+            w.sequence.append(("poison", len(w.poison)))
+            w.poison.append((kind, key))
+            continue
+        seq = next_seq.get(key, 0)
+        next_seq[key] = seq + 1
+        w.sequence.append(("order", len(w.orders)))
+        w.orders.append((f"o{i}", key, seq))
+    return w
+
+
+def submit(settings: Settings, workload: Workload, *, work_ms: float, pace_s: float = 0.0) -> None:
+    """Write the workload to the task topic (``pace_s`` between records spreads it out)."""
+    raw = KafkaProducer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
+    run = workload.run
+    with Producer(settings=settings) as producer:
+        for n, (what, index) in enumerate(workload.sequence):
+            if what == "order":
+                order, key, seq = workload.orders[index]
+                producer.submit("chaos.apply", run, order, key, seq, work_ms, key=key)
+            else:
+                kind, key = workload.poison[index]
+                if kind == "always-fail":
+                    producer.submit("chaos.always_fail", run, f"p{index}", key=key)
+                elif kind == "self-kill":
+                    producer.submit("chaos.self_kill", run, f"p{index}", key=key)
+                else:
+                    raw.produce(settings.topic, POISON_KINDS[kind], key=key.encode())
+                    raw.poll(0)
+            if pace_s and n % 10 == 9:
+                time.sleep(pace_s * 10)
+    if raw.flush(30):
+        raise DeliveryError("poison records not delivered within 30 s")
