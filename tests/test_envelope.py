@@ -17,6 +17,8 @@ from jsonschema import Draft202012Validator
 
 import kafcel.envelope as envelope_module
 from kafcel.envelope import (
+    INT_MAX,
+    INT_MIN,
     MAX_DEPTH,
     MAX_SECONDS,
     SCHEMA_PATH,
@@ -233,7 +235,7 @@ def test_duplicate_keys(data: bytes, key: str) -> None:
 
 def test_huge_integer() -> None:
     error = reject(b'{"v":1,"task":"t","args":[' + b"1" * 5000 + b"]}", InvalidJson)
-    assert "digits" in error.reason
+    assert "64 bits" in error.reason
 
 
 @pytest.mark.timeout(5)
@@ -427,9 +429,12 @@ def test_encode_rejects_values_json_cannot_hold(
     assert caught.value.field == field and piece in caught.value.reason
 
 
-def test_encode_keeps_lone_surrogates_as_escapes() -> None:
-    envelope = Envelope(task="t", args=("\ud800",))
-    assert Envelope.decode(envelope.encode()) == envelope
+def test_a_lone_surrogate_escape_is_not_text_and_is_refused() -> None:
+    reject(b'{"v":1,"task":"t","args":["\\ud800"]}', InvalidEncoding)
+    with pytest.raises(SchemaViolation, match="surrogate"):
+        Envelope(task="t", args=("\ud800",)).encode()
+    pair = Envelope(task="t", args=("\U0001f600",))  # escaped as a surrogate pair: fine
+    assert Envelope.decode(pair.encode()) == pair
 
 
 # -- round trip ----------------------------------------------------------------------------
@@ -437,9 +442,9 @@ def test_encode_keeps_lone_surrogates_as_escapes() -> None:
 json_values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers()
+    | st.integers(min_value=INT_MIN, max_value=INT_MAX)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8),
+    | st.text(st.characters(exclude_categories=("Cs",)), max_size=8),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
     ),
@@ -584,3 +589,10 @@ def test_derive_task_id_is_a_deterministic_uuid5() -> None:
 def test_task_id_for_prefers_the_envelope_id() -> None:
     assert task_id_for(Envelope(task="t", id="mine"), "tasks", 0, 7) == "mine"
     assert task_id_for(Envelope(task="t"), "tasks", 0, 7) == derive_task_id("tasks", 0, 7)
+
+
+@given(st.integers(max_value=INT_MIN - 1) | st.integers(min_value=INT_MAX + 1))
+def test_integers_beyond_64_bits_are_refused_on_both_sides(n: int) -> None:
+    with pytest.raises(SchemaViolation, match="64 bits"):
+        Envelope(task="t", args=(n,)).encode()
+    reject(b'{"v":1,"task":"t","args":[' + str(n).encode() + b"]}", InvalidJson)

@@ -24,6 +24,8 @@ from .errors import InvalidEncoding, InvalidJson, RecordTooLarge, SchemaViolatio
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "INT_MAX",
+    "INT_MIN",
     "MAX_DEPTH",
     "MAX_NAME_LENGTH",
     "SCHEMA_PATH",
@@ -143,6 +145,13 @@ class Envelope:
                 f"not UTF-8: byte {raw[exc.start]:#04x} at position {exc.start} ({exc.reason})"
             ) from exc
         data = _parse(text)
+        if _SURROGATE_ESCAPE.search(text):
+            # \ud800 alone is valid JSON but no Unicode text: Celery's encoder and every
+            # consumer downstream would fail on it.
+            try:
+                json.dumps(data, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidEncoding("a string holds a lone UTF-16 surrogate escape") from exc
         if type(data) is not dict:
             raise SchemaViolation(f"top level must be a JSON object, got {_kind(data)}")
         # The version goes first: a newer envelope's extra fields are best reported as an
@@ -227,8 +236,28 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# Signed 64-bit below zero, unsigned 64-bit above: what Go, Java and JS clients can hold.
+INT_MIN: Final = -(2**63)
+INT_MAX: Final = 2**64 - 1
+
+
+def _bounded_int(text: str) -> int:
+    # Go, Java and JavaScript producers and consumers cannot hold more than 64 bits.
+    if len(text) > 21:
+        raise InvalidJson(f"integer {text[:24]}... does not fit in 64 bits")
+    value = int(text)
+    if not INT_MIN <= value <= INT_MAX:
+        raise InvalidJson(f"integer {text} does not fit in 64 bits")
+    return value
+
+
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
 _DECODER: Final = json.JSONDecoder(
-    object_pairs_hook=_unique_keys, parse_constant=_no_constants, parse_float=_finite_float
+    object_pairs_hook=_unique_keys,
+    parse_constant=_no_constants,
+    parse_float=_finite_float,
+    parse_int=_bounded_int,
 )
 
 
@@ -396,7 +425,15 @@ def _normalise(values: dict[str, Any], *, from_json: bool) -> None:
 
 def _non_json(value: Any, depth: int) -> tuple[str, str] | None:
     """(path, problem) of the first part of ``value`` JSON cannot hold, or None."""
-    if value is None or isinstance(value, str | int):
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if INT_MIN <= value <= INT_MAX else ("", "does not fit in 64 bits")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return ("", "holds a lone UTF-16 surrogate, which is not text")
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else ("", f"is {value!r}, which is not JSON")

@@ -23,6 +23,8 @@ log = logging.getLogger("kafcel.bridge")
 
 _RETRY_AFTER_S = 1.0
 _DROPPED = "kafcel.value_dropped_bytes"
+_HEADERS_DROPPED = "kafcel.headers_dropped"
+_NO_VALUE, _NO_HEADERS = 1, 2
 
 Written = Callable[[Message, Hashable | None], None]
 
@@ -32,36 +34,42 @@ class DeadLetterWriter:
         self._producer = producer
         self._topic = topic
         self._on_written = on_written
-        self._retry: list[tuple[Message, DeadLetter, bool, Hashable | None]] = []
+        self._retry: list[tuple[Message, DeadLetter, int, Hashable | None]] = []
         self._retry_at = 0.0
 
     def write(
-        self, msg: Message, letter: DeadLetter, slot: Hashable | None, drop_value: bool = False
+        self, msg: Message, letter: DeadLetter, slot: Hashable | None, shrink: int = 0
     ) -> None:
-        """Queue the DLQ copy of ``msg``; ``on_written(msg, slot)`` runs once it is on Kafka."""
-        headers: list[tuple[str, str | bytes | None]] = list(
-            dlq_headers(letter, _header_list(msg.headers()))
-        )
+        """Queue the DLQ copy of ``msg``; ``on_written(msg, slot)`` runs once it is on Kafka.
+
+        A copy too large for the DLQ topic shrinks instead of failing: first without the
+        value (``kafcel.value_dropped_bytes`` says how big it was), then also without the
+        record's own headers (``kafcel.headers_dropped`` counts them). The origin offset in
+        the ``kafcel.*`` headers still points at the original.
+        """
+        original = _header_list(msg.headers())
         size = str(len(msg.value() or b"")).encode()
-        if drop_value:
-            headers.append((_DROPPED, size))
-
-        def delivered(err: Any, _: Message) -> None:
-            if err is None:
-                self._on_written(msg, slot)
-                return
-            log.warning("DLQ write failed (%s); retrying", err)
-            # A value too large for the DLQ topic goes without its bytes; the origin
-            # offset in the headers still points at them.
-            too_big = err.code() == RdKafkaError.MSG_SIZE_TOO_LARGE
-            self._retry.append((msg, letter, drop_value or too_big, slot))
-            self._retry_at = time.monotonic() + _RETRY_AFTER_S
-
         while True:
+            headers = list(dlq_headers(letter, original if shrink < _NO_HEADERS else None))
+            if shrink >= _NO_VALUE:
+                headers.append((_DROPPED, size))
+            if shrink >= _NO_HEADERS:
+                headers.append((_HEADERS_DROPPED, str(len(original)).encode()))
+            level = shrink
+
+            def delivered(err: Any, _: Message, level: int = level) -> None:
+                if err is None:
+                    self._on_written(msg, slot)
+                    return
+                log.warning("DLQ write failed (%s); retrying", err)
+                too_big = err.code() == RdKafkaError.MSG_SIZE_TOO_LARGE
+                self._retry.append((msg, letter, min(level + too_big, _NO_HEADERS), slot))
+                self._retry_at = time.monotonic() + _RETRY_AFTER_S
+
             try:
                 self._producer.produce(
                     self._topic,
-                    value=None if drop_value else msg.value(),
+                    value=None if shrink >= _NO_VALUE else msg.value(),
                     key=msg.key(),
                     headers=headers,
                     on_delivery=delivered,
@@ -70,9 +78,8 @@ class DeadLetterWriter:
             except BufferError:
                 self._producer.poll(0.1)
             except KafkaException as exc:
-                if "MSG_SIZE_TOO_LARGE" in str(exc) and not drop_value:
-                    drop_value = True
-                    headers.append((_DROPPED, size))
+                if "MSG_SIZE_TOO_LARGE" in str(exc) and shrink < _NO_HEADERS:
+                    shrink += 1
                     continue
                 raise KafkaError(f"cannot write to the DLQ topic: {exc}") from exc
 
@@ -80,8 +87,8 @@ class DeadLetterWriter:
         """Re-send the writes that failed, at most once a second."""
         if self._retry and time.monotonic() >= self._retry_at:
             retry, self._retry = self._retry, []
-            for msg, letter, drop_value, slot in retry:
-                self.write(msg, letter, slot, drop_value)
+            for msg, letter, shrink, slot in retry:
+                self.write(msg, letter, slot, shrink)
 
 
 def _header_list(

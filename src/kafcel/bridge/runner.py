@@ -136,6 +136,7 @@ class Bridge:
         )
         self._presence = Presence(client=client, group=settings.group_id)
         self._paused = False
+        self._joined = False
         self._assignment_changed = False
         self._retryable: tuple[type[BaseException], ...] | None = None
         app.loader.import_default_modules()
@@ -235,6 +236,7 @@ class Bridge:
         if left:
             log.warning("drain timeout: %d task(s) unsettled; they will be re-read", left)
         self._commit(asynchronous=False)
+        self._finish_joining()
         # close() leaves the group; the revoke callback commits once more, synchronously.
         self._consumer.close()
         if self._results is not None:
@@ -249,6 +251,20 @@ class Bridge:
         except KafkaException:
             assignment = []
         self._presence.publish(self.stats.as_dict(), [(p.topic, p.partition) for p in assignment])
+
+    def _finish_joining(self) -> None:
+        """Before leaving the group, let a join in progress complete.
+
+        Tansu never completes a rebalance whose joining member left before its JoinGroup
+        was answered: every later member waits forever (docs/design-notes.md). A bridge
+        stopped seconds after it started therefore joins first, then leaves.
+        """
+        assert self._consumer is not None
+        deadline = time.monotonic() + 2 * self.settings.session_timeout_s + 10
+        if not self._joined:
+            log.info("waiting for the group join to complete before leaving")
+        while not self._joined and time.monotonic() < deadline:
+            self._consumer.consume(1, timeout=_POLL_S)
 
     def _report(self) -> None:
         oldest = {
@@ -521,6 +537,7 @@ class Bridge:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned: %s", [(p.topic, p.partition) for p in partitions])
         self._assignment_changed = True
+        self._joined = True
         try:
             committed = consumer.committed(partitions, timeout=10)
         except KafkaException as exc:

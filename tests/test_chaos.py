@@ -1,0 +1,65 @@
+"""The chaos suite's fast subset (N = 1,000) through the real command: ``kafcel chaos``.
+
+The full suite (N = 10,000, every scenario, the kombu-kafka rows) is ``make chaos``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kafcel.chaos.runner import select
+from kafcel.chaos.scenarios import FAST
+from kafcel.errors import KafcelError
+
+from .conftest import ROOT
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.mark.timeout(900)
+def test_fast_subset_loses_nothing_duplicates_nothing_and_keeps_key_order() -> None:
+    only = [arg for name in FAST for arg in ("--only", f"kafcel:{name}")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "kafcel", "chaos", "--tasks", "1000", "--json", *only],
+        capture_output=True,
+        text=True,
+        timeout=880,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no output; stderr:\n{proc.stderr[-3000:]}"
+    report = json.loads(lines[-1])
+    rows = {row["name"]: row for row in report["scenarios"]}
+    assert set(rows) == set(FAST)
+    for row in rows.values():
+        assert row["system"] == "kafcel"
+        assert set(row) >= {
+            "name", "system", "lost", "duplicates", "out_of_order",
+            "dlq_expected", "dlq", "peak_lag", "drain_s",
+        }  # fmt: skip
+        assert row["lost"] == 0, row
+        assert row["duplicates"] == 0, row
+        assert row["out_of_order"] == 0, row
+        assert row["dlq"] == row["dlq_expected"], row
+    assert rows["poison"]["dlq_expected"] > 50
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_unknown_scenario_is_named_in_a_clear_error() -> None:
+    with pytest.raises(KafcelError, match="unknown scenario"):
+        select(("no-such-fault",))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kafcel", "chaos", "--only", "no-such-fault"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1
+    assert "unknown scenario(s) no-such-fault" in proc.stderr
+    assert "Traceback" not in proc.stderr
