@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_ARGS ?=
+CHAOS_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: all venv setup lint format test demo dev-up dev-down clean
+.PHONY: all venv setup lint format test demo chaos dev-up dev-down clean
 
 all: test
 
@@ -42,6 +43,11 @@ test: setup lint
 
 demo: setup
 	$(BIN)/kafcel demo $(DEMO_ARGS)
+
+# Faults injected into a running pipeline (own Tansu and Redis on free ports); N=10,000
+# per scenario by default. Example: make chaos CHAOS_ARGS="--tasks 1000 --only poison"
+chaos: setup
+	$(BIN)/kafcel chaos $(CHAOS_ARGS)
 
 dev-up: setup
 	$(BIN)/kafcel dev up

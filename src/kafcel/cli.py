@@ -235,6 +235,9 @@ def chaos(n_tasks: int, only: tuple[str, ...], as_json: bool, seed: int) -> None
 
     scenarios = select(only)
     console = Console(stderr=as_json)
+    if not console.is_terminal:
+        # Logs and CI: the table's 12 columns need more than the default 80.
+        console = Console(stderr=as_json, width=160)
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),

@@ -21,7 +21,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from ..admin import ensure_topics, group_lag, partitions_of
+from ..admin import client_config, ensure_topics, group_lag, partitions_of
 from ..dlq import parse_dlq_headers
 from ..errors import KafcelError
 from ..settings import Settings
@@ -264,7 +264,7 @@ class Watch:
         if dlq_topic is not None:
             self._dlq = Consumer(
                 {
-                    "bootstrap.servers": bootstrap_servers,
+                    **client_config(bootstrap_servers),
                     "group.id": f"chaos-watch-{uuid.uuid4().hex[:8]}",
                     "enable.auto.commit": False,
                 }

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Producer as KafkaProducer
 
+from ..admin import client_config
 from ..envelope import Envelope
 from ..errors import DeliveryError
 from ..producer import Producer
@@ -74,7 +75,7 @@ def make_workload(*, run: str, n_tasks: int, poison_ratio: float, seed: int) -> 
 
 def submit(settings: Settings, workload: Workload, *, work_ms: float, pace_s: float = 0.0) -> None:
     """Write the workload to the task topic (``pace_s`` between records spreads it out)."""
-    raw = KafkaProducer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
+    raw = KafkaProducer({**client_config(settings.bootstrap_servers), "linger.ms": 5})
     run = workload.run
     with Producer(settings=settings) as producer:
         for n, (what, index) in enumerate(workload.sequence):
