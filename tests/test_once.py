@@ -1,0 +1,183 @@
+"""The once-guard's states and the redispatcher's decisions, on the test stack's real Redis.
+
+Each test uses its own key prefix. Worker processes are not needed here: the guard is
+driven directly, as the worker wrapper drives it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kafcel.bridge.redispatch import Redispatcher
+from kafcel.devstack import DevStack
+from kafcel.once import OnceGuard
+from kafcel.results import Outcome
+
+pytestmark = [pytest.mark.timeout(60)]
+
+
+@pytest.fixture()
+def client(stack: DevStack) -> Iterator[redis.Redis[bytes]]:
+    c: redis.Redis[bytes] = redis.Redis.from_url(stack.redis_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture()
+def prefix(client: redis.Redis[bytes]) -> Iterator[str]:
+    p = f"kafcel:test-once:{uuid.uuid4().hex[:8]}:"
+    yield p
+    keys = list(client.scan_iter(match=p + "*"))
+    if keys:
+        client.delete(*keys)
+
+
+def guard(client: redis.Redis[bytes], prefix: str, lease_s: float = 30.0) -> OnceGuard:
+    return OnceGuard(client=client, lease_s=lease_s, done_ttl_s=3600, prefix=prefix)
+
+
+def outcome(task_id: str) -> Outcome:
+    return Outcome(task_id=task_id, task="t", status="SUCCESS", result=1)
+
+
+def test_one_claim_wins_and_the_others_see_it_running(
+    client: redis.Redis[bytes], prefix: str
+) -> None:
+    a, b = guard(client, prefix), guard(client, prefix)
+    first = a.claim("id")
+    assert first.acquired and first.attempt == 1
+    second = b.claim("id")
+    assert not second.acquired and second.done is None
+    assert second.running_ttl_s is not None and 0 < second.running_ttl_s <= 30
+
+
+def test_done_is_final_and_carries_the_outcome(client: redis.Redis[bytes], prefix: str) -> None:
+    a, b = guard(client, prefix), guard(client, prefix)
+    assert a.claim("id").acquired
+    a.finish(outcome("id"))
+    again = b.claim("id")
+    assert not again.acquired and again.done == outcome("id")
+    assert b.peek(["id", "other"])["id"].done and not b.peek(["other"])["other"].live
+
+
+def test_a_retry_keeps_the_id_live_and_lets_the_retry_claim_it(
+    client: redis.Redis[bytes], prefix: str
+) -> None:
+    a, b = guard(client, prefix), guard(client, prefix)
+    assert a.claim("id").acquired
+    a.wait_retry("id", countdown_s=60)
+    assert a.peek(["id"])["id"].live  # the bridge must not redispatch it
+    retried = b.claim("id")
+    # A clean end (the retry) does not count against max_attempts.
+    assert retried.acquired and retried.attempt == 1
+
+
+def test_attempts_that_never_ended_add_up(client: redis.Redis[bytes], prefix: str) -> None:
+    for expected in (1, 2, 3):
+        g = guard(client, prefix, lease_s=0.05)
+        claim = g.claim("id")
+        assert claim.acquired and claim.attempt == expected
+        # The owner dies: its lease lapses without release or finish.
+        client.delete(prefix + "id")
+    g = guard(client, prefix)
+    assert g.claim("id").attempt == 4  # the worker wrapper refuses this one: TaskLost
+    g.release("id")  # an attempt that ends cleanly is taken back off the count
+    assert guard(client, prefix).claim("id").attempt == 4
+
+
+def test_a_dead_owner_on_this_host_is_taken_over_at_once(
+    client: redis.Redis[bytes], prefix: str
+) -> None:
+    code = (
+        "import redis, sys; from kafcel.once import OnceGuard; "
+        "g = OnceGuard(client=redis.Redis.from_url(sys.argv[1]), lease_s=300, "
+        "done_ttl_s=60, prefix=sys.argv[2]); print(g.claim('id').acquired)"
+    )
+    url = client.connection_pool.connection_kwargs
+    redis_url = f"redis://{url['host']}:{url['port']}/0"
+    out = subprocess.run(
+        [sys.executable, "-c", code, redis_url, prefix], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "True"  # that process is gone now, its 300 s lease is not
+    claim = guard(client, prefix).claim("id")
+    assert claim.acquired and claim.attempt == 2
+
+
+def test_a_live_owner_is_not_taken_over(client: redis.Redis[bytes], prefix: str) -> None:
+    mine = guard(client, prefix)
+    assert mine.claim("id").acquired
+    assert str(os.getpid()) in (client.get(prefix + "id") or b"").decode()
+    assert not guard(client, prefix).claim("id").acquired
+
+
+def test_renewal_recreates_a_flushed_lease_but_never_overwrites_done(
+    client: redis.Redis[bytes], prefix: str
+) -> None:
+    g = guard(client, prefix)
+    assert g.claim("a").acquired and g.claim("b").acquired
+    client.delete(prefix + "a")  # as a FLUSHALL would
+    g.finish(outcome("b"))
+    assert g.renew(["a", "b"]) == 1
+    assert (client.get(prefix + "a") or b"").startswith(b"running:")
+    assert (client.get(prefix + "b") or b"").startswith(b"done:")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+STATES = st.sampled_from(["absent", "running", "retry", "done", "ready"])
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(states=st.lists(STATES, min_size=1, max_size=8))
+def test_redispatch_sends_only_what_no_worker_holds(
+    client: redis.Redis[bytes], prefix: str, states: list[str]
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    g = guard(client, prefix)
+    clock = FakeClock()
+    ready = {f"{run}-{i}" for i, s in enumerate(states) if s == "ready"}
+    r = Redispatcher(
+        after_s=10,
+        guard=g,
+        backend_state=lambda task_id: "SUCCESS" if task_id in ready else "PENDING",
+        clock=clock,
+        sweep_every_s=0,
+    )
+    ids = [f"{run}-{i}" for i in range(len(states))]
+    for task_id, state in zip(ids, states, strict=True):
+        r.dispatched(task_id)
+        if state in ("running", "retry", "done"):
+            assert g.claim(task_id).acquired
+        if state == "retry":
+            g.wait_retry(task_id, 60)
+        if state == "done":
+            g.finish(outcome(task_id))
+    assert r.due() == []  # nothing is overdue before after_s
+    clock.now += 10
+    expected = [t for t, s in zip(ids, states, strict=True) if s in ("absent", "done")]
+    assert r.due() == expected
+    # A second redispatch of the same id waits twice as long.
+    clock.now += 10
+    assert r.due() == []
+    clock.now += 10
+    assert r.due() == expected
+    r.settled(ids)
+    clock.now += 1000
+    assert r.due() == [] and len(r) == 0
