@@ -17,7 +17,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kafcel.bridge.redispatch import Redispatcher
+from kafcel.bridge.redispatch import BackendState, Redispatcher
 from kafcel.devstack import DevStack
 from kafcel.once import OnceGuard
 from kafcel.results import Outcome
@@ -63,9 +63,10 @@ def test_one_claim_wins_and_the_others_see_it_running(
 def test_done_is_final_and_carries_the_outcome(client: redis.Redis[bytes], prefix: str) -> None:
     a, b = guard(client, prefix), guard(client, prefix)
     assert a.claim("id").acquired
-    a.finish(outcome("id"))
+    final = outcome("id")
+    a.finish(final)
     again = b.claim("id")
-    assert not again.acquired and again.done == outcome("id")
+    assert not again.acquired and again.done == final
     assert b.peek(["id", "other"])["id"].done and not b.peek(["other"])["other"].live
 
 
@@ -74,11 +75,38 @@ def test_a_retry_keeps_the_id_live_and_lets_the_retry_claim_it(
 ) -> None:
     a, b = guard(client, prefix), guard(client, prefix)
     assert a.claim("id").acquired
-    a.wait_retry("id", countdown_s=60)
+    a.wait_retry("id", countdown_s=60, retries=1)
     assert a.peek(["id"])["id"].live  # the bridge must not redispatch it
-    retried = b.claim("id")
+    # A stray copy of the first delivery (a redispatch, a re-read record) must wait for
+    # the retry rather than skip its countdown.
+    assert not b.claim("id", retries=0).acquired
+    retried = b.claim("id", retries=1)
     # A clean end (the retry) does not count against max_attempts.
     assert retried.acquired and retried.attempt == 1
+
+
+def test_a_queued_mark_is_live_and_any_worker_may_claim_it(
+    client: redis.Redis[bytes], prefix: str
+) -> None:
+    g = guard(client, prefix)
+    g.mark_queued(["q"], ttl_s=60)
+    assert g.peek(["q"])["q"].live
+    assert g.claim("q").acquired
+    g.finish(outcome("q"))
+    g.mark_queued(["q"], ttl_s=60)  # a late mark never hides a finished task
+    assert g.peek(["q"])["q"].done
+
+
+def test_an_attempt_that_ends_after_its_lease_lapsed_is_not_counted_lost(
+    client: redis.Redis[bytes], prefix: str
+) -> None:
+    slow, other = guard(client, prefix, lease_s=0.05), guard(client, prefix)
+    assert slow.claim("id").acquired
+    client.delete(prefix + "id")  # the lease lapsed (a long GC pause, a Redis blip)
+    assert other.claim("id").attempt == 2
+    slow.release("id")  # the first attempt ends cleanly after all
+    other.release("id")
+    assert guard(client, prefix).claim("id").attempt == 1
 
 
 def test_attempts_that_never_ended_add_up(client: redis.Redis[bytes], prefix: str) -> None:
@@ -156,7 +184,9 @@ def test_redispatch_sends_only_what_no_worker_holds(
     r = Redispatcher(
         after_s=10,
         guard=g,
-        backend_state=lambda task_id: "SUCCESS" if task_id in ready else "PENDING",
+        backend_state=lambda task_id: BackendState(
+            task_id, "SUCCESS" if task_id in ready else "PENDING"
+        ),
         clock=clock,
         sweep_every_s=0,
     )
@@ -166,18 +196,20 @@ def test_redispatch_sends_only_what_no_worker_holds(
         if state in ("running", "retry", "done"):
             assert g.claim(task_id).acquired
         if state == "retry":
-            g.wait_retry(task_id, 60)
+            g.wait_retry(task_id, 60, retries=1)
         if state == "done":
             g.finish(outcome(task_id))
-    assert r.due() == []  # nothing is overdue before after_s
+    assert r.due() == ([], [])  # nothing is overdue before after_s
     clock.now += 10
     expected = [t for t, s in zip(ids, states, strict=True) if s in ("absent", "done")]
-    assert r.due() == expected
-    # A second redispatch of the same id waits twice as long.
+    assert r.due() == (expected, [])
+    # A second redispatch of the same id waits twice as long; a task the backend holds as
+    # finished but never announced is handed over as an orphan on the second look.
     clock.now += 10
-    assert r.due() == []
+    resend, orphans = r.due()
+    assert resend == [] and sorted(o.task_id for o in orphans) == sorted(ready)
     clock.now += 10
-    assert r.due() == expected
+    assert r.due() == (expected, [])
     r.settled(ids)
     clock.now += 1000
-    assert r.due() == [] and len(r) == 0
+    assert r.due() == ([], []) and len(r) == 0

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import numbers
 import os
 import time
 import traceback
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -130,7 +131,15 @@ class _WorkerState:
             }
             config.update(settings.librdkafka())
             self._producer = Producer(config)
-            client: redis.Redis[bytes] = redis.Redis.from_url(settings.redis_url)
+            # Bounded waits: the lease thread holds its lock while it talks to Redis, and a
+            # half-open connection must not hang the task that wants to finish.
+            timeout_s = max(min(settings.once_lease_s / 3, 5.0), 0.5)
+            client: redis.Redis[bytes] = redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                health_check_interval=30,
+            )
             self._guard = OnceGuard(
                 client=client,
                 lease_s=settings.once_lease_s,
@@ -156,13 +165,22 @@ class _WorkerState:
     def max_attempts(self) -> int:
         return self._ensure()[0].max_attempts
 
-    def end_attempt(self, task_id: str, *, retry_in_s: float | None = None) -> None:
-        """Our attempt ended without an outcome: free the id (or hold it for a retry)."""
-        with self.keeper.letting_go(task_id):
-            if retry_in_s is None:
-                self.guard.release(task_id)
-            else:
-                self.guard.wait_retry(task_id, retry_in_s)
+    def end_attempt(
+        self, task_id: str, *, retry_in_s: float | None = None, retries: int = 0
+    ) -> None:
+        """Our attempt ended without an outcome: free the id (or hold it for a retry).
+
+        Never raises: the caller is re-raising the task's own exception (Retry, Reject),
+        which must reach Celery; a lease left behind expires by itself.
+        """
+        try:
+            with self.keeper.letting_go(task_id):
+                if retry_in_s is None:
+                    self.guard.release(task_id)
+                else:
+                    self.guard.wait_retry(task_id, retry_in_s, retries=retries)
+        except KafcelError as exc:
+            log.warning("kafcel: could not end the attempt of %s: %s", task_id, exc)
 
     def record_done(self, outcome: Outcome) -> None:
         with self.keeper.letting_go(outcome.task_id):
@@ -220,7 +238,7 @@ def _guard(task: Task, state: _WorkerState) -> None:
         if origin is None or request.id is None or getattr(request, "is_eager", False):
             return run(*args, **kwargs)
         try:
-            claim = state.guard.claim(request.id)
+            claim = state.guard.claim(request.id, retries=int(request.retries or 0))
         except BrokerError as exc:
             # Without the guard we cannot tell whether this id already ran: hand the
             # message back rather than run it blind or drop it.
@@ -234,7 +252,11 @@ def _guard(task: Task, state: _WorkerState) -> None:
         if not claim.acquired:
             countdown = min(claim.running_ttl_s or _MAX_BACKOFF_S, _MAX_BACKOFF_S)
             log.info("kafcel: %s runs elsewhere; checking again in %.1fs", request.id, countdown)
-            task.signature_from_request(request).apply_async(countdown=countdown)
+            try:
+                task.signature_from_request(request).apply_async(countdown=countdown)
+            except Exception as exc:
+                # The broker blinked: hand this copy back instead of failing the task.
+                raise Reject(f"cannot re-send {request.id}: {exc}", requeue=True) from exc
             raise Ignore()
         if claim.attempt > state.max_attempts:
             lost = TaskLost(
@@ -249,7 +271,11 @@ def _guard(task: Task, state: _WorkerState) -> None:
         except Retry as exc:
             # Not final: Celery delivers this id again, and that copy must be allowed to
             # run; until then the id stays live, so the bridge does not send it again.
-            state.end_attempt(request.id, retry_in_s=_retry_delay_s(exc))
+            state.end_attempt(
+                request.id,
+                retry_in_s=_retry_delay_s(exc),
+                retries=int(request.retries or 0) + 1,
+            )
             raise
         except Reject as exc:
             if exc.requeue:
@@ -328,11 +354,12 @@ def _finish(
 def _retry_delay_s(exc: Retry) -> float:
     """Seconds until Celery delivers the retry (``Retry.when``: a countdown or an ETA)."""
     when = exc.when
-    if isinstance(when, (int, float)):
+    if isinstance(when, numbers.Real):
         return float(when)
     if isinstance(when, datetime):
-        now = datetime.now(when.tzinfo) if when.tzinfo else datetime.now()
-        return max((when - now).total_seconds(), 0.0)
+        # Celery reads a naive ETA as UTC (its default timezone), not as local time.
+        aware = when if when.tzinfo else when.replace(tzinfo=UTC)
+        return max((aware - datetime.now(UTC)).total_seconds(), 0.0)
     return 0.0
 
 

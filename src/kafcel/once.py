@@ -2,16 +2,21 @@
 
 One Redis key per task id holds its state:
 
+- ``queued:`` from the bridge's dispatch until a worker claims the id (or
+  ``queued_ttl``, an hour by default, passes): a FLUSHALL or Redis restart removes it with
+  the Celery message, which is how the bridge tells a lost message from a queued one;
 - ``running:<owner>`` while an attempt runs; the owner renews this lease every third of
   ``lease_s`` (:class:`LeaseKeeper`), so it expires soon after its worker dies;
-- ``retry:<owner>`` between a Celery retry and its next attempt, for the retry's countdown
-  plus one lease, so a retry waiting in a worker that then dies is noticed too;
+- ``retry:<n>:<owner>`` between a Celery retry and its next attempt (retry ``n``), for the
+  retry's countdown plus one lease, so a retry waiting in a worker that then dies is
+  noticed too; only that retry (or a later one) may claim the id meanwhile;
 - ``done:<outcome>`` once the task finished, for ``done_ttl_s``: a redelivered copy
   re-announces the stored outcome instead of running again.
 
-A second key counts attempts that started and did not end cleanly (the worker died under
-them); past ``max_attempts`` the task is not run again but dead-lettered. The bridge reads
-the same keys (:meth:`OnceGuard.peek`) to tell a live task from one whose message was lost.
+A second key (a hash of owner tokens) counts attempts that started and did not end
+cleanly (the worker died under them); past ``max_attempts`` the task is not run again
+but dead-lettered. The bridge reads the same keys (:meth:`OnceGuard.peek`) to tell a
+live task from one whose message was lost.
 """
 
 from __future__ import annotations
@@ -34,19 +39,29 @@ __all__ = ["Claim", "LeaseKeeper", "OnceGuard", "TaskState"]
 
 log = logging.getLogger("kafcel.once")
 
+_QUEUED = b"queued:"
 _RUNNING = b"running:"
 _RETRY = b"retry:"
 _DONE = b"done:"
 
-# Take the id if nobody holds it, it waits for a retry, or its holder is known dead.
-# Returns {1, attempts} when taken, {2, value} when done, {3, value, pttl} when running.
+# Take the id if nobody runs it: absent, queued by the bridge, waiting for the retry this
+# request is (a retry:<n> value and a request with at least n retries), or held by an
+# owner known dead. The attempts hash gets our token; an attempt that ends cleanly takes
+# its token out again, so the hash counts the attempts whose worker died under them.
+# Returns {1, attempts} when taken, {2, value} when done, {3, value, pttl} when busy.
 _CLAIM = """
 local v = redis.call('GET', KEYS[1])
-if v == false or string.sub(v, 1, 6) == 'retry:' or (ARGV[4] ~= '' and v == ARGV[4]) then
+local free = v == false or string.sub(v, 1, 7) == 'queued:'
+    or (ARGV[4] ~= '' and v == ARGV[4])
+if not free and string.sub(v, 1, 6) == 'retry:' then
+    local n = tonumber(string.match(v, '^retry:(%d+):'))
+    free = n == nil or tonumber(ARGV[5]) >= n
+end
+if free then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    local n = redis.call('INCR', KEYS[2])
+    redis.call('HSET', KEYS[2], ARGV[1], 1)
     redis.call('PEXPIRE', KEYS[2], ARGV[3])
-    return {1, n}
+    return {1, redis.call('HLEN', KEYS[2])}
 end
 if string.sub(v, 1, 5) == 'done:' then
     return {2, v}
@@ -54,10 +69,11 @@ end
 return {3, v, redis.call('PTTL', KEYS[1])}
 """
 
-# Change our own lease only: one that expired and was re-claimed elsewhere stays.
-# ARGV[2] = '' deletes; otherwise the new value and its TTL. The attempt ended cleanly,
-# so it no longer counts against max_attempts.
+# End our attempt cleanly: it no longer counts as lost, whoever holds the key now. The
+# key changes only if it is still ours (one that expired and was re-claimed stays).
+# ARGV[2] = '' deletes; otherwise the new value and its TTL.
 _END = """
+redis.call('HDEL', KEYS[2], ARGV[1])
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return 0
 end
@@ -65,9 +81,6 @@ if ARGV[2] == '' then
     redis.call('DEL', KEYS[1])
 else
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-end
-if redis.call('DECR', KEYS[2]) <= 0 then
-    redis.call('DEL', KEYS[2])
 end
 return 1
 """
@@ -87,6 +100,17 @@ return n
 """
 
 
+def _namespace() -> str:
+    """This machine boot and pid namespace: where a pid means the same process."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()[:8]
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return "unknown"
+    return f"{boot}-{ns}"
+
+
 @dataclass(frozen=True)
 class Claim:
     """Result of :meth:`OnceGuard.claim`: acquired (with its attempt number), done, or busy."""
@@ -101,7 +125,7 @@ class Claim:
 class TaskState:
     """What the once-guard knows of a task id, as the bridge sees it."""
 
-    live: bool  # running or waiting for a retry, under a lease that has not expired
+    live: bool  # queued, running or waiting for a retry, under a TTL not yet expired
     done: bool
 
 
@@ -121,9 +145,10 @@ class OnceGuard:
         self._lease_ms = int(lease_s * 1000)
         self._done_ms = int(done_ttl_s * 1000)
         self._prefix = prefix
-        # host and pid let a claimer on the same host see that an owner is dead; the uuid
-        # guards against pid reuse.
-        self._host = socket.gethostname()
+        # A claimer in the same pid namespace of the same boot can tell from the pid that
+        # an owner is dead (hostnames alone repeat across containers); the nonce guards
+        # against pid reuse.
+        self._host = f"{socket.gethostname()}/{_namespace()}"
         self._token = f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._mine = _RUNNING + self._token.encode()
         self._claim = client.register_script(_CLAIM)
@@ -136,12 +161,13 @@ class OnceGuard:
     def _attempts_key(self, task_id: str) -> str:
         return f"{self._prefix}{task_id}:attempts"
 
-    def claim(self, task_id: str) -> Claim:
+    def claim(self, task_id: str, *, retries: int = 0) -> Claim:
+        """Try to run ``task_id``; ``retries`` is the request's Celery retry count."""
         keys = [self._key(task_id), self._attempts_key(task_id)]
         dead = b""
         try:
             for _ in range(2):
-                args = [self._mine, self._lease_ms, self._done_ms, dead]
+                args = [self._mine, self._lease_ms, self._done_ms, dead, retries]
                 reply = self._claim(keys=keys, args=args)
                 if int(reply[0]) == 1:
                     return Claim(acquired=True, attempt=int(reply[1]))
@@ -160,9 +186,11 @@ class OnceGuard:
     def _owner_dead(self, value: bytes) -> bool:
         if not value.startswith(_RUNNING):
             return False
-        host, _, rest = value[len(_RUNNING) :].decode("utf-8", "replace").partition(":")
-        pid_text = rest.partition(":")[0]
-        if host != self._host or not pid_text.isdigit():
+        parts = value[len(_RUNNING) :].decode("utf-8", "replace").rsplit(":", 2)
+        if len(parts) != 3:
+            return False
+        host, pid_text, _ = parts
+        if host != self._host or not pid_text.isdigit() or host.endswith("/unknown"):
             return False
         try:
             os.kill(int(pid_text), 0)
@@ -176,15 +204,35 @@ class OnceGuard:
         """End our attempt without an outcome, so another delivery of the id may run."""
         self._finish_attempt(task_id, b"", 0)
 
-    def wait_retry(self, task_id: str, countdown_s: float) -> None:
-        """Our attempt asked Celery for a retry: keep the id live until it comes back."""
+    def wait_retry(self, task_id: str, countdown_s: float, *, retries: int) -> None:
+        """Our attempt asked Celery for retry number ``retries``: hold the id for it.
+
+        Only a request with at least that many retries may claim the id meanwhile; a stray
+        copy (a redispatch, a re-read record) waits, so the countdown is kept.
+        """
         ttl_ms = int(max(countdown_s, 0) * 1000) + self._lease_ms
-        self._finish_attempt(task_id, _RETRY + self._token.encode(), ttl_ms)
+        value = _RETRY + f"{retries}:".encode() + self._token.encode()
+        self._finish_attempt(task_id, value, ttl_ms)
 
     def _finish_attempt(self, task_id: str, value: bytes, ttl_ms: int) -> None:
         keys = [self._key(task_id), self._attempts_key(task_id)]
         try:
             self._end(keys=keys, args=[self._mine, value, ttl_ms])
+        except redis.RedisError as exc:
+            raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
+
+    def mark_queued(self, task_ids: list[str], ttl_s: float) -> None:
+        """The bridge has sent these ids to Celery: they are live until a worker claims
+        them or ``ttl_s`` passes. A FLUSHALL or a Redis restart takes the marks with the
+        queued messages, which is how the bridge learns those messages are gone."""
+        if not task_ids:
+            return
+        ttl_ms = int(ttl_s * 1000)
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for task_id in task_ids:
+                    pipe.set(self._key(task_id), _QUEUED, nx=True, px=ttl_ms)
+                pipe.execute()
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
 

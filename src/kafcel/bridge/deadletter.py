@@ -24,7 +24,8 @@ log = logging.getLogger("kafcel.bridge")
 _RETRY_AFTER_S = 1.0
 _DROPPED = "kafcel.value_dropped_bytes"
 _HEADERS_DROPPED = "kafcel.headers_dropped"
-_NO_VALUE, _NO_HEADERS = 1, 2
+_KEY_DROPPED = "kafcel.key_dropped_bytes"
+_NO_VALUE, _NO_HEADERS, _NO_KEY = 1, 2, 3
 
 Written = Callable[[Message, Hashable | None], None]
 
@@ -44,8 +45,10 @@ class DeadLetterWriter:
 
         A copy too large for the DLQ topic shrinks instead of failing: first without the
         value (``kafcel.value_dropped_bytes`` says how big it was), then also without the
-        record's own headers (``kafcel.headers_dropped`` counts them). The origin offset in
-        the ``kafcel.*`` headers still points at the original.
+        record's own headers (``kafcel.headers_dropped`` counts them), then without its key
+        (``kafcel.key_dropped_bytes``). The origin offset in the ``kafcel.*`` headers still
+        points at the original. A write that still fails is retried, never raised: the
+        bridge must not crash-loop on one record.
         """
         original = _header_list(msg.headers())
         size = str(len(msg.value() or b"")).encode()
@@ -55,6 +58,10 @@ class DeadLetterWriter:
                 headers.append((_DROPPED, size))
             if shrink >= _NO_HEADERS:
                 headers.append((_HEADERS_DROPPED, str(len(original)).encode()))
+            key = msg.key()
+            if shrink >= _NO_KEY:
+                headers.append((_KEY_DROPPED, str(len(key or b"")).encode()))
+                key = None
             level = shrink
 
             def delivered(err: Any, _: Message, level: int = level) -> None:
@@ -63,14 +70,14 @@ class DeadLetterWriter:
                     return
                 log.warning("DLQ write failed (%s); retrying", err)
                 too_big = err.code() == RdKafkaError.MSG_SIZE_TOO_LARGE
-                self._retry.append((msg, letter, min(level + too_big, _NO_HEADERS), slot))
+                self._retry.append((msg, letter, min(level + too_big, _NO_KEY), slot))
                 self._retry_at = time.monotonic() + _RETRY_AFTER_S
 
             try:
                 self._producer.produce(
                     self._topic,
                     value=None if shrink >= _NO_VALUE else msg.value(),
-                    key=msg.key(),
+                    key=key,
                     headers=headers,
                     on_delivery=delivered,
                 )
@@ -78,10 +85,14 @@ class DeadLetterWriter:
             except BufferError:
                 self._producer.poll(0.1)
             except KafkaException as exc:
-                if "MSG_SIZE_TOO_LARGE" in str(exc) and shrink < _NO_HEADERS:
+                if "MSG_SIZE_TOO_LARGE" in str(exc) and shrink < _NO_KEY:
                     shrink += 1
                     continue
-                raise KafkaError(f"cannot write to the DLQ topic: {exc}") from exc
+                error = KafkaError(f"cannot write to the DLQ topic: {exc}")
+                log.error("%s; retrying in %.0fs", error, _RETRY_AFTER_S)
+                self._retry.append((msg, letter, shrink, slot))
+                self._retry_at = time.monotonic() + _RETRY_AFTER_S
+                return
 
     def retry_due(self) -> None:
         """Re-send the writes that failed, at most once a second."""

@@ -1,13 +1,17 @@
 """Redispatch: send a task again when its Celery message was lost.
 
-A dispatched task whose outcome has not arrived after ``after_s`` is looked up in the
-once-guard. A live lease (running, or waiting for a Celery retry) means a worker has it:
-look again later. No lease and no done marker means no worker holds it, so unless the
-result backend knows it finished, the message is presumed lost (a FLUSHALL, a Redis
-restart, a worker killed with the message unacked) and the task is sent again with the
-same id. The once-guard makes a needless copy harmless (it re-announces or backs off), and
-each further redispatch of one id waits twice as long, so a long Celery queue is not
-flooded with copies.
+A dispatched task whose outcome has not arrived ``after_s`` after it was due to start is
+looked up in the once-guard. A live key (queued by the bridge, running under a renewed
+lease, or waiting for a Celery retry) means the message exists: look again later. No key
+means no one holds it: the queued mark went with a FLUSHALL or a Redis restart, or the
+lease of a worker killed with the message unacked ran out. Unless the result backend knows
+the task finished, it is sent again with the same id. The once-guard makes a needless copy
+harmless (it re-announces or backs off), and each further redispatch of one id waits twice
+as long.
+
+A task the result backend holds as finished while no outcome was announced (its process
+was killed by a hard time limit or ``revoke(terminate=True)``: Celery wrote the state from
+the main process) is reported as an orphan after two sweeps, for the bridge to settle.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from ..errors import BrokerError
 from ..once import OnceGuard
 
-__all__ = ["Redispatcher"]
+__all__ = ["BackendState", "Redispatcher"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -28,10 +32,18 @@ _READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 _MAX_BACKOFF = 8
 
 
+@dataclass(frozen=True)
+class BackendState:
+    task_id: str
+    state: str
+    error_class: str | None = None
+
+
 @dataclass
 class _Watch:
     due: float
-    sent: int  # redispatches so far
+    sent: int = 0  # redispatches so far
+    ready_seen: int = 0  # sweeps that found it finished in the backend, unannounced
 
 
 class Redispatcher:
@@ -40,7 +52,7 @@ class Redispatcher:
         *,
         after_s: float,
         guard: OnceGuard,
-        backend_state: Callable[[str], str],
+        backend_state: Callable[[str], BackendState],
         clock: Callable[[], float] = time.monotonic,
         sweep_every_s: float = 1.0,
         max_per_sweep: int = 1000,
@@ -59,29 +71,31 @@ class Redispatcher:
     def __len__(self) -> int:
         return len(self._watch)
 
-    def dispatched(self, task_id: str) -> None:
+    def dispatched(self, task_id: str, *, not_before_s: float = 0.0) -> None:
+        """Watch ``task_id``; it may not start before ``not_before_s`` (eta, countdown)."""
         if task_id not in self._watch:
-            self._watch[task_id] = _Watch(due=self._clock() + self._after_s, sent=0)
+            self._watch[task_id] = _Watch(due=self._clock() + not_before_s + self._after_s)
 
     def settled(self, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:
             self._watch.pop(task_id, None)
 
-    def due(self) -> list[str]:
-        """Ids to send again now (at most one sweep per ``sweep_every_s``)."""
+    def due(self) -> tuple[list[str], list[BackendState]]:
+        """Ids to send again now, and orphans to settle (one sweep per ``sweep_every_s``)."""
         now = self._clock()
         if now < self._next_sweep:
-            return []
+            return [], []
         self._next_sweep = now + self._sweep_every_s
         overdue = [t for t, w in self._watch.items() if w.due <= now][: self._max_per_sweep]
         if not overdue:
-            return []
+            return [], []
         try:
             states = self._guard.peek(overdue)
         except BrokerError as exc:
             log.warning("redispatch check skipped: %s", exc)
-            return []
+            return [], []
         resend: list[str] = []
+        orphans: list[BackendState] = []
         for task_id in overdue:
             watch = self._watch[task_id]
             state = states[task_id]
@@ -90,21 +104,24 @@ class Redispatcher:
                 continue
             if not state.done:
                 backend = self._safe_backend_state(task_id)
-                if backend in _READY:
-                    # Celery finished it, so its outcome is on the results topic already.
-                    log.warning("%s is %s in the result backend but unsettled", task_id, backend)
+                if backend.state in _READY:
+                    # Normally its outcome is on its way; twice in a row, it never will be.
+                    watch.ready_seen += 1
                     watch.due = now + self._after_s
+                    if watch.ready_seen >= 2:
+                        orphans.append(backend)
+                        del self._watch[task_id]
                     continue
             # A done marker with no outcome seen means the announcement went astray; a
             # copy re-announces it without running the task again.
             watch.sent += 1
             watch.due = now + self._after_s * min(2**watch.sent, _MAX_BACKOFF)
             resend.append(task_id)
-        return resend
+        return resend, orphans
 
-    def _safe_backend_state(self, task_id: str) -> str:
+    def _safe_backend_state(self, task_id: str) -> BackendState:
         try:
             return self._backend_state(task_id)
         except Exception as exc:  # the backend is down: it cannot vouch for the task
             log.warning("result backend unavailable for %s: %s", task_id, exc)
-            return "UNKNOWN"
+            return BackendState(task_id=task_id, state="UNKNOWN")

@@ -19,7 +19,6 @@ from typing import Any
 import redis
 from celery import Celery
 from confluent_kafka import (
-    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaException,
     Message,
@@ -29,19 +28,19 @@ from confluent_kafka import (
 from confluent_kafka import KafkaError as RdKafkaError
 
 from ..admin import client_config, ensure_topics
-from ..celery import HEADER
 from ..dlq import DeadLetter
-from ..envelope import Envelope, task_id_for
-from ..errors import BrokerError, ConfigError, DispatchRefused, KafkaError, RecordRejected
+from ..envelope import Envelope
+from ..errors import BrokerError, ConfigError, KafkaError, RecordRejected
 from ..once import OnceGuard
-from ..results import REVOKED, Origin, Outcome
+from ..results import REVOKED, SUCCESS, Outcome
 from ..settings import Settings
 from .deadletter import DeadLetterWriter
+from .dispatch import Dispatch, StopSending, make_dispatch, send
 from .filter import TaskFilter
 from .ordering import OrderingGate
 from .outcomes import OutcomeReader
 from .presence import Presence
-from .redispatch import Redispatcher
+from .redispatch import BackendState, Redispatcher
 from .sequence import SequenceGuard, position, seek_to
 from .tracker import TP, OffsetTracker
 
@@ -53,19 +52,6 @@ _FETCH_BATCH = 500
 _POLL_S = 0.02
 _REPORT_EVERY_S = 10.0
 _PUBLISH_EVERY_S = 2.0
-
-
-@dataclass(frozen=True)
-class _Dispatch:
-    """A valid record on its way to Celery (or waiting behind its key)."""
-
-    envelope: Envelope
-    task_id: str
-    origin: Origin
-    tp: TP
-    offset: int
-    slot: Hashable | None
-    msg: Message  # the original record: what goes to the DLQ if Celery never runs it
 
 
 @dataclass
@@ -118,22 +104,27 @@ class Bridge:
         self._stop = threading.Event()
         self._tracker = OffsetTracker()
         # task id -> records waiting for its outcome; two records may share an explicit id.
-        self._pending: dict[str, list[_Dispatch]] = {}
-        self._gate: OrderingGate[_Dispatch] = OrderingGate(mode=settings.ordering)
+        self._pending: dict[str, list[Dispatch]] = {}
+        self._gate: OrderingGate[Dispatch] = OrderingGate(mode=settings.ordering)
         self._seq = SequenceGuard(
             seek=lambda tp, off: seek_to(self._consumer, tp, off), gap_wait_s=settings.gap_wait_s
         )
         client: redis.Redis[bytes] = redis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=5
         )
-        guard = OnceGuard(
+        self._guard = OnceGuard(
             client=client, lease_s=settings.once_lease_s, done_ttl_s=settings.once_done_ttl_s
         )
         self._redispatch = Redispatcher(
             after_s=settings.redispatch_after_s,
-            guard=guard,
-            backend_state=lambda task_id: str(app.AsyncResult(task_id).state),
+            guard=self._guard,
+            backend_state=self._backend_state,
         )
+        self._queued: list[str] = []
+        # A queued mark lasts as long as Redis may hold an unacked message before it
+        # delivers it again (kombu's visibility timeout, an hour by default).
+        options = app.conf.broker_transport_options or {}
+        self._queued_ttl_s = float(options.get("visibility_timeout", 3600))
         self._presence = Presence(client=client, group=settings.group_id)
         self._paused = False
         self._joined = False
@@ -288,7 +279,9 @@ class Bridge:
             # Paused: consume() still serves rebalance callbacks and heartbeats.
             self._consumer.consume(1, timeout=_POLL_S)
         self._read_outcomes()
+        self._mark_queued()
         self._redispatch_lost()
+        self._mark_queued()
         self._producer.poll(0)
         assert self._dlq is not None
         self._dlq.retry_due()
@@ -323,73 +316,84 @@ class Bridge:
         except RecordRejected as exc:
             self._dead_letter(msg, exc)
             return
-        kind, timestamp_ms = msg.timestamp()
-        stamp = timestamp_ms if kind != TIMESTAMP_NOT_AVAILABLE else None
-        task_id = task_id_for(envelope, tp[0], tp[1], offset, stamp)
-        key = msg.key()
-        origin = Origin(
-            topic=tp[0],
-            partition=tp[1],
-            offset=offset,
-            key=key.decode("utf-8", "surrogateescape") if key is not None else None,
-            results_topic=self.settings.results_topic,
-            dlq_topic=self.settings.dlq_topic,
-            trace_id=envelope.trace_id,
-            headers=dict(envelope.headers),
-        )
-        slot = self._gate.slot_for(tp, key)
-        item = _Dispatch(envelope, task_id, origin, tp, offset, slot, msg)
+        slot = self._gate.slot_for(tp, msg.key())
+        item = make_dispatch(msg, envelope, tp, offset, slot, self.settings)
         if self._gate.admit(item.slot, item):
             self._dispatch(item)
 
-    def _dispatch(self, item: _Dispatch) -> None:
+    def _dispatch(self, item: Dispatch) -> None:
         if self._send(item):
             self._pending.setdefault(item.task_id, []).append(item)
-            self._redispatch.dispatched(item.task_id)
+            self._redispatch.dispatched(item.task_id, not_before_s=item.wait_s())
+            self._queued.append(item.task_id)
             self.stats.dispatched += 1
 
-    def _redispatch_lost(self) -> None:
-        for task_id in self._redispatch.due():
-            items = self._pending.get(task_id)
-            if items:
-                log.warning("redispatching %s: no worker holds it", task_id)
-                self._send(items[0])
-                self.stats.redispatched += 1
+    def _mark_queued(self) -> None:
+        if not self._queued:
+            return
+        ids, self._queued = self._queued, []
+        try:
+            self._guard.mark_queued(ids, self._queued_ttl_s)
+        except BrokerError as exc:
+            # Without the marks a queued task looks lost after redispatch_after_s: a
+            # redundant copy at worst, which the once-guard absorbs.
+            log.warning("could not mark %d task(s) queued: %s", len(ids), exc)
 
-    def _send(self, item: _Dispatch) -> bool:
-        """Hand ``item`` to Celery; False if it went to the DLQ or the bridge is stopping."""
-        envelope, task_id, origin = item.envelope, item.task_id, item.origin
-        delay_s = 0.1
-        while True:
-            try:
-                self.app.send_task(
-                    envelope.task,
-                    args=list(envelope.args),
-                    kwargs=dict(envelope.kwargs),
-                    task_id=task_id,
-                    countdown=envelope.countdown,
-                    eta=envelope.eta,
-                    expires=envelope.expires,
-                    priority=envelope.priority,
-                    queue=envelope.queue,
-                    serializer="json",
-                    headers={HEADER: origin.to_header()},
+    def _redispatch_lost(self) -> None:
+        resend, orphans = self._redispatch.due()
+        for task_id in resend:
+            items = self._pending.get(task_id)
+            if items and self._send(items[0], refusal_to_dlq=False):
+                log.warning("redispatching %s: no worker holds it", task_id)
+                self._queued.append(task_id)
+                self.stats.redispatched += 1
+        for orphan in orphans:
+            items = self._pending.get(orphan.task_id)
+            if not items:
+                continue
+            # Celery finished it but no worker announced it (a hard time limit killed the
+            # process, revoke(terminate=True)): settle from the result backend's word.
+            log.warning("settling %s from the result backend: %s", orphan.task_id, orphan.state)
+            status = SUCCESS if orphan.state == SUCCESS else REVOKED
+            self._on_outcome(
+                Outcome(
+                    task_id=orphan.task_id,
+                    task=items[0].envelope.task,
+                    status=status,
+                    error_class=orphan.error_class,
+                    error_message=(
+                        f"Celery's result backend holds {orphan.state} for this task, but no "
+                        "worker published its outcome (process killed: hard time limit or "
+                        "revoke with terminate)"
+                    ),
                 )
-                return True
-            except self._retryable_errors() as exc:
-                # The broker is down: keep the record in flight and try again; never drop.
-                error = BrokerError(f"Celery broker unavailable for task {task_id}: {exc}")
-                log.warning("%s; retrying in %.1fs", error, delay_s)
-                if self._stop.wait(delay_s):
-                    # Stopping: the record stays unsettled and is re-read after restart.
-                    return False
-                delay_s = min(delay_s * 2, 5.0)
-            except Exception as exc:
-                # Not the broker's state but this record's (Celery cannot build the
-                # message): retrying would stall the partition, so it goes to the DLQ.
-                refused = DispatchRefused(f"Celery refused the task: {type(exc).__name__}: {exc}")
-                self._dead_letter(item.msg, refused, slot=item.slot)
-                return False
+            )
+
+    def _send(self, item: Dispatch, *, refusal_to_dlq: bool = True) -> bool:
+        """Hand ``item`` to Celery; False if it went to the DLQ or the bridge is stopping."""
+        try:
+            refused = send(self.app, item, retryable=self._retryable_errors(), stop=self._stop)
+        except StopSending:
+            return False
+        if refused is None:
+            return True
+        if refusal_to_dlq:
+            # Retrying would stall the partition: the record goes to the DLQ.
+            self._dead_letter(item.msg, refused, slot=item.slot)
+        else:
+            # A copy of a message Celery took before: the original stays pending.
+            log.error("%s (redispatch of %s)", refused, item.task_id)
+        return False
+
+    def _backend_state(self, task_id: str) -> BackendState:
+        result = self.app.AsyncResult(task_id)
+        state = str(result.state)
+        error = result.result if state != SUCCESS else None
+        return BackendState(
+            task_id=task_id,
+            state=state,
+            error_class=type(error).__name__ if isinstance(error, BaseException) else None,
+        )
 
     def _retryable_errors(self) -> tuple[type[BaseException], ...]:
         if self._retryable is None:
@@ -550,12 +554,14 @@ class Bridge:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         log.info("revoked: %s", tps)
+        self._joined = False  # a rejoin follows; leaving during it would wedge Tansu
         self._commit(asynchronous=False, only=tps)
         self._forget(tps)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         log.warning("lost without commit: %s", tps)
+        self._joined = False
         self._forget(tps)
 
     def _forget(self, tps: list[TP]) -> None:

@@ -71,7 +71,6 @@ def run_kombu(
         ]
         submitter = threading.Thread(target=system.submit, args=(calls,))
         submitter.start()
-        fault = _start_fault(scenario, stack, _Rig(system), seed, stop, errors)
         watch = Watch(
             bootstrap_servers=stack.bootstrap_servers,
             group_id=system.group,
@@ -80,12 +79,13 @@ def run_kombu(
             workload=workload,
             ledger=ledger,
         )
+        fault = _start_fault(scenario, stack, _Rig(system), seed, stop, errors, watch.progress)
         note = watch.until_drained(
             busy=lambda: submitter.is_alive() or (fault is not None and fault.is_alive()),
             stall_s=stall_s,
             on_progress=lambda done, total: on_progress and on_progress(scenario.name, done, total),
         )
-        drain_s = time.monotonic() - started
+        drain_s = (watch.drained_at or time.monotonic()) - started
         stop.set()
         submitter.join()
         if fault is not None:

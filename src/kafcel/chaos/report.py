@@ -22,7 +22,7 @@ _COLUMNS = (
     ("DLQ", "dlq"),
     ("peak lag", "peak_lag"),
     ("drain s", "drain_s"),
-    ("reruns", "reruns"),
+    ("dup via inbox", "inbox_duplicates"),
     ("redispatched", "redispatched"),
 )
 
@@ -39,8 +39,9 @@ def render(results: list[ScenarioResult], console: Console, *, n_tasks: int) -> 
         table.add_row(*cells, verdict)
     console.print(table)
     console.print(
-        "[dim]reruns: task bodies that ran again after completing (a worker killed between "
-        "the effect and its done marker); the inbox in the ledger kept them to one effect.[/]"
+        "[dim]dup effects: task bodies that completed more than once for one order (what a "
+        "task without an inbox would apply twice). dup via inbox: effects repeated even "
+        "through an inbox keyed by the task id (two ids for one order).[/]"
     )
 
 

@@ -2,6 +2,8 @@
 
 A fault runs in its own thread beside the measurement loop and returns when it has done
 all its damage (and repaired what a person would repair: a killed bridge is restarted).
+Faults strike at random points of the run's progress (the share of orders whose effect
+has happened), so they hit a busy pipeline whatever N and the machine's speed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from .rig import ChaosStack, KafcelRig
 
 __all__ = ["FAST", "SCENARIOS", "Scenario"]
 
-Fault = Callable[[ChaosStack, KafcelRig, random.Random, threading.Event], None]
+Progress = Callable[[], float]
+Fault = Callable[[ChaosStack, KafcelRig, random.Random, threading.Event, Progress], None]
+
+# A fault waits at most this long for its moment: a stalled run must still end.
+_MOMENT_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -33,36 +39,45 @@ class Scenario:
     description: str = ""
 
 
-def _pause(rng: random.Random, stop: threading.Event, low: float, high: float) -> bool:
-    """Wait a random moment; True if the scenario ended meanwhile."""
-    return stop.wait(rng.uniform(low, high))
+def moments(rng: random.Random, n: int, low: float = 0.05, high: float = 0.85) -> list[float]:
+    """``n`` random points of progress, in order."""
+    return sorted(rng.uniform(low, high) for _ in range(n))
+
+
+def _reach(progress: Progress, target: float, stop: threading.Event) -> bool:
+    """Wait until the run has progressed to ``target``; False if the scenario ended."""
+    deadline = time.monotonic() + _MOMENT_TIMEOUT_S
+    while progress() < target and time.monotonic() < deadline:
+        if stop.wait(0.05):
+            return False
+    return not stop.is_set()
 
 
 def kill_bridge(
-    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
 ) -> None:
-    for _ in range(5):
-        if _pause(rng, stop, 0.5, 3.0):
+    for at in moments(rng, 5):
+        if not _reach(p, at, stop):
             return
         rig.kill_bridge(0, sig=signal.SIGKILL)
         rig.start_bridge(0)
 
 
 def term_bridge(
-    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
 ) -> None:
-    for _ in range(5):
-        if _pause(rng, stop, 0.5, 3.0):
+    for at in moments(rng, 5):
+        if not _reach(p, at, stop):
             return
         rig.kill_bridge(0, sig=signal.SIGTERM)
         rig.start_bridge(0)
 
 
 def kill_worker(
-    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
 ) -> None:
-    for _ in range(5):
-        if _pause(rng, stop, 0.5, 3.0):
+    for at in moments(rng, 5):
+        if not _reach(p, at, stop):
             return
         index = rng.randrange(len(rig.workers))
         rig.kill_worker(index)
@@ -70,21 +85,21 @@ def kill_worker(
 
 
 def flush_redis(
-    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
 ) -> None:
-    if not _pause(rng, stop, 1.0, 3.0):
+    if _reach(p, rng.uniform(0.2, 0.6), stop):
         stack.flush_redis()
 
 
 def restart_redis(
-    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
 ) -> None:
-    if not _pause(rng, stop, 1.0, 3.0):
+    if _reach(p, rng.uniform(0.2, 0.6), stop):
         stack.restart_redis()
 
 
 def bounce_bridge(
-    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
 ) -> None:
     """Two bridges in one group; the second stops and starts every 10 s for 2 minutes."""
     deadline = time.monotonic() + 120
