@@ -95,9 +95,11 @@ def test_a_task_whose_broker_message_was_lost_is_redispatched_and_runs_once(
     pipeline.start_bridge(redispatch_after_s=2.0)
     with Producer(settings=pipeline.settings) as producer:
         task_id = producer.submit("tests.app.record", name, "lost", key="k", queue=own_queue)
-    # The message waits in the Celery queue (no worker yet); then the broker loses it.
+    # The message waits in the Celery queue (no worker yet); then Redis loses it, with the
+    # bridge's queued mark, as a FLUSHALL or a restart without persistence would.
     wait_until(lambda: client.llen(own_queue) == 1, 60, "the Celery message in its queue")
-    client.delete(own_queue)
+    assert (client.get(f"kafcel:once:{task_id}") or b"").startswith(b"queued:")
+    client.delete(own_queue, f"kafcel:once:{task_id}")
     wait_until(lambda: client.llen(own_queue) == 1, 60, "the redispatched message")
     worker = start_worker(pipeline, own_queue)
     try:
@@ -133,7 +135,13 @@ def test_lease_is_renewed_while_running_and_a_dead_workers_task_runs_again(
     # unacked; Redis would only give it back after its visibility timeout (an hour).
     first.signal(signal.SIGKILL, group=True)
     first.stop(timeout_s=10)
-    wait_until(lambda: client.get(once_key) is None, 10, "the dead worker's lease to expire")
+    # The lease lapses (no one renews it), then the bridge re-sends and marks it queued.
+    wait_until(
+        lambda: not (client.get(once_key) or b"queued:").startswith(b"running:"),
+        10,
+        "the dead worker's lease to expire",
+        every_s=0.05,
+    )
     second = start_worker(pipeline, own_queue, once_lease_s=lease_s)
     try:
         outcomes = outcomes_for(pipeline, 1)
