@@ -85,6 +85,17 @@ end
 return 1
 """
 
+# A task that will never run (expired, revoked, unknown to the worker) is done unless a
+# copy of it runs or finished: absent and queued are free. Returns nil, or the value.
+_FINISH_IF_FREE = """
+local v = redis.call('GET', KEYS[1])
+if v == false or string.sub(v, 1, 7) == 'queued:' then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return nil
+end
+return v
+"""
+
 # Renew our leases; re-create one that vanished (a FLUSHALL under a running task), so a
 # redispatched copy still finds the task running instead of starting a second run.
 _RENEW = """
@@ -154,6 +165,7 @@ class OnceGuard:
         self._claim = client.register_script(_CLAIM)
         self._end = client.register_script(_END)
         self._renew = client.register_script(_RENEW)
+        self._finish_if_free = client.register_script(_FINISH_IF_FREE)
 
     def _key(self, task_id: str) -> str:
         return self._prefix + task_id
@@ -246,15 +258,18 @@ class OnceGuard:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
 
     def finish_if_absent(self, outcome: Outcome) -> Claim | None:
-        """Record ``outcome`` unless the id is already running or done; else its state."""
-        key = self._key(outcome.task_id)
+        """Record ``outcome`` unless the id runs or is done (only queued); else its state."""
         try:
-            if self._redis.set(key, _DONE + outcome.encode(), nx=True, px=self._done_ms):
-                return None
-            value = self._redis.get(key)
+            value = self._finish_if_free(
+                keys=[self._key(outcome.task_id)],
+                args=[_DONE + outcome.encode(), self._done_ms],
+            )
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
-        if value is not None and value.startswith(_DONE):
+        if value is None:
+            return None
+        value = bytes(value)
+        if value.startswith(_DONE):
             return Claim(acquired=False, done=Outcome.decode(value[len(_DONE) :]))
         return Claim(acquired=False, running_ttl_s=self.lease_s)
 
