@@ -213,3 +213,33 @@ def test_redispatch_sends_only_what_no_worker_holds(
     r.settled(ids)
     clock.now += 1000
     assert r.due() == ([], []) and len(r) == 0
+
+
+def test_data_loss_is_noticed_once_per_bridge(client: redis.Redis[bytes], prefix: str) -> None:
+    a, b = guard(client, prefix), guard(client, prefix)
+    assert not a.data_lost() and not b.data_lost()  # first look: nothing to compare with
+    assert not a.data_lost()
+    client.delete(prefix + "epoch")  # as a FLUSHALL would
+    assert a.data_lost() and b.data_lost()  # each bridge notices, whoever re-created it
+    assert not a.data_lost() and not b.data_lost()
+
+
+def test_after_data_loss_a_queued_mark_no_longer_vouches(
+    client: redis.Redis[bytes], prefix: str
+) -> None:
+    g = guard(client, prefix)
+    clock = FakeClock()
+    r = Redispatcher(
+        after_s=100,
+        guard=g,
+        backend_state=lambda task_id: BackendState(task_id, "PENDING"),
+        clock=clock,
+        sweep_every_s=0,
+    )
+    for task_id in ("queued", "running"):
+        r.dispatched(task_id)
+    g.mark_queued(["queued"], ttl_s=3600)  # written after the loss; its message was dropped
+    assert g.claim("running").acquired  # its lease keeper re-created the lease
+    r.recheck_all(after_s=5)
+    clock.now += 5
+    assert r.due() == (["queued"], [])

@@ -138,6 +138,7 @@ class TaskState:
 
     live: bool  # queued, running or waiting for a retry, under a TTL not yet expired
     done: bool
+    queued: bool = False  # live only by the bridge's mark: no worker has claimed it
 
 
 class OnceGuard:
@@ -166,6 +167,7 @@ class OnceGuard:
         self._end = client.register_script(_END)
         self._renew = client.register_script(_RENEW)
         self._finish_if_free = client.register_script(_FINISH_IF_FREE)
+        self._epoch: str | None = None
 
     def _key(self, task_id: str) -> str:
         return self._prefix + task_id
@@ -293,8 +295,30 @@ class OnceGuard:
         states = {}
         for task_id, value in zip(task_ids, values, strict=True):
             done = value is not None and value.startswith(_DONE)
-            states[task_id] = TaskState(live=value is not None and not done, done=done)
+            queued = value is not None and value.startswith(_QUEUED)
+            states[task_id] = TaskState(
+                live=value is not None and not done, done=done, queued=queued
+            )
         return states
+
+    def data_lost(self) -> bool:
+        """True once after Redis lost its data (FLUSHALL, restart without persistence).
+
+        A sentinel key is set on the first call; finding it gone later means everything
+        else went with it: Celery's queued messages, kombu's queue bindings, our marks.
+        """
+        first = self._epoch is None
+        epoch = self._epoch = self._epoch or uuid.uuid4().hex
+        try:
+            created = self._redis.set(self._prefix + "epoch", epoch, nx=True)
+            if not created and not first:
+                current = self._redis.get(self._prefix + "epoch")
+                if current is not None and current.decode() != epoch:
+                    self._epoch = current.decode()  # another bridge re-created it first
+                    return True
+        except redis.RedisError as exc:
+            raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
+        return bool(created) and not first
 
 
 class LeaseKeeper:

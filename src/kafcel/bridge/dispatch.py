@@ -22,7 +22,7 @@ from ..results import Origin
 from ..settings import Settings
 from .tracker import TP
 
-__all__ = ["Dispatch", "StopSending", "make_dispatch", "send"]
+__all__ = ["Dispatch", "StopSending", "declare_queues", "make_dispatch", "send"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -119,3 +119,20 @@ def send(
 
 class StopSending(Exception):
     """The bridge is stopping while the broker is down: the record stays unsettled."""
+
+
+def declare_queues(app: Celery, names: set[str | None]) -> None:
+    """Declare ``names`` (None: the default queue) again on the broker.
+
+    kombu's Redis transport keeps its exchange-to-queue bindings in Redis: after a FLUSHALL
+    or a restart without persistence, a published message matches no queue and is
+    dropped without an error, until someone declares the queue again.
+    """
+    try:
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for name in {*names, None}:
+                queue = app.amqp.queues[name or app.conf.task_default_queue]
+                queue.bind(channel).declare()
+    except Exception as exc:  # the broker is down again: the next check retries
+        log.warning("could not re-declare Celery queues: %s", exc)

@@ -44,6 +44,7 @@ class _Watch:
     due: float
     sent: int = 0  # redispatches so far
     ready_seen: int = 0  # sweeps that found it finished in the backend, unannounced
+    force: bool = False  # Redis lost its data: a queued mark no longer vouches for it
 
 
 class Redispatcher:
@@ -76,6 +77,20 @@ class Redispatcher:
         if task_id not in self._watch:
             self._watch[task_id] = _Watch(due=self._clock() + not_before_s + self._after_s)
 
+    def recheck_all(self, *, after_s: float) -> None:
+        """Redis lost its data: look at every watched task again in ``after_s``.
+
+        Messages published between the loss and its discovery were dropped by kombu (the
+        queue bindings went too) although their queued marks were written, so this once a
+        queued mark does not count as live. ``after_s`` gives running tasks' lease keepers
+        time to re-create their leases first.
+        """
+        due = self._clock() + after_s
+        for watch in self._watch.values():
+            watch.due = min(watch.due, due)
+            watch.force = True
+        self._next_sweep = min(self._next_sweep, due)
+
     def settled(self, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:
             self._watch.pop(task_id, None)
@@ -99,7 +114,8 @@ class Redispatcher:
         for task_id in overdue:
             watch = self._watch[task_id]
             state = states[task_id]
-            if state.live:
+            forced, watch.force = watch.force, False
+            if state.live and not (forced and state.queued):
                 watch.due = now + self._after_s
                 continue
             if not state.done:

@@ -35,7 +35,7 @@ from ..once import OnceGuard
 from ..results import REVOKED, SUCCESS, Outcome
 from ..settings import Settings
 from .deadletter import DeadLetterWriter
-from .dispatch import Dispatch, StopSending, make_dispatch, send
+from .dispatch import Dispatch, StopSending, declare_queues, make_dispatch, send
 from .filter import TaskFilter
 from .ordering import OrderingGate
 from .outcomes import OutcomeReader
@@ -206,6 +206,7 @@ class Bridge:
                 self._commit(asynchronous=True)
                 last_commit = now
             if now - last_publish >= _PUBLISH_EVERY_S:
+                self._check_redis()
                 self._publish_presence()
                 last_publish = now
             if now - last_report >= _REPORT_EVERY_S:
@@ -338,6 +339,25 @@ class Bridge:
             # Without the marks a queued task looks lost after redispatch_after_s: a
             # redundant copy at worst, which the once-guard absorbs.
             log.warning("could not mark %d task(s) queued: %s", len(ids), exc)
+
+    def _check_redis(self) -> None:
+        """Notice a FLUSHALL or a Redis restart: Celery lost its queued messages and kombu
+        its queue bindings, so messages published since are dropped without an error."""
+        try:
+            lost = self._guard.data_lost()
+        except BrokerError as exc:
+            log.warning("cannot check Redis: %s", exc)
+            return
+        if not lost:
+            return
+        log.warning(
+            "Redis lost its data (FLUSHALL or restart): re-declaring Celery queues; every "
+            "unsettled task is checked again in %.0fs",
+            self.settings.once_lease_s,
+        )
+        queues = {item.envelope.queue for items in self._pending.values() for item in items}
+        declare_queues(self.app, queues)
+        self._redispatch.recheck_all(after_s=self.settings.once_lease_s)
 
     def _redispatch_lost(self) -> None:
         resend, orphans = self._redispatch.due()
