@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -262,12 +264,19 @@ def chaos(n_tasks: int, only: tuple[str, ...], as_json: bool, seed: int) -> None
             )
             bars.pop(result.name, None)
 
+        # Ctrl-C or SIGTERM ends the run between samples; the suite then stops every
+        # process it started before exiting.
+        cancel = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: cancel.set())
         results = run_suite(
             n_tasks=n_tasks,
             scenarios=scenarios,
             on_progress=on_progress,
             on_result=on_result,
             seed=seed,
+            cancel=cancel,
+            keep_logs=Path(".kafcel/chaos-logs"),
         )
     render(results, console, n_tasks=n_tasks)
     if as_json:

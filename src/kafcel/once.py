@@ -3,8 +3,8 @@
 One Redis key per task id holds its state:
 
 - ``queued:`` from the bridge's dispatch until a worker claims the id (or
-  ``queued_ttl``, an hour by default, passes): a FLUSHALL or Redis restart removes it with
-  the Celery message, which is how the bridge tells a lost message from a queued one;
+  ``queued_ttl_s`` passes): a FLUSHALL or Redis restart removes it with the Celery
+  message, which is how the bridge tells a lost message from a queued one;
 - ``running:<owner>`` while an attempt runs; the owner renews this lease every third of
   ``lease_s`` (:class:`LeaseKeeper`), so it expires soon after its worker dies;
 - ``retry:<n>:<owner>`` between a Celery retry and its next attempt (retry ``n``), for the
@@ -307,18 +307,24 @@ class OnceGuard:
         A sentinel key is set on the first call; finding it gone later means everything
         else went with it: Celery's queued messages, kombu's queue bindings, our marks.
         """
-        first = self._epoch is None
-        epoch = self._epoch = self._epoch or uuid.uuid4().hex
+        key = self._prefix + "epoch"
         try:
-            created = self._redis.set(self._prefix + "epoch", epoch, nx=True)
-            if not created and not first:
-                current = self._redis.get(self._prefix + "epoch")
-                if current is not None and current.decode() != epoch:
-                    self._epoch = current.decode()  # another bridge re-created it first
-                    return True
+            if self._epoch is None:
+                # First look: adopt the sentinel as found (or set it); nothing to compare.
+                self._redis.set(key, uuid.uuid4().hex, nx=True)
+                current = self._redis.get(key)
+                self._epoch = current.decode() if current is not None else None
+                return False
+            self._redis.set(key, uuid.uuid4().hex, nx=True)
+            current = self._redis.get(key)
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
-        return bool(created) and not first
+        value = current.decode() if current is not None else None
+        if value == self._epoch:
+            return False
+        # Gone and re-created (by us or another bridge): Redis lost its data since.
+        self._epoch = value
+        return True
 
 
 class LeaseKeeper:

@@ -82,6 +82,12 @@ class Settings:
         default=120.0,
         metadata={"help": "unsettled this long with no live lease: the task is sent again"},
     )
+    queued_ttl_s: float = field(
+        default=600.0,
+        metadata={
+            "help": "how long the bridge's queued mark vouches for a task no worker has claimed"
+        },
+    )
     max_attempts: int = field(
         default=3,
         metadata={"help": "attempts a task may lose with its worker before it is dead-lettered"},
@@ -117,6 +123,7 @@ class Settings:
             "once_lease_s",
             "once_done_ttl_s",
             "redispatch_after_s",
+            "queued_ttl_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -121,10 +121,6 @@ class Bridge:
             backend_state=self._backend_state,
         )
         self._queued: list[str] = []
-        # A queued mark lasts as long as Redis may hold an unacked message before it
-        # delivers it again (kombu's visibility timeout, an hour by default).
-        options = app.conf.broker_transport_options or {}
-        self._queued_ttl_s = float(options.get("visibility_timeout", 3600))
         self._presence = Presence(client=client, group=settings.group_id)
         self._paused = False
         self._joined = False
@@ -334,7 +330,7 @@ class Bridge:
             return
         ids, self._queued = self._queued, []
         try:
-            self._guard.mark_queued(ids, self._queued_ttl_s)
+            self._guard.mark_queued(ids, self.settings.queued_ttl_s)
         except BrokerError as exc:
             # Without the marks a queued task looks lost after redispatch_after_s: a
             # redundant copy at worst, which the once-guard absorbs.

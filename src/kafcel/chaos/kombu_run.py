@@ -50,6 +50,7 @@ def run_kombu(
     seed: int,
     stall_s: float,
     on_progress: Callable[[str, int, int], None] | None,
+    cancel: threading.Event | None = None,
 ) -> ScenarioResult:
     from .runner import Watch, _start_fault
 
@@ -78,6 +79,7 @@ def run_kombu(
             dlq_topic=None,
             workload=workload,
             ledger=ledger,
+            cancel=cancel,
         )
         fault = _start_fault(scenario, stack, _Rig(system), seed, stop, errors, watch.progress)
         note = watch.until_drained(

@@ -3,12 +3,12 @@
 It lives apart from Celery's broker and the once-guard, so flushing or restarting those
 does not touch the evidence. Per run it keeps:
 
+- ``applied``: order id -> effects applied through an inbox keyed by the task id, the
+  pattern docs/reliability.md prescribes for a task's external side effect: above one
+  per order is a **duplicate effect**;
 - ``runs``: order id -> task bodies that reached the effect (every completion counts):
-  above one per order is a **duplicate effect**, what a task without an inbox would do
-  twice; it is what the once-guard has to prevent;
-- ``applied``: order id -> effects applied through an inbox keyed by the task id (the
-  pattern docs/reliability.md recommends for external side effects): above one means
-  two task ids for one order, which no inbox can catch;
+  above one per order is a **rerun**, what a task *without* that inbox would have done
+  twice (a worker killed between the effect and the once-guard's done marker);
 - ``last``: key -> highest sequence number applied, and ``ooo``: keys that saw a lower
   sequence after a higher one (an out-of-order effect).
 """
@@ -45,8 +45,8 @@ _SUFFIXES = ("runs", "inbox", "applied", "last", "ooo", "attempts")
 @dataclass(frozen=True)
 class LedgerCounts:
     applied_orders: int  # orders whose effect happened at least once
-    duplicates: int  # task bodies completed beyond one per order
-    inbox_duplicates: int  # effects beyond one per order even through the inbox
+    duplicates: int  # effects beyond one per order, through the inbox
+    reruns: int  # task bodies completed beyond one per order
     out_of_order: int  # keys that saw a lower sequence after a higher one
     applied_ids: frozenset[str]
 
@@ -77,8 +77,8 @@ class Ledger:
         runs = {k.decode(): int(v) for k, v in self._redis.hgetall(self._key("runs")).items()}
         return LedgerCounts(
             applied_orders=len(applied),
-            duplicates=sum(v - 1 for v in runs.values() if v > 1),
-            inbox_duplicates=sum(v - 1 for v in applied.values() if v > 1),
+            duplicates=sum(v - 1 for v in applied.values() if v > 1),
+            reruns=sum(v - 1 for v in runs.values() if v > 1),
             out_of_order=int(self._redis.scard(self._key("ooo"))),
             applied_ids=frozenset(applied),
         )

@@ -22,7 +22,7 @@ _COLUMNS = (
     ("DLQ", "dlq"),
     ("peak lag", "peak_lag"),
     ("drain s", "drain_s"),
-    ("dup via inbox", "inbox_duplicates"),
+    ("reruns", "reruns"),
     ("redispatched", "redispatched"),
 )
 
@@ -39,9 +39,10 @@ def render(results: list[ScenarioResult], console: Console, *, n_tasks: int) -> 
         table.add_row(*cells, verdict)
     console.print(table)
     console.print(
-        "[dim]dup effects: task bodies that completed more than once for one order (what a "
-        "task without an inbox would apply twice). dup via inbox: effects repeated even "
-        "through an inbox keyed by the task id (two ids for one order).[/]"
+        "[dim]dup effects: an order's effect applied twice, the effect written through an "
+        "inbox keyed by the task id (docs/reliability.md). reruns: task bodies that "
+        "completed twice, i.e. what a task without that inbox would have applied twice "
+        "(a worker killed between its effect and the once-guard's done marker).[/]"
     )
 
 

@@ -10,6 +10,7 @@ was lost). The stack is stopped at the end, also on Ctrl-C.
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -47,7 +48,7 @@ class ScenarioResult:
     dlq: int
     peak_lag: int | None
     drain_s: float
-    inbox_duplicates: int = 0
+    reruns: int = 0
     redispatched: int = 0
     note: str = ""
     passed: bool = field(init=False)
@@ -56,7 +57,6 @@ class ScenarioResult:
         self.passed = (
             self.lost == 0
             and self.duplicates == 0
-            and self.inbox_duplicates == 0
             and self.out_of_order == 0
             and self.dlq == self.dlq_expected
             and not self.note
@@ -66,7 +66,7 @@ class ScenarioResult:
         keys = ("name", "system", "lost", "duplicates", "out_of_order", "dlq_expected", "dlq")
         out = {k: getattr(self, k) for k in keys}
         out.update(peak_lag=self.peak_lag, drain_s=round(self.drain_s, 1))
-        out.update(inbox_duplicates=self.inbox_duplicates, redispatched=self.redispatched)
+        out.update(reruns=self.reruns, redispatched=self.redispatched)
         out["passed"] = self.passed
         if self.note:
             out["note"] = self.note
@@ -99,6 +99,7 @@ def chaos_settings(stack: ChaosStack, run: str) -> Settings:
         drain_timeout_s=20.0,
         once_lease_s=3.0,
         redispatch_after_s=8.0,
+        queued_ttl_s=15.0,
         # Small enough that a task waits in Celery's queue less than redispatch_after_s.
         max_in_flight=400,
         max_record_bytes=65_536,
@@ -113,24 +114,37 @@ def run_suite(
     on_result: Callable[[ScenarioResult], None] | None = None,
     seed: int = 1,
     stall_s: float = 90.0,
+    cancel: threading.Event | None = None,
+    keep_logs: Path | None = None,
 ) -> list[ScenarioResult]:
+    """Run ``scenarios`` in order; ``cancel`` ends the run (KeyboardInterrupt) cleanly.
+
+    The logs of a scenario that fails are copied to ``keep_logs``, if given.
+    """
     if n_tasks < 1:
         raise KafcelError(f"--tasks must be at least 1, got {n_tasks}")
+    cancel = cancel or threading.Event()
     results: list[ScenarioResult] = []
     with tempfile.TemporaryDirectory(prefix="kafcel-chaos-") as tmp:
         stack = ChaosStack(state_dir=Path(tmp))
         try:
             stack.up()
             for i, scenario in enumerate(scenarios):
+                log_dir = Path(tmp) / f"{i:02d}-{scenario.system}-{scenario.name}"
                 result = run_scenario(
                     stack,
                     scenario,
                     n_tasks=n_tasks,
-                    log_dir=Path(tmp) / f"{i:02d}-{scenario.system}-{scenario.name}",
+                    log_dir=log_dir,
                     seed=seed + i,
                     stall_s=stall_s,
                     on_progress=on_progress,
+                    cancel=cancel,
                 )
+                if not result.passed and keep_logs is not None:
+                    target = keep_logs / f"{scenario.system}-{scenario.name}"
+                    shutil.rmtree(target, ignore_errors=True)
+                    shutil.copytree(log_dir, target)
                 results.append(result)
                 if on_result:
                     on_result(result)
@@ -148,6 +162,7 @@ def run_scenario(
     seed: int,
     stall_s: float,
     on_progress: Callable[[str, int, int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> ScenarioResult:
     run = uuid.uuid4().hex[:8]
     settings = chaos_settings(stack, run)
@@ -159,7 +174,9 @@ def run_scenario(
         from .kombu_run import run_kombu
 
         try:
-            return run_kombu(stack, scenario, workload, ledger, log_dir, seed, stall_s, on_progress)
+            return run_kombu(
+                stack, scenario, workload, ledger, log_dir, seed, stall_s, on_progress, cancel
+            )
         finally:
             ledger.clear()
             ledger.close()
@@ -188,6 +205,7 @@ def run_scenario(
             dlq_topic=settings.dlq_topic,
             workload=workload,
             ledger=ledger,
+            cancel=cancel,
         )
         fault = _start_fault(scenario, stack, rig, seed, stop, fault_error, watch.progress)
         note = watch.until_drained(
@@ -254,7 +272,9 @@ class Watch:
         dlq_topic: str | None,
         workload: Workload,
         ledger: Ledger,
+        cancel: threading.Event | None = None,
     ) -> None:
+        self.cancel = cancel or threading.Event()
         self.bootstrap_servers = bootstrap_servers
         self.group_id = group_id
         self.topic = topic
@@ -322,6 +342,8 @@ class Watch:
         total = sum(want)
         last, last_change = (-1, -1, -1), time.monotonic()
         while True:
+            if self.cancel.is_set():
+                raise KeyboardInterrupt
             state = self._sample()
             on_progress(state[0] + state[1], total)
             if state[:2] == want and state[2] == 0:
@@ -355,7 +377,7 @@ class Watch:
             dlq=len(self._dlq_seen),
             peak_lag=self.peak_lag,
             drain_s=drain_s,
-            inbox_duplicates=counts.inbox_duplicates,
+            reruns=counts.reruns,
             redispatched=redispatched,
             note=note,
         )
