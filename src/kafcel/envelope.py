@@ -236,13 +236,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
-# Signed 64-bit below zero, unsigned 64-bit above: what Go, Java and JS clients can hold.
+# Signed 64-bit below zero, unsigned 64-bit above: Go's int64/uint64, Java's long (and
+# Long.parseUnsignedLong). JavaScript numbers lose precision beyond 2**53 already.
 INT_MIN: Final = -(2**63)
 INT_MAX: Final = 2**64 - 1
 
 
 def _bounded_int(text: str) -> int:
-    # Go, Java and JavaScript producers and consumers cannot hold more than 64 bits.
+    # Producers and consumers in Go or Java cannot hold more than 64 bits.
     if len(text) > 21:
         raise InvalidJson(f"integer {text[:24]}... does not fit in 64 bits")
     value = int(text)

@@ -36,8 +36,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             "depth": topic_depth(bootstrap, settings.dlq_topic, extra=extra),
         },
         "bridges": bridges,
-        "in_flight": sum(b["stats"].get("in_flight", 0) for b in bridges),
-        "redispatched": sum(b["stats"].get("redispatched", 0) for b in bridges),
+        "in_flight": sum(b.get("stats", {}).get("in_flight", 0) for b in bridges),
+        "redispatched": sum(b.get("stats", {}).get("redispatched", 0) for b in bridges),
     }
 
 
@@ -78,10 +78,10 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
     for col in ("member", "partitions", "in flight", "dispatched", "redispatched", "dlq"):
         bridges.add_column(col, justify="left" if col == "member" else "right")
     for b in report.get("bridges", []):
-        st = b["stats"]
+        st = b.get("stats", {})
         bridges.add_row(
-            b["member"],
-            ",".join(map(str, b["partitions"])) or "-",
+            str(b.get("member", "?")),
+            ",".join(map(str, b.get("partitions", []))) or "-",
             str(st.get("in_flight", 0)),
             str(st.get("dispatched", 0)),
             str(st.get("redispatched", 0)),

@@ -160,8 +160,9 @@ class KafcelRig:
         if sig == signal.SIGKILL:
             proc.stop(timeout_s=5)
         else:
-            # SIGTERM drains: give it the drain timeout and a margin.
-            proc.stop(timeout_s=self.settings.drain_timeout_s + 15)
+            # SIGTERM drains, then finishes a pending group join: give it both and a margin.
+            s = self.settings
+            proc.stop(timeout_s=s.drain_timeout_s + 2 * s.session_timeout_s + 25)
 
     def kill_worker(self, index: int = 0) -> None:
         """SIGKILL the worker's main process and its prefork children at once."""
