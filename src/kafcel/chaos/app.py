@@ -8,13 +8,12 @@ touches. Configuration is read when Celery first needs it, never at import time.
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from celery import Celery, Task
+from celery import Celery
 
 from ..celery import install
 from ..settings import Settings
-from .tasks import apply_effect, count_attempt, kill_self
+from .tasks import register
 
 __all__ = ["QUEUE", "app"]
 
@@ -44,21 +43,4 @@ class _LazyConfig:
 app = Celery("kafcel_chaos")
 app.config_from_object(_LazyConfig())
 install(app)
-
-
-@app.task(bind=True, name="chaos.apply")  # type: ignore[untyped-decorator]
-def apply(self: Task, run: str, order: str, key: str, seq: int, work_ms: float = 0.0) -> str:
-    return apply_effect(
-        task_id=str(self.request.id), run=run, order=order, key=key, seq=seq, work_ms=work_ms
-    )
-
-
-@app.task(bind=True, name="chaos.always_fail", max_retries=2)  # type: ignore[untyped-decorator]
-def always_fail(self: Task, run: str, order: str) -> Any:
-    count_attempt(run, order)
-    raise self.retry(exc=RuntimeError(f"order {order} always fails"), countdown=0.5)
-
-
-@app.task(name="chaos.self_kill")  # type: ignore[untyped-decorator]
-def self_kill(run: str, order: str) -> None:
-    kill_self(run, order)
+register(app)

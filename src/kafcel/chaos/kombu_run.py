@@ -8,10 +8,9 @@ suite's Redis. Lag is read from the transport's consumer group on its queue topi
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .kombu_kafka import KombuKafka
 from .ledger import Ledger
@@ -52,7 +51,7 @@ def run_kombu(
     on_progress: Callable[[str, int, int], None] | None,
     cancel: threading.Event | None = None,
 ) -> ScenarioResult:
-    from .runner import Watch, _start_fault
+    from .runner import Watch, drive
 
     system = KombuKafka(
         bootstrap_servers=stack.bootstrap_servers,
@@ -62,16 +61,12 @@ def run_kombu(
         log_dir=log_dir,
     )
     stop = threading.Event()
-    errors: list[BaseException] = []
     try:
         system.start_worker()
-        started = time.monotonic()
         calls = [
             ("chaos.apply", (workload.run, order, key, seq, _WORK_MS))
             for order, key, seq in workload.orders
         ]
-        submitter = threading.Thread(target=system.submit, args=(calls,))
-        submitter.start()
         watch = Watch(
             bootstrap_servers=stack.bootstrap_servers,
             group_id=system.group,
@@ -81,20 +76,21 @@ def run_kombu(
             ledger=ledger,
             cancel=cancel,
         )
-        fault = _start_fault(scenario, stack, _Rig(system), seed, stop, errors, watch.progress)
-        note = watch.until_drained(
-            busy=lambda: submitter.is_alive() or (fault is not None and fault.is_alive()),
+        return drive(
+            scenario,
+            stack,
+            _Rig(system),
+            watch,
+            lambda: _submit(system, calls),
+            seed=seed,
+            stop=stop,
             stall_s=stall_s,
-            on_progress=lambda done, total: on_progress and on_progress(scenario.name, done, total),
+            on_progress=on_progress,
         )
-        drain_s = (watch.drained_at or time.monotonic()) - started
-        stop.set()
-        submitter.join()
-        if fault is not None:
-            fault.join()
-        if errors:
-            note = f"fault failed: {errors[0]}"
-        return watch.result(scenario, drain_s, note, redispatched=0)
     finally:
         stop.set()
         system.stop()
+
+
+def _submit(system: KombuKafka, calls: list[tuple[str, tuple[Any, ...]]]) -> None:
+    system.submit(calls)

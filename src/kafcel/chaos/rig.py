@@ -122,36 +122,34 @@ class KafcelRig:
 
     def start_worker(self, index: int | None = None, *, concurrency: int = 2) -> ManagedProcess:
         n = len(self.workers) if index is None else index
-        proc = ManagedProcess(
-            name=f"worker {n}",
-            argv=worker_argv(APP, queue=self.queue, concurrency=concurrency, name=f"chaos{n}"),
-            env=self.env(),
-            log_path=self.log_dir / f"worker{n}.log",
-        )
-        mark = _log_size(proc.log_path)
-        proc.start()
-        _wait_for_log_after(proc, mark, " ready.", timeout_s=60)
-        if index is None:
-            self.workers.append(proc)
-        else:
-            self.workers[index] = proc
-        return proc
+        argv = worker_argv(APP, queue=self.queue, concurrency=concurrency, name=f"chaos{n}")
+        return self._start(self.workers, index, f"worker {n}", argv, f"worker{n}.log", " ready.")
 
     def start_bridge(self, index: int | None = None) -> ManagedProcess:
         n = len(self.bridges) if index is None else index
-        proc = ManagedProcess(
-            name=f"bridge {n}",
-            argv=bridge_argv(APP),
-            env=self.env(),
-            log_path=self.log_dir / f"bridge{n}.log",
+        return self._start(
+            self.bridges, index, f"bridge {n}", bridge_argv(APP), f"bridge{n}.log", "bridge started"
         )
+
+    def _start(
+        self,
+        procs: list[ManagedProcess],
+        index: int | None,
+        name: str,
+        argv: list[str],
+        log_name: str,
+        ready: str,
+    ) -> ManagedProcess:
+        """Start a process (a new one, or again in slot ``index``); wait for ``ready``."""
+        log_path = self.log_dir / log_name
+        proc = ManagedProcess(name=name, argv=argv, env=self.env(), log_path=log_path)
         mark = _log_size(proc.log_path)
         proc.start()
-        _wait_for_log_after(proc, mark, "bridge started", timeout_s=60)
+        _wait_for_log_after(proc, mark, ready, timeout_s=60)
         if index is None:
-            self.bridges.append(proc)
+            procs.append(proc)
         else:
-            self.bridges[index] = proc
+            procs[index] = proc
         return proc
 
     def kill_bridge(self, index: int = 0, *, sig: int = signal.SIGKILL) -> None:

@@ -186,18 +186,12 @@ def run_scenario(
     )
     rig = KafcelRig(stack=stack, settings=settings, log_dir=log_dir)
     stop = threading.Event()
-    fault_error: list[BaseException] = []
     try:
         for _ in range(scenario.workers):
             rig.start_worker()
         for _ in range(scenario.bridges):
             rig.start_bridge()
-        started = time.monotonic()
         pace_s = scenario.submit_over_s / max(n_tasks, 1)
-        submitter = threading.Thread(
-            target=submit, args=(settings, workload), kwargs={"work_ms": _WORK_MS, "pace_s": pace_s}
-        )
-        submitter.start()
         watch = Watch(
             bootstrap_servers=settings.bootstrap_servers,
             group_id=settings.group_id,
@@ -207,25 +201,57 @@ def run_scenario(
             ledger=ledger,
             cancel=cancel,
         )
-        fault = _start_fault(scenario, stack, rig, seed, stop, fault_error, watch.progress)
-        note = watch.until_drained(
-            busy=lambda: submitter.is_alive() or (fault is not None and fault.is_alive()),
+        result = drive(
+            scenario,
+            stack,
+            rig,
+            watch,
+            lambda: submit(settings, workload, work_ms=_WORK_MS, pace_s=pace_s),
+            seed=seed,
+            stop=stop,
             stall_s=stall_s,
-            on_progress=lambda done, total: on_progress and on_progress(scenario.name, done, total),
+            on_progress=on_progress,
         )
-        drain_s = (watch.drained_at or time.monotonic()) - started
-        stop.set()
-        submitter.join()
-        if fault is not None:
-            fault.join()
-        if fault_error:
-            note = f"fault failed: {fault_error[0]}"
-        return watch.result(scenario, drain_s, note, redispatched=_redispatched(rig))
+        result.redispatched = _redispatched(rig)
+        return result
     finally:
         stop.set()
         rig.stop()
         ledger.clear()
         ledger.close()
+
+
+def drive(
+    scenario: Scenario,
+    stack: ChaosStack,
+    rig: Any,
+    watch: Watch,
+    submit_all: Callable[[], None],
+    *,
+    seed: int,
+    stop: threading.Event,
+    stall_s: float,
+    on_progress: Callable[[str, int, int], None] | None,
+) -> ScenarioResult:
+    """Submit (in a thread), inject the fault (in another), watch until drained or stalled."""
+    errors: list[BaseException] = []
+    started = time.monotonic()
+    submitter = threading.Thread(target=submit_all, name=f"submit-{scenario.name}")
+    submitter.start()
+    fault = _start_fault(scenario, stack, rig, seed, stop, errors, watch.progress)
+    note = watch.until_drained(
+        busy=lambda: submitter.is_alive() or (fault is not None and fault.is_alive()),
+        stall_s=stall_s,
+        on_progress=lambda done, total: on_progress and on_progress(scenario.name, done, total),
+    )
+    drain_s = (watch.drained_at or time.monotonic()) - started
+    stop.set()
+    submitter.join()
+    if fault is not None:
+        fault.join()
+    if errors:
+        note = f"fault failed: {errors[0]}"
+    return watch.result(scenario, drain_s, note, redispatched=0)
 
 
 def _start_fault(

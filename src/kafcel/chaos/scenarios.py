@@ -53,35 +53,44 @@ def _reach(progress: Progress, target: float, stop: threading.Event) -> bool:
     return not stop.is_set()
 
 
-def kill_bridge(
-    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
+def _five_times(
+    p: Progress, rng: random.Random, stop: threading.Event, hurt: Callable[[], None]
 ) -> None:
     for at in moments(rng, 5):
         if not _reach(p, at, stop):
             return
+        hurt()
+
+
+def kill_bridge(
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
+) -> None:
+    def hurt() -> None:
         rig.kill_bridge(0, sig=signal.SIGKILL)
         rig.start_bridge(0)
+
+    _five_times(p, rng, stop, hurt)
 
 
 def term_bridge(
     stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
 ) -> None:
-    for at in moments(rng, 5):
-        if not _reach(p, at, stop):
-            return
+    def hurt() -> None:
         rig.kill_bridge(0, sig=signal.SIGTERM)
         rig.start_bridge(0)
+
+    _five_times(p, rng, stop, hurt)
 
 
 def kill_worker(
     stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
 ) -> None:
-    for at in moments(rng, 5):
-        if not _reach(p, at, stop):
-            return
+    def hurt() -> None:
         index = rng.randrange(len(rig.workers))
         rig.kill_worker(index)
         rig.start_worker(index)
+
+    _five_times(p, rng, stop, hurt)
 
 
 def flush_redis(

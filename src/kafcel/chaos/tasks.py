@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
+
+from celery import Celery, Task
 
 from .ledger import Ledger
 
-__all__ = ["LEDGER_ENV", "apply_effect", "count_attempt", "kill_self"]
+__all__ = ["LEDGER_ENV", "apply_effect", "count_attempt", "kill_self", "register"]
 
 LEDGER_ENV = "KAFCEL_CHAOS_LEDGER_URL"
 
@@ -46,3 +49,22 @@ def kill_self(run: str, order: str) -> None:
     """Record the attempt, then end this process the hard way (no cleanup, no result)."""
     count_attempt(run, order)
     os._exit(17)
+
+
+def register(app: Celery) -> None:
+    """Define the suite's tasks on ``app`` alone (not shared: two apps, one process)."""
+
+    @app.task(bind=True, name="chaos.apply", shared=False)  # type: ignore[untyped-decorator]
+    def apply(self: Task, run: str, order: str, key: str, seq: int, work_ms: float = 0.0) -> str:
+        return apply_effect(
+            task_id=str(self.request.id), run=run, order=order, key=key, seq=seq, work_ms=work_ms
+        )
+
+    @app.task(bind=True, name="chaos.always_fail", max_retries=2, shared=False)  # type: ignore[untyped-decorator]
+    def always_fail(self: Task, run: str, order: str) -> Any:
+        count_attempt(run, order)
+        raise self.retry(exc=RuntimeError(f"order {order} always fails"), countdown=0.5)
+
+    @app.task(name="chaos.self_kill", shared=False)  # type: ignore[untyped-decorator]
+    def self_kill(run: str, order: str) -> None:
+        kill_self(run, order)
