@@ -11,31 +11,15 @@ import time
 from typing import Any
 
 import redis
-from celery import Celery
 
-from kafcel.celery import install
+from kafcel.celery import app_from_env
 from kafcel.settings import Settings
 
 QUEUE = "kafcel-tests"
 
 
-class _Config:
-    @property
-    def broker_url(self) -> str:
-        return Settings.from_env().redis_url
-
-    @property
-    def result_backend(self) -> str:
-        return Settings.from_env().redis_url
-
-    task_default_queue = QUEUE
-    broker_connection_retry_on_startup = True
-    worker_hijack_root_logger = False
-
-
-app = Celery("kafcel_tests")
-app.config_from_object(_Config())
-install(app)
+# The tests' queue is fixed: the session worker consumes it.
+app = app_from_env("kafcel_tests", queue_env="KAFCEL_TESTS_QUEUE", default_queue=QUEUE)
 
 _client: tuple[int, redis.Redis[bytes]] | None = None
 

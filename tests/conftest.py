@@ -7,7 +7,6 @@ each other's records. Services run on ports of their own, away from a developer'
 from __future__ import annotations
 
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,24 +19,12 @@ import redis
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from kafcel.admin import committed_offsets, end_offsets, ensure_topics, partitions_of
-from kafcel.devstack import DevStack
+from kafcel.devstack import DevStack, free_ports
 from kafcel.procs import ManagedProcess, bridge_argv, worker_argv
 from kafcel.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_APP = "tests.app:app"
-
-
-def free_ports(n: int) -> list[int]:
-    # Hold every socket until all are bound, so the ports differ.
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def wait_until(

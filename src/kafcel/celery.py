@@ -32,7 +32,7 @@ from .once import LeaseKeeper, OnceGuard
 from .results import FAILURE, REVOKED, SUCCESS, Origin, Outcome
 from .settings import Settings
 
-__all__ = ["HEADER", "install", "origin_of"]
+__all__ = ["HEADER", "app_from_env", "install", "origin_of"]
 
 log = logging.getLogger("kafcel.worker")
 
@@ -94,6 +94,41 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
     if app.finalized:
         guard_all()
     return app
+
+
+class _EnvConfig:
+    """Celery reads these attributes on first use of ``app.conf``, not at import."""
+
+    def __init__(self, queue_env: str, default_queue: str) -> None:
+        self._queue_env = queue_env
+        self._default_queue = default_queue
+
+    @property
+    def broker_url(self) -> str:
+        return Settings.from_env().redis_url
+
+    @property
+    def result_backend(self) -> str:
+        return Settings.from_env().redis_url
+
+    @property
+    def task_default_queue(self) -> str:
+        return os.environ.get(self._queue_env, self._default_queue)
+
+    result_expires = 3600
+    broker_connection_retry_on_startup = True
+    # Keep reconnecting while Redis restarts, rather than giving up after 100 tries.
+    broker_connection_max_retries = None
+    worker_hijack_root_logger = False
+
+
+def app_from_env(name: str, *, queue_env: str, default_queue: str) -> Celery:
+    """A kafcel-installed Celery app on the Redis of ``KAFCEL_REDIS_URL`` (broker and
+    results), its default queue from ``queue_env``: the demo's, the chaos suite's and the
+    tests' apps. Nothing is read from the environment until Celery needs it."""
+    app = Celery(name)
+    app.config_from_object(_EnvConfig(queue_env, default_queue))
+    return install(app)
 
 
 def origin_of(request: Any) -> Origin | None:

@@ -11,37 +11,14 @@ import os
 from typing import Any
 
 import redis
-from celery import Celery
 
-from .celery import install
+from .celery import app_from_env
 from .settings import Settings
 
 __all__ = ["TransientOrderError", "app", "process_order"]
 
 
-class _LazyConfig:
-    """Celery reads these attributes on first use of ``app.conf``."""
-
-    @property
-    def broker_url(self) -> str:
-        return Settings.from_env().redis_url
-
-    @property
-    def result_backend(self) -> str:
-        return Settings.from_env().redis_url
-
-    @property
-    def task_default_queue(self) -> str:
-        return os.environ.get("KAFCEL_DEMO_QUEUE", "kafcel-demo")
-
-    result_expires = 3600
-    broker_connection_retry_on_startup = True
-    worker_hijack_root_logger = False
-
-
-app = Celery("kafcel_demo")
-app.config_from_object(_LazyConfig())
-install(app)
+app = app_from_env("kafcel_demo", queue_env="KAFCEL_DEMO_QUEUE", default_queue="kafcel-demo")
 
 
 class TransientOrderError(Exception):

@@ -30,7 +30,7 @@ from confluent_kafka.admin import AdminClient
 from .admin import ensure_topics
 from .errors import ConfigError, DevStackError
 
-__all__ = ["DevStack", "ServiceStatus", "tansu_binary"]
+__all__ = ["DevStack", "ServiceStatus", "free_ports", "tansu_binary"]
 
 _POLL_S = 0.1
 _STOP_TIMEOUT_S = 10.0
@@ -83,6 +83,19 @@ def tansu_binary() -> Path:
                 f"Tansu at {binary} is not executable: run chmod +x {binary}"
             ) from exc
     return binary
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different TCP ports free on 127.0.0.1 right now."""
+    # Hold every socket until all are bound, so the ports differ.
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _is_int(value: object) -> bool:
@@ -139,6 +152,7 @@ class DevStack:
         redis_port: int = 6379,
         state_dir: Path | str = ".kafcel/devstack",
         start_timeout_s: float = 30.0,
+        services: tuple[str, ...] = ("kafka", "redis"),
     ) -> None:
         if not isinstance(host, str) or not host.strip() or ":" in host:
             raise ConfigError(f"host must be a hostname or IPv4 address, got {host!r}")
@@ -162,7 +176,10 @@ class DevStack:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         kafka = _Service("kafka", kafka_port, "tansu", self._kafka_cmd, self._kafka_answers)
         redis_ = _Service("redis", redis_port, "redis-server", self._redis_cmd, self._redis_answers)
-        self._services = {service.name: service for service in (kafka, redis_)}
+        unknown = sorted(set(services) - {"kafka", "redis"})
+        if unknown or not services:
+            raise ConfigError(f"services must name kafka and/or redis, got {services!r}")
+        self._services = {svc.name: svc for svc in (kafka, redis_) if svc.name in services}
 
     @property
     def bootstrap_servers(self) -> str:

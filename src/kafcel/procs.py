@@ -75,11 +75,20 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def wait_for_log(self, text: str, timeout_s: float = 60.0) -> None:
+    def log_size(self) -> int:
+        """Bytes in the log so far: pass as ``after`` to wait for what a restart writes."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def wait_for_log(self, text: str, timeout_s: float = 60.0, *, after: int = 0) -> None:
+        """Wait until the log holds ``text`` past byte ``after``; raise if the process exits."""
         deadline = time.monotonic() + timeout_s
+        needle = text.encode()
         while time.monotonic() < deadline:
-            if self.log_path.exists() and text in self.log_path.read_text(errors="replace"):
-                return
+            if self.log_path.exists():
+                with self.log_path.open("rb") as f:
+                    f.seek(after)
+                    if needle in f.read():
+                        return
             if not self.alive():
                 raise KafcelError(f"{self.name} exited early:\n{self.tail()}")
             time.sleep(0.1)

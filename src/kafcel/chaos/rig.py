@@ -9,43 +9,35 @@ stack, each a subprocess this process started and stops by PID.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import redis
 
-from ..devstack import DevStack
-from ..errors import DevStackError
+from ..devstack import DevStack, free_ports
 from ..procs import ManagedProcess, bridge_argv, worker_argv
 from ..settings import Settings
 from .tasks import LEDGER_ENV
 
-__all__ = ["APP", "ChaosStack", "KafcelRig", "free_port"]
+__all__ = ["APP", "ChaosStack", "KafcelRig"]
 
 APP = "kafcel.chaos.app:app"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ChaosStack:
     def __init__(self, *, state_dir: Path) -> None:
         self.state_dir = state_dir
-        kafka_port, redis_port, ledger_port = free_port(), free_port(), free_port()
-        while len({kafka_port, redis_port, ledger_port}) < 3:
-            ledger_port = free_port()
+        kafka_port, redis_port, ledger_port = free_ports(3)
         self.devstack = DevStack(
             kafka_port=kafka_port, redis_port=redis_port, state_dir=state_dir / "stack"
         )
-        self.ledger_port = ledger_port
-        self._ledger: subprocess.Popen[bytes] | None = None
+        # Its own Redis: no fault of the suite touches the evidence.
+        self.ledger = DevStack(
+            kafka_port=kafka_port,
+            redis_port=ledger_port,
+            state_dir=state_dir / "ledger",
+            services=("redis",),
+        )
 
     @property
     def bootstrap_servers(self) -> str:
@@ -57,31 +49,11 @@ class ChaosStack:
 
     @property
     def ledger_url(self) -> str:
-        return f"redis://127.0.0.1:{self.ledger_port}/0"
+        return self.ledger.redis_url
 
     def up(self) -> None:
         self.devstack.up()
-        server = shutil.which("redis-server")
-        if server is None:
-            raise DevStackError("redis-server not found: run `make setup`")
-        log = (self.state_dir / "ledger-redis.log").open("ab")
-        self._ledger = subprocess.Popen(
-            [server, "--port", str(self.ledger_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        log.close()
-        client: redis.Redis[bytes] = redis.Redis(port=self.ledger_port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError as exc:
-                if time.monotonic() > deadline or self._ledger.poll() is not None:
-                    raise DevStackError(f"ledger Redis did not start: {exc}") from exc
-                time.sleep(0.1)
+        self.ledger.up()
 
     def flush_redis(self) -> None:
         redis.Redis.from_url(self.redis_url).flushall()
@@ -92,13 +64,7 @@ class ChaosStack:
         self.devstack.up()
 
     def down(self) -> None:
-        if self._ledger is not None and self._ledger.poll() is None:
-            self._ledger.terminate()
-            try:
-                self._ledger.wait(10)
-            except subprocess.TimeoutExpired:
-                self._ledger.kill()
-                self._ledger.wait(5)
+        self.ledger.down()
         self.devstack.down()
 
 
@@ -143,9 +109,9 @@ class KafcelRig:
         """Start a process (a new one, or again in slot ``index``); wait for ``ready``."""
         log_path = self.log_dir / log_name
         proc = ManagedProcess(name=name, argv=argv, env=self.env(), log_path=log_path)
-        mark = _log_size(proc.log_path)
+        mark = proc.log_size()  # a restart appends to the same log
         proc.start()
-        _wait_for_log_after(proc, mark, ready, timeout_s=60)
+        proc.wait_for_log(ready, timeout_s=60, after=mark)
         if index is None:
             procs.append(proc)
         else:
@@ -173,22 +139,3 @@ class KafcelRig:
             proc.stop(timeout_s=self.settings.drain_timeout_s + 15)
         for proc in self.workers:
             proc.stop(timeout_s=20)
-
-
-def _log_size(path: Path) -> int:
-    return path.stat().st_size if path.exists() else 0
-
-
-def _wait_for_log_after(proc: ManagedProcess, offset: int, text: str, timeout_s: float) -> None:
-    """Like ``wait_for_log``, but only in what a restarted process wrote after ``offset``."""
-    deadline = time.monotonic() + timeout_s
-    needle = text.encode()
-    while time.monotonic() < deadline:
-        with proc.log_path.open("rb") as f:
-            f.seek(offset)
-            if needle in f.read():
-                return
-        if not proc.alive():
-            raise DevStackError(f"{proc.name} exited early:\n{proc.tail()}")
-        time.sleep(0.1)
-    raise DevStackError(f"{proc.name} did not log {text!r} in {timeout_s:.0f}s:\n{proc.tail()}")

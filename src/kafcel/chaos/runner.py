@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -307,7 +307,6 @@ class Watch:
         self.workload = workload
         self.ledger = ledger
         self.peak_lag = 0
-        self.lag = -1
         self.applied = 0
         self.drained_at: float | None = None
         self._dlq_topic = dlq_topic
@@ -352,10 +351,10 @@ class Watch:
                 (int(h.get("origin.partition", -1)), int(h.get("origin.offset", -1)))
             )
         rows = group_lag(self.bootstrap_servers, self.group_id, self.topic)
-        self.lag = sum(r.lag for r in rows) if rows else -1
-        self.peak_lag = max(self.peak_lag, self.lag)
+        lag = sum(r.lag for r in rows) if rows else -1
+        self.peak_lag = max(self.peak_lag, lag)
         self.applied = self.ledger.counts().applied_orders
-        return self.applied, len(self._dlq_seen), self.lag
+        return self.applied, len(self._dlq_seen), lag
 
     def until_drained(
         self,
@@ -407,7 +406,3 @@ class Watch:
             redispatched=redispatched,
             note=note,
         )
-
-
-def as_dicts(results: list[ScenarioResult]) -> list[dict[str, Any]]:
-    return [asdict(r) for r in results]

@@ -62,24 +62,17 @@ def _five_times(
         hurt()
 
 
-def kill_bridge(
-    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
-) -> None:
-    def hurt() -> None:
-        rig.kill_bridge(0, sig=signal.SIGKILL)
-        rig.start_bridge(0)
+def _restart_bridge_5_times(sig: int) -> Fault:
+    def fault(
+        stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
+    ) -> None:
+        def hurt() -> None:
+            rig.kill_bridge(0, sig=sig)
+            rig.start_bridge(0)
 
-    _five_times(p, rng, stop, hurt)
+        _five_times(p, rng, stop, hurt)
 
-
-def term_bridge(
-    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
-) -> None:
-    def hurt() -> None:
-        rig.kill_bridge(0, sig=signal.SIGTERM)
-        rig.start_bridge(0)
-
-    _five_times(p, rng, stop, hurt)
+    return fault
 
 
 def kill_worker(
@@ -93,18 +86,22 @@ def kill_worker(
     _five_times(p, rng, stop, hurt)
 
 
-def flush_redis(
-    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
-) -> None:
-    if _reach(p, rng.uniform(0.2, 0.6), stop):
-        stack.flush_redis()
+def _once_midway(hurt: Callable[[ChaosStack], None]) -> Fault:
+    """Hurt the stack once, somewhere between 20 % and 60 % of the run."""
+
+    def fault(
+        stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
+    ) -> None:
+        if _reach(p, rng.uniform(0.2, 0.6), stop):
+            hurt(stack)
+
+    return fault
 
 
-def restart_redis(
-    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
-) -> None:
-    if _reach(p, rng.uniform(0.2, 0.6), stop):
-        stack.restart_redis()
+kill_bridge = _restart_bridge_5_times(signal.SIGKILL)
+term_bridge = _restart_bridge_5_times(signal.SIGTERM)
+flush_redis = _once_midway(ChaosStack.flush_redis)
+restart_redis = _once_midway(ChaosStack.restart_redis)
 
 
 def bounce_bridge(
