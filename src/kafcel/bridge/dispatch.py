@@ -1,13 +1,12 @@
 """A valid record on its way to Celery: what it carries, and how it is sent.
 
-One Celery message per record (``send_task`` with the record's task id and a ``kafcel``
-header), so Celery's workers, Flower and ``celery inspect`` see ordinary tasks.
+One Celery message per record, with the record's task id and a ``kafcel`` header, so
+Celery's workers, Flower and ``celery inspect`` see ordinary tasks (:mod:`.publish`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,14 +14,12 @@ from datetime import UTC, datetime, timedelta
 from celery import Celery
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
-from ..celery import HEADER
 from ..envelope import Envelope, task_id_for
-from ..errors import BrokerError, DispatchRefused
 from ..results import Origin
 from ..settings import Settings
 from .tracker import TP
 
-__all__ = ["Dispatch", "StopSending", "declare_queues", "make_dispatch", "send"]
+__all__ = ["Dispatch", "StopSending", "declare_queues", "make_dispatch"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -75,46 +72,6 @@ def make_dispatch(
         expires = now + timedelta(seconds=expires)
     task_id = task_id_for(envelope, tp[0], tp[1], offset, stamp)
     return Dispatch(envelope, task_id, origin, tp, offset, slot, msg, eta, expires)
-
-
-def send(
-    app: Celery,
-    item: Dispatch,
-    *,
-    retryable: tuple[type[BaseException], ...],
-    stop: threading.Event,
-) -> DispatchRefused | None:
-    """Send ``item``; None once Celery has it (or the bridge stops), else why it refused.
-
-    While the broker is down the call keeps trying (never drops the record); a stop
-    request ends the wait and the record stays unsettled, to be re-read after a restart.
-    """
-    envelope = item.envelope
-    delay_s = 0.1
-    while True:
-        try:
-            app.send_task(
-                envelope.task,
-                args=list(envelope.args),
-                kwargs=dict(envelope.kwargs),
-                task_id=item.task_id,
-                eta=item.eta,
-                expires=item.expires,
-                priority=envelope.priority,
-                queue=envelope.queue,
-                serializer="json",
-                headers={HEADER: item.origin.to_header()},
-            )
-            return None
-        except retryable as exc:
-            error = BrokerError(f"Celery broker unavailable for task {item.task_id}: {exc}")
-            log.warning("%s; retrying in %.1fs", error, delay_s)
-            if stop.wait(delay_s):
-                raise StopSending() from exc
-            delay_s = min(delay_s * 2, 5.0)
-        except Exception as exc:
-            # Not the broker's state but this record's (Celery cannot build the message).
-            return DispatchRefused(f"Celery refused the task: {type(exc).__name__}: {exc}")
 
 
 class StopSending(Exception):

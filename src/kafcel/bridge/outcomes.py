@@ -33,7 +33,8 @@ class OutcomeReader:
                 **config,
                 "group.id": f"{group_id}.results.{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
+                # Tansu holds a fetch for all of this even when outcomes arrive meanwhile.
+                "fetch.wait.max.ms": 5,
                 # Out of range (retention emptied the topic): re-read rather than skip ahead.
                 "auto.offset.reset": "earliest",
             }

@@ -30,16 +30,17 @@ from confluent_kafka import KafkaError as RdKafkaError
 from ..admin import client_config, ensure_topics
 from ..dlq import DeadLetter
 from ..envelope import Envelope
-from ..errors import BrokerError, ConfigError, KafkaError, RecordRejected
+from ..errors import BrokerError, ConfigError, DispatchRefused, KafkaError, RecordRejected
 from ..once import OnceGuard
 from ..results import REVOKED, SUCCESS, Outcome
 from ..settings import Settings
 from .deadletter import DeadLetterWriter
-from .dispatch import Dispatch, StopSending, declare_queues, make_dispatch, send
+from .dispatch import Dispatch, StopSending, declare_queues, make_dispatch
 from .filter import TaskFilter
 from .ordering import OrderingGate
 from .outcomes import OutcomeReader
 from .presence import Presence
+from .publish import Publisher
 from .redispatch import BackendState, Redispatcher
 from .sequence import SequenceGuard, position, seek_to
 from .tracker import TP, OffsetTracker
@@ -50,6 +51,8 @@ log = logging.getLogger("kafcel.bridge")
 
 _FETCH_BATCH = 500
 _POLL_S = 0.02
+_BUSY_POLL_S = 0.005
+_FETCH_WAIT_MS = 5
 _REPORT_EVERY_S = 10.0
 _PUBLISH_EVERY_S = 2.0
 
@@ -62,6 +65,7 @@ class BridgeStats:
     dlq: int = 0
     duplicates: int = 0
     redispatched: int = 0
+    broker_round_trips: int = 0
     commits: int = 0
     in_flight: int = 0
     waiting: int = 0
@@ -121,6 +125,9 @@ class Bridge:
             backend_state=self._backend_state,
         )
         self._queued: list[str] = []
+        # Admitted records of this loop turn, sent to Celery together (one round trip).
+        self._outbox: list[Dispatch] = []
+        self._publisher: Publisher | None = None
         self._presence = Presence(client=client, group=settings.group_id)
         self._paused = False
         self._joined = False
@@ -133,6 +140,9 @@ class Bridge:
         )
         base = client_config(settings.bootstrap_servers, settings.librdkafka())
         consumer_conf: dict[str, Any] = {
+            # Tansu answers a fetch only when fetch.wait.max.ms ends, even when records
+            # arrive meanwhile (librdkafka's 500 ms default: 150 ms median added latency).
+            "fetch.wait.max.ms": _FETCH_WAIT_MS,
             **base,
             "group.id": settings.group_id,
             "enable.auto.commit": False,
@@ -269,13 +279,21 @@ class Bridge:
         if fetch:
             # Never fetch past max_in_flight by more than one record.
             room = self.settings.max_in_flight - self._tracker.in_flight()
-            msgs = self._consumer.consume(max(1, min(_FETCH_BATCH, room)), timeout=_POLL_S)
+            # consume(n, timeout) waits for n records or the timeout: wait for the first
+            # only, then take what is already fetched, so a lone record is not held back.
+            # With tasks in flight their outcomes are read between fetches: wait less.
+            wait_s = _POLL_S if self._tracker.in_flight() == 0 else _BUSY_POLL_S
+            msgs = self._consumer.consume(1, timeout=wait_s)
+            if msgs and room > 1:
+                msgs += self._consumer.consume(min(_FETCH_BATCH, room) - 1, timeout=0)
             for msg in msgs:
                 self._handle(msg)
+            self._flush_outbox()
         else:
             # Paused: consume() still serves rebalance callbacks and heartbeats.
             self._consumer.consume(1, timeout=_POLL_S)
         self._read_outcomes()
+        self._flush_outbox()
         self._mark_queued()
         self._redispatch_lost()
         self._mark_queued()
@@ -316,14 +334,26 @@ class Bridge:
         slot = self._gate.slot_for(tp, msg.key())
         item = make_dispatch(msg, envelope, tp, offset, slot, self.settings)
         if self._gate.admit(item.slot, item):
-            self._dispatch(item)
+            self._outbox.append(item)
 
-    def _dispatch(self, item: Dispatch) -> None:
-        if self._send(item):
-            self._pending.setdefault(item.task_id, []).append(item)
-            self._redispatch.dispatched(item.task_id, not_before_s=item.wait_s())
-            self._queued.append(item.task_id)
-            self.stats.dispatched += 1
+    def _flush_outbox(self) -> None:
+        # A refusal dead-letters its record, which may release the key's next one into
+        # the outbox again: loop until it stays empty.
+        while self._outbox:
+            items, self._outbox = self._outbox, []
+            try:
+                refusals = self._publish(items)
+            except StopSending:
+                return  # stopping with the broker down: these stay unsettled, re-read later
+            for item, refused in zip(items, refusals, strict=True):
+                if refused is not None:
+                    # Retrying would stall the partition: the record goes to the DLQ.
+                    self._dead_letter(item.msg, refused, slot=item.slot)
+                    continue
+                self._pending.setdefault(item.task_id, []).append(item)
+                self._redispatch.dispatched(item.task_id, not_before_s=item.wait_s())
+                self._queued.append(item.task_id)
+                self.stats.dispatched += 1
 
     def _mark_queued(self) -> None:
         if not self._queued:
@@ -359,7 +389,7 @@ class Bridge:
         resend, orphans = self._redispatch.due()
         for task_id in resend:
             items = self._pending.get(task_id)
-            if items and self._send(items[0], refusal_to_dlq=False):
+            if items and self._resend(items[0]):
                 log.warning("redispatching %s: no worker holds it", task_id)
                 self._queued.append(task_id)
                 self.stats.redispatched += 1
@@ -385,21 +415,25 @@ class Bridge:
                 )
             )
 
-    def _send(self, item: Dispatch, *, refusal_to_dlq: bool = True) -> bool:
-        """Hand ``item`` to Celery; False if it went to the DLQ or the bridge is stopping."""
+    def _publish(self, items: list[Dispatch]) -> list[DispatchRefused | None]:
+        if self._publisher is None:
+            self._publisher = Publisher(
+                app=self.app, retryable=self._retryable_errors(), stop=self._stop
+            )
+        refusals = self._publisher.publish(items)
+        self.stats.broker_round_trips = self._publisher.round_trips
+        return refusals
+
+    def _resend(self, item: Dispatch) -> bool:
+        """Send a copy of a message Celery took before; False if it was not sent."""
         try:
-            refused = send(self.app, item, retryable=self._retryable_errors(), stop=self._stop)
+            (refused,) = self._publish([item])
         except StopSending:
             return False
-        if refused is None:
-            return True
-        if refusal_to_dlq:
-            # Retrying would stall the partition: the record goes to the DLQ.
-            self._dead_letter(item.msg, refused, slot=item.slot)
-        else:
-            # A copy of a message Celery took before: the original stays pending.
+        if refused is not None:
+            # The original stays pending: its outcome may still come.
             log.error("%s (redispatch of %s)", refused, item.task_id)
-        return False
+        return refused is None
 
     def _backend_state(self, task_id: str) -> BackendState:
         result = self.app.AsyncResult(task_id)
@@ -413,11 +447,19 @@ class Bridge:
 
     def _retryable_errors(self) -> tuple[type[BaseException], ...]:
         if self._retryable is None:
-            from kombu.exceptions import OperationalError
+            from kombu import exceptions
 
             with self.app.connection_for_write() as conn:
                 transport_errors = tuple(conn.connection_errors) + tuple(conn.channel_errors)
-            self._retryable = (OperationalError, ConnectionError, TimeoutError, *transport_errors)
+            # kombu 5.7's publish batch reports a failed pipeline as BatchPublishError.
+            batch = getattr(exceptions, "BatchPublishError", exceptions.OperationalError)
+            self._retryable = (
+                exceptions.OperationalError,
+                batch,
+                ConnectionError,
+                TimeoutError,
+                *transport_errors,
+            )
         return self._retryable
 
     def _dead_letter(
@@ -485,7 +527,7 @@ class Bridge:
         # The key's next record may go now: its predecessor's outcome is final.
         following = self._gate.release(slot)
         if following is not None:
-            self._dispatch(following)
+            self._outbox.append(following)
 
     def _settle(self, tp: TP, offset: int) -> None:
         if self._tracker.settle(tp, offset):

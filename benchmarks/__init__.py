@@ -1,0 +1,1 @@
+"""kafcel's benchmarks: ``make bench`` (``python -m benchmarks.bench``)."""

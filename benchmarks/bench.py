@@ -1,0 +1,321 @@
+"""``make bench``: kafcel against plain Celery and Celery's Kafka transport, one run.
+
+Every figure is the median of ``--repeat`` runs made here, on one machine, against the
+bench's own Tansu and Redis; the ratios compare figures of this same run. ``--quick``
+is a small run, ``--scale`` multiplies every task count (the test suite's smoke run
+uses a tiny one), ``--json`` ends the output with one JSON line holding everything.
+
+    .venv/bin/python -m benchmarks.bench [--quick] [--json] [--repeat N] [--scale F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import measure
+from .report import draw, ratios_of, table, targets_of
+from .rig import BenchRig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    send_task: int
+    kombu: int
+    submit: int
+    dispatch: int
+    e2e: int
+    e2e_kombu: int
+    latency_s: float
+    backlog: int
+
+    def scaled(self, factor: float) -> Sizes:
+        def n(value: int) -> int:
+            return max(int(value * factor), 20)
+
+        return Sizes(
+            send_task=n(self.send_task),
+            kombu=n(self.kombu),
+            submit=n(self.submit),
+            dispatch=n(self.dispatch),
+            e2e=n(self.e2e),
+            e2e_kombu=n(self.e2e_kombu),
+            latency_s=max(self.latency_s * factor, 1.0),
+            backlog=n(self.backlog),
+        )
+
+
+FULL = Sizes(
+    send_task=10_000,
+    kombu=3_000,
+    submit=200_000,
+    dispatch=50_000,
+    e2e=20_000,
+    e2e_kombu=3_000,
+    latency_s=10.0,
+    backlog=1_000_000,
+)
+QUICK = Sizes(
+    send_task=2_000,
+    kombu=500,
+    submit=20_000,
+    dispatch=5_000,
+    e2e=3_000,
+    e2e_kombu=500,
+    latency_s=4.0,
+    backlog=20_000,
+)
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small run (minutes)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every task count")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (W)")
+    parser.add_argument("--backlog", type=int, help="records in the memory run's backlog")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the bridge in one dispatch run"
+    )
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.workers < 1 or not 0 < args.scale <= 100:
+        parser.error("--repeat and --workers must be at least 1, --scale in (0, 100]")
+    if args.backlog is not None and args.backlog < 1:
+        parser.error("--backlog must be at least 1")
+    return args
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gb": round(mem_gb, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+class Runner:
+    """Runs each figure ``repeat`` times with a progress bar; keeps every run."""
+
+    def __init__(self, progress: Progress, repeat: int) -> None:
+        self.progress = progress
+        self.repeat = repeat
+        self.runs: dict[str, list[Any]] = {}
+
+    def rate(self, name: str, total: int, fn: Callable[[measure.Tick], float]) -> float:
+        values = [self.once(name, total, fn, i) for i in range(self.repeat)]
+        return statistics.median(values)
+
+    def once(self, name: str, total: int, fn: Callable[[measure.Tick], Any], index: int) -> Any:
+        label = f"{name} [{index + 1}/{self.repeat}]"
+        task = self.progress.add_task(label, total=total)
+        value = fn(lambda done: self.progress.update(task, completed=done))
+        self.progress.update(task, completed=total, description=f"{label} ✓")
+        self.runs.setdefault(name, []).append(value)
+        return value
+
+
+def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    sizes = (QUICK if args.quick else FULL).scaled(args.scale)
+    if args.backlog:
+        sizes = Sizes(**{**sizes.__dict__, "backlog": args.backlog})
+    w = args.workers
+    out: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": "make bench BENCH_ARGS=" + repr(" ".join(sys.argv[1:])),
+        "sizes": sizes.__dict__,
+        "workers": w,
+        "repeat": args.repeat,
+    }
+    state = Path(tempfile.mkdtemp(prefix="kafcel-bench-"))
+    rig = BenchRig(state_dir=state)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        r = Runner(progress, args.repeat)
+        progress.console.print(f"[dim]bench stack in {state}[/]")
+        rig.up()
+        from .app import app
+
+        try:
+            # -- enqueue: one call per task, as an application submits -----------------
+            enqueue = {
+                "send_task": r.rate(
+                    "enqueue: Celery send_task (Redis)",
+                    sizes.send_task,
+                    lambda t: measure.send_task_rate(app, rig, sizes.send_task, t),
+                ),
+                "kombu_kafka_send_task": r.rate(
+                    "enqueue: Celery send_task (kombu confluentkafka)",
+                    sizes.kombu,
+                    lambda t: measure.kombu_send_rate(rig, sizes.kombu, t),
+                ),
+                "kafcel_submit": r.rate(
+                    "enqueue: kafcel submit",
+                    sizes.submit,
+                    lambda t: measure.submit_rate(rig, sizes.submit, t),
+                ),
+            }
+            out["enqueue"] = enqueue
+            # -- dispatch: Kafka to the Celery broker, no worker ------------------------
+            out["dispatch"] = {
+                "kafcel_bridge": r.rate(
+                    "dispatch: kafcel bridge, no worker",
+                    sizes.dispatch,
+                    lambda t: measure.dispatch_rate(rig, sizes.dispatch, tick=t),
+                ),
+                "send_task": enqueue["send_task"],
+            }
+            if args.profile:
+                path = args.out / "bridge-dispatch-profile.txt"
+                r.once(
+                    "dispatch: profiled",
+                    sizes.dispatch,
+                    lambda t: measure.dispatch_rate(rig, sizes.dispatch, profile=path, tick=t),
+                    0,
+                )
+                out["profile"] = str(path)
+            # -- end to end, and latency on the same workers -----------------------------
+            workers = measure.Workers(rig=rig, app=app, concurrency=w)
+            try:
+                senders = {"kafcel": workers.send_kafcel, "celery": workers.send_celery}
+                e2e = {
+                    system: r.rate(
+                        f"end to end: {system}, W={w}",
+                        sizes.e2e,
+                        lambda t, f=send: measure.e2e_rate(rig, f, sizes.e2e, t),
+                    )
+                    for system, send in senders.items()
+                }
+                top = min(e2e.values())
+                lat: dict[str, Any] = {}
+                for system in ("kafcel", "celery"):
+                    for load in (50, 90):
+                        rate = top * load / 100
+                        points = [
+                            r.once(
+                                f"latency: {system} at {load}% ({rate:.0f}/s)",
+                                int(rate * sizes.latency_s),
+                                lambda t, s=system, q=rate: measure.latency(
+                                    workers, s, rate=q, duration_s=sizes.latency_s, tick=t
+                                ),
+                                i,
+                            )
+                            for i in range(args.repeat)
+                        ]
+                        lat.setdefault(system, {})[str(load)] = {
+                            k: statistics.median(p[k] for p in points) for k in points[0]
+                        }
+            finally:
+                workers.stop()
+            kombu = rig.kombu(f"bench-e2e-kombu-{measure._run()}", concurrency=w)
+            kombu.start_worker()
+            try:
+                e2e["kombu_kafka"] = r.rate(
+                    f"end to end: kombu-kafka, W={w}",
+                    sizes.e2e_kombu,
+                    lambda t: measure.e2e_rate(
+                        rig, measure.kombu_sender(kombu), sizes.e2e_kombu, t
+                    ),
+                )
+            finally:
+                kombu.stop()
+            out["e2e"] = e2e
+            out["latency"] = lat
+            # -- the backlog: raw consume ceiling, then the bridge's memory draining it --
+            task = progress.add_task(
+                f"backlog: writing {sizes.backlog:,} records", total=sizes.backlog
+            )
+            settings = measure.fill(
+                rig,
+                measure._run(),
+                sizes.backlog,
+                tick=lambda done: progress.update(task, completed=done),
+            )
+            progress.update(task, completed=sizes.backlog)
+            out["ceiling"] = {
+                "raw_consume": r.rate(
+                    "ceiling: raw Kafka consume",
+                    sizes.backlog,
+                    lambda t: measure.raw_consume_rate(rig, settings.topic, sizes.backlog),
+                )
+            }
+            out["memory"] = r.once(
+                f"memory: bridge draining {sizes.backlog:,}",
+                sizes.backlog,
+                lambda t: measure.memory(rig, settings, sizes.backlog, concurrency=w, tick=t),
+                0,
+            )
+        finally:
+            rig.down()
+    out["runs"] = r.runs
+    out["ratios"] = ratios_of(out)
+    out["targets"] = {
+        name: {"target": target, "met": ok}
+        for name, (target, ok) in targets_of(out["ratios"]).items()
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    console = Console(stderr=args.json)
+    began = time.monotonic()
+    try:
+        out = run(args, console)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]")
+        return 130
+    except Exception as exc:  # one line, not a traceback: the logs say the rest
+        console.print(f"[red]bench failed:[/] {type(exc).__name__}: {exc}")
+        return 1
+    out["elapsed_s"] = round(time.monotonic() - began, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = args.out / f"bench-{stamp}.json"
+    png = args.out / f"bench-{stamp}.png"
+    out["plot"] = str(png)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    draw(out, png)
+    console.print(table(out))
+    console.print(f"results: {path}\nplot: {png}")
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""One measurement each: a rate (tasks/s), percentiles (ms) or a peak RSS (MB).
+
+Every function sets up what it measures on the rig (its own topic, group, queue and
+tally keys), measures once and tears down; :mod:`benchmarks.bench` repeats and takes
+medians.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from confluent_kafka import Consumer
+
+from kafcel import Producer
+from kafcel.admin import client_config
+from kafcel.chaos.kombu_kafka import KombuKafka
+from kafcel.settings import Settings
+
+from .rig import BenchRig, peak_rss_mb, wait_for
+from .tasks import counter_key, latency_key
+
+__all__ = [
+    "Workers",
+    "dispatch_rate",
+    "e2e_rate",
+    "fill",
+    "kombu_send_rate",
+    "kombu_sender",
+    "latency",
+    "memory",
+    "raw_consume_rate",
+    "send_task_rate",
+    "submit_rate",
+]
+
+Tick = Callable[[int], None]
+
+
+def _run() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def _nothing(_: int) -> None:
+    pass
+
+
+def send_task_rate(app: Celery, rig: BenchRig, n: int, tick: Tick = _nothing) -> float:
+    """Celery's ``send_task`` to the Redis broker, one call per task, as users call it."""
+    run, queue = _run(), f"bench-enqueue-{_run()}"
+    started = time.perf_counter()
+    for i in range(n):
+        app.send_task("bench.noop", args=(run, i), queue=queue)
+        if i % 500 == 0:
+            tick(i)
+    rate = n / (time.perf_counter() - started)
+    rig.broker.delete(queue)
+    return rate
+
+
+def kombu_send_rate(rig: BenchRig, n: int, tick: Tick = _nothing) -> float:
+    """Celery's ``send_task`` through kombu's ``confluentkafka`` transport."""
+    run, queue = _run(), f"bench-kombu-{_run()}"
+    kombu = rig.kombu(queue, concurrency=1)
+    app = kombu._client()
+    app.send_task("bench.noop", args=(run, -1), queue=queue)  # creates the topic
+    started = time.perf_counter()
+    for i in range(n):
+        app.send_task("bench.noop", args=(run, i), queue=queue)
+        if i % 100 == 0:
+            tick(i)
+    return n / (time.perf_counter() - started)
+
+
+def submit_rate(rig: BenchRig, n: int, tick: Tick = _nothing) -> float:
+    """``kafcel.Producer.submit``, one call per task, until Kafka has them all."""
+    run = _run()
+    settings = rig.settings(run)
+    producer = Producer(settings=settings)
+    producer.submit("bench.noop", run, -1, key="warm-up")
+    producer.flush()
+    started = time.perf_counter()
+    for i in range(n):
+        producer.submit("bench.noop", run, i, key=f"user-{i % 1000}")
+        if i % 5000 == 0:
+            tick(i)
+    producer.flush()
+    return n / (time.perf_counter() - started)
+
+
+def fill(rig: BenchRig, run: str, n: int, *, tick: Tick = _nothing) -> Settings:
+    """Write ``n`` task records to a new topic before anything consumes it."""
+    settings = rig.settings(run)
+    producer = Producer(settings=settings)
+    for i in range(n):
+        producer.submit("bench.noop", run, i, key=f"user-{i}")
+        if i % 5000 == 0:
+            tick(i)
+    producer.flush()
+    return settings
+
+
+def dispatch_rate(
+    rig: BenchRig, n: int, *, profile: Path | None = None, tick: Tick = _nothing
+) -> float:
+    """The bridge alone: a backlog of ``n`` records into Celery's Redis queue, no worker.
+
+    Timed from the first message in the queue to the ``n``-th, so the group join is not
+    counted; every record has its own key, so none waits behind another.
+    """
+    run = _run()
+    queue = f"bench-dispatch-{run}"
+    settings = fill(rig, run, n).replace(max_in_flight=n + 1000, drain_timeout_s=1.0)
+    broker = rig.broker
+    bridge = rig.bridge(settings, queue, profile=profile)
+    try:
+        first = wait_for(lambda: broker.llen(queue) > 0, timeout_s=120, what="first dispatch")
+
+        def done() -> bool:
+            count = int(broker.llen(queue))
+            tick(count)
+            return count >= n
+
+        last = wait_for(done, timeout_s=600, what=f"{n} dispatches")
+    finally:
+        # SIGTERM: with no worker nothing settles, so the drain gives up after 1 s; a
+        # profiled bridge must exit by itself to write its report.
+        rig.stop(bridge)
+        broker.delete(queue)
+    # The first LLEN > 0 already holds the first batch: count the rest over the span.
+    return n / max(last - first, 1e-6)
+
+
+@dataclass
+class Workers:
+    """W worker processes on one queue, fed by kafcel's bridge or by ``send_task``."""
+
+    rig: BenchRig
+    app: Celery
+    concurrency: int
+
+    def __post_init__(self) -> None:
+        self.run = _run()
+        self.queue = f"bench-e2e-{self.run}"
+        self.settings = self.rig.settings(self.run)
+        self.worker = self.rig.worker(self.settings, self.queue, concurrency=self.concurrency)
+        self.bridge = self.rig.bridge(self.settings, self.queue)
+        self.producer = Producer(settings=self.settings)
+
+    def stop(self) -> None:
+        self.rig.stop(self.bridge)
+        self.rig.stop(self.worker)
+
+    def send_kafcel(self, run: str, n: int) -> None:
+        for i in range(n):
+            self.producer.submit("bench.noop", run, i, key=f"user-{i % 1000}")
+        self.producer.flush()
+
+    def send_celery(self, run: str, n: int) -> None:
+        for i in range(n):
+            self.app.send_task("bench.noop", args=(run, i), queue=self.queue)
+
+
+def _wait_count(rig: BenchRig, key: str, n: int, tick: Tick, *, timeout_s: float) -> float:
+    tally = rig.tally
+
+    def done() -> bool:
+        count = int(tally.get(key) or 0)
+        tick(count)
+        return count >= n
+
+    return wait_for(done, timeout_s=timeout_s, what=f"{n} tasks done", every_s=0.01)
+
+
+def e2e_rate(
+    rig: BenchRig, send: Callable[[str, int], None], n: int, tick: Tick = _nothing
+) -> float:
+    """``n`` trivial tasks, from the first submit until the last one has run."""
+    run = _run()
+    started = time.monotonic()
+    send(run, n)
+    finished = _wait_count(rig, counter_key(run), n, tick, timeout_s=1800)
+    return n / (finished - started)
+
+
+def kombu_sender(kombu: KombuKafka) -> Callable[[str, int], None]:
+    """``send_task`` through kombu's Kafka transport to a running kombu-kafka worker."""
+
+    def send(run: str, n: int) -> None:
+        app = kombu._client()
+        for i in range(n):
+            app.send_task("bench.noop", args=(run, i), queue=kombu.queue)
+
+    return send
+
+
+def latency(
+    workers: Workers, system: str, *, rate: float, duration_s: float, tick: Tick = _nothing
+) -> dict[str, float]:
+    """Submit-to-start percentiles (ms) of tasks sent at a steady ``rate`` (open loop)."""
+    run = _run()
+    n = max(int(rate * duration_s), 20)
+    interval_s = 1.0 / rate
+    send: Callable[[int], None]
+    if system == "kafcel":
+
+        def send(i: int) -> None:
+            workers.producer.submit("bench.stamp", run, time.time(), key=f"user-{i % 1000}")
+    else:
+
+        def send(i: int) -> None:
+            workers.app.send_task("bench.stamp", args=(run, time.time()), queue=workers.queue)
+
+    started = time.perf_counter()
+    for i in range(n):
+        # Open loop: each task leaves at its slot whatever happened to the previous one.
+        delay = started + i * interval_s - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        send(i)
+        if i % 100 == 0:
+            tick(i)
+    if system == "kafcel":
+        workers.producer.flush()
+    tally = workers.rig.tally
+    wait_for(
+        lambda: int(tally.llen(latency_key(run))) >= n,
+        timeout_s=120,
+        what=f"{n} stamped tasks",
+        every_s=0.05,
+    )
+    delays = sorted(float(x) * 1000 for x in tally.lrange(latency_key(run), 0, -1))
+    return {
+        "rate": rate,
+        "n": n,
+        "p50_ms": _pct(delays, 50),
+        "p95_ms": _pct(delays, 95),
+        "p99_ms": _pct(delays, 99),
+    }
+
+
+def _pct(sorted_values: list[float], pct: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(round(pct / 100 * (len(sorted_values) - 1)), len(sorted_values) - 1)
+    return sorted_values[index]
+
+
+def memory(
+    rig: BenchRig, settings: Settings, backlog: int, *, concurrency: int, tick: Tick = _nothing
+) -> dict[str, Any]:
+    """Bridge peak RSS while a ``backlog`` written by :func:`fill` drains through W
+    workers, the bridge at its default settings (``max_in_flight`` bounds its memory)."""
+    run = settings.topic.removeprefix("bench-")
+    queue = f"bench-memory-{run}"
+    worker = rig.worker(settings, queue, concurrency=concurrency)
+    bridge = rig.bridge(settings, queue)
+    samples: list[float] = []
+    started = time.monotonic()
+    try:
+
+        def sampled(count: int) -> None:
+            tick(count)
+            if not samples or time.monotonic() - started > len(samples) * 0.5:
+                samples.append(peak_rss_mb(bridge.pid))
+
+        finished = _wait_count(rig, counter_key(run), backlog, sampled, timeout_s=7200)
+        peak = peak_rss_mb(bridge.pid)
+    finally:
+        rig.stop(bridge)
+        rig.stop(worker)
+    return {
+        "backlog": backlog,
+        "bridge_peak_rss_mb": peak,
+        "drain_s": finished - started,
+        "drain_rate": backlog / (finished - started),
+        "max_in_flight": settings.max_in_flight,
+    }
+
+
+def raw_consume_rate(rig: BenchRig, topic: str, n: int) -> float:
+    """A bare confluent-kafka consumer reading ``n`` records: the broker's ceiling here."""
+    consumer = Consumer(
+        {
+            **client_config(rig.stack.bootstrap_servers),
+            "group.id": f"bench-raw-{_run()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    count = 0
+    started: float | None = None
+    try:
+        while count < n:
+            msgs = consumer.consume(1000, timeout=1.0)
+            if msgs and started is None:
+                started = time.perf_counter()
+            count += sum(1 for m in msgs if m.error() is None)
+        assert started is not None
+        return n / (time.perf_counter() - started)
+    finally:
+        consumer.close()

@@ -1,0 +1,160 @@
+"""What a bench run shows: the ratios, the targets met or missed, a table and a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+__all__ = ["draw", "markdown", "ratios_of", "table", "targets_of"]
+
+
+def ratios_of(out: dict[str, Any]) -> dict[str, float]:
+    enqueue, dispatch, e2e = out["enqueue"], out["dispatch"], out["e2e"]
+    lat = out["latency"]
+    return {
+        "submit_vs_send_task": round(enqueue["kafcel_submit"] / enqueue["send_task"], 2),
+        "dispatch_vs_send_task": round(dispatch["kafcel_bridge"] / dispatch["send_task"], 2),
+        "e2e_vs_celery": round(e2e["kafcel"] / e2e["celery"], 3),
+        "e2e_vs_kombu_kafka": round(e2e["kafcel"] / e2e["kombu_kafka"], 2),
+        "p99_added_ms": round(lat["kafcel"]["50"]["p99_ms"] - lat["celery"]["50"]["p99_ms"], 1),
+        "bridge_rss_mb": round(out["memory"]["bridge_peak_rss_mb"], 1),
+    }
+
+
+def targets_of(ratios: dict[str, float]) -> dict[str, tuple[str, bool]]:
+    """Issue 4's targets, each with whether this run met it."""
+    r = ratios
+    return {
+        "submit_vs_send_task": (">= 50", r["submit_vs_send_task"] >= 50),
+        "dispatch_vs_send_task": (">= 20", r["dispatch_vs_send_task"] >= 20),
+        "e2e_vs_celery": (">= 0.95", r["e2e_vs_celery"] >= 0.95),
+        "e2e_vs_kombu_kafka": (">= 2", r["e2e_vs_kombu_kafka"] >= 2),
+        "p99_added_ms": ("<= 25", r["p99_added_ms"] <= 25),
+        "bridge_rss_mb": ("<= 150", r["bridge_rss_mb"] <= 150),
+    }
+
+
+def _rows(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(measure, kafcel, baseline(s), ratio) rows of the table."""
+    e, d, e2e, lat = out["enqueue"], out["dispatch"], out["e2e"], out["latency"]
+    ratios = out["ratios"]
+    w = out["workers"]
+    rows = [
+        (
+            "enqueue (tasks/s)",
+            f"submit {e['kafcel_submit']:,.0f}",
+            f"send_task {e['send_task']:,.0f} · kombu-kafka {e['kombu_kafka_send_task']:,.0f}",
+            f"{ratios['submit_vs_send_task']}x send_task",
+        ),
+        (
+            "dispatch, no worker (tasks/s)",
+            f"bridge {d['kafcel_bridge']:,.0f}",
+            f"send_task loop {d['send_task']:,.0f}",
+            f"{ratios['dispatch_vs_send_task']}x send_task",
+        ),
+        (
+            f"end to end, W={w} (tasks/s)",
+            f"{e2e['kafcel']:,.0f}",
+            f"Celery {e2e['celery']:,.0f} · kombu-kafka {e2e['kombu_kafka']:,.0f}",
+            f"{ratios['e2e_vs_celery']}x Celery, {ratios['e2e_vs_kombu_kafka']}x kombu-kafka",
+        ),
+    ]
+    for load in ("50", "90"):
+        k, c = lat["kafcel"][load], lat["celery"][load]
+        rows.append(
+            (
+                f"submit→start at {load}% ({k['rate']:,.0f}/s), p50/p95/p99 ms",
+                f"{k['p50_ms']:.1f} / {k['p95_ms']:.1f} / {k['p99_ms']:.1f}",
+                f"Celery {c['p50_ms']:.1f} / {c['p95_ms']:.1f} / {c['p99_ms']:.1f}",
+                f"p99 +{k['p99_ms'] - c['p99_ms']:.1f} ms",
+            )
+        )
+    m = out["memory"]
+    rows.append(
+        (
+            f"bridge peak RSS, {m['backlog']:,} backlog",
+            f"{m['bridge_peak_rss_mb']:.0f} MB",
+            f"drained at {m['drain_rate']:,.0f}/s",
+            "",
+        )
+    )
+    rows.append(
+        (
+            "ceiling: raw Kafka consume (records/s)",
+            "",
+            f"{out['ceiling']['raw_consume']:,.0f}",
+            "",
+        )
+    )
+    return rows
+
+
+def table(out: dict[str, Any]) -> Table:
+    t = Table(title=f"kafcel bench (medians of {out['repeat']} runs)")
+    for name in ("measure", "kafcel", "baseline", "ratio"):
+        t.add_column(name)
+    for row in _rows(out):
+        t.add_row(*row)
+    for name, verdict in out["targets"].items():
+        met = "[green]met[/]" if verdict["met"] else "[red]missed[/]"
+        t.add_row(f"target {name}", str(out["ratios"][name]), verdict["target"], met)
+    return t
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """The same table as Markdown, for docs/benchmarks.md."""
+    lines = ["| measure | kafcel | baseline | ratio |", "|---|---|---|---|"]
+    lines += [f"| {' | '.join(row)} |" for row in _rows(out)]
+    return "\n".join(lines)
+
+
+def draw(out: dict[str, Any], path: Path) -> None:
+    """Throughputs (log scale) and latency percentiles, side by side, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    e, d, e2e, lat = out["enqueue"], out["dispatch"], out["e2e"], out["latency"]
+    bars = [
+        ("enqueue\nsend_task", e["send_task"], "#999999"),
+        ("enqueue\nkombu-kafka", e["kombu_kafka_send_task"], "#cc8844"),
+        ("enqueue\nkafcel submit", e["kafcel_submit"], "#2266aa"),
+        ("dispatch\nkafcel bridge", d["kafcel_bridge"], "#2266aa"),
+        ("e2e\nCelery", e2e["celery"], "#999999"),
+        ("e2e\nkombu-kafka", e2e["kombu_kafka"], "#cc8844"),
+        ("e2e\nkafcel", e2e["kafcel"], "#2266aa"),
+        ("raw Kafka\nconsume", out["ceiling"]["raw_consume"], "#55aa55"),
+    ]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+    xs = range(len(bars))
+    left.bar(xs, [b[1] for b in bars], color=[b[2] for b in bars])
+    left.set_yscale("log")
+    left.set_xticks(list(xs), [b[0] for b in bars], fontsize=8)
+    left.set_ylabel("tasks/s (log)")
+    left.set_title(f"throughput, W={out['workers']} worker processes")
+    for x, (_, value, _) in zip(xs, bars, strict=True):
+        left.annotate(f"{value:,.0f}", (x, value), ha="center", va="bottom", fontsize=7)
+    labels, width = ["p50", "p95", "p99"], 0.2
+    for i, (system, load, color) in enumerate(
+        [
+            ("celery", "50", "#bbbbbb"),
+            ("kafcel", "50", "#6699cc"),
+            ("celery", "90", "#777777"),
+            ("kafcel", "90", "#224488"),
+        ]
+    ):
+        point = lat[system][load]
+        values = [point[f"{p}_ms"] for p in labels]
+        offsets = [j + (i - 1.5) * width for j in range(3)]
+        right.bar(offsets, values, width, color=color, label=f"{system} at {load}% load")
+    right.set_xticks(range(3), labels)
+    right.set_ylabel("submit → start (ms)")
+    right.set_title("latency")
+    right.legend(fontsize=8)
+    fig.suptitle(f"kafcel bench, {out['machine']['cpus']} cores, {out['started_at']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

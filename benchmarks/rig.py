@@ -1,0 +1,161 @@
+"""The processes a benchmark runs: its own Tansu and Redis, workers and bridges.
+
+Everything runs on one :class:`~kafcel.chaos.rig.ChaosStack` (Tansu and the Celery
+Redis on free ports, plus a second Redis the tasks report to), so the bench never
+touches a Redis or Kafka it did not start. Each measurement gets its own topic, group,
+Celery queue and tally keys.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from kafcel.admin import ensure_topics
+from kafcel.chaos.kombu_kafka import KombuKafka
+from kafcel.chaos.rig import ChaosStack
+from kafcel.chaos.tasks import LEDGER_ENV
+from kafcel.procs import ManagedProcess, bridge_argv, worker_argv
+from kafcel.settings import Settings
+
+__all__ = ["APP", "KOMBU_APP", "PARTITIONS", "BenchRig", "peak_rss_mb", "wait_for"]
+
+APP = "benchmarks.app:app"
+KOMBU_APP = "benchmarks.kombu_app:app"
+PARTITIONS = 4
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for(
+    condition: Callable[[], bool], *, timeout_s: float, what: str, every_s: float = 0.005
+) -> float:
+    """Poll ``condition`` until true; the monotonic time it first held."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if condition():
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout_s:.0f}s")
+        time.sleep(every_s)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+class BenchRig:
+    def __init__(self, *, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.log_dir = state_dir / "logs"
+        self.stack = ChaosStack(state_dir=state_dir)
+        self._procs: list[ManagedProcess] = []
+        self._kombu: list[KombuKafka] = []
+
+    def up(self) -> None:
+        self.stack.up()
+        # Workers import benchmarks.* from the source tree.
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+        )
+        os.environ[LEDGER_ENV] = self.stack.ledger_url
+        os.environ["KAFCEL_REDIS_URL"] = self.stack.redis_url
+
+    def down(self) -> None:
+        for kombu in self._kombu:
+            kombu.stop()
+        for proc in reversed(self._procs):
+            proc.stop(timeout_s=20)
+        self.stack.down()
+
+    @property
+    def tally(self) -> redis.Redis:
+        return redis.Redis.from_url(self.stack.ledger_url)
+
+    @property
+    def broker(self) -> redis.Redis:
+        return redis.Redis.from_url(self.stack.redis_url)
+
+    def settings(self, run: str, **changes: object) -> Settings:
+        """Settings of one measurement: its own topics and group, created now."""
+        s = Settings(
+            bootstrap_servers=self.stack.bootstrap_servers,
+            redis_url=self.stack.redis_url,
+            topic=f"bench-{run}",
+            results_topic=f"bench-{run}-results",
+            dlq_topic=f"bench-{run}-dlq",
+            group_id=f"bench-{run}",
+            partitions=PARTITIONS,
+        ).replace(**changes)
+        ensure_topics(
+            s.bootstrap_servers,
+            {t: PARTITIONS for t in (s.topic, s.results_topic, s.dlq_topic)},
+        )
+        return s
+
+    def env(self, settings: Settings, queue: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAFCEL_")}
+        env.update(settings.as_env())
+        env[LEDGER_ENV] = self.stack.ledger_url
+        env["KAFCEL_BENCH_QUEUE"] = queue
+        return env
+
+    def worker(self, settings: Settings, queue: str, *, concurrency: int) -> ManagedProcess:
+        name = f"w{uuid.uuid4().hex[:6]}"
+        argv = worker_argv(APP, queue=queue, concurrency=concurrency, name=name, log_level="INFO")
+        return self._start(name, argv, settings, queue, " ready.")
+
+    def bridge(
+        self, settings: Settings, queue: str, *, profile: Path | None = None
+    ) -> ManagedProcess:
+        argv = bridge_argv(APP, log_level="INFO")
+        if profile is not None:
+            # pyinstrument samples the bridge's own process and writes when it exits.
+            argv = [sys.executable, "-m", "pyinstrument", "-o", str(profile), "-m", *argv[2:]]
+        proc = self._start(f"bridge-{settings.group_id}", argv, settings, queue, "bridge started")
+        # Timed runs start once the bridge holds its partitions, not during the join.
+        proc.wait_for_log("assigned: [(", timeout_s=120)
+        return proc
+
+    def _start(
+        self, name: str, argv: list[str], settings: Settings, queue: str, ready: str
+    ) -> ManagedProcess:
+        proc = ManagedProcess(
+            name=name,
+            argv=argv,
+            env=self.env(settings, queue),
+            log_path=self.log_dir / f"{name}.log",
+        )
+        self._procs.append(proc.start())
+        proc.wait_for_log(ready, timeout_s=60)
+        return proc
+
+    def stop(self, proc: ManagedProcess, *, kill: bool = False) -> None:
+        if kill:
+            proc.signal(signal.SIGKILL, group=True)
+        proc.stop(timeout_s=30)
+        if proc in self._procs:
+            self._procs.remove(proc)
+
+    def kombu(self, queue: str, *, concurrency: int) -> KombuKafka:
+        kombu = KombuKafka(
+            bootstrap_servers=self.stack.bootstrap_servers,
+            redis_url=self.stack.redis_url,
+            ledger_url=self.stack.ledger_url,
+            queue=queue,
+            log_dir=self.log_dir,
+            concurrency=concurrency,
+            app=KOMBU_APP,
+        )
+        self._kombu.append(kombu)
+        return kombu
