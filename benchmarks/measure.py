@@ -20,6 +20,7 @@ from confluent_kafka import Consumer
 from kafcel import Producer
 from kafcel.admin import client_config
 from kafcel.chaos.kombu_kafka import KombuKafka
+from kafcel.procs import ManagedProcess
 from kafcel.settings import Settings
 
 from .rig import BenchRig, peak_rss_mb, wait_for
@@ -138,7 +139,11 @@ def dispatch_rate(
 
 @dataclass
 class Workers:
-    """W worker processes on one queue, fed by kafcel's bridge or by ``send_task``."""
+    """W worker processes on one queue, fed by kafcel's bridge or by ``send_task``.
+
+    The bridge runs only while kafcel is measured: plain Celery's figures must not pay
+    for an idle bridge and its polls of Kafka.
+    """
 
     rig: BenchRig
     app: Celery
@@ -149,19 +154,30 @@ class Workers:
         self.queue = f"bench-e2e-{self.run}"
         self.settings = self.rig.settings(self.run)
         self.worker = self.rig.worker(self.settings, self.queue, concurrency=self.concurrency)
-        self.bridge = self.rig.bridge(self.settings, self.queue)
+        self.bridge: ManagedProcess | None = None
         self.producer = Producer(settings=self.settings)
 
+    def start_bridge(self) -> None:
+        if self.bridge is None:
+            self.bridge = self.rig.bridge(self.settings, self.queue)
+
+    def stop_bridge(self) -> None:
+        if self.bridge is not None:
+            self.rig.stop(self.bridge)
+            self.bridge = None
+
     def stop(self) -> None:
-        self.rig.stop(self.bridge)
+        self.stop_bridge()
         self.rig.stop(self.worker)
 
     def send_kafcel(self, run: str, n: int) -> None:
+        self.start_bridge()
         for i in range(n):
             self.producer.submit("bench.noop", run, i, key=f"user-{i % 1000}")
         self.producer.flush()
 
     def send_celery(self, run: str, n: int) -> None:
+        self.stop_bridge()
         for i in range(n):
             self.app.send_task("bench.noop", args=(run, i), queue=self.queue)
 
@@ -208,10 +224,12 @@ def latency(
     interval_s = 1.0 / rate
     send: Callable[[int], None]
     if system == "kafcel":
+        workers.start_bridge()
 
         def send(i: int) -> None:
             workers.producer.submit("bench.stamp", run, time.time(), key=f"user-{i % 1000}")
     else:
+        workers.stop_bridge()
 
         def send(i: int) -> None:
             workers.app.send_task("bench.stamp", args=(run, time.time()), queue=workers.queue)

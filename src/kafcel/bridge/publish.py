@@ -1,25 +1,41 @@
 """Hand a batch of records to Celery's broker in one round trip.
 
-Each task is built and published by Celery's own code (``app.amqp.create_task_message``
-and ``send_task_message``: routing, ``task_routes``, the ``before_task_publish`` and
-``after_task_publish`` signals, protocol 2), so it stays one ordinary Celery message per
-task that workers, Flower and ``celery inspect`` see as such. What ``send_task`` adds and
-the bridge leaves out is a broker round trip per task: inside ``Producer.batch()``
-(kombu 5.7) the Redis transport pipelines a whole batch's LPUSHes into one request, and
-the result backend's ``on_task_call`` is skipped, which on Redis subscribes to every task's
-result channel; the bridge never waits on a result, so those subscriptions would only pile
-up.
+Every task stays one ordinary Celery message (protocol 2, built by Celery's own
+``as_task_v2`` and routed by its router, ``task_routes`` included) that workers, Flower and
+``celery inspect`` see as such. What ``send_task`` adds and the bridge leaves out is a
+broker round trip per task, and the result backend's ``on_task_call``, which on Redis
+subscribes to every task's result channel: the bridge never waits on a result, so those
+subscriptions would only pile up.
+
+Two ways to the broker:
+
+* **Redis** (the common case): the batch's messages are written by one pipelined LPUSH
+  request on kombu's own client, in the exact format kombu's Redis transport writes
+  (``tests/test_publish.py`` compares the two), to the list kombu would choose (priority
+  steps, key prefix). Taken only when nothing in the process listens to the publish
+  signals and the queue is a plain direct one; otherwise:
+* **any transport**: Celery's ``send_task_message`` for each task inside kombu's
+  ``Producer.batch()``, which pipelines on Redis (kombu 5.7) and publishes at once
+  elsewhere; the publish signals fire as with ``send_task``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
+from kombu import exceptions
+from kombu.entity import maybe_delivery_mode
 
 from ..celery import HEADER
 from ..errors import BrokerError, DispatchRefused
@@ -38,15 +54,35 @@ class Publisher:
         self,
         *,
         app: Celery,
-        retryable: tuple[type[BaseException], ...],
         stop: threading.Event,
     ) -> None:
         if not isinstance(app, Celery):
             raise TypeError("app must be a Celery app")
         self.app = app
-        self._retryable = retryable
         self._stop = stop
         self.round_trips = 0
+        conf = app.conf
+        with app.connection_for_write() as conn:
+            redis = conn.transport.driver_type == "redis"
+            transport_errors = tuple(conn.connection_errors) + tuple(conn.channel_errors)
+        # What means "the broker is not reachable now" rather than "this record is bad".
+        self._retryable: tuple[type[BaseException], ...] = (
+            exceptions.OperationalError,
+            # kombu 5.7's publish batch reports a failed pipeline so.
+            getattr(exceptions, "BatchPublishError", exceptions.OperationalError),
+            ConnectionError,
+            TimeoutError,
+            *transport_errors,
+        )
+        # What would make kombu's publish do more than one LPUSH per message.
+        self._redis = (
+            redis
+            and int(conf.task_protocol) == 2
+            and not conf.task_send_sent_event
+            and not conf.task_compression
+        )
+        self._origin = f"kafcel-bridge@{socket.gethostname()}:{os.getpid()}"
+        self._delivery_mode = maybe_delivery_mode(conf.task_default_delivery_mode)  # type: ignore[no-untyped-call]
 
     def publish(self, items: Sequence[Dispatch]) -> list[DispatchRefused | None]:
         """Send ``items`` in order; per item None once Celery has it, else why it refused.
@@ -99,8 +135,14 @@ class Publisher:
             expires=item.expires,
             reply_to=app.thread_oid,
             create_sent_event=app.conf.task_send_sent_event,
-            ignore_result=app.conf.task_ignore_result,
+            # None, as send_task sends it: the worker applies the task's own setting.
+            ignore_result=None,
+            origin=self._origin,
         )
+        if item.expires is not None:
+            # As send_task does: the broker may drop the message once it has expired.
+            left_s = (item.expires - datetime.now(UTC)).total_seconds()
+            options["expiration"] = max(left_s, 0.0)
         options["serializer"] = "json"
         return message, options
 
@@ -109,6 +151,12 @@ class Publisher:
         refused: dict[int, DispatchRefused] = {}
         amqp = self.app.amqp
         with self.app.producer_or_acquire() as producer:
+            if self._redis and not _publish_listeners():
+                fast = [p for p in prepared if _plain_direct(p[3], producer.channel)]
+                if len(fast) == len(prepared):
+                    _lpush_all(producer.channel, fast, self._delivery_mode)
+                    self.round_trips += 1
+                    return refused
             batch = getattr(producer, "batch", None)  # kombu >= 5.7
             scope = batch(max_size=4 * len(prepared) + 8) if batch else contextlib.nullcontext()
             with scope:
@@ -121,6 +169,52 @@ class Publisher:
                         refused[index] = _refused(exc)
         self.round_trips += 1
         return refused
+
+
+def _publish_listeners() -> bool:
+    """Whether anything (tracing, Sentry) hooks the publish: then Celery must publish."""
+    return bool(
+        signals.before_task_publish.receivers
+        or signals.after_task_publish.receivers
+        or signals.task_sent.receivers
+    )
+
+
+def _plain_direct(options: dict[str, Any], channel: Any) -> bool:
+    """A direct queue without per-queue expiry, routed by name (the anon exchange)."""
+    queue = options.get("queue")
+    if queue is None or isinstance(queue, str) or options.get("exchange") is not None:
+        return False
+    return bool(queue.exchange.type == "direct" and queue.name not in (channel._expires or {}))
+
+
+def _lpush_all(channel: Any, prepared: list[_Prepared], delivery_mode: int) -> None:
+    """What kombu's Redis ``_put`` writes for each message, in one pipelined request."""
+    pipe = channel.client.pipeline(transaction=False)
+    for _, _, message, options in prepared:
+        headers, properties, body, _ = message
+        headers.update(options["headers"])
+        queue = options["queue"].name
+        priority = options.get("priority") or channel.default_priority
+        payload = json.dumps(body).encode("utf-8")
+        wire = {
+            "body": base64.b64encode(payload).decode("ascii"),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": {
+                **properties,
+                "delivery_mode": delivery_mode,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": priority,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+        if "expiration" in options:  # kombu's Producer.publish: a TTL in milliseconds
+            wire["properties"]["expiration"] = str(int(options["expiration"] * 1000))
+        pipe.lpush(channel._q_for_pri(queue, priority), json.dumps(wire))
+    pipe.execute()
 
 
 def _refused(exc: Exception) -> DispatchRefused:

@@ -132,7 +132,6 @@ class Bridge:
         self._paused = False
         self._joined = False
         self._assignment_changed = False
-        self._retryable: tuple[type[BaseException], ...] | None = None
         app.loader.import_default_modules()
         app.finalize(auto=True)
         self._filter = TaskFilter(
@@ -417,9 +416,7 @@ class Bridge:
 
     def _publish(self, items: list[Dispatch]) -> list[DispatchRefused | None]:
         if self._publisher is None:
-            self._publisher = Publisher(
-                app=self.app, retryable=self._retryable_errors(), stop=self._stop
-            )
+            self._publisher = Publisher(app=self.app, stop=self._stop)
         refusals = self._publisher.publish(items)
         self.stats.broker_round_trips = self._publisher.round_trips
         return refusals
@@ -444,23 +441,6 @@ class Bridge:
             state=state,
             error_class=type(error).__name__ if isinstance(error, BaseException) else None,
         )
-
-    def _retryable_errors(self) -> tuple[type[BaseException], ...]:
-        if self._retryable is None:
-            from kombu import exceptions
-
-            with self.app.connection_for_write() as conn:
-                transport_errors = tuple(conn.connection_errors) + tuple(conn.channel_errors)
-            # kombu 5.7's publish batch reports a failed pipeline as BatchPublishError.
-            batch = getattr(exceptions, "BatchPublishError", exceptions.OperationalError)
-            self._retryable = (
-                exceptions.OperationalError,
-                batch,
-                ConnectionError,
-                TimeoutError,
-                *transport_errors,
-            )
-        return self._retryable
 
     def _dead_letter(
         self,

@@ -1,0 +1,156 @@
+"""The bridge's batched publish writes exactly what Celery's send_task writes (real Redis).
+
+Workers running these messages is what every pipeline test checks; here the bytes in
+Redis are compared with Celery's own, field by field, for both of the publisher's paths.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery, signals
+
+from kafcel.bridge.dispatch import Dispatch
+from kafcel.bridge.publish import Publisher
+from kafcel.celery import HEADER
+from kafcel.devstack import DevStack
+from kafcel.envelope import Envelope
+from kafcel.results import Origin
+
+pytestmark = pytest.mark.timeout(60)
+
+DB = 7
+
+
+@pytest.fixture()
+def app(stack: DevStack) -> Iterator[Celery]:
+    app = Celery("publish-test", broker=f"{stack.redis_url.rsplit('/', 1)[0]}/{DB}")
+    app.conf.task_default_queue = f"pub-{uuid.uuid4().hex[:8]}"
+    yield app
+    app.close()
+
+
+@pytest.fixture()
+def client(stack: DevStack) -> redis.Redis:
+    return redis.Redis.from_url(f"{stack.redis_url.rsplit('/', 1)[0]}/{DB}")
+
+
+def _item(envelope: Envelope, *, eta: datetime | None = None) -> Dispatch:
+    origin = Origin(topic="t", partition=0, offset=1, key="user-1", results_topic="r")
+    return Dispatch(
+        envelope=envelope,
+        task_id=str(uuid.uuid4()),
+        origin=origin,
+        tp=("t", 0),
+        offset=1,
+        slot=None,
+        msg=None,  # type: ignore[arg-type]
+        eta=eta,
+        expires=envelope.expires if isinstance(envelope.expires, datetime) else None,
+    )
+
+
+def _publisher(app: Celery) -> Publisher:
+    return Publisher(app=app, stop=threading.Event())
+
+
+def _normal(raw: bytes) -> dict[str, Any]:
+    """A message as a worker reads it, minus what differs per send by design."""
+    message = json.loads(raw)
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    del message["properties"]["delivery_tag"]
+    del message["headers"]["origin"]
+    # A TTL in ms, computed at each send: the same to within the test's duration.
+    if "expiration" in message["properties"]:
+        ttl_s = int(message["properties"].pop("expiration")) / 1000
+        message["ttl_hours"] = round(ttl_s / 3600)
+    return message
+
+
+def _celery_copy(app: Celery, item: Dispatch) -> None:
+    e = item.envelope
+    app.send_task(
+        e.task,
+        args=list(e.args),
+        kwargs=dict(e.kwargs),
+        task_id=item.task_id,
+        eta=item.eta,
+        expires=item.expires,
+        priority=e.priority,
+        queue=e.queue,
+        serializer="json",
+        headers={HEADER: item.origin.to_header()},
+    )
+
+
+CASES = {
+    "plain": (Envelope(task="shop.order", args=(1, "two"), kwargs={"k": [1, 2.5, None]}), None),
+    "unicode": (Envelope(task="shop.order", args=("é ✓ 😀",), kwargs={"name": "Zoë"}), None),
+    "eta and expiry": (
+        Envelope(task="shop.later", expires=datetime(2030, 1, 1, tzinfo=UTC)),
+        datetime.now(UTC) + timedelta(seconds=30),
+    ),
+    "priority": (Envelope(task="shop.urgent", priority=7), None),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("hooked", [False, True], ids=["redis-pipeline", "celery-publish"])
+def test_batched_publish_writes_what_send_task_writes(
+    app: Celery, client: redis.Redis, case: str, hooked: bool
+) -> None:
+    envelope, eta = CASES[case]
+    queue = f"pub-{uuid.uuid4().hex[:8]}"
+    envelope = Envelope(**{**envelope.__dict__, "queue": queue})
+    items = [_item(envelope, eta=eta) for _ in range(3)]
+    seen: list[str] = []
+
+    def hook(sender: str, **_: Any) -> None:
+        seen.append(sender)
+
+    if hooked:  # a tracing library listening: the publisher must go through Celery
+        signals.before_task_publish.connect(hook, weak=False)
+    try:
+        publisher = _publisher(app)
+        assert publisher.publish(items) == [None, None, None]
+    finally:
+        signals.before_task_publish.disconnect(hook)
+    assert publisher.round_trips == 1
+    assert seen == ([envelope.task] * 3 if hooked else [])
+    # kombu's Redis transport keeps a list per priority step (0, 3, 6, 9).
+    step = max(s for s in (0, 3, 6, 9) if s <= (envelope.priority or 0))
+    key = f"{queue}\x06\x16{step}" if step else queue
+    ours = [_normal(raw) for raw in client.lrange(key, 0, -1)]
+    client.delete(key)
+    for item in items:
+        _celery_copy(app, item)
+    theirs = [_normal(raw) for raw in client.lrange(key, 0, -1)]
+    client.delete(key)
+    assert len(ours) == 3
+    assert [_diff(a, b) for a, b in zip(ours, theirs, strict=True)] == [[]] * 3
+
+
+def test_a_record_celery_cannot_build_is_refused_alone(app: Celery, client: redis.Redis) -> None:
+    queue = f"pub-{uuid.uuid4().hex[:8]}"
+    good = _item(Envelope(task="shop.order", queue=queue))
+    bad = _item(Envelope(task="shop.order", queue=queue))
+    object.__setattr__(bad, "eta", object())  # not a datetime: Celery cannot format it
+    refusals = _publisher(app).publish([good, bad, good])
+    assert refusals[0] is None and refusals[2] is None
+    assert refusals[1] is not None and "Celery refused the task" in str(refusals[1])
+    assert client.llen(queue) == 2
+    client.delete(queue)
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in a.keys() | b.keys() for d in _diff(a.get(k), b.get(k), f"{path}.{k}")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
