@@ -5,9 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_ARGS ?=
 CHAOS_ARGS ?=
+BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: all venv setup lint format test demo chaos dev-up dev-down clean
+.PHONY: all venv setup lint format test demo chaos bench dev-up dev-down clean
 
 all: test
 
@@ -48,6 +49,11 @@ demo: setup
 # per scenario by default. Example: make chaos CHAOS_ARGS="--tasks 1000 --only poison"
 chaos: setup
 	$(BIN)/kafcel chaos $(CHAOS_ARGS)
+
+# kafcel against plain Celery and Celery's Kafka transport, on its own Tansu and Redis
+# (docs/benchmarks.md). Examples: make bench BENCH_ARGS="--quick"; BENCH_ARGS="--json --docs"
+bench: setup
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 dev-up: setup
 	$(BIN)/kafcel dev up

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 from celery import Celery
 from confluent_kafka import Consumer
 
@@ -23,7 +24,7 @@ from kafcel.chaos.kombu_kafka import KombuKafka
 from kafcel.procs import ManagedProcess
 from kafcel.settings import Settings
 
-from .rig import BenchRig, peak_rss_mb, wait_for
+from .rig import BenchRig, cpu_s, peak_rss_mb, processes, wait_for
 from .tasks import counter_key, latency_key
 
 __all__ = [
@@ -170,6 +171,9 @@ class Workers:
         self.stop_bridge()
         self.rig.stop(self.worker)
 
+    def processes(self) -> dict[str, psutil.Process]:
+        return processes(self.rig, worker=self.worker, bridge=self.bridge)
+
     def send_kafcel(self, run: str, n: int) -> None:
         self.start_bridge()
         for i in range(n):
@@ -194,13 +198,30 @@ def _wait_count(rig: BenchRig, key: str, n: int, tick: Tick, *, timeout_s: float
 
 
 def e2e_rate(
-    rig: BenchRig, send: Callable[[str, int], None], n: int, tick: Tick = _nothing
+    rig: BenchRig,
+    send: Callable[[str, int], None],
+    n: int,
+    tick: Tick = _nothing,
+    *,
+    watch: Callable[[], dict[str, psutil.Process]] | None = None,
+    cpu: dict[str, float] | None = None,
 ) -> float:
-    """``n`` trivial tasks, from the first submit until the last one has run."""
+    """``n`` trivial tasks, from the first submit until the last one has run.
+
+    With ``watch`` and ``cpu``, ``cpu`` receives the CPU microseconds per task each
+    watched process spent meanwhile: on a machine whose cores the workers, the broker
+    and the bridge share, that is where a lower rate comes from.
+    """
     run = _run()
+    procs = watch() if watch is not None else {}
+    before = cpu_s(procs)
     started = time.monotonic()
     send(run, n)
     finished = _wait_count(rig, counter_key(run), n, tick, timeout_s=1800)
+    if cpu is not None:
+        after = cpu_s(procs)
+        cpu.clear()
+        cpu.update({k: round((after[k] - before[k]) / n * 1e6) for k in procs})
     return n / (finished - started)
 
 

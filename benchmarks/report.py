@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-__all__ = ["draw", "markdown", "ratios_of", "table", "targets_of"]
+__all__ = ["cpu_table", "draw", "markdown", "ratios_of", "table", "targets_of", "write_docs"]
 
 
 def ratios_of(out: dict[str, Any]) -> dict[str, float]:
@@ -103,11 +105,59 @@ def table(out: dict[str, Any]) -> Table:
     return t
 
 
+def _cpu_rows(out: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(process, kafcel µs/task, Celery µs/task) from the end-to-end runs."""
+    cpu = out.get("e2e_cpu_us_per_task") or {}
+    kafcel, celery = cpu.get("kafcel", {}), cpu.get("celery", {})
+    names = sorted(kafcel.keys() | celery.keys())
+    rows = [(n, str(kafcel.get(n, "")), str(celery.get(n, ""))) for n in names]
+    rows.append(("total", str(sum(kafcel.values())), str(sum(celery.values()))))
+    return rows
+
+
+def cpu_table(out: dict[str, Any]) -> Table:
+    t = Table(title="CPU per task during end to end (µs, last run)")
+    for name in ("process", "kafcel", "Celery"):
+        t.add_column(name)
+    for row in _cpu_rows(out):
+        t.add_row(*row)
+    return t
+
+
 def markdown(out: dict[str, Any]) -> str:
-    """The same table as Markdown, for docs/benchmarks.md."""
-    lines = ["| measure | kafcel | baseline | ratio |", "|---|---|---|---|"]
+    """The run as Markdown for docs/benchmarks.md: machine, command, tables, JSON."""
+    m = out["machine"]
+    lines = [
+        f"Run {out['started_at']} on {m['cpus']} cores ({m['cpu']}), {m['memory_gb']} GiB, "
+        f"Python {m['python']}, {m['platform']}; {out['elapsed_s']:.0f} s in all.",
+        "",
+        f"Command: `{out['command']}` (medians of {out['repeat']} runs each).",
+        "",
+        "| measure | kafcel | baseline | ratio |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {' | '.join(row)} |" for row in _rows(out)]
+    lines += ["", "| target | this run | wanted | |", "|---|---|---|---|"]
+    for name, verdict in out["targets"].items():
+        met = "met" if verdict["met"] else "**missed**"
+        lines.append(f"| {name} | {out['ratios'][name]} | {verdict['target']} | {met} |")
+    lines += ["", "| CPU per task, end to end (µs) | kafcel | Celery |", "|---|---|---|"]
+    lines += [f"| {' | '.join(row)} |" for row in _cpu_rows(out)]
+    ratios = json.dumps({"ratios": out["ratios"]})
+    lines += ["", "The `ratios` of the last JSON line:", "", "```json", ratios, "```"]
     return "\n".join(lines)
+
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def write_docs(out: dict[str, Any], png: Path, doc: Path) -> None:
+    """Put this run's figures between the markers of ``doc``, its plot beside it."""
+    shutil.copyfile(png, doc.parent / "benchmarks.png")
+    text = doc.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    doc.write_text(f"{head}{BEGIN}\n{markdown(out)}\n{END}{tail}")
 
 
 def draw(out: dict[str, Any], path: Path) -> None:

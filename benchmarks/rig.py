@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import redis
 
 from kafcel.admin import ensure_topics
@@ -25,7 +26,16 @@ from kafcel.chaos.tasks import LEDGER_ENV
 from kafcel.procs import ManagedProcess, bridge_argv, worker_argv
 from kafcel.settings import Settings
 
-__all__ = ["APP", "KOMBU_APP", "PARTITIONS", "BenchRig", "peak_rss_mb", "wait_for"]
+__all__ = [
+    "APP",
+    "KOMBU_APP",
+    "PARTITIONS",
+    "BenchRig",
+    "cpu_s",
+    "peak_rss_mb",
+    "processes",
+    "wait_for",
+]
 
 APP = "benchmarks.app:app"
 KOMBU_APP = "benchmarks.kombu_app:app"
@@ -44,6 +54,41 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not happen within {timeout_s:.0f}s")
         time.sleep(every_s)
+
+
+def processes(rig: BenchRig, **named: ManagedProcess | None) -> dict[str, psutil.Process]:
+    """The processes that share the machine's cores during a measurement, by role."""
+    found = {"bench (submitter)": psutil.Process()}
+    for name, proc in named.items():
+        if proc is not None and proc.alive():
+            main = psutil.Process(proc.pid)
+            found[name] = main
+            for i, child in enumerate(main.children(recursive=True)):
+                found[f"{name} child {i}"] = child
+    ports = {
+        "tansu": rig.stack.devstack.kafka_port,
+        "redis (broker)": rig.stack.devstack.redis_port,
+        "redis (tally)": rig.stack.ledger.redis_port,
+    }
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        for name, port in ports.items():
+            binary = "tansu" if name == "tansu" else "redis-server"
+            if binary in cmd and (f":{port}" in cmd or f"--port {port}" in cmd):
+                found[name] = p
+    return found
+
+
+def cpu_s(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    """User + system CPU seconds each process has used so far."""
+    out = {}
+    for name, p in procs.items():
+        try:
+            times = p.cpu_times()
+            out[name] = times.user + times.system
+        except psutil.NoSuchProcess:
+            out[name] = 0.0
+    return out
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -30,6 +30,8 @@ from .settings import Settings
 
 __all__ = ["Producer"]
 
+_POLL_EVERY = 64
+
 _DEFAULTS = {
     "enable.idempotence": True,
     "acks": "all",
@@ -74,6 +76,7 @@ class Producer:
             raise ConfigError(f"invalid Kafka producer configuration: {exc}") from exc
         self._lock = threading.Lock()
         self._failures: list[tuple[str, str]] = []
+        self._queued = 0
         self.delivered = 0
 
     def submit(
@@ -132,7 +135,11 @@ class Producer:
                 self._producer.poll(0.1)
             except KafkaException as exc:
                 raise KafkaError(f"could not queue task {envelope.task!r}: {exc}") from exc
-        self._producer.poll(0)
+        self._queued += 1
+        if self._queued % _POLL_EVERY == 0:
+            # Serve delivery reports now and then; each poll costs about as much as a
+            # produce, and flush() serves the rest.
+            self._producer.poll(0)
 
     def _on_delivery(self, err: Any, msg: Message) -> None:
         with self._lock:

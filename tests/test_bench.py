@@ -1,0 +1,55 @@
+"""``make bench`` still runs: a tiny run through the real CLI, figures present (not judged).
+
+The values belong to the full run (docs/benchmarks.md); here only that every figure and
+ratio is measured, the results file and the plot are written, and the last line is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RATIOS = {
+    "submit_vs_send_task",
+    "dispatch_vs_send_task",
+    "e2e_vs_celery",
+    "e2e_vs_kombu_kafka",
+    "p99_added_ms",
+    "bridge_rss_mb",
+}
+
+
+@pytest.mark.timeout(600)
+def test_a_tiny_bench_measures_every_figure(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "benchmarks.bench", "--quick", "--scale", "0.02"]
+    argv += ["--repeat", "1", "--json", "--out", str(tmp_path)]
+    done = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=560, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(out["ratios"]) == RATIOS
+    assert all(math.isfinite(v) for v in out["ratios"].values()), out["ratios"]
+    for section, names in {
+        "enqueue": ("send_task", "kombu_kafka_send_task", "kafcel_submit"),
+        "dispatch": ("kafcel_bridge", "send_task"),
+        "e2e": ("kafcel", "celery", "kombu_kafka"),
+        "ceiling": ("raw_consume",),
+    }.items():
+        for name in names:
+            assert out[section][name] > 0, (section, name)
+    for system in ("kafcel", "celery"):
+        for load in ("50", "90"):
+            point = out["latency"][system][load]
+            assert 0 <= point["p50_ms"] <= point["p95_ms"] <= point["p99_ms"]
+    assert out["memory"]["bridge_peak_rss_mb"] > 0
+    assert set(out["targets"]) == RATIOS
+    assert len(list(tmp_path.glob("bench-*.json"))) == 1
+    png = next(tmp_path.glob("bench-*.png"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
