@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -303,8 +304,16 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return out
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    # SIGTERM (and SIGINT, even when started in the background with it ignored) stop the
+    # run through the same path as Ctrl-C: everything the bench started is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     console = Console(stderr=args.json)
     began = time.monotonic()
     try:

@@ -7,6 +7,7 @@ Redis are compared with Celery's own, field by field, for both of the publisher'
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import threading
 import uuid
@@ -99,6 +100,9 @@ CASES = {
         datetime.now(UTC) + timedelta(seconds=30),
     ),
     "priority": (Envelope(task="shop.urgent", priority=7), None),
+    # Past Celery's repr limits (3 levels, 1024 characters): its saferepr shortens them.
+    "deep": (Envelope(task="shop.deep", args=([[[[1]]]], {"a": {"b": {"c": [1]}}})), None),
+    "long": (Envelope(task="shop.long", args=("x" * 3000,), kwargs={"k": ["y"] * 400}), None),
 }
 
 
@@ -148,6 +152,12 @@ def test_a_record_celery_cannot_build_is_refused_alone(app: Celery, client: redi
     assert refusals[1] is not None and "Celery refused the task" in str(refusals[1])
     assert client.llen(queue) == 2
     client.delete(queue)
+
+
+def test_origin_header_holds_every_field() -> None:
+    origin = Origin(topic="t", partition=2, offset=9, key="k", trace_id="x", headers={"a": 1})
+    assert origin.to_header() == dataclasses.asdict(origin)
+    assert Origin.from_header(origin.to_header()) == origin
 
 
 def _diff(a: Any, b: Any, path: str = "") -> list[str]:

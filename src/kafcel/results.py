@@ -38,7 +38,17 @@ class Origin:
     headers: dict[str, Any] = field(default_factory=dict)
 
     def to_header(self) -> dict[str, Any]:
-        return asdict(self)
+        # By hand: dataclasses.asdict deep-copies, a cost per dispatched task.
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "key": self.key,
+            "results_topic": self.results_topic,
+            "dlq_topic": self.dlq_topic,
+            "trace_id": self.trace_id,
+            "headers": dict(self.headers),
+        }
 
     @classmethod
     def from_header(cls, raw: Any) -> Origin | None:

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, signals
+from celery.utils.saferepr import saferepr
 from kombu import exceptions
 from kombu.entity import maybe_delivery_mode
 
@@ -82,6 +83,18 @@ class Publisher:
             and not conf.task_compression
         )
         self._origin = f"kafcel-bridge@{socket.gethostname()}:{os.getpid()}"
+        # Read once: app.conf lookups cost microseconds each, per task.
+        # app.amqp is a locked cached_property: fetched once, not per task.
+        self._amqp = app.amqp
+        self._router = self._amqp.router
+        self._default_queue = app.amqp.queues[conf.task_default_queue]
+        self._reply_to = app.thread_oid
+        self._sent_event = bool(conf.task_send_sent_event)
+        self._repr_max = (
+            int(app.amqp.argsrepr_maxsize),
+            int(app.amqp.kwargsrepr_maxsize),
+            int(conf.task_repr_maxlevels),
+        )
         self._delivery_mode = maybe_delivery_mode(conf.task_default_delivery_mode)  # type: ignore[no-untyped-call]
 
     def publish(self, items: Sequence[Dispatch]) -> list[DispatchRefused | None]:
@@ -117,27 +130,34 @@ class Publisher:
 
     def _build(self, item: Dispatch) -> tuple[Any, dict[str, Any]]:
         """Celery's message for ``item`` and the options ``send_task_message`` takes."""
-        app, envelope = self.app, item.envelope
+        envelope = item.envelope
         args, kwargs = list(envelope.args), dict(envelope.kwargs)
         options: dict[str, Any] = {"headers": {HEADER: item.origin.to_header()}}
         if envelope.queue is not None:
             options["queue"] = envelope.queue
         if envelope.priority is not None:
             options["priority"] = envelope.priority
-        # task_routes and the default queue, exactly as send_task resolves them.
-        options = app.amqp.router.route(options, envelope.task, args, kwargs)
-        message = app.amqp.create_task_message(
+        if self._router.routes or "queue" in options:
+            # task_routes and the default queue, exactly as send_task resolves them.
+            options = self._router.route(options, envelope.task, args, kwargs)
+        else:
+            options["queue"] = self._default_queue
+        args_max, kwargs_max, levels = self._repr_max
+        message = self._amqp.create_task_message(
             item.task_id,
             envelope.task,
             args,
             kwargs,
             eta=item.eta,
             expires=item.expires,
-            reply_to=app.thread_oid,
-            create_sent_event=app.conf.task_send_sent_event,
+            reply_to=self._reply_to,
+            create_sent_event=self._sent_event,
             # None, as send_task sends it: the worker applies the task's own setting.
             ignore_result=None,
             origin=self._origin,
+            # Celery shows no args as "()" (its `args or ()`).
+            argsrepr=_display(args or (), args_max, levels),
+            kwargsrepr=_display(kwargs, kwargs_max, levels),
         )
         if item.expires is not None:
             # As send_task does: the broker may drop the message once it has expired.
@@ -149,7 +169,7 @@ class Publisher:
     def _send(self, prepared: list[_Prepared]) -> dict[int, DispatchRefused]:
         """One batch on one connection; raises a retryable error if the broker failed."""
         refused: dict[int, DispatchRefused] = {}
-        amqp = self.app.amqp
+        amqp = self._amqp
         with self.app.producer_or_acquire() as producer:
             if self._redis and not _publish_listeners():
                 fast = [p for p in prepared if _plain_direct(p[3], producer.channel)]
@@ -171,6 +191,24 @@ class Publisher:
         return refused
 
 
+def _display(value: list[Any] | tuple[()] | dict[str, Any], max_size: int, max_levels: int) -> str:
+    """Celery's ``saferepr`` of args/kwargs (the argsrepr Flower shows), at ``repr`` cost
+    for the usual small, shallow JSON values, which both print alike."""
+    if _depth(value) < max_levels:
+        text = repr(value)
+        if len(text) < max_size:
+            return text
+    return str(saferepr(value, max_size, maxlevels=max_levels))
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
 def _publish_listeners() -> bool:
     """Whether anything (tracing, Sentry) hooks the publish: then Celery must publish."""
     return bool(
@@ -189,8 +227,12 @@ def _plain_direct(options: dict[str, Any], channel: Any) -> bool:
 
 
 def _lpush_all(channel: Any, prepared: list[_Prepared], delivery_mode: int) -> None:
-    """What kombu's Redis ``_put`` writes for each message, in one pipelined request."""
-    pipe = channel.client.pipeline(transaction=False)
+    """What kombu's Redis ``_put`` writes for each message, in one pipelined request.
+
+    One LPUSH per list with all of its messages, in order: ``LPUSH q a b`` leaves the
+    list as ``LPUSH q a; LPUSH q b`` would, and the worker pops ``a`` first.
+    """
+    lists: dict[str, list[str]] = {}
     for _, _, message, options in prepared:
         headers, properties, body, _ = message
         headers.update(options["headers"])
@@ -213,7 +255,10 @@ def _lpush_all(channel: Any, prepared: list[_Prepared], delivery_mode: int) -> N
         }
         if "expiration" in options:  # kombu's Producer.publish: a TTL in milliseconds
             wire["properties"]["expiration"] = str(int(options["expiration"] * 1000))
-        pipe.lpush(channel._q_for_pri(queue, priority), json.dumps(wire))
+        lists.setdefault(channel._q_for_pri(queue, priority), []).append(json.dumps(wire))
+    pipe = channel.client.pipeline(transaction=False)
+    for key, payloads in lists.items():
+        pipe.lpush(key, *payloads)
     pipe.execute()
 
 
