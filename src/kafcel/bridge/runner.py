@@ -53,6 +53,7 @@ _FETCH_BATCH = 500
 _POLL_S = 0.02
 _BUSY_POLL_S = 0.005
 _FETCH_WAIT_MS = 5
+_FETCH_MIN_BYTES = 1 << 20
 _REPORT_EVERY_S = 10.0
 _PUBLISH_EVERY_S = 2.0
 
@@ -140,8 +141,11 @@ class Bridge:
         base = client_config(settings.bootstrap_servers, settings.librdkafka())
         consumer_conf: dict[str, Any] = {
             # Tansu answers a fetch only when fetch.wait.max.ms ends, even when records
-            # arrive meanwhile (librdkafka's 500 ms default: 150 ms median added latency).
+            # arrive meanwhile (librdkafka's 500 ms default: 150 ms median added latency);
+            # a high fetch.min.bytes makes every fetch last that long, so a busy bridge
+            # sends 200 fetches a second instead of one per few records (broker CPU).
             "fetch.wait.max.ms": _FETCH_WAIT_MS,
+            "fetch.min.bytes": _FETCH_MIN_BYTES,
             **base,
             "group.id": settings.group_id,
             "enable.auto.commit": False,
