@@ -8,6 +8,7 @@ by plain ``delay()``/``apply_async()`` carry no ``kafcel`` header and run untouc
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import numbers
@@ -21,7 +22,13 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
-from celery.signals import task_revoked, task_unknown, worker_init, worker_process_init
+from celery.signals import (
+    task_revoked,
+    task_unknown,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from confluent_kafka import KafkaException, Producer
 
 from .admin import client_config
@@ -89,6 +96,9 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
     # Tasks registered after finalize (late imports) are guarded when a worker starts.
     worker_init.connect(guard_all, weak=False)
     worker_process_init.connect(guard_all, weak=False)
+    # Outcomes still lingering in the producer leave with the process, not without it.
+    worker_process_shutdown.connect(lambda **_: state.flush_outcomes(), weak=False)
+    atexit.register(state.flush_outcomes)
     task_revoked.connect(on_revoked, weak=False)
     task_unknown.connect(on_unknown, weak=False)
     if app.finalized:
@@ -139,6 +149,9 @@ def origin_of(request: Any) -> Origin | None:
     return Origin.from_header(raw)
 
 
+_OUTCOME_LINGER_MS = 5
+
+
 class _WorkerState:
     """Per-process clients; created lazily because prefork children must not share them."""
 
@@ -162,7 +175,8 @@ class _WorkerState:
                 **client_config(settings.bootstrap_servers),
                 "enable.idempotence": True,
                 "acks": "all",
-                "linger.ms": 0,
+                # Outcomes of a process's tasks within 5 ms share one request (broker CPU).
+                "linger.ms": _OUTCOME_LINGER_MS,
             }
             config.update(settings.librdkafka())
             self._producer = Producer(config)
@@ -222,12 +236,21 @@ class _WorkerState:
             self.guard.finish(outcome)
 
     def publish(
-        self, origin: Origin, outcome: Outcome, dead: tuple[bytes, DeadLetter] | None = None
+        self,
+        origin: Origin,
+        outcome: Outcome,
+        dead: tuple[bytes, DeadLetter] | None = None,
+        *,
+        wait: bool = True,
     ) -> None:
         """Write the DLQ record (if any), then the outcome; raise DeliveryError on failure.
 
         The outcome is what lets the bridge commit, so it goes last and only once the DLQ
-        record is on Kafka; both are on Kafka before the broker message is acked.
+        record is on Kafka. With ``wait=False`` (a success, its done marker already in
+        Redis) the outcome is handed to the producer and the task ends without waiting for
+        Kafka: if the process dies before it is delivered, the bridge finds the done marker
+        after ``redispatch_after_s`` and a copy re-announces the outcome without running
+        the task again.
         """
         settings, _, _ = self._ensure()
         key = origin.key.encode("utf-8", "surrogateescape") if origin.key is not None else None
@@ -236,7 +259,19 @@ class _WorkerState:
             self._deliver(
                 origin.dlq_topic or settings.dlq_topic, value, key, dlq_headers(letter, None)
             )
-        self._deliver(origin.results_topic or settings.results_topic, outcome.encode(), key, None)
+        topic = origin.results_topic or settings.results_topic
+        self._deliver(topic, outcome.encode(), key, None, wait=wait or dead is not None)
+
+    def flush_outcomes(self) -> None:
+        """Deliver lingering outcomes (process shutdown); never raises."""
+        if self._producer is not None and self._pid == os.getpid():
+            try:
+                left = self._producer.flush(10)
+            except KafkaException as exc:
+                left = len(self._producer)
+                log.warning("kafcel: flushing outcomes failed: %s", exc)
+            if left:
+                log.warning("kafcel: %d outcome(s) undelivered at exit; re-announced later", left)
 
     def _deliver(
         self,
@@ -244,6 +279,8 @@ class _WorkerState:
         value: bytes,
         key: bytes | None,
         headers: list[tuple[str, str | bytes | None]] | None,
+        *,
+        wait: bool = True,
     ) -> None:
         _, producer, _ = self._ensure()
         errors: list[str] = []
@@ -251,11 +288,21 @@ class _WorkerState:
         def delivered(err: Any, _: Any) -> None:
             if err is not None:
                 errors.append(str(err))
+                if not wait:
+                    log.warning(
+                        "kafcel: an outcome for %s was not delivered (%s); the bridge "
+                        "re-announces it from the done marker",
+                        topic,
+                        err,
+                    )
 
         try:
             producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
         except (BufferError, KafkaException) as exc:
             raise DeliveryError(f"cannot write to {topic}: {exc}") from exc
+        if not wait:
+            producer.poll(0)  # serve earlier delivery reports; this one lingers
+            return
         remaining = producer.flush(30)
         if remaining or errors:
             raise DeliveryError(f"record for {topic} not delivered: {errors or 'timed out'}")
@@ -379,7 +426,7 @@ def _finish(
     except KafcelError:
         log.exception("kafcel: could not record %s as done", request.id)
     if dead is None:
-        _publish_or_requeue(state, origin, outcome)
+        _publish_or_requeue(state, origin, outcome, wait=False)
         return
     # The worker no longer has the original bytes: the DLQ value is the request rebuilt.
     value = _rebuild(task.name, args, kwargs, request.id, origin)
@@ -418,9 +465,11 @@ def _publish_or_requeue(
     origin: Origin,
     outcome: Outcome,
     dead: tuple[bytes, DeadLetter] | None = None,
+    *,
+    wait: bool = True,
 ) -> None:
     try:
-        state.publish(origin, outcome, dead=dead)
+        state.publish(origin, outcome, dead=dead, wait=wait)
     except KafcelError as exc:
         # The done marker is set: the requeued copy re-announces the outcome, so the
         # effect is not repeated and the record still settles once Kafka is back.

@@ -31,10 +31,10 @@ class OutcomeReader:
         self._consumer = Consumer(
             {
                 # Tansu holds a fetch for all of this even when outcomes arrive meanwhile;
-                # with a high fetch.min.bytes each fetch lasts that long: 200 a second at
+                # with a high fetch.min.bytes each fetch lasts that long: 100 a second at
                 # most, however busy. Before **config: KAFCEL_KAFKA_CONFIG may raise the
                 # wait for a broker that answers as soon as records arrive (Apache Kafka).
-                "fetch.wait.max.ms": 5,
+                "fetch.wait.max.ms": 10,
                 "fetch.min.bytes": 1 << 20,
                 **config,
                 "group.id": f"{group_id}.results.{uuid.uuid4().hex[:8]}",
