@@ -87,7 +87,7 @@ def cpu_s(procs: dict[str, psutil.Process]) -> dict[str, float]:
             times = p.cpu_times()
             out[name] = times.user + times.system
         except psutil.NoSuchProcess:
-            out[name] = 0.0
+            out[name] = -1.0
     return out
 
 

@@ -77,7 +77,9 @@ def _normal(raw: bytes) -> dict[str, Any]:
 
 
 def _celery_copy(app: Celery, item: Dispatch) -> None:
+    """``send_task`` as an application calls it: options it has, none it lacks."""
     e = item.envelope
+    given = {"queue": e.queue, "priority": e.priority}
     app.send_task(
         e.task,
         args=list(e.args),
@@ -85,10 +87,9 @@ def _celery_copy(app: Celery, item: Dispatch) -> None:
         task_id=item.task_id,
         eta=item.eta,
         expires=item.expires,
-        priority=e.priority,
-        queue=e.queue,
         serializer="json",
         headers={HEADER: item.origin.to_header()},
+        **{k: v for k, v in given.items() if v is not None},
     )
 
 
@@ -164,3 +165,46 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in a.keys() | b.keys() for d in _diff(a.get(k), b.get(k), f"{path}.{k}")]
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+@pytest.mark.filterwarnings("ignore:.*task attribute is deprecated")
+def test_a_registered_tasks_own_options_apply_as_with_send_task(
+    app: Celery, client: redis.Redis
+) -> None:
+    queue = f"pub-{uuid.uuid4().hex[:8]}"
+
+    @app.task(name="shop.limited", queue=queue, priority=4, time_limit=30, soft_time_limit=20)
+    def limited() -> None:  # pragma: no cover - never runs here
+        pass
+
+    app.finalize(auto=True)  # as the bridge does: send_task looks in the registry
+    item = _item(Envelope(task="shop.limited"))
+    assert _publisher(app).publish([item]) == [None]
+    key = f"{queue}\x06\x163"  # priority 4 falls in kombu's step 3
+    ours = [_normal(raw) for raw in client.lrange(key, 0, -1)]
+    client.delete(key)
+    _celery_copy(app, item)
+    theirs = [_normal(raw) for raw in client.lrange(key, 0, -1)]
+    client.delete(key)
+    assert len(ours) == 1
+    assert ours[0]["headers"]["timelimit"] == [30, 20]
+    assert [_diff(a, b) for a, b in zip(ours, theirs, strict=True)] == [[]]
+
+
+def test_a_list_redis_refuses_refuses_only_its_own_records(
+    app: Celery, client: redis.Redis
+) -> None:
+    good, bad = f"pub-{uuid.uuid4().hex[:8]}", f"pub-{uuid.uuid4().hex[:8]}"
+    client.set(bad, "not a list")  # LPUSH answers WRONGTYPE
+    items = [
+        _item(Envelope(task="shop.order", queue=good)),
+        _item(Envelope(task="shop.order", queue=bad)),
+        _item(Envelope(task="shop.order", queue=good)),
+    ]
+    publisher = _publisher(app)
+    refusals = publisher.publish(items)
+    assert refusals[0] is None and refusals[2] is None
+    assert refusals[1] is not None and "WRONGTYPE" in str(refusals[1])
+    assert publisher.round_trips == 1  # not retried as if the broker were down
+    assert client.llen(good) == 2
+    client.delete(good, bad)

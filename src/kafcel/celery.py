@@ -34,12 +34,12 @@ from confluent_kafka import KafkaException, Producer
 from .admin import client_config
 from .dlq import DeadLetter, dlq_headers
 from .envelope import Envelope
-from .errors import BrokerError, DeliveryError, KafcelError, TaskLost
+from .errors import BrokerError, ConfigError, DeliveryError, KafcelError, TaskLost
 from .once import LeaseKeeper, OnceGuard
 from .results import FAILURE, REVOKED, SUCCESS, Origin, Outcome
 from .settings import Settings
 
-__all__ = ["HEADER", "app_from_env", "install", "origin_of"]
+__all__ = ["HEADER", "app_from_env", "install", "load_app", "origin_of"]
 
 log = logging.getLogger("kafcel.worker")
 
@@ -139,6 +139,19 @@ def app_from_env(name: str, *, queue_env: str, default_queue: str) -> Celery:
     app = Celery(name)
     app.config_from_object(_EnvConfig(queue_env, default_queue))
     return install(app)
+
+
+def load_app(spec: str) -> Celery:
+    """Import a Celery app from ``pkg.module:app`` (or ``pkg.module``, finding ``app``)."""
+    from celery.app.utils import find_app
+
+    try:
+        app = find_app(spec)
+    except Exception as exc:
+        raise ConfigError(f"cannot load Celery app {spec!r}: {exc}") from exc
+    if not isinstance(app, Celery):
+        raise ConfigError(f"{spec!r} is not a Celery app")
+    return app
 
 
 def origin_of(request: Any) -> Origin | None:
@@ -421,12 +434,15 @@ def _finish(
             attempts=int(request.retries or 0) + 1,
             traceback="".join(traceback.format_exception(exc))[-8000:],
         )
+    recorded = True
     try:
         state.record_done(outcome)
     except KafcelError:
+        recorded = False
         log.exception("kafcel: could not record %s as done", request.id)
     if dead is None:
-        _publish_or_requeue(state, origin, outcome, wait=False)
+        # Without the done marker nothing could re-announce a lost outcome: wait for it.
+        _publish_or_requeue(state, origin, outcome, wait=not recorded)
         return
     # The worker no longer has the original bytes: the DLQ value is the request rebuilt.
     value = _rebuild(task.name, args, kwargs, request.id, origin)

@@ -13,15 +13,37 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
 
-__all__ = ["Presence", "read_presence"]
+__all__ = ["BridgeStats", "Presence", "read_presence"]
 
 log = logging.getLogger("kafcel.bridge")
 
 _PREFIX = "kafcel:bridge:"
+
+
+@dataclass
+class BridgeStats:
+    """A bridge's counters: logged, and published with its presence."""
+
+    consumed: int = 0
+    dispatched: int = 0
+    settled: int = 0
+    dlq: int = 0
+    duplicates: int = 0
+    redispatched: int = 0
+    broker_round_trips: int = 0
+    commits: int = 0
+    in_flight: int = 0
+    waiting: int = 0
+    gaps_reseeked: int = 0
+    paused: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class Presence:

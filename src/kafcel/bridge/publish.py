@@ -51,6 +51,8 @@ log = logging.getLogger("kafcel.bridge")
 
 
 class Publisher:
+    """Sends the bridge's admitted records to Celery, a batch per broker round trip."""
+
     def __init__(
         self,
         *,
@@ -65,7 +67,11 @@ class Publisher:
         conf = app.conf
         with app.connection_for_write() as conn:
             redis = conn.transport.driver_type == "redis"
-            transport_errors = tuple(conn.connection_errors) + tuple(conn.channel_errors)
+            # Connection errors only: a channel error (WRONGTYPE, NOPERM) is about one
+            # list, and a KeyError is a bug; retrying either would stall the partition.
+            transport_errors = tuple(
+                e for e in conn.connection_errors if not issubclass(e, LookupError)
+            )
         # What means "the broker is not reachable now" rather than "this record is bad".
         self._retryable: tuple[type[BaseException], ...] = (
             exceptions.OperationalError,
@@ -95,7 +101,8 @@ class Publisher:
             int(app.amqp.kwargsrepr_maxsize),
             int(conf.task_repr_maxlevels),
         )
-        self._delivery_mode = maybe_delivery_mode(conf.task_default_delivery_mode)  # type: ignore[no-untyped-call]
+        self._delivery_mode = conf.task_default_delivery_mode
+        self._exec_options: dict[str, dict[str, Any]] = {}
 
     def publish(self, items: Sequence[Dispatch]) -> list[DispatchRefused | None]:
         """Send ``items`` in order; per item None once Celery has it, else why it refused.
@@ -128,11 +135,28 @@ class Publisher:
             break
         return refusals
 
+    def _task_options(self, name: str) -> dict[str, Any]:
+        """The registered task's own options (queue, priority, time limits...), which
+        ``send_task`` applies as defaults; empty for a task this app does not know."""
+        cached = self._exec_options.get(name)
+        if cached is None:
+            task = self.app._tasks.get(name)
+            found = task._get_exec_options() if hasattr(task, "_get_exec_options") else {}
+            cached = self._exec_options[name] = {
+                k: v for k, v in (found or {}).items() if v is not None and k != "expires"
+            }
+        return cached
+
     def _build(self, item: Dispatch) -> tuple[Any, dict[str, Any]]:
         """Celery's message for ``item`` and the options ``send_task_message`` takes."""
         envelope = item.envelope
         args, kwargs = list(envelope.args), dict(envelope.kwargs)
-        options: dict[str, Any] = {"headers": {HEADER: item.origin.to_header()}}
+        options: dict[str, Any] = dict(self._task_options(envelope.task))
+        # The envelope's own expiry (or none) wins over the task's, as an explicit
+        # send_task(expires=...) does; time limits go into the message headers.
+        time_limit = options.pop("time_limit", None)
+        soft_time_limit = options.pop("soft_time_limit", None)
+        options["headers"] = {HEADER: item.origin.to_header()}
         if envelope.queue is not None:
             options["queue"] = envelope.queue
         if envelope.priority is not None:
@@ -150,6 +174,8 @@ class Publisher:
             kwargs,
             eta=item.eta,
             expires=item.expires,
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
             reply_to=self._reply_to,
             create_sent_event=self._sent_event,
             # None, as send_task sends it: the worker applies the task's own setting.
@@ -171,14 +197,22 @@ class Publisher:
         refused: dict[int, DispatchRefused] = {}
         amqp = self._amqp
         with self.app.producer_or_acquire() as producer:
-            if self._redis and not _publish_listeners():
-                fast = [p for p in prepared if _plain_direct(p[3], producer.channel)]
-                if len(fast) == len(prepared):
-                    _lpush_all(producer.channel, fast, self._delivery_mode)
+            channel = producer.channel
+            fast = self._redis and not _publish_listeners()
+            if fast and all(_plain_direct(p[3], channel) for p in prepared):
+                try:
+                    refused = _lpush_all(channel, prepared, self._delivery_mode)
+                except self._retryable:
+                    raise
+                except Exception as exc:
+                    # Something this path did not foresee: Celery's own publish below
+                    # refuses the records it cannot send one by one.
+                    log.warning("batched LPUSH failed (%s); publishing through Celery", exc)
+                else:
                     self.round_trips += 1
                     return refused
             batch = getattr(producer, "batch", None)  # kombu >= 5.7
-            scope = batch(max_size=4 * len(prepared) + 8) if batch else contextlib.nullcontext()
+            scope = batch(max_size=8 * len(prepared) + 8) if batch else contextlib.nullcontext()
             with scope:
                 for index, name, message, options in prepared:
                     try:
@@ -219,25 +253,43 @@ def _publish_listeners() -> bool:
 
 
 def _plain_direct(options: dict[str, Any], channel: Any) -> bool:
-    """A direct queue without per-queue expiry, routed by name (the anon exchange)."""
+    """A direct queue routed by name (the anon exchange), with nothing kombu's ``_put``
+    would do besides one LPUSH: no queue expiry to refresh, no compression."""
     queue = options.get("queue")
-    if queue is None or isinstance(queue, str) or options.get("exchange") is not None:
+    if queue is None or isinstance(queue, str):
+        return False
+    if options.get("exchange") is not None or options.get("compression"):
+        return False
+    arguments = queue.queue_arguments or {}
+    if queue.expires is not None or "x-expires" in arguments:
         return False
     return bool(queue.exchange.type == "direct" and queue.name not in (channel._expires or {}))
 
 
-def _lpush_all(channel: Any, prepared: list[_Prepared], delivery_mode: int) -> None:
+def _lpush_all(
+    channel: Any, prepared: list[_Prepared], default_delivery_mode: Any
+) -> dict[int, DispatchRefused]:
     """What kombu's Redis ``_put`` writes for each message, in one pipelined request.
 
     One LPUSH per list with all of its messages, in order: ``LPUSH q a b`` leaves the
-    list as ``LPUSH q a; LPUSH q b`` would, and the worker pops ``a`` first.
+    list as ``LPUSH q a; LPUSH q b`` would, and the worker pops ``a`` first. A list
+    Redis refuses (WRONGTYPE, NOPERM) refuses its own records only.
     """
     lists: dict[str, list[str]] = {}
-    for _, _, message, options in prepared:
+    members: dict[str, list[int]] = {}
+    for index, _, message, options in prepared:
         headers, properties, body, _ = message
         headers.update(options["headers"])
-        queue = options["queue"].name
-        priority = options.get("priority") or channel.default_priority
+        queue = options["queue"]
+        # As Celery's send_task_message, then kombu's publish, resolve it.
+        mode = queue.exchange.delivery_mode or default_delivery_mode
+        delivery_mode = maybe_delivery_mode(mode)  # type: ignore[no-untyped-call]
+        queue = queue.name
+        # kombu's own clamp of the priority to its steps, as its _put reads it.
+        priority = channel._get_message_priority(
+            {"properties": {"priority": options.get("priority") or channel.default_priority}},
+            reverse=False,
+        )
         payload = json.dumps(body).encode("utf-8")
         wire = {
             "body": base64.b64encode(payload).decode("ascii"),
@@ -255,11 +307,19 @@ def _lpush_all(channel: Any, prepared: list[_Prepared], delivery_mode: int) -> N
         }
         if "expiration" in options:  # kombu's Producer.publish: a TTL in milliseconds
             wire["properties"]["expiration"] = str(int(options["expiration"] * 1000))
-        lists.setdefault(channel._q_for_pri(queue, priority), []).append(json.dumps(wire))
+        key = channel._q_for_pri(queue, priority)
+        lists.setdefault(key, []).append(json.dumps(wire))
+        members.setdefault(key, []).append(index)
     pipe = channel.client.pipeline(transaction=False)
     for key, payloads in lists.items():
         pipe.lpush(key, *payloads)
-    pipe.execute()
+    refused: dict[int, DispatchRefused] = {}
+    # Connection errors still raise; a command's own error comes back as its result.
+    for key, result in zip(lists, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(result, Exception):
+            for index in members[key]:
+                refused[index] = _refused(result)
+    return refused
 
 
 def _refused(exc: Exception) -> DispatchRefused:

@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
@@ -39,13 +38,13 @@ from .dispatch import Dispatch, StopSending, declare_queues, make_dispatch
 from .filter import TaskFilter
 from .ordering import OrderingGate
 from .outcomes import OutcomeReader
-from .presence import Presence
+from .presence import BridgeStats, Presence
 from .publish import Publisher
 from .redispatch import BackendState, Redispatcher
 from .sequence import SequenceGuard, position, seek_to
 from .tracker import TP, OffsetTracker
 
-__all__ = ["Bridge", "BridgeStats", "load_app"]
+__all__ = ["Bridge"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -56,38 +55,6 @@ _FETCH_WAIT_MS = 5
 _FETCH_MIN_BYTES = 1 << 20
 _REPORT_EVERY_S = 10.0
 _PUBLISH_EVERY_S = 2.0
-
-
-@dataclass
-class BridgeStats:
-    consumed: int = 0
-    dispatched: int = 0
-    settled: int = 0
-    dlq: int = 0
-    duplicates: int = 0
-    redispatched: int = 0
-    broker_round_trips: int = 0
-    commits: int = 0
-    in_flight: int = 0
-    waiting: int = 0
-    gaps_reseeked: int = 0
-    paused: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def load_app(spec: str) -> Celery:
-    """Import a Celery app from ``pkg.module:app`` (or ``pkg.module``, finding ``app``)."""
-    from celery.app.utils import find_app
-
-    try:
-        app = find_app(spec)
-    except Exception as exc:
-        raise ConfigError(f"cannot load Celery app {spec!r}: {exc}") from exc
-    if not isinstance(app, Celery):
-        raise ConfigError(f"{spec!r} is not a Celery app")
-    return app
 
 
 class Bridge:
@@ -296,13 +263,14 @@ class Bridge:
             # Paused: consume() still serves rebalance callbacks and heartbeats.
             self._consumer.consume(1, timeout=_POLL_S)
         self._read_outcomes()
-        self._flush_outbox()
-        self._mark_queued()
         self._redispatch_lost()
-        self._mark_queued()
         self._producer.poll(0)
         assert self._dlq is not None
         self._dlq.retry_due()
+        # Outcomes, orphans and DLQ acknowledgements release keys' next records: they
+        # leave in this turn, before a consume() can revoke their partitions.
+        self._flush_outbox()
+        self._mark_queued()
         if fetch:
             # While draining, partitions stay paused whatever the in-flight count.
             self._backpressure()
@@ -608,6 +576,9 @@ class Bridge:
 
     def _forget(self, tps: list[TP]) -> None:
         gone = set(tps)
+        # Not sent yet: the next owner sends them (sending them too would run a key's
+        # records side by side if the partition came back here).
+        self._outbox = [item for item in self._outbox if item.tp not in gone]
         for tp in tps:
             self._tracker.revoke(tp)
             self._seq.forget(tp)
