@@ -3,11 +3,19 @@
 It reads every partition from the end as it stood at start (an outcome written later is
 seen; older ones belong to records already committed, or that are dispatched again and
 re-announced by the worker's once-guard), and never steps over a missing offset.
+
+Tansu answers a fetch when ``fetch.wait.max.ms`` runs out, and finding the fetch offset
+costs it time in proportion to the partition's batches; once that exceeds the wait, every
+answer is empty and the reader would starve (seen at about 60,000 outcome batches with a
+10 ms wait). So the reader starts with a short wait (outcomes settle quickly) and, when
+it gets nothing while the partition's end is ahead of it, starts again with four times
+the wait, up to 1 s.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -22,27 +30,21 @@ log = logging.getLogger("kafcel.bridge")
 
 _BATCH = 1000
 _MAX_BATCHES = 20
+_FIRST_WAIT_MS = 10
+_MAX_WAIT_MS = 1000
+# Nothing read for this long while the partition's end is ahead: the fetches starve.
+_STARVED_AFTER_S = 2.0
 
 
 class OutcomeReader:
     def __init__(
         self, *, config: dict[str, Any], group_id: str, topic: str, gap_wait_s: float
     ) -> None:
-        self._consumer = Consumer(
-            {
-                # Tansu holds a fetch for all of this even when outcomes arrive meanwhile;
-                # with a high fetch.min.bytes each fetch lasts that long: 100 a second at
-                # most, however busy. Before **config: KAFCEL_KAFKA_CONFIG may raise the
-                # wait for a broker that answers as soon as records arrive (Apache Kafka).
-                "fetch.wait.max.ms": 10,
-                "fetch.min.bytes": 1 << 20,
-                **config,
-                "group.id": f"{group_id}.results.{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                # Out of range (retention emptied the topic): re-read rather than skip ahead.
-                "auto.offset.reset": "earliest",
-            }
-        )
+        self._config = config
+        self._group_id = group_id
+        self._topic = topic
+        self._wait_ms = _FIRST_WAIT_MS
+        self._consumer = self._new_consumer()
         self._seq = SequenceGuard(
             seek=lambda tp, off: seek_to(self._consumer, tp, off), gap_wait_s=gap_wait_s
         )
@@ -55,6 +57,68 @@ class OutcomeReader:
         self._consumer.assign(start)
         for tp in start:
             self._seq.expect((topic, tp.partition), tp.offset)
+        self._last_read = time.monotonic()
+        self.restarts = 0
+
+    def _new_consumer(self) -> Consumer:
+        return Consumer(
+            {
+                # With a high fetch.min.bytes each fetch lasts the whole wait: a bounded
+                # number of fetches a second however busy. Before **config, so that
+                # KAFCEL_KAFKA_CONFIG may set them for Apache Kafka, which answers as soon
+                # as records arrive (fetch.wait.max.ms=500, fetch.min.bytes=1).
+                "fetch.wait.max.ms": self._wait_ms,
+                "fetch.min.bytes": 1 << 20,
+                **self._config,
+                "group.id": f"{self._group_id}.results.{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                # Out of range (retention emptied the topic): re-read rather than skip ahead.
+                "auto.offset.reset": "earliest",
+            }
+        )
+
+    def watch_starvation(self, *, expecting: bool) -> None:
+        """Call with ``expecting`` when outcomes are awaited: a reader that reads nothing
+        while its partitions' ends are ahead of it starts again with a longer wait."""
+        now = time.monotonic()
+        if not expecting or self._wait_ms >= _MAX_WAIT_MS:
+            self._last_read = now
+            return
+        if now - self._last_read < _STARVED_AFTER_S:
+            return
+        self._last_read = now
+        behind = []
+        for tp in self._consumer.assignment():
+            key = (tp.topic, tp.partition)
+            expected = self._seq.expected(key)
+            if expected is None:
+                continue
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, timeout=5)
+            except Exception as exc:  # the broker is busy or away: check again later
+                log.warning("cannot read the end of %s[%d]: %s", tp.topic, tp.partition, exc)
+                return
+            if high > expected:
+                behind.append(TopicPartition(tp.topic, tp.partition, expected))
+        if not behind:
+            return
+        self._wait_ms = min(self._wait_ms * 4, _MAX_WAIT_MS)
+        log.warning(
+            "outcome fetches come back empty with outcomes waiting (a broker that needs "
+            "longer to find the offset): reading again with fetch.wait.max.ms=%d",
+            self._wait_ms,
+        )
+        positions = []
+        for tp in self._consumer.assignment():
+            expected = self._seq.expected((tp.topic, tp.partition))
+            if expected is None:
+                (here,) = self._consumer.position([tp])
+                expected = here.offset
+            positions.append(TopicPartition(tp.topic, tp.partition, expected))
+        self._consumer.close()
+        self._consumer = self._new_consumer()
+        self._consumer.assign(positions)
+        self.restarts += 1
 
     @property
     def reseeks(self) -> int:
@@ -67,6 +131,7 @@ class OutcomeReader:
             msgs = self._consumer.consume(_BATCH, timeout=0)
             if not msgs:
                 break
+            self._last_read = time.monotonic()
             for msg in msgs:
                 value = msg.value()
                 if msg.error() is not None or value is None:

@@ -450,6 +450,7 @@ class Bridge:
         assert self._results is not None
         for outcome in self._results.read():
             self._on_outcome(outcome)
+        self._results.watch_starvation(expecting=bool(self._pending))
 
     def _on_outcome(self, outcome: Outcome) -> None:
         items = self._pending.pop(outcome.task_id, None)

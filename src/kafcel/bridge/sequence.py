@@ -62,6 +62,10 @@ class SequenceGuard:
         self._expected[tp] = offset
         self._gaps.pop(tp, None)
 
+    def expected(self, tp: TP) -> int | None:
+        """The next offset ``tp`` must deliver, if known."""
+        return self._expected.get(tp)
+
     def forget(self, tp: TP) -> None:
         self._expected.pop(tp, None)
         self._gaps.pop(tp, None)

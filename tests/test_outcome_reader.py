@@ -1,0 +1,60 @@
+"""The bridge's outcome reader does not starve on a results partition of many batches.
+
+Tansu (the local Kafka) answers a fetch when ``fetch.wait.max.ms`` runs out and needs
+time in proportion to the partition's batches to find the offset: past some tens of
+thousands of batches a 10 ms wait always comes back empty. The reader must notice and
+read on with a longer wait.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Producer
+
+from kafcel.admin import client_config, ensure_topics
+from kafcel.bridge.outcomes import OutcomeReader
+from kafcel.devstack import DevStack
+from kafcel.results import SUCCESS, Outcome
+
+BATCHES = 80_000
+
+
+@pytest.mark.timeout(240)
+def test_the_reader_reads_on_past_a_partition_of_many_batches(stack: DevStack) -> None:
+    topic = f"results-{uuid.uuid4().hex[:8]}"
+    ensure_topics(stack.bootstrap_servers, {topic: 1})
+    # One record per batch, as worker processes each writing their own outcomes make.
+    filler = Producer(
+        {**client_config(stack.bootstrap_servers), "batch.num.messages": 1, "linger.ms": 0}
+    )
+    for i in range(BATCHES):
+        while True:
+            try:
+                filler.produce(topic, value=b"{}", key=str(i).encode())
+                break
+            except BufferError:
+                filler.poll(0.05)
+        filler.poll(0)
+    assert filler.flush(60) == 0
+    reader = OutcomeReader(
+        config=client_config(stack.bootstrap_servers),
+        group_id=f"g-{uuid.uuid4().hex[:6]}",
+        topic=topic,
+        gap_wait_s=2.0,
+    )
+    try:
+        outcome = Outcome(task_id="t-1", task="shop.order", status=SUCCESS)
+        filler.produce(topic, value=outcome.encode(), key=b"k")
+        assert filler.flush(30) == 0
+        deadline = time.monotonic() + 120
+        seen: list[Outcome] = []
+        while not any(o.task_id == "t-1" for o in seen):
+            assert time.monotonic() < deadline, f"starved (restarts: {reader.restarts})"
+            seen += reader.read()
+            reader.watch_starvation(expecting=True)
+            time.sleep(0.01)
+    finally:
+        reader.close()
