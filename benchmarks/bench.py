@@ -148,12 +148,13 @@ class Runner:
         return value
 
 
-def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> dict[str, Any]:
+    """Measure everything into ``out`` (which keeps what was measured if a step fails)."""
     sizes = (QUICK if args.quick else FULL).scaled(args.scale)
     if args.backlog:
         sizes = Sizes(**{**sizes.__dict__, "backlog": args.backlog})
     w = args.workers
-    out: dict[str, Any] = {
+    out |= {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "command": "make bench BENCH_ARGS=" + repr(" ".join(sys.argv[1:])),
@@ -316,13 +317,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     console = Console(stderr=args.json)
     began = time.monotonic()
+    out: dict[str, Any] = {}
     try:
-        out = run(args, console)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/]")
-        return 130
-    except Exception as exc:  # one line, not a traceback: the logs say the rest
-        console.print(f"[red]bench failed:[/] {type(exc).__name__}: {exc}")
+        run(args, console, out)
+    except (KeyboardInterrupt, Exception) as exc:
+        # One line, not a traceback (the logs say the rest); what was measured is kept.
+        args.out.mkdir(parents=True, exist_ok=True)
+        partial = args.out / f"partial-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+        partial.write_text(json.dumps(out, indent=2, default=str) + "\n")
+        if isinstance(exc, KeyboardInterrupt):
+            console.print(f"[red]interrupted[/]; measured so far: {partial}")
+            return 130
+        console.print(f"[red]bench failed:[/] {type(exc).__name__}: {exc}; so far: {partial}")
         return 1
     out["elapsed_s"] = round(time.monotonic() - began, 1)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -315,7 +315,7 @@ def memory(
     started = time.monotonic()
     try:
         # VmHWM is the kernel's own peak: no sampling to miss a spike.
-        finished = _wait_count(rig, counter_key(run), backlog, tick, timeout_s=7200)
+        finished = _wait_count(rig, counter_key(run), backlog, tick, timeout_s=3600)
         peak = peak_rss_mb(bridge.pid)
     finally:
         rig.stop(bridge)

@@ -167,7 +167,7 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
-@pytest.mark.filterwarnings("ignore:.*task attribute is deprecated")
+@pytest.mark.filterwarnings("ignore::celery.exceptions.CDeprecationWarning")
 def test_a_registered_tasks_own_options_apply_as_with_send_task(
     app: Celery, client: redis.Redis
 ) -> None:

@@ -69,6 +69,9 @@ class OutcomeReader:
                 # as records arrive (fetch.wait.max.ms=500, fetch.min.bytes=1).
                 "fetch.wait.max.ms": self._wait_ms,
                 "fetch.min.bytes": 1 << 20,
+                # librdkafka's default prefetch (64 MB) would be most of the bridge's
+                # memory whenever outcomes come faster than one loop turn reads them.
+                "queued.max.messages.kbytes": 8192,
                 **self._config,
                 "group.id": f"{self._group_id}.results.{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
