@@ -1,0 +1,57 @@
+"""Tasks the bridge dispatches are ordinary Celery tasks: ``celery inspect`` sees them.
+
+Flower reads the same worker state through the same remote-control commands, so what
+``celery inspect active`` shows here is what Flower's task list shows.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kafcel import Producer
+
+from .conftest import ROOT, TEST_APP, Pipeline, base_env
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def inspect(pipeline: Pipeline, *command: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", TEST_APP, "inspect", *command, "--json", "-t", "5"],
+        cwd=ROOT,
+        env=base_env(pipeline.stack),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_a_dispatched_task_shows_in_celery_inspect_while_it_runs(pipeline: Pipeline) -> None:
+    pipeline.start_bridge()
+    with Producer(settings=pipeline.settings) as producer:
+        task_id = producer.submit("tests.app.slow", "visible", 7, 6.0, key="user-7")
+    deadline = time.monotonic() + 60
+    while True:
+        active = inspect(pipeline, "active")
+        running = [t for tasks in active.values() for t in tasks]  # type: ignore[attr-defined]
+        mine = [t for t in running if t["id"] == task_id]
+        if mine:
+            break
+        assert time.monotonic() < deadline, f"{task_id} never showed as active: {running}"
+        time.sleep(0.5)
+    (task,) = mine
+    assert task["name"] == "tests.app.slow"
+    assert task["args"] == ["visible", 7, 6.0]
+    assert task["delivery_info"]["routing_key"] == "kafcel-tests"
+    # And by id, as `celery inspect query_task` (and Flower's task page) asks for it.
+    found = inspect(pipeline, "query_task", task_id)
+    states = [entry for reply in found.values() for entry in reply.values()]  # type: ignore[attr-defined]
+    assert states and states[0][0] == "active"
