@@ -148,7 +148,7 @@ class Runner:
         return value
 
 
-def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> dict[str, Any]:
+def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> None:
     """Measure everything into ``out`` (which keeps what was measured if a step fails)."""
     sizes = (QUICK if args.quick else FULL).scaled(args.scale)
     if args.backlog:
@@ -222,10 +222,8 @@ def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> dict
                 cpu: dict[str, dict[str, float]] = {name: {} for name in senders}
                 e2e: dict[str, float] = {}
                 for system, send in senders.items():
-                    # Untimed: the bridge's join, and each worker process's first task
-                    # (kafcel's clients connect then) are start-up, not throughput.
-                    if system == "kafcel":
-                        workers.start_bridge()
+                    # Untimed: the bridge's join (send_kafcel starts it), and each worker
+                    # process's first task (kafcel's clients connect then) are start-up.
                     measure.e2e_rate(rig, send, min(sizes.e2e, 200))
                     e2e[system] = r.rate(
                         f"end to end: {system}, W={w}",
@@ -274,9 +272,10 @@ def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> dict
             task = progress.add_task(
                 f"backlog: writing {sizes.backlog:,} records", total=sizes.backlog
             )
+            backlog_run = measure._run()
             settings = measure.fill(
                 rig,
-                measure._run(),
+                backlog_run,
                 sizes.backlog,
                 tick=lambda done: progress.update(task, completed=done),
             )
@@ -291,7 +290,9 @@ def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> dict
             out["memory"] = r.once(
                 f"memory: bridge draining {sizes.backlog:,}",
                 sizes.backlog,
-                lambda t: measure.memory(rig, settings, sizes.backlog, concurrency=w, tick=t),
+                lambda t: measure.memory(
+                    rig, backlog_run, settings, sizes.backlog, concurrency=w, tick=t
+                ),
                 0,
             )
         finally:
@@ -302,7 +303,6 @@ def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> dict
         name: {"target": target, "met": ok}
         for name, (target, ok) in targets_of(out["ratios"]).items()
     }
-    return out
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -8,8 +8,8 @@ Celery queue and tally keys.
 
 from __future__ import annotations
 
+import functools
 import os
-import signal
 import sys
 import time
 import uuid
@@ -19,7 +19,6 @@ from pathlib import Path
 import psutil
 import redis
 
-from kafcel.admin import ensure_topics
 from kafcel.chaos.kombu_kafka import KombuKafka
 from kafcel.chaos.rig import ChaosStack
 from kafcel.chaos.tasks import LEDGER_ENV
@@ -65,17 +64,14 @@ def processes(rig: BenchRig, **named: ManagedProcess | None) -> dict[str, psutil
             found[name] = main
             for i, child in enumerate(main.children(recursive=True)):
                 found[f"{name} child {i}"] = child
-    ports = {
-        "tansu": rig.stack.devstack.kafka_port,
-        "redis (broker)": rig.stack.devstack.redis_port,
-        "redis (tally)": rig.stack.ledger.redis_port,
-    }
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        for name, port in ports.items():
-            binary = "tansu" if name == "tansu" else "redis-server"
-            if binary in cmd and (f":{port}" in cmd or f"--port {port}" in cmd):
-                found[name] = p
+    # The stack's own services, by the PIDs it started them with.
+    roles = {"kafka": "tansu", "redis": "redis (broker)"}
+    for service in rig.stack.devstack.status():
+        if service.pid is not None:
+            found[roles[service.name]] = psutil.Process(service.pid)
+    for service in rig.stack.ledger.status():
+        if service.pid is not None:
+            found["redis (tally)"] = psutil.Process(service.pid)
     return found
 
 
@@ -123,11 +119,11 @@ class BenchRig:
             proc.stop(timeout_s=20)
         self.stack.down()
 
-    @property
+    @functools.cached_property
     def tally(self) -> redis.Redis:
         return redis.Redis.from_url(self.stack.ledger_url)
 
-    @property
+    @functools.cached_property
     def broker(self) -> redis.Redis:
         return redis.Redis.from_url(self.stack.redis_url)
 
@@ -142,18 +138,10 @@ class BenchRig:
             group_id=f"bench-{run}",
             partitions=PARTITIONS,
         ).replace(**changes)
-        ensure_topics(
-            s.bootstrap_servers,
-            {t: PARTITIONS for t in (s.topic, s.results_topic, s.dlq_topic)},
+        self.stack.devstack.ensure_topics(
+            {t: PARTITIONS for t in (s.topic, s.results_topic, s.dlq_topic)}
         )
         return s
-
-    def env(self, settings: Settings, queue: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KAFCEL_")}
-        env.update(settings.as_env())
-        env[LEDGER_ENV] = self.stack.ledger_url
-        env["KAFCEL_BENCH_QUEUE"] = queue
-        return env
 
     def worker(self, settings: Settings, queue: str, *, concurrency: int) -> ManagedProcess:
         name = f"w{uuid.uuid4().hex[:6]}"
@@ -178,16 +166,14 @@ class BenchRig:
         proc = ManagedProcess(
             name=name,
             argv=argv,
-            env=self.env(settings, queue),
+            env={**self.stack.env(settings), "KAFCEL_BENCH_QUEUE": queue},
             log_path=self.log_dir / f"{name}.log",
         )
         self._procs.append(proc.start())
         proc.wait_for_log(ready, timeout_s=60)
         return proc
 
-    def stop(self, proc: ManagedProcess, *, kill: bool = False) -> None:
-        if kill:
-            proc.signal(signal.SIGKILL, group=True)
+    def stop(self, proc: ManagedProcess) -> None:
         proc.stop(timeout_s=30)
         if proc in self._procs:
             self._procs.remove(proc)
@@ -200,7 +186,7 @@ class BenchRig:
             queue=queue,
             log_dir=self.log_dir,
             concurrency=concurrency,
-            app=KOMBU_APP,
+            worker_app=KOMBU_APP,
         )
         self._kombu.append(kombu)
         return kombu

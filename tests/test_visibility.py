@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
+from typing import Any
 
 import pytest
 
 from kafcel import Producer
 
-from .conftest import ROOT, TEST_APP, Pipeline, base_env
+from .conftest import ROOT, TEST_APP, Pipeline, base_env, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,16 +38,13 @@ def test_a_dispatched_task_shows_in_celery_inspect_while_it_runs(pipeline: Pipel
     pipeline.start_bridge()
     with Producer(settings=pipeline.settings) as producer:
         task_id = producer.submit("tests.app.slow", "visible", 7, 6.0, key="user-7")
-    deadline = time.monotonic() + 60
-    while True:
+
+    def active_copies() -> list[dict[str, Any]]:
         active = inspect(pipeline, "active")
         running = [t for tasks in active.values() for t in tasks]  # type: ignore[attr-defined]
-        mine = [t for t in running if t["id"] == task_id]
-        if mine:
-            break
-        assert time.monotonic() < deadline, f"{task_id} never showed as active: {running}"
-        time.sleep(0.5)
-    (task,) = mine
+        return [t for t in running if t["id"] == task_id]
+
+    (task,) = wait_until(active_copies, 60, f"{task_id} active in celery inspect", 0.5)
     assert task["name"] == "tests.app.slow"
     assert task["args"] == ["visible", 7, 6.0]
     assert task["delivery_info"]["routing_key"] == "kafcel-tests"

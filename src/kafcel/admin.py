@@ -27,6 +27,7 @@ __all__ = [
     "committed_offsets",
     "end_offsets",
     "ensure_topics",
+    "fetch_config",
     "group_lag",
     "partitions_of",
     "topic_depth",
@@ -50,6 +51,24 @@ class PartitionLag:
 # librdkafka's own log lines go through Python logging, not straight to stderr, so a CLI
 # error stays one line and the bridge's log stays in one format.
 KAFKA_LOG = logging.getLogger("kafcel.kafka")
+
+
+def fetch_config(wait_ms: int) -> dict[str, Any]:
+    """Fetch settings of the bridge's consumers, to go before the user's own settings.
+
+    Tansu answers a fetch only when ``fetch.wait.max.ms`` runs out, even when records
+    arrive meanwhile (librdkafka's 500 ms default meant 150 ms of median latency), so the
+    wait is short; a high ``fetch.min.bytes`` makes every fetch last that long, so a busy
+    consumer sends a bounded number of fetches a second instead of one per few records
+    (the broker's CPU). 8 MB of prefetch bounds memory (librdkafka's default is 64 MB).
+    On Apache Kafka, which answers as soon as records arrive, ``KAFCEL_KAFKA_CONFIG`` may
+    set ``fetch.wait.max.ms=500,fetch.min.bytes=1``.
+    """
+    return {
+        "fetch.wait.max.ms": wait_ms,
+        "fetch.min.bytes": 1 << 20,
+        "queued.max.messages.kbytes": 8192,
+    }
 
 
 def client_config(bootstrap_servers: str, extra: Mapping[str, str] | None = None) -> dict[str, Any]:

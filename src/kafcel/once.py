@@ -85,8 +85,6 @@ end
 return 1
 """
 
-# A task that will never run (expired, revoked, unknown to the worker) is done unless a
-# copy of it runs or finished: absent and queued are free. Returns nil, or the value.
 # Each key: queued unless a worker already holds it (or it is done).
 _MARK_QUEUED = """
 for _, key in ipairs(KEYS) do
@@ -95,6 +93,8 @@ end
 return #KEYS
 """
 
+# A task that will never run (expired, revoked, unknown to the worker) is done unless a
+# copy of it runs or finished: absent and queued are free. Returns nil, or the value.
 _FINISH_IF_FREE = """
 local v = redis.call('GET', KEYS[1])
 if v == false or string.sub(v, 1, 7) == 'queued:' then

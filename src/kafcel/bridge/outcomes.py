@@ -21,6 +21,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
+from ..admin import fetch_config
 from ..results import Outcome
 from .sequence import SequenceGuard, position, seek_to
 
@@ -42,7 +43,6 @@ class OutcomeReader:
     ) -> None:
         self._config = config
         self._group_id = group_id
-        self._topic = topic
         self._wait_ms = _FIRST_WAIT_MS
         self._consumer = self._new_consumer()
         self._seq = SequenceGuard(
@@ -58,20 +58,11 @@ class OutcomeReader:
         for tp in start:
             self._seq.expect((topic, tp.partition), tp.offset)
         self._last_read = time.monotonic()
-        self.restarts = 0
 
     def _new_consumer(self) -> Consumer:
         return Consumer(
             {
-                # With a high fetch.min.bytes each fetch lasts the whole wait: a bounded
-                # number of fetches a second however busy. Before **config, so that
-                # KAFCEL_KAFKA_CONFIG may set them for Apache Kafka, which answers as soon
-                # as records arrive (fetch.wait.max.ms=500, fetch.min.bytes=1).
-                "fetch.wait.max.ms": self._wait_ms,
-                "fetch.min.bytes": 1 << 20,
-                # librdkafka's default prefetch (64 MB) would be most of the bridge's
-                # memory whenever outcomes come faster than one loop turn reads them.
-                "queued.max.messages.kbytes": 8192,
+                **fetch_config(self._wait_ms),
                 **self._config,
                 "group.id": f"{self._group_id}.results.{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
@@ -90,19 +81,19 @@ class OutcomeReader:
         if now - self._last_read < _STARVED_AFTER_S:
             return
         self._last_read = now
-        behind = []
-        for tp in self._consumer.assignment():
-            key = (tp.topic, tp.partition)
-            expected = self._seq.expected(key)
-            if expected is None:
-                continue
-            try:
-                _, high = self._consumer.get_watermark_offsets(tp, timeout=5)
-            except Exception as exc:  # the broker is busy or away: check again later
-                log.warning("cannot read the end of %s[%d]: %s", tp.topic, tp.partition, exc)
-                return
-            if high > expected:
-                behind.append(TopicPartition(tp.topic, tp.partition, expected))
+        positions = [
+            TopicPartition(tp.topic, tp.partition, self._resume_at(tp))
+            for tp in self._consumer.assignment()
+        ]
+        try:
+            behind = any(
+                self._consumer.get_watermark_offsets(tp, timeout=5)[1] > tp.offset
+                for tp in positions
+                if tp.offset >= 0  # a partition with no position yet cannot starve
+            )
+        except Exception as exc:  # the broker is busy or away: check again later
+            log.warning("cannot read the ends of the results topic: %s", exc)
+            return
         if not behind:
             return
         self._wait_ms = min(self._wait_ms * 4, _MAX_WAIT_MS)
@@ -111,17 +102,17 @@ class OutcomeReader:
             "longer to find the offset): reading again with fetch.wait.max.ms=%d",
             self._wait_ms,
         )
-        positions = []
-        for tp in self._consumer.assignment():
-            expected = self._seq.expected((tp.topic, tp.partition))
-            if expected is None:
-                (here,) = self._consumer.position([tp])
-                expected = here.offset
-            positions.append(TopicPartition(tp.topic, tp.partition, expected))
         self._consumer.close()
         self._consumer = self._new_consumer()
         self._consumer.assign(positions)
-        self.restarts += 1
+
+    def _resume_at(self, tp: TopicPartition) -> int:
+        """The next offset to read: the sequence guard's, else the consumer's position."""
+        expected = self._seq.expected((tp.topic, tp.partition))
+        if expected is None:
+            (here,) = self._consumer.position([tp])
+            expected = here.offset
+        return int(expected)
 
     @property
     def reseeks(self) -> int:

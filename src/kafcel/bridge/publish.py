@@ -93,12 +93,12 @@ class Publisher:
         # app.amqp is a locked cached_property: fetched once, not per task.
         self._amqp = app.amqp
         self._router = self._amqp.router
-        self._default_queue = app.amqp.queues[conf.task_default_queue]
+        self._default_queue = self._amqp.queues[conf.task_default_queue]
         self._reply_to = app.thread_oid
         self._sent_event = bool(conf.task_send_sent_event)
         self._repr_max = (
-            int(app.amqp.argsrepr_maxsize),
-            int(app.amqp.kwargsrepr_maxsize),
+            int(self._amqp.argsrepr_maxsize),
+            int(self._amqp.kwargsrepr_maxsize),
             int(conf.task_repr_maxlevels),
         )
         self._delivery_mode = conf.task_default_delivery_mode
@@ -275,8 +275,8 @@ def _lpush_all(
     list as ``LPUSH q a; LPUSH q b`` would, and the worker pops ``a`` first. A list
     Redis refuses (WRONGTYPE, NOPERM) refuses its own records only.
     """
-    lists: dict[str, list[str]] = {}
-    members: dict[str, list[int]] = {}
+    # list key -> (index in the batch, wire message), in batch order
+    lists: dict[str, list[tuple[int, str]]] = {}
     for index, _, message, options in prepared:
         headers, properties, body, _ = message
         headers.update(options["headers"])
@@ -284,7 +284,6 @@ def _lpush_all(
         # As Celery's send_task_message, then kombu's publish, resolve it.
         mode = queue.exchange.delivery_mode or default_delivery_mode
         delivery_mode = maybe_delivery_mode(mode)  # type: ignore[no-untyped-call]
-        queue = queue.name
         # kombu's own clamp of the priority to its steps, as its _put reads it.
         priority = channel._get_message_priority(
             {"properties": {"priority": options.get("priority") or channel.default_priority}},
@@ -299,7 +298,7 @@ def _lpush_all(
             "properties": {
                 **properties,
                 "delivery_mode": delivery_mode,
-                "delivery_info": {"exchange": "", "routing_key": queue},
+                "delivery_info": {"exchange": "", "routing_key": queue.name},
                 "priority": priority,
                 "body_encoding": "base64",
                 "delivery_tag": str(uuid.uuid4()),
@@ -307,17 +306,16 @@ def _lpush_all(
         }
         if "expiration" in options:  # kombu's Producer.publish: a TTL in milliseconds
             wire["properties"]["expiration"] = str(int(options["expiration"] * 1000))
-        key = channel._q_for_pri(queue, priority)
-        lists.setdefault(key, []).append(json.dumps(wire))
-        members.setdefault(key, []).append(index)
+        key = channel._q_for_pri(queue.name, priority)
+        lists.setdefault(key, []).append((index, json.dumps(wire)))
     pipe = channel.client.pipeline(transaction=False)
-    for key, payloads in lists.items():
-        pipe.lpush(key, *payloads)
+    for key, members in lists.items():
+        pipe.lpush(key, *(payload for _, payload in members))
     refused: dict[int, DispatchRefused] = {}
     # Connection errors still raise; a command's own error comes back as its result.
-    for key, result in zip(lists, pipe.execute(raise_on_error=False), strict=True):
+    for members, result in zip(lists.values(), pipe.execute(raise_on_error=False), strict=True):
         if isinstance(result, Exception):
-            for index in members[key]:
+            for index, _ in members:
                 refused[index] = _refused(result)
     return refused
 

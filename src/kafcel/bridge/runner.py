@@ -26,7 +26,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import KafkaError as RdKafkaError
 
-from ..admin import client_config, ensure_topics
+from ..admin import client_config, ensure_topics, fetch_config
 from ..dlq import DeadLetter
 from ..envelope import Envelope
 from ..errors import BrokerError, ConfigError, DispatchRefused, KafkaError, RecordRejected
@@ -51,10 +51,8 @@ log = logging.getLogger("kafcel.bridge")
 _FETCH_BATCH = 500
 _POLL_S = 0.02
 _BUSY_POLL_S = 0.005
+# Task records should start soon: 200 fetches a second at most (admin.fetch_config).
 _FETCH_WAIT_MS = 5
-_FETCH_MIN_BYTES = 1 << 20
-# 8 MB of prefetched records: 15,000 and more at a typical size, ahead of max_in_flight.
-_PREFETCH_KB = 8192
 _REPORT_EVERY_S = 10.0
 _PUBLISH_EVERY_S = 2.0
 
@@ -109,12 +107,7 @@ class Bridge:
         )
         base = client_config(settings.bootstrap_servers, settings.librdkafka())
         consumer_conf: dict[str, Any] = {
-            # Tansu answers a fetch only when fetch.wait.max.ms ends, even when records
-            # arrive meanwhile (librdkafka's 500 ms default: 150 ms median added latency);
-            # a high fetch.min.bytes makes every fetch last that long, so a busy bridge
-            # sends 200 fetches a second instead of one per few records (broker CPU).
-            "fetch.wait.max.ms": _FETCH_WAIT_MS,
-            "fetch.min.bytes": _FETCH_MIN_BYTES,
+            **fetch_config(_FETCH_WAIT_MS),
             **base,
             "group.id": settings.group_id,
             "enable.auto.commit": False,
@@ -122,8 +115,6 @@ class Bridge:
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": int(settings.session_timeout_s * 1000),
             "heartbeat.interval.ms": max(int(settings.session_timeout_s * 1000 / 10), 100),
-            # Bound what librdkafka prefetches so memory stays flat with any backlog.
-            "queued.max.messages.kbytes": _PREFETCH_KB,
             "on_commit": self._on_commit,
         }
         if settings.group_instance_id:

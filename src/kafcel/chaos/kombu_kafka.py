@@ -87,7 +87,7 @@ class KombuKafka:
         queue: str,
         log_dir: Path,
         concurrency: int = 2,
-        app: str = APP,
+        worker_app: str = APP,
     ) -> None:
         host, port = _host_port(bootstrap_servers)
         results = _redis_server("redis_url", redis_url)
@@ -116,7 +116,7 @@ class KombuKafka:
         self.group = f"{queue}-consumer-group"
         self.log_dir = log_path
         self.concurrency = concurrency
-        self.app = app
+        self.worker_app = worker_app
         self._worker: ManagedProcess | None = None
         self._starts = 0
         self._app: Celery | None = None
@@ -149,7 +149,10 @@ class KombuKafka:
         src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         argv = worker_argv(
-            self.app, queue=self.queue, concurrency=self.concurrency, name=f"kombu-{self._starts}"
+            self.worker_app,
+            queue=self.queue,
+            concurrency=self.concurrency,
+            name=f"kombu-{self._starts}",
         )
         # A log per start: waiting for "ready" must not find the previous start's line.
         log_path = self.log_dir / f"kombu-worker-{self._starts}.log"

@@ -55,6 +55,14 @@ class ChaosStack:
         self.devstack.up()
         self.ledger.up()
 
+    def env(self, settings: Settings) -> dict[str, str]:
+        """The environment of a worker or bridge on this stack: ``settings`` as
+        ``KAFCEL_*`` (none inherited from this process) and the ledger's URL."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAFCEL_")}
+        env.update(settings.as_env())
+        env[LEDGER_ENV] = self.ledger_url
+        return env
+
     def flush_redis(self) -> None:
         redis.Redis.from_url(self.redis_url).flushall()
 
@@ -80,11 +88,7 @@ class KafcelRig:
         self.bridges: list[ManagedProcess] = []
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KAFCEL_")}
-        env.update(self.settings.as_env())
-        env[LEDGER_ENV] = self.stack.ledger_url
-        env["KAFCEL_CHAOS_QUEUE"] = self.queue
-        return env
+        return {**self.stack.env(self.settings), "KAFCEL_CHAOS_QUEUE": self.queue}
 
     def start_worker(self, index: int | None = None, *, concurrency: int = 2) -> ManagedProcess:
         n = len(self.workers) if index is None else index
