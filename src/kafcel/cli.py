@@ -47,13 +47,6 @@ def build_settings(options: dict[str, Any]) -> Settings:
     return Settings.from_env(**{f.name: options.pop(f.name, None) for f in fields(Settings)})
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 @click.group()
 @click.version_option(package_name="kafcel")
 def cli() -> None:
@@ -67,9 +60,10 @@ def cli() -> None:
 def bridge(app_spec: str, log_level: str, **options: Any) -> None:
     """Run the bridge: Kafka task topic -> Celery, offsets committed when settled."""
     from .bridge import Bridge, load_app
+    from .logs import setup_logging
 
     settings = build_settings(options)
-    _setup_logging(log_level)
+    setup_logging(log_level, settings.log_format)
     logging.getLogger("kafcel.kafka").setLevel(logging.WARNING)
     sys.path.insert(0, os.getcwd())
     app = load_app(app_spec)
@@ -147,6 +141,21 @@ def status(as_json: bool, **options: Any) -> None:
         click.echo(json.dumps(report))
     else:
         render_status(report)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--log-level", default="WARNING", show_default=True)
+@settings_options
+def dashboard(host: str, port: int, log_level: str, **options: Any) -> None:
+    """Serve a live web page: lag per partition, throughput, task states, the DLQ."""
+    from .dashboard import serve
+    from .logs import setup_logging
+
+    settings = build_settings(options)
+    setup_logging(log_level, settings.log_format)
+    serve(settings=settings, host=host, port=port)
 
 
 @cli.group()

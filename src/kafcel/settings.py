@@ -19,6 +19,7 @@ __all__ = ["ENV_PREFIX", "Settings"]
 ENV_PREFIX = "KAFCEL_"
 
 _ORDERINGS = ("key", "partition", "none")
+_LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +96,22 @@ class Settings:
     once_done_ttl_s: float = field(
         default=7 * 24 * 3600.0, metadata={"help": "how long a finished task id is remembered"}
     )
+    result_backend: str = field(
+        default="",
+        metadata={"help": "Celery result backend read by status (default: REDIS_URL)"},
+    )
+    lag_window_s: float = field(
+        default=60.0,
+        metadata={"help": "sliding window of the lag evaluation (OK/WARN/STALL/STOP)"},
+    )
+    metrics_port: int = field(
+        default=0, metadata={"help": "port of the bridge's Prometheus /metrics (0: off)"}
+    )
+    worker_metrics_port: int = field(
+        default=0,
+        metadata={"help": "port of a worker's Prometheus /metrics, via install() (0: off)"},
+    )
+    log_format: str = field(default="text", metadata={"help": "text | json (one line per event)"})
     kafka_config: tuple[str, ...] = field(
         default=(),
         metadata={"help": "extra librdkafka settings, key=value (comma separated)"},
@@ -127,6 +144,15 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lag_window_s <= 0:
+            raise ConfigError(f"lag_window_s must be positive, got {self.lag_window_s}")
+        for name in ("metrics_port", "worker_metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"{name} must be a port (0 to 65535), got {getattr(self, name)}")
+        if self.log_format not in _LOG_FORMATS:
+            raise ConfigError(
+                f"log_format must be one of {', '.join(_LOG_FORMATS)}, got {self.log_format!r}"
+            )
         if self.ordering not in _ORDERINGS:
             raise ConfigError(
                 f"ordering must be one of {', '.join(_ORDERINGS)}, got {self.ordering!r}"

@@ -35,6 +35,7 @@ from ..results import REVOKED, SUCCESS, Outcome
 from ..settings import Settings
 from .deadletter import DeadLetterWriter
 from .dispatch import Dispatch, StopSending, declare_queues, make_dispatch
+from .events import BridgeEvents
 from .filter import TaskFilter
 from .ordering import OrderingGate
 from .outcomes import OutcomeReader
@@ -72,6 +73,7 @@ class Bridge:
         self.app = app
         self.settings = settings
         self.stats = BridgeStats()
+        self.events = BridgeEvents()
         self._on_ready = on_ready
         self._stop = threading.Event()
         self._tracker = OffsetTracker()
@@ -143,6 +145,10 @@ class Bridge:
             {s.topic: s.partitions, s.results_topic: s.partitions, s.dlq_topic: s.partitions},
             extra=s.librdkafka(),
         )
+        if s.metrics_port:
+            from ..metrics import start_bridge_metrics
+
+            self.events.metrics = start_bridge_metrics(port=s.metrics_port)
         try:
             self._producer = Producer(self._producer_conf)
             self._dlq = DeadLetterWriter(
@@ -293,8 +299,10 @@ class Bridge:
             envelope = Envelope.decode(msg.value(), max_bytes=self.settings.max_record_bytes)
             self._filter.check(envelope.task)
         except RecordRejected as exc:
+            self.events.consumed(msg, None)
             self._dead_letter(msg, exc)
             return
+        self.events.consumed(msg, envelope.task)
         slot = self._gate.slot_for(tp, msg.key())
         item = make_dispatch(msg, envelope, tp, offset, slot, self.settings)
         if self._gate.admit(item.slot, item):
@@ -318,6 +326,7 @@ class Bridge:
                 self._redispatch.dispatched(item.task_id, not_before_s=item.wait_s())
                 self._queued.append(item.task_id)
                 self.stats.dispatched += 1
+                self.events.dispatched(item)
 
     def _mark_queued(self) -> None:
         if not self._queued:
@@ -354,7 +363,7 @@ class Bridge:
         for task_id in resend:
             items = self._pending.get(task_id)
             if items and self._resend(items[0]):
-                log.warning("redispatching %s: no worker holds it", task_id)
+                self.events.redispatched(items[0])
                 self._queued.append(task_id)
                 self.stats.redispatched += 1
         for orphan in orphans:
@@ -416,6 +425,7 @@ class Bridge:
         error_class: str | None = None,
         task: str | None = None,
         task_id: str | None = None,
+        trace_id: str | None = None,
     ) -> None:
         (topic, partition), offset = position(msg)
         letter = DeadLetter(
@@ -430,6 +440,7 @@ class Bridge:
             task_id=task_id,
         )
         assert self._dlq is not None
+        self.events.dead_lettered(msg, letter, trace_id)
         self._dlq.write(msg, letter, slot)
 
     def _dead_lettered(self, msg: Message, slot: Hashable | None) -> None:
@@ -464,8 +475,10 @@ class Bridge:
                     error_class=outcome.error_class or "TaskRevoked",
                     task=outcome.task,
                     task_id=outcome.task_id,
+                    trace_id=item.envelope.trace_id,
                 )
                 continue
+            self.events.settled(item, outcome)
             self._settle(item.tp, item.offset)
             self._release(item.slot)
 
