@@ -85,6 +85,16 @@ def always_fail(self: Any, name: str, item: Any) -> Any:
     raise RuntimeError(f"order {item} can never be processed")
 
 
+@app.task(bind=True, max_retries=0)
+def fails_while_broken(self: Any, name: str, item: Any) -> Any:
+    """Fails while the test's ``broken`` flag is set: a bug, then its fix, then a replay."""
+    _record(name, item, self.request.retries)
+    if ledger().exists(f"{name}:broken"):
+        raise RuntimeError(f"order {item}: the fix is not deployed yet")
+    ledger().hincrby(f"{name}:effects", str(item), 1)
+    return item
+
+
 @app.task
 def slow(name: str, item: Any, seconds: float) -> Any:
     ledger().hincrby(f"{name}:started", str(item), 1)

@@ -29,6 +29,7 @@ __all__ = [
     "ensure_topics",
     "fetch_config",
     "group_lag",
+    "offset_bounds",
     "partitions_of",
     "topic_depth",
 ]
@@ -206,6 +207,13 @@ def _bounds(
         raise KafkaError(f"could not read end offsets: {exc}") from exc
     finally:
         consumer.close()
+
+
+def offset_bounds(
+    bootstrap_servers: str, tps: Iterable[TP], *, extra: Mapping[str, str] | None = None
+) -> dict[TP, tuple[int, int]]:
+    """(first offset, offset after the last record) of each partition."""
+    return _bounds(bootstrap_servers, tps, extra)
 
 
 def committed_offsets(

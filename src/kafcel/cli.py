@@ -130,9 +130,10 @@ def submit(
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")
+@click.option("--check", is_flag=True, help="exit 2 unless every partition is OK")
 @settings_options
-def status(as_json: bool, **options: Any) -> None:
-    """Lag per partition, DLQ depth, live bridges (in flight, redispatched)."""
+def status(as_json: bool, check: bool, **options: Any) -> None:
+    """Lag and its evaluation per partition, bridges, task states, DLQ by error class."""
     from .status import collect_status, render_status
 
     settings = build_settings(options)
@@ -141,6 +142,158 @@ def status(as_json: bool, **options: Any) -> None:
         click.echo(json.dumps(report))
     else:
         render_status(report)
+    overall = report["evaluation"]["status"]
+    if check and overall != "OK":
+        bad = [
+            f"{p['partition']}:{p['status']}" for p in report["partitions"] if p["status"] != "OK"
+        ]
+        click.echo(f"kafcel: status {overall}: partitions {', '.join(bad)}", err=True)
+        sys.exit(2)
+
+
+def _dlq_filter_options(func: F) -> F:
+    for option in reversed(
+        [
+            click.option("--task", default=None, help="task name (glob: tasks.*)"),
+            click.option("--error-class", default=None, help="error class (glob: Schema*)"),
+            click.option("--key", default=None, help="record key, exact"),
+            click.option("--since", default=None, help="failed at or after (ISO, -1h, now)"),
+            click.option("--until", default=None, help="failed at or before (ISO, -1h, now)"),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _dlq_filter(options: dict[str, Any]) -> Any:
+    from .deadletters import DlqFilter
+    from .replay import parse_time
+
+    since, until = options.pop("since"), options.pop("until")
+    return DlqFilter(
+        task=options.pop("task"),
+        error_class=options.pop("error_class"),
+        key=options.pop("key"),
+        since=parse_time(since) if since else None,
+        until=parse_time(until) if until else None,
+    )
+
+
+@cli.group()
+def dlq() -> None:
+    """The dead-letter topic: list, show and replay records."""
+
+
+@dlq.command("list")
+@_dlq_filter_options
+@click.option("--limit", type=int, default=50, show_default=True, help="newest N (0: all)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@settings_options
+def dlq_list(limit: int, as_json: bool, **options: Any) -> None:
+    """Dead letters, newest last, with why each one failed."""
+    from .deadletters import read_dead_letters
+    from .render import render_dead_letters
+
+    flt = _dlq_filter(options)
+    settings = build_settings(options)
+    records = read_dead_letters(settings, flt, limit=limit or None)
+    if as_json:
+        for record in records:
+            click.echo(json.dumps(record.as_dict()))
+    else:
+        render_dead_letters(records, settings.dlq_topic)
+
+
+@dlq.command("show")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@settings_options
+def dlq_show(ref: str, as_json: bool, **options: Any) -> None:
+    """One dead letter in full (REF is PARTITION:OFFSET, as `dlq list` shows it)."""
+    from .deadletters import find_dead_letter, parse_ref
+    from .render import render_dead_letter
+
+    partition, offset = parse_ref(ref)
+    record = find_dead_letter(build_settings(options), partition, offset)
+    if as_json:
+        click.echo(json.dumps(record.as_dict(full=True)))
+    else:
+        render_dead_letter(record)
+
+
+@dlq.command("replay")
+@click.argument("refs", nargs=-1)
+@_dlq_filter_options
+@click.option("--new-id", is_flag=True, help="run under a new task id (default: the same id)")
+@click.option("--again", is_flag=True, help="also replay records replayed before")
+@click.option("--dry-run", is_flag=True, help="show what would be replayed, send nothing")
+@click.option("--json", "as_json", is_flag=True)
+@settings_options
+def dlq_replay(
+    refs: tuple[str, ...], new_id: bool, again: bool, dry_run: bool, as_json: bool, **options: Any
+) -> None:
+    """Write dead letters back to the task topic: REFS (PARTITION:OFFSET) or the filters."""
+    from .deadletters import parse_ref, read_dead_letters, replay_dead_letters
+    from .render import render_dlq_replay
+
+    flt = _dlq_filter(options)
+    settings = build_settings(options)
+    wanted = {parse_ref(ref) for ref in refs}
+    records = [
+        r
+        for r in read_dead_letters(settings, flt)
+        if not wanted or (r.partition, r.offset) in wanted
+    ]
+    missing = wanted - {(r.partition, r.offset) for r in records}
+    if missing:
+        shown = ", ".join(f"{p}:{o}" for p, o in sorted(missing))
+        raise ConfigError(f"not in {settings.dlq_topic} (or filtered out): {shown}")
+    report = replay_dead_letters(settings, records, new_id=new_id, again=again, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        render_dlq_replay(report, dry_run=dry_run)
+
+
+@cli.command()
+@click.option("--from", "since", required=True, help="start (ISO 8601, -2h, now)")
+@click.option("--to", "until", default=None, help="end (default: now)")
+@click.option("--task", default=None, help="only this task (glob)")
+@click.option("--key", default=None, help="only this record key")
+@click.option("--same-id", is_flag=True, help="keep ids: what already finished is skipped")
+@click.option("--dry-run", is_flag=True, help="count per task, send nothing")
+@click.option("--json", "as_json", is_flag=True)
+@settings_options
+def replay(
+    since: str,
+    until: str | None,
+    task: str | None,
+    key: str | None,
+    same_id: bool,
+    dry_run: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Submit a time range of the task topic again (offsets looked up by time)."""
+    from .render import progress_bar, render_range_replay
+    from .replay import parse_time, replay_range
+
+    settings = build_settings(options)
+    with progress_bar("reading " + settings.topic, quiet=as_json) as on_progress:
+        report = replay_range(
+            settings,
+            since=parse_time(since),
+            until=parse_time(until) if until else None,
+            task=task,
+            key=key,
+            new_id=not same_id,
+            dry_run=dry_run,
+            on_progress=on_progress,
+        )
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        render_range_replay(report)
 
 
 @cli.command()

@@ -30,6 +30,7 @@ class DeadLetter:
     task: str | None = None
     task_id: str | None = None
     attempts: int = 0
+    replays: int = 0  # times this record had been replayed when it failed (again)
     field: str | None = None
     traceback: str | None = None
     failed_at: str = ""
@@ -45,6 +46,7 @@ class DeadLetter:
             "task": self.task,
             "task_id": self.task_id,
             "attempts": self.attempts,
+            "replays": self.replays,
             "error.field": self.field,
             "traceback": self.traceback,
             "failed_at": self.failed_at or datetime.now(UTC).isoformat(),

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import redis
 
 from .errors import BrokerError
-from .results import Outcome
+from .results import SUCCESS, Outcome
 
 __all__ = ["Claim", "LeaseKeeper", "OnceGuard", "TaskState"]
 
@@ -284,6 +284,32 @@ class OnceGuard:
         if value.startswith(_DONE):
             return Claim(acquired=False, done=Outcome.decode(value[len(_DONE) :]))
         return Claim(acquired=False, running_ttl_s=self.lease_s)
+
+    def forget(self, task_id: str) -> bool:
+        """Let ``task_id`` run again after it ended in failure (a replay with the same id).
+
+        Only a final failure (or a revoke) is forgotten: a success stays, so a replay can
+        never repeat an effect that already happened, and a running or queued id is left to
+        its owner. Returns whether the id may now run.
+        """
+        key, attempts = self._key(task_id), self._attempts_key(task_id)
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.watch(key)
+                value: bytes | None = pipe.get(key)  # type: ignore[assignment]
+                if value is not None:
+                    if not value.startswith(_DONE):
+                        return False
+                    if Outcome.decode(value[len(_DONE) :]).status == SUCCESS:
+                        return False
+                pipe.multi()
+                pipe.delete(key, attempts)
+                pipe.execute()
+        except redis.WatchError:
+            return False
+        except redis.RedisError as exc:
+            raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
+        return True
 
     def renew(self, task_ids: Iterable[str]) -> int:
         keys = [self._key(t) for t in task_ids]

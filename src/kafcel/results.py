@@ -36,6 +36,7 @@ class Origin:
     dlq_topic: str = ""
     trace_id: str | None = None
     headers: dict[str, Any] = field(default_factory=dict)
+    replays: int = 0  # the record's kafcel-replay-count: a failure's DLQ record keeps it
 
     def to_header(self) -> dict[str, Any]:
         # By hand: dataclasses.asdict deep-copies, a cost per dispatched task.
@@ -48,6 +49,7 @@ class Origin:
             "dlq_topic": self.dlq_topic,
             "trace_id": self.trace_id,
             "headers": dict(self.headers),
+            "replays": self.replays,
         }
 
     @classmethod
@@ -65,6 +67,7 @@ class Origin:
                 dlq_topic=str(raw.get("dlq_topic", "")),
                 trace_id=raw.get("trace_id"),
                 headers=dict(raw.get("headers") or {}),
+                replays=int(raw.get("replays") or 0),
             )
         except (KeyError, TypeError, ValueError):
             return None

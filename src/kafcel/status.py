@@ -1,8 +1,18 @@
-"""``kafcel status``: where the task topic stands for the bridge group, and the DLQ depth."""
+"""``kafcel status``: the whole path in one report.
+
+Per partition: the group's committed offset, the end offset, the lag and its evaluation
+over the sliding window (:mod:`kafcel.health`) with the bridge that owns it; the live
+bridges with their in-flight and redispatch counts; task state counts from Celery's result
+backend; the DLQ depth by error class. ``--check`` turns it into a health check.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from collections import Counter
 from typing import Any
+from urllib.parse import urlparse
 
 import redis
 from rich.console import Console
@@ -10,14 +20,25 @@ from rich.table import Table
 
 from .admin import group_lag, topic_depth
 from .bridge.presence import read_presence
+from .dlq import parse_dlq_headers
 from .errors import KafkaError
+from .health import OK, STATUSES, Sample, evaluate, read_samples, worst
+from .replay import header_list, scan_topic
 from .settings import Settings
 
 __all__ = ["collect_status", "render_status"]
 
+# Task meta keys of Celery's Redis result backend, and how many status reads at most.
+_META = "celery-task-meta-"
+_MAX_META = 100_000
+# The DLQ's error classes are read from its newest records at most (the depth is exact).
+_DLQ_TAIL = 10_000
+_STYLE = {"OK": "green", "WARN": "yellow", "STALL": "red", "STOP": "bold red"}
+
 
 def collect_status(settings: Settings) -> dict[str, Any]:
-    """Lag per partition, DLQ depth, live bridges and their counters. Raises KafkaError."""
+    """The report as one JSON-ready dict. Raises KafkaError if Kafka or the topic is
+    missing; Redis or the result backend being down only empties their parts."""
     bootstrap, extra = settings.bootstrap_servers, settings.librdkafka()
     rows = group_lag(bootstrap, settings.group_id, settings.topic, extra=extra)
     if not rows:
@@ -25,40 +46,137 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers} "
             "(start a bridge, or check --topic / KAFCEL_TOPIC)"
         )
-    bridges = _bridges(settings)
-    return {
-        "topic": settings.topic,
-        "group": settings.group_id,
-        "partitions": [r.as_dict() for r in rows],
-        "lag": sum(r.lag for r in rows),
-        "dlq": {
-            "topic": settings.dlq_topic,
-            "depth": topic_depth(bootstrap, settings.dlq_topic, extra=extra),
-        },
-        "bridges": bridges,
-        "in_flight": sum(b.get("stats", {}).get("in_flight", 0) for b in bridges),
-        "redispatched": sum(b.get("stats", {}).get("redispatched", 0) for b in bridges),
-    }
-
-
-def _bridges(settings: Settings) -> list[dict[str, Any]]:
-    """Live bridges of the group, as they publish themselves to Redis (empty if unreachable)."""
     client: redis.Redis[bytes] = redis.Redis.from_url(
         settings.redis_url, socket_timeout=5, socket_connect_timeout=5
     )
     try:
+        bridges = _bridges(client, settings)
+        samples = read_samples(
+            client,
+            group=settings.group_id,
+            topic=settings.topic,
+            partitions=[r.partition for r in rows],
+        )
+    finally:
+        client.close()
+    owners = {p: b.get("member", "?") for b in bridges for p in b.get("partitions", [])}
+    now_s = time.time()
+    partitions = []
+    for row in rows:
+        current = Sample(now_s, row.committed, row.end)
+        verdict = evaluate(
+            samples[row.partition], current=current, now_s=now_s, window_s=settings.lag_window_s
+        )
+        partitions.append(
+            {
+                **row.as_dict(),
+                "status": verdict.status,
+                "reason": verdict.reason,
+                "owner": owners.get(row.partition),
+            }
+        )
+    overall = worst([p["status"] for p in partitions])
+    return {
+        "topic": settings.topic,
+        "group": settings.group_id,
+        "at": now_s,
+        "evaluation": {
+            "status": overall,
+            "window_s": settings.lag_window_s,
+            "counts": {s: sum(p["status"] == s for p in partitions) for s in STATUSES},
+        },
+        "partitions": partitions,
+        "lag": sum(r.lag for r in rows),
+        "dlq": _dlq(settings),
+        "bridges": bridges,
+        "in_flight": sum(b.get("stats", {}).get("in_flight", 0) for b in bridges),
+        "redispatched": sum(b.get("stats", {}).get("redispatched", 0) for b in bridges),
+        "tasks": task_states(settings),
+    }
+
+
+def _bridges(client: redis.Redis[bytes], settings: Settings) -> list[dict[str, Any]]:
+    """Live bridges of the group, as they publish themselves to Redis (empty if unreachable)."""
+    try:
         return read_presence(client, settings.group_id)
     except redis.RedisError:
         return []
+
+
+def _dlq(settings: Settings) -> dict[str, Any]:
+    bootstrap, extra = settings.bootstrap_servers, settings.librdkafka()
+    depth = topic_depth(bootstrap, settings.dlq_topic, extra=extra)
+    by_class: Counter[str] = Counter()
+    read = 0
+    if depth:
+        for msg in scan_topic(settings, settings.dlq_topic, tail=_DLQ_TAIL):
+            read += 1
+            meta = parse_dlq_headers(header_list(msg))
+            by_class[meta.get("error.class", "unknown")] += 1
+    return {
+        "topic": settings.dlq_topic,
+        "depth": depth,
+        "by_class": dict(by_class.most_common()),
+        "classes_from_newest": read if read < depth else None,
+    }
+
+
+def task_states(settings: Settings) -> dict[str, Any]:
+    """Task state counts held by Celery's result backend (Redis backends are read).
+
+    ``{"backend": url-without-password, "states": {"SUCCESS": n, ...}}``; ``sampled`` when
+    more than 100,000 results are stored, ``error`` when the backend cannot be read.
+    """
+    url = settings.result_backend or settings.redis_url
+    parsed = urlparse(url)
+    shown = parsed._replace(netloc=parsed.hostname or "").geturl() if parsed.password else url
+    out: dict[str, Any] = {"backend": shown, "states": {}}
+    if parsed.scheme not in ("redis", "rediss", "unix"):
+        out["error"] = f"{parsed.scheme} result backends are not read by kafcel status"
+        return out
+    client: redis.Redis[bytes] = redis.Redis.from_url(
+        url, socket_timeout=5, socket_connect_timeout=5
+    )
+    states: Counter[str] = Counter()
+    keys: list[bytes] = []
+    try:
+        for key in client.scan_iter(match=_META + "*", count=1000):
+            keys.append(key)
+            if len(keys) >= _MAX_META:
+                out["sampled"] = True
+                break
+        for start in range(0, len(keys), 1000):
+            for raw in client.mget(keys[start : start + 1000]):
+                if raw is None:
+                    continue
+                try:
+                    states[str(json.loads(raw).get("status", "UNKNOWN"))] += 1
+                except (ValueError, AttributeError):
+                    states["UNKNOWN"] += 1
+    except redis.RedisError as exc:
+        out["error"] = f"result backend unavailable: {exc}"
     finally:
         client.close()
+    out["states"] = dict(sorted(states.items()))
+    return out
 
 
 def render_status(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
-    table = Table(title=f"{report['topic']}  (group {report['group']})")
-    for col in ("partition", "committed", "end", "lag"):
-        table.add_column(col, justify="right")
+    if not console.is_terminal:
+        console = Console(width=160)  # logs and cron mails: room for the reasons
+    evaluation = report["evaluation"]
+    status = evaluation["status"]
+    table = Table(
+        title=(
+            f"{report['topic']}  (group {report['group']})  "
+            f"[{_STYLE[status]}]{status}[/] over {evaluation['window_s']:g}s"
+        )
+    )
+    for col in ("partition", "committed", "end", "lag", "status", "owner", "why"):
+        table.add_column(
+            col, justify="right" if col in ("partition", "committed", "end", "lag") else "left"
+        )
     for row in report["partitions"]:
         committed = "-" if row["committed"] is None else str(row["committed"])
         lag = str(row["lag"])
@@ -67,13 +185,13 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
             committed,
             str(row["end"]),
             f"[red]{lag}[/]" if row["lag"] else lag,
+            f"[{_STYLE[row['status']]}]{row['status']}[/]",
+            str(row.get("owner") or "-"),
+            row["reason"] if row["status"] != OK else "",
         )
     table.add_section()
     table.add_row("total", "", "", str(report["lag"]))
     console.print(table)
-    dlq = report["dlq"]
-    style = "red" if dlq["depth"] else "green"
-    console.print(f"DLQ [bold]{dlq['topic']}[/]: [{style}]{dlq['depth']}[/] record(s)")
     bridges = Table(title="bridges")
     for col in ("member", "partitions", "in flight", "dispatched", "redispatched", "dlq"):
         bridges.add_column(col, justify="left" if col == "member" else "right")
@@ -91,3 +209,17 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
         console.print(bridges)
     else:
         console.print("[yellow]no live bridge of this group reported to Redis[/]")
+    console.print(
+        f"in flight [bold]{report['in_flight']}[/], redispatched [bold]{report['redispatched']}[/]"
+    )
+    tasks = report["tasks"]
+    states = ", ".join(f"{k} {v}" for k, v in tasks["states"].items()) or "none"
+    note = f" [yellow]({tasks['error']})[/]" if "error" in tasks else ""
+    console.print(f"tasks in the result backend: {states}{note}")
+    dlq = report["dlq"]
+    style = "red" if dlq["depth"] else "green"
+    classes = ", ".join(f"{k} {v}" for k, v in dlq["by_class"].items())
+    console.print(
+        f"DLQ [bold]{dlq['topic']}[/]: [{style}]{dlq['depth']}[/] record(s)"
+        + (f": {classes}" if classes else "")
+    )

@@ -15,6 +15,7 @@ from celery import Celery
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from ..envelope import Envelope, task_id_for
+from ..replay import replay_count
 from ..results import Origin
 from ..settings import Settings
 from .tracker import TP
@@ -62,6 +63,7 @@ def make_dispatch(
         dlq_topic=s.dlq_topic,
         trace_id=envelope.trace_id,
         headers=dict(envelope.headers),
+        replays=replay_count(msg.headers()),
     )
     now = datetime.now(UTC)
     eta = envelope.eta

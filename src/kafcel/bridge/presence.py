@@ -17,8 +17,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-__all__ = ["BridgeStats", "Presence", "read_presence"]
+from ..health import record_samples
+from .tracker import TP, OffsetTracker
+
+__all__ = ["BridgeStats", "Presence", "log_report", "positions", "read_presence"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -52,10 +56,18 @@ class Presence:
         self._ttl_ms = int(ttl_s * 1000)
         self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._key = f"{_PREFIX}{group}:{self.member}"
+        self._group = group
         self._started = time.time()
         self._warned = False
 
-    def publish(self, stats: dict[str, Any], assignment: list[tuple[str, int]]) -> None:
+    def publish(
+        self,
+        stats: dict[str, Any],
+        assignment: list[tuple[str, int]],
+        samples: dict[TP, tuple[int | None, int]] | None = None,
+    ) -> None:
+        """Refresh this bridge's presence and record its commit report (health.py)."""
+        record_samples(self._redis, group=self._group, samples=samples or {})
         record = {
             "member": self.member,
             "started": self._started,
@@ -75,6 +87,36 @@ class Presence:
     def leave(self) -> None:
         with contextlib.suppress(redis.RedisError):
             self._redis.delete(self._key)
+
+
+def positions(
+    consumer: Consumer, tracker: OffsetTracker, assigned: dict[TP, int]
+) -> dict[TP, tuple[int | None, int]]:
+    """(committed, end) of each owned partition, from this bridge's own view: its last
+    acknowledged commit (or the one found at assignment) and the end offset of its last
+    fetch (librdkafka's cached high watermark, no request)."""
+    out: dict[TP, tuple[int | None, int]] = {}
+    for tp in assigned:
+        committed = tracker.committed(tp)
+        if committed is None:
+            committed = assigned[tp] if assigned[tp] >= 0 else None
+        try:
+            _, high = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+        except KafkaException:
+            continue
+        if high < 0:
+            continue  # nothing fetched yet: no end known without a request
+        out[tp] = (committed, max(high, committed or 0))
+    return out
+
+
+def log_report(stats: BridgeStats, tracker: OffsetTracker) -> None:
+    oldest = {
+        f"{t}[{p}]": off
+        for t, p in tracker.partitions()
+        if (off := tracker.lowest_unsettled((t, p))) is not None
+    }
+    log.info("stats %s; oldest unsettled %s", stats.as_dict(), oldest or "none")
 
 
 def read_presence(client: redis.Redis[bytes], group: str) -> list[dict[str, Any]]:

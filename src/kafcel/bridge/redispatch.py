@@ -21,10 +21,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from celery import Celery
+
 from ..errors import BrokerError
 from ..once import OnceGuard
+from ..results import SUCCESS
 
-__all__ = ["BackendState", "Redispatcher"]
+__all__ = ["BackendState", "Redispatcher", "backend_state"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -141,3 +144,15 @@ class Redispatcher:
         except Exception as exc:  # the backend is down: it cannot vouch for the task
             log.warning("result backend unavailable for %s: %s", task_id, exc)
             return BackendState(task_id=task_id, state="UNKNOWN")
+
+
+def backend_state(app: Celery, task_id: str) -> BackendState:
+    """What Celery's result backend holds for ``task_id``."""
+    result = app.AsyncResult(task_id)
+    state = str(result.state)
+    error = result.result if state != SUCCESS else None
+    return BackendState(
+        task_id=task_id,
+        state=state,
+        error_class=type(error).__name__ if isinstance(error, BaseException) else None,
+    )

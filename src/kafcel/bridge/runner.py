@@ -31,6 +31,7 @@ from ..dlq import DeadLetter
 from ..envelope import Envelope
 from ..errors import BrokerError, ConfigError, DispatchRefused, KafkaError, RecordRejected
 from ..once import OnceGuard
+from ..replay import replay_count
 from ..results import REVOKED, SUCCESS, Outcome
 from ..settings import Settings
 from .deadletter import DeadLetterWriter
@@ -39,9 +40,9 @@ from .events import BridgeEvents
 from .filter import TaskFilter
 from .ordering import OrderingGate
 from .outcomes import OutcomeReader
-from .presence import BridgeStats, Presence
+from .presence import BridgeStats, Presence, log_report, positions
 from .publish import Publisher
-from .redispatch import BackendState, Redispatcher
+from .redispatch import Redispatcher, backend_state
 from .sequence import SequenceGuard, position, seek_to
 from .tracker import TP, OffsetTracker
 
@@ -92,7 +93,7 @@ class Bridge:
         self._redispatch = Redispatcher(
             after_s=settings.redispatch_after_s,
             guard=self._guard,
-            backend_state=self._backend_state,
+            backend_state=lambda task_id: backend_state(app, task_id),
         )
         self._queued: list[str] = []
         # Admitted records of this loop turn, sent to Celery together (one round trip).
@@ -100,6 +101,8 @@ class Bridge:
         self._publisher: Publisher | None = None
         self._presence = Presence(client=client, group=settings.group_id)
         self._paused = False
+        # Owned partitions and the committed offset found when each was assigned.
+        self._assigned: dict[TP, int] = {}
         self._joined = False
         self._assignment_changed = False
         app.loader.import_default_modules()
@@ -185,7 +188,7 @@ class Bridge:
                 self._publish_presence()
                 last_publish = now
             if now - last_report >= _REPORT_EVERY_S:
-                self._report()
+                log_report(self.stats, self._tracker)
                 last_report = now
         self._drain()
         return 0
@@ -213,11 +216,11 @@ class Bridge:
         log.info("bridge stopped: %s", self.stats.as_dict())
 
     def _publish_presence(self) -> None:
-        try:
-            assignment = self._consumer.assignment() if self._consumer is not None else []
-        except KafkaException:
-            assignment = []
-        self._presence.publish(self.stats.as_dict(), [(p.topic, p.partition) for p in assignment])
+        assert self._consumer is not None
+        samples = positions(self._consumer, self._tracker, self._assigned)
+        self._presence.publish(self.stats.as_dict(), sorted(self._assigned), samples)
+        lag = {tp: max(end - (committed or 0), 0) for tp, (committed, end) in samples.items()}
+        self.events.gauges(in_flight=self.stats.in_flight, lag=lag)
 
     def _finish_joining(self) -> None:
         """Before leaving the group, let a join in progress complete.
@@ -232,14 +235,6 @@ class Bridge:
             log.info("waiting for the group join to complete before leaving")
         while not self._joined and time.monotonic() < deadline:
             self._consumer.consume(1, timeout=_POLL_S)
-
-    def _report(self) -> None:
-        oldest = {
-            f"{t}[{p}]": off
-            for t, p in self._tracker.partitions()
-            if (off := self._tracker.lowest_unsettled((t, p))) is not None
-        }
-        log.info("stats %s; oldest unsettled %s", self.stats.as_dict(), oldest or "none")
 
     # -- the loop ------------------------------------------------------------------
 
@@ -406,16 +401,6 @@ class Bridge:
             log.error("%s (redispatch of %s)", refused, item.task_id)
         return refused is None
 
-    def _backend_state(self, task_id: str) -> BackendState:
-        result = self.app.AsyncResult(task_id)
-        state = str(result.state)
-        error = result.result if state != SUCCESS else None
-        return BackendState(
-            task_id=task_id,
-            state=state,
-            error_class=type(error).__name__ if isinstance(error, BaseException) else None,
-        )
-
     def _dead_letter(
         self,
         msg: Message,
@@ -438,6 +423,7 @@ class Bridge:
             stage="bridge",
             task=task,
             task_id=task_id,
+            replays=replay_count(msg.headers()),
         )
         assert self._dlq is not None
         self.events.dead_lettered(msg, letter, trace_id)
@@ -559,12 +545,14 @@ class Bridge:
         log.info("assigned: %s", [(p.topic, p.partition) for p in partitions])
         self._assignment_changed = True
         self._joined = True
+        self._assigned.update({(p.topic, p.partition): -1 for p in partitions})
         try:
             committed = consumer.committed(partitions, timeout=10)
         except KafkaException as exc:
             log.warning("could not read committed offsets on assign: %s", exc)
             return
         for p in committed:
+            self._assigned[(p.topic, p.partition)] = p.offset
             if p.offset >= 0:
                 self._seq.expect((p.topic, p.partition), p.offset)
 
@@ -589,6 +577,7 @@ class Bridge:
         for tp in tps:
             self._tracker.revoke(tp)
             self._seq.forget(tp)
+            self._assigned.pop(tp, None)
         self._gate.drop(tps)
         # The next owner re-reads these records; our outcomes for them no longer matter.
         for task_id, items in list(self._pending.items()):

@@ -148,6 +148,11 @@ class OffsetTracker:
         if part is not None and offset > part.committed:
             part.committed = offset
 
+    def committed(self, tp: TP) -> int | None:
+        """The highest offset recorded by :meth:`mark_committed` since the last revoke."""
+        part = self._parts.get(tp)
+        return None if part is None or part.committed < 0 else part.committed
+
     def revoke(self, tp: TP) -> int | None:
         """Forget ``tp``; return its committable offset as it was (for the final commit)."""
         part = self._parts.pop(tp, None)

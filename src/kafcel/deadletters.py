@@ -1,0 +1,336 @@
+"""The DLQ as an operator sees it: list and filter dead letters, show one, replay them.
+
+A dead letter holds the original bytes (or the request rebuilt by the worker) and the
+``kafcel.*`` headers that say why it failed (:mod:`kafcel.dlq`). A replay writes it back
+to the task topic (:mod:`kafcel.replay`): with the id it failed under, so a client
+waiting on that ``AsyncResult`` gets its final state, or with a new id. Which records were
+replayed is kept in Redis, so running the same replay twice does not submit twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
+
+from .dlq import DLQ_HEADER_PREFIX, parse_dlq_headers
+from .errors import BrokerError, ConfigError
+from .once import OnceGuard
+from .replay import Republisher, header_list, replay_headers, scan_topic, with_task_id
+from .settings import Settings
+
+__all__ = [
+    "DeadLetterRecord",
+    "DlqFilter",
+    "DlqReplay",
+    "find_dead_letter",
+    "parse_ref",
+    "read_dead_letters",
+    "replay_dead_letters",
+]
+
+_REPLAYED = "kafcel:dlq:replayed:"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DlqFilter:
+    """Which dead letters to take: ``task`` and ``error_class`` are globs, ``key`` exact,
+    ``since``/``until`` bound the time the record reached the DLQ."""
+
+    task: str | None = None
+    error_class: str | None = None
+    key: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.since and self.until and self.until < self.since:
+            raise ConfigError("--until is before --since")
+
+    def matches(self, record: DeadLetterRecord) -> bool:
+        if self.task is not None and not fnmatch.fnmatchcase(record.task or "", self.task):
+            return False
+        if self.error_class is not None and not fnmatch.fnmatchcase(
+            record.error_class, self.error_class
+        ):
+            return False
+        return self.key is None or record.key == self.key
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeadLetterRecord:
+    partition: int
+    offset: int
+    timestamp: datetime | None
+    key: str | None
+    key_bytes: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, str | bytes | None]]
+    meta: dict[str, str]
+    replayed: dict[str, Any] | None = None
+
+    @classmethod
+    def from_message(cls, msg: Message) -> DeadLetterRecord:
+        kind, stamp_ms = msg.timestamp()
+        key = msg.key()
+        headers = header_list(msg)
+        return cls(
+            partition=int(msg.partition() or 0),
+            offset=int(msg.offset() or 0),
+            timestamp=(
+                datetime.fromtimestamp(stamp_ms / 1000, UTC)
+                if kind != TIMESTAMP_NOT_AVAILABLE
+                else None
+            ),
+            key=key.decode("utf-8", "replace") if key is not None else None,
+            key_bytes=key,
+            value=msg.value(),
+            headers=headers,
+            meta=parse_dlq_headers(headers),
+        )
+
+    @property
+    def ref(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+    @property
+    def task(self) -> str | None:
+        return self.meta.get("task") or _task_in(self.value)
+
+    @property
+    def task_id(self) -> str | None:
+        return self.meta.get("task_id")
+
+    @property
+    def error_class(self) -> str:
+        return self.meta.get("error.class", "unknown")
+
+    @property
+    def attempts(self) -> int:
+        return _int(self.meta.get("attempts"))
+
+    @property
+    def replays(self) -> int:
+        return _int(self.meta.get("replays"))
+
+    def as_dict(self, *, full: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ref": self.ref,
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp": self.timestamp.isoformat() if self.timestamp else None,
+            "key": self.key,
+            "task": self.task,
+            "task_id": self.task_id,
+            "error_class": self.error_class,
+            "error_message": self.meta.get("error.message", ""),
+            "stage": self.meta.get("stage"),
+            "attempts": self.attempts,
+            "replays": self.replays,
+            "failed_at": self.meta.get("failed_at"),
+            "origin": {
+                "topic": self.meta.get("origin.topic"),
+                "partition": _int(self.meta.get("origin.partition"), -1),
+                "offset": _int(self.meta.get("origin.offset"), -1),
+            },
+            "replayed": self.replayed,
+        }
+        if full:
+            out["field"] = self.meta.get("error.field")
+            out["traceback"] = self.meta.get("traceback")
+            out["value"] = _show_value(self.value)
+            out["headers"] = {
+                name: (value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+                for name, value in self.headers
+                if not name.startswith(DLQ_HEADER_PREFIX)
+            }
+            out["value_dropped_bytes"] = self.meta.get("value_dropped_bytes")
+        return out
+
+
+def _int(text: str | None, default: int = 0) -> int:
+    try:
+        return int(text) if text is not None else default
+    except ValueError:
+        return default
+
+
+def _task_in(value: bytes | None) -> str | None:
+    """The task a rejected record named, if it is JSON at all (for filtering only)."""
+    if not value or len(value) > 1_048_576:
+        return None
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return None
+    task = doc.get("task") if isinstance(doc, dict) else None
+    return task if isinstance(task, str) else None
+
+
+def _show_value(value: bytes | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value.decode("utf-8", "replace")
+
+
+def parse_ref(text: str) -> tuple[int, int]:
+    """``PARTITION:OFFSET`` as typed on the command line."""
+    part, sep, off = text.partition(":")
+    if not sep or not part.isdigit() or not off.isdigit():
+        raise ConfigError(f"{text!r} is not PARTITION:OFFSET (e.g. 3:120)")
+    return int(part), int(off)
+
+
+def _redis(settings: Settings) -> redis.Redis[bytes]:
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def _replayed(settings: Settings) -> dict[str, dict[str, Any]]:
+    client = _redis(settings)
+    try:
+        raw = client.hgetall(_REPLAYED + settings.dlq_topic)
+    except redis.RedisError:
+        return {}  # listing must work with Redis down; only replay needs it
+    finally:
+        client.close()
+    out: dict[str, dict[str, Any]] = {}
+    for ref, value in raw.items():
+        try:
+            out[ref.decode()] = json.loads(value)
+        except ValueError:
+            continue
+    return out
+
+
+def read_dead_letters(
+    settings: Settings, flt: DlqFilter | None = None, *, limit: int | None = None
+) -> list[DeadLetterRecord]:
+    """Dead letters matching ``flt``, oldest first; with ``limit``, the newest ``limit``."""
+    flt = flt or DlqFilter()
+    replayed = _replayed(settings)
+    found: list[DeadLetterRecord] = []
+    for msg in scan_topic(settings, settings.dlq_topic, since=flt.since, until=flt.until):
+        record = DeadLetterRecord.from_message(msg)
+        if flt.matches(record):
+            mark = replayed.get(record.ref)
+            if mark is not None:
+                record = _with_mark(record, mark)
+            found.append(record)
+    found.sort(key=lambda r: (r.timestamp or datetime.min.replace(tzinfo=UTC), r.ref))
+    return found[-limit:] if limit else found
+
+
+def _with_mark(record: DeadLetterRecord, mark: dict[str, Any]) -> DeadLetterRecord:
+    return dataclasses.replace(record, replayed=mark)
+
+
+def find_dead_letter(settings: Settings, partition: int, offset: int) -> DeadLetterRecord:
+    """One dead letter by its position in the DLQ topic; raises ConfigError if absent."""
+    for record in read_dead_letters(settings):
+        if record.partition == partition and record.offset == offset:
+            return record
+    raise ConfigError(f"no record at {partition}:{offset} in {settings.dlq_topic}")
+
+
+@dataclass
+class DlqReplay:
+    """What a DLQ replay did: the ids submitted, and what it left and why."""
+
+    submitted: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        reasons = Counter(s["reason"] for s in self.skipped)
+        return {
+            "submitted": self.submitted,
+            "skipped": self.skipped,
+            "counts": {"submitted": len(self.submitted), "skipped": dict(reasons)},
+        }
+
+
+def replay_dead_letters(
+    settings: Settings,
+    records: Iterable[DeadLetterRecord],
+    *,
+    new_id: bool = False,
+    again: bool = False,
+    dry_run: bool = False,
+) -> DlqReplay:
+    """Write ``records`` back to the task topic.
+
+    Same id (the default): the once-guard's failure marker of that id is forgotten so the
+    task runs again under it; an id that meanwhile succeeded is left alone (use
+    ``new_id``). A record replayed before is skipped unless ``again``. A record whose value
+    was too large for the DLQ (only its headers were kept) cannot be replayed.
+    """
+    report = DlqReplay()
+    client = _redis(settings)
+    guard = OnceGuard(
+        client=client, lease_s=settings.once_lease_s, done_ttl_s=settings.once_done_ttl_s
+    )
+    out: Republisher | None = None
+    marks = _REPLAYED + settings.dlq_topic
+    try:
+        for record in records:
+            skip = _why_not(record, again)
+            forget = skip is None and not new_id and record.task_id and not dry_run
+            if forget and record.task_id and not guard.forget(record.task_id):
+                skip = "its id succeeded or is running since: replay with a new id"
+            if skip is not None:
+                report.skipped.append({"ref": record.ref, "reason": skip})
+                continue
+            task_id = str(uuid.uuid4()) if new_id else record.task_id
+            entry = {"ref": record.ref, "task": record.task, "task_id": task_id}
+            if dry_run:
+                report.submitted.append(entry)
+                continue
+            out = out or Republisher(settings=settings)
+            out.send(
+                value=with_task_id(record.value, task_id),
+                key=record.key_bytes,
+                headers=replay_headers(
+                    record.headers,
+                    source=f"{settings.dlq_topic}:{record.ref}",
+                    original_id=record.task_id,
+                    drop_prefix=DLQ_HEADER_PREFIX,
+                    replays=record.replays,
+                ),
+            )
+            report.submitted.append(entry)
+        if out is not None:
+            out.flush()
+            now = datetime.now(UTC).isoformat()
+            if report.submitted:
+                client.hset(
+                    marks,
+                    mapping={
+                        e["ref"]: json.dumps({"at": now, "task_id": e["task_id"]})
+                        for e in report.submitted
+                    },
+                )
+    except redis.RedisError as exc:
+        raise BrokerError(f"Redis unavailable while replaying: {exc}") from exc
+    finally:
+        client.close()
+    return report
+
+
+def _why_not(record: DeadLetterRecord, again: bool) -> str | None:
+    if record.replayed is not None and not again:
+        return f"replayed before ({record.replayed.get('at')}); --again replays it once more"
+    if record.value is None:
+        dropped = record.meta.get("value_dropped_bytes")
+        return f"its value was not kept (too large: {dropped} bytes)"
+    return None

@@ -1,0 +1,381 @@
+"""Replays: a time range of the task topic, or records out of the DLQ, submitted again.
+
+A replay is a new record on the task topic, so it goes through the bridge like any
+other: validation, per-key order, the once-guard, the DLQ. Its headers say where it came
+from (``kafcel-replay-of``), when (``kafcel-replay-at``), under which id it ran before
+(``kafcel-replay-original-id``) and how often it has been replayed
+(``kafcel-replay-count``); if it fails again, its DLQ record carries that count.
+
+Times: ISO 8601 (a time without a zone is local time), ``now``, or a relative ``-90s``,
+``-15m``, ``-2h``, ``-1d``. Offsets are looked up by time (``offsets_for_times``), and each
+record's own timestamp is checked too, because some brokers (Tansu) answer that lookup
+with the first offset whatever the time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from confluent_kafka import Producer as KafkaProducer
+
+from .admin import client_config, offset_bounds, partitions_of
+from .envelope import Envelope, task_id_for
+from .errors import ConfigError, DeliveryError, KafkaError, RecordRejected
+from .settings import Settings
+
+__all__ = [
+    "REPLAY_AT",
+    "REPLAY_COUNT",
+    "REPLAY_OF",
+    "REPLAY_ORIGINAL_ID",
+    "RangeReplay",
+    "Republisher",
+    "header_list",
+    "parse_time",
+    "replay_count",
+    "replay_headers",
+    "replay_range",
+    "scan_topic",
+    "with_task_id",
+]
+
+REPLAY_COUNT = "kafcel-replay-count"
+REPLAY_OF = "kafcel-replay-of"
+REPLAY_AT = "kafcel-replay-at"
+REPLAY_ORIGINAL_ID = "kafcel-replay-original-id"
+_REPLAY_HEADERS = (REPLAY_COUNT, REPLAY_OF, REPLAY_AT, REPLAY_ORIGINAL_ID)
+
+_RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)\s*([smhd])$")
+_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A scan that reads nothing for this long while records remain has lost the broker.
+_STALL_S = 30.0
+
+Headers = list[tuple[str, str | bytes | None]]
+Progress = Callable[[int, int], None]
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """A point in time from the command line (see the module note); raises ConfigError."""
+    now = now or datetime.now(UTC)
+    raw = text.strip()
+    if raw.lower() == "now":
+        return now
+    rel = _RELATIVE.match(raw.lower())
+    if rel:
+        return now - timedelta(seconds=float(rel.group(1)) * _UNITS_S[rel.group(2)])
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(
+            f"{text!r} is not a time: use ISO 8601 (2026-11-24T10:00), now, or -15m/-2h/-1d"
+        ) from exc
+    return moment.astimezone() if moment.tzinfo is None else moment
+
+
+def _ms(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def header_list(msg: Message) -> Headers:
+    """The record's headers as (name, bytes) pairs."""
+    raw = msg.headers() or []
+    pairs = list(raw.items()) if isinstance(raw, dict) else list(raw)
+    out: Headers = []
+    for name, value in pairs:
+        if value is None:
+            out.append((name, b""))
+        else:
+            out.append((name, value.encode() if isinstance(value, str) else bytes(value)))
+    return out
+
+
+def replay_count(
+    headers: Mapping[str, bytes | str | None] | Sequence[tuple[str, bytes | str | None]] | None,
+) -> int:
+    """How often the record was replayed before (its ``kafcel-replay-count`` header)."""
+    if not headers:
+        return 0  # the common case, on the bridge's path for every record
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in pairs:
+        if name == REPLAY_COUNT and value is not None:
+            text = value.decode() if isinstance(value, bytes) else value
+            try:
+                return max(int(text), 0)
+            except ValueError:
+                return 0
+    return 0
+
+
+def replay_headers(
+    original: Headers,
+    *,
+    source: str,
+    original_id: str | None,
+    drop_prefix: str = "",
+    replays: int = 0,
+) -> Headers:
+    """The record's own headers without earlier replay (and ``drop_prefix``) ones, plus
+    this replay's; ``replays`` is the count when the headers no longer carry it."""
+    count = max(replay_count(original), replays) + 1
+    kept = [
+        (name, value)
+        for name, value in original
+        if name not in _REPLAY_HEADERS and not (drop_prefix and name.startswith(drop_prefix))
+    ]
+    kept += [
+        (REPLAY_COUNT, str(count).encode()),
+        (REPLAY_OF, source.encode()),
+        (REPLAY_AT, datetime.now(UTC).isoformat().encode()),
+    ]
+    if original_id:
+        kept.append((REPLAY_ORIGINAL_ID, original_id.encode()))
+    return kept
+
+
+def with_task_id(value: bytes | None, task_id: str | None) -> bytes | None:
+    """``value`` as an envelope under ``task_id`` (``None``: id left out, so a new one is
+    derived from the new offset). An expiry already past is dropped: the operator asks
+    for the task now. Bytes that are no valid envelope are replayed as they are: they
+    go back to the DLQ unless the bridge has been fixed to accept them."""
+    if value is None:
+        return None
+    try:
+        envelope = Envelope.decode(value)
+    except RecordRejected:
+        return value
+    expires = envelope.expires
+    if isinstance(expires, datetime) and expires <= datetime.now(UTC):
+        expires = None
+    return dataclasses.replace(envelope, id=task_id, expires=expires).encode()
+
+
+def scan_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    tail: int | None = None,
+    on_progress: Progress | None = None,
+) -> Iterator[Message]:
+    """Every record of ``topic`` stamped within [since, until], partition by partition in
+    offset order, up to the end offsets seen when the scan starts (with ``tail``, only
+    about the last ``tail`` records of the topic)."""
+    bootstrap, extra = settings.bootstrap_servers, settings.librdkafka()
+    parts = partitions_of(bootstrap, topic, extra=extra)
+    if not parts:
+        raise KafkaError(f"topic {topic!r} does not exist on {bootstrap}")
+    bounds = offset_bounds(bootstrap, [(topic, p) for p in parts], extra=extra)
+    since_ms, until_ms = _ms(since), _ms(until)
+    consumer = Consumer(
+        {
+            **client_config(bootstrap, extra),
+            "group.id": f"kafcel-replay-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    try:
+        starts = {p: bounds[(topic, p)][0] for p in parts}
+        if since_ms is not None:
+            found = consumer.offsets_for_times(
+                [TopicPartition(topic, p, since_ms) for p in parts], timeout=10
+            )
+            for tp in found:
+                end = bounds[(topic, tp.partition)][1]
+                hint = end if tp.offset < 0 else tp.offset
+                starts[tp.partition] = min(max(hint, starts[tp.partition]), end)
+        ends = {p: bounds[(topic, p)][1] for p in parts}
+        if tail is not None:
+            each = max(tail // len(parts), 1)
+            starts = {p: max(starts[p], ends[p] - each) for p in parts}
+        left = {p for p in parts if starts[p] < ends[p]}
+        total = sum(ends[p] - starts[p] for p in left)
+        done = 0
+        if on_progress:
+            on_progress(0, total)
+        if not left:
+            return
+        consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(left)])
+        idle_since = time.monotonic()
+        while left:
+            msgs = consumer.consume(500, timeout=0.5)
+            if not msgs and time.monotonic() - idle_since > _STALL_S:
+                raise KafkaError(f"reading {topic} stalled for {_STALL_S:.0f}s")
+            for msg in msgs:
+                if msg.error() is not None:
+                    continue
+                idle_since = time.monotonic()
+                partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
+                if partition not in left or offset >= ends[partition]:
+                    continue
+                done += 1
+                if offset + 1 >= ends[partition]:
+                    left.discard(partition)
+                    consumer.incremental_unassign([TopicPartition(topic, partition)])
+                kind, stamp = msg.timestamp()
+                if kind != TIMESTAMP_NOT_AVAILABLE and (
+                    (since_ms is not None and stamp < since_ms)
+                    or (until_ms is not None and stamp > until_ms)
+                ):
+                    continue
+                yield msg
+            if on_progress and msgs:
+                on_progress(done, total)
+    except KafkaException as exc:
+        raise KafkaError(f"cannot read {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+class Republisher:
+    """Writes replayed records to the task topic with the same durability as submit()."""
+
+    def __init__(self, *, settings: Settings) -> None:
+        conf: dict[str, Any] = {
+            **client_config(settings.bootstrap_servers, settings.librdkafka()),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+        }
+        try:
+            self._producer = KafkaProducer(conf)
+        except KafkaException as exc:
+            raise ConfigError(f"invalid Kafka producer configuration: {exc}") from exc
+        self.topic = settings.topic
+        self._errors: list[str] = []
+        self.sent = 0
+
+    def send(self, *, value: bytes | None, key: bytes | None, headers: Headers) -> None:
+        def delivered(err: Any, _: Message) -> None:
+            if err is not None:
+                self._errors.append(str(err))
+
+        while True:
+            try:
+                self._producer.produce(
+                    self.topic, value=value, key=key, headers=headers, on_delivery=delivered
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                raise DeliveryError(f"cannot write to {self.topic}: {exc}") from exc
+        self.sent += 1
+        self._producer.poll(0)
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait until every replayed record is on Kafka; raise DeliveryError otherwise."""
+        left = self._producer.flush(timeout_s)
+        if left or self._errors:
+            raise DeliveryError(
+                f"{left + len(self._errors)} replayed record(s) not delivered to "
+                f"{self.topic}: {self._errors[:3] or 'timed out'}"
+            )
+
+
+@dataclass
+class RangeReplay:
+    """What ``kafcel replay`` found (and, unless a dry run, submitted again)."""
+
+    since: str
+    until: str | None
+    scanned: int = 0
+    per_task: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    submitted: int = 0
+    dry_run: bool = True
+    task_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "since": self.since,
+            "until": self.until,
+            "scanned": self.scanned,
+            "matched": sum(self.per_task.values()),
+            "per_task": dict(sorted(self.per_task.items())),
+            "skipped": dict(self.skipped),
+            "submitted": self.submitted,
+            "dry_run": self.dry_run,
+        }
+
+
+def replay_range(
+    settings: Settings,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    task: str | None = None,
+    key: str | None = None,
+    new_id: bool = True,
+    dry_run: bool = False,
+    on_progress: Progress | None = None,
+) -> RangeReplay:
+    """Submit again the task records of [since, until] that match ``task`` (a glob) and
+    ``key``. With ``new_id`` every copy runs again; with the same id, ids that already
+    finished are skipped by the once-guard (only what never completed runs)."""
+    if until is not None and until < since:
+        raise ConfigError("--to is before --from")
+    report = RangeReplay(
+        since=since.isoformat(),
+        until=until.isoformat() if until else None,
+        dry_run=dry_run,
+    )
+    out = None if dry_run else Republisher(settings=settings)
+    want_key = key.encode("utf-8", "surrogateescape") if key is not None else None
+    for msg in scan_topic(
+        settings, settings.topic, since=since, until=until, on_progress=on_progress
+    ):
+        report.scanned += 1
+        if want_key is not None and msg.key() != want_key:
+            continue
+        try:
+            envelope = Envelope.decode(msg.value(), max_bytes=settings.max_record_bytes)
+        except RecordRejected:
+            report.skipped["invalid record (it is in the DLQ)"] += 1
+            continue
+        if task is not None and not fnmatch.fnmatchcase(envelope.task, task):
+            continue
+        report.per_task[envelope.task] += 1
+        if out is None:
+            continue
+        kind, stamp = msg.timestamp()
+        partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
+        original_id = task_id_for(
+            envelope,
+            settings.topic,
+            partition,
+            offset,
+            stamp if kind != TIMESTAMP_NOT_AVAILABLE else None,
+        )
+        task_id = str(uuid.uuid4()) if new_id else original_id
+        out.send(
+            value=with_task_id(msg.value(), task_id),
+            key=msg.key(),
+            headers=replay_headers(
+                header_list(msg),
+                source=f"{settings.topic}:{partition}:{offset}",
+                original_id=original_id,
+            ),
+        )
+        report.task_ids.append(task_id)
+    if out is not None:
+        out.flush()
+        report.submitted = out.sent
+    return report

@@ -1,0 +1,258 @@
+"""Operating kafcel through its CLI: status evaluation and --check, the DLQ commands,
+time-range replay, JSON logs. Real bridge, real worker, real Tansu and Redis."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+from celery.result import AsyncResult
+from confluent_kafka import Producer as KafkaProducer
+
+from kafcel import Producer
+from kafcel.dlq import parse_dlq_headers
+
+from .app import app
+from .conftest import Pipeline, wait_until
+from .test_cli import kafcel
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+Ledger = tuple[str, redis.Redis[bytes]]
+
+
+def status(pipeline: Pipeline, *extra: str, **overrides: Any) -> tuple[int, dict[str, Any]]:
+    out = kafcel("status", "--json", *extra, env=pipeline.env(**overrides))
+    assert out.returncode in (0, 2), out.stderr
+    assert "Traceback" not in out.stderr
+    return out.returncode, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def dlq_records(pipeline: Pipeline, *args: str) -> list[dict[str, Any]]:
+    out = kafcel("dlq", "list", "--json", "--limit", "0", *args, env=pipeline.env())
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def effects(client: redis.Redis[bytes], name: str) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client.hgetall(f"{name}:effects").items()}
+
+
+def test_status_is_ok_then_stall_then_stop_and_check_says_so(pipeline: Pipeline) -> None:
+    window = {"lag_window_s": 4.0}
+    bridge = pipeline.start_bridge()
+    with Producer(settings=pipeline.settings) as producer:
+        for i in range(8):
+            producer.submit("tests.app.record", f"ok-{uuid.uuid4().hex[:6]}", i, key=f"k{i}")
+    wait_until(pipeline.fully_committed, 60, "the tasks to settle")
+    code, report = status(pipeline, "--check", **window)
+    assert code == 0 and report["evaluation"]["status"] == "OK"
+    assert {p["status"] for p in report["partitions"]} == {"OK"}
+    assert all(p["owner"] for p in report["partitions"])
+    assert report["bridges"] and report["in_flight"] == 0
+    assert report["tasks"]["states"].get("SUCCESS", 0) >= 8
+
+    # A queue no worker reads: dispatched, never settled, so the committed offset sticks.
+    stuck_queue = f"nobody-{uuid.uuid4().hex[:6]}"
+    with Producer(settings=pipeline.settings) as producer:
+        producer.submit("tests.app.record", "stuck", 1, key="stuck", queue=stuck_queue)
+    try:
+
+        def evaluated(expected: str) -> bool:
+            _, report = status(pipeline, **window)
+            return report["evaluation"]["status"] == expected
+
+        wait_until(lambda: evaluated("STALL"), 60, "the stuck partition to be STALL")
+        code, report = status(pipeline, "--check", **window)
+        assert code == 2
+        stalled = [p for p in report["partitions"] if p["status"] == "STALL"]
+        assert len(stalled) == 1 and stalled[0]["lag"] == 1 and stalled[0]["owner"]
+        assert "not moved" in stalled[0]["reason"]
+        assert report["in_flight"] == 1
+
+        bridge.signal(signal.SIGKILL)
+        wait_until(lambda: evaluated("STOP"), 60, "the partition without a bridge to be STOP")
+        code, report = status(pipeline, "--check", **window)
+        assert code == 2
+        stopped = [p for p in report["partitions"] if p["status"] == "STOP"]
+        assert len(stopped) == 1 and stopped[0]["partition"] == stalled[0]["partition"]
+        table = kafcel("status", "--check", env=pipeline.env(**window))
+        assert table.returncode == 2 and "STOP" in table.stdout
+        assert "status STOP" in table.stderr and "Traceback" not in table.stderr
+    finally:
+        redis.Redis.from_url(pipeline.settings.redis_url).delete(stuck_queue)
+
+
+def test_dlq_list_show_filters_and_replay_after_a_fix(pipeline: Pipeline, ledger: Ledger) -> None:
+    name, client = ledger
+    client.set(f"{name}:broken", 1)
+    pipeline.start_bridge()
+    raw = KafkaProducer({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    raw.produce(pipeline.settings.topic, b"{not json", key=b"bad-key", headers=[("app", b"go")])
+    raw.flush(10)
+    with Producer(settings=pipeline.settings) as producer:
+        failing = producer.submit("tests.app.fails_while_broken", name, 7, key="order-7")
+        producer.submit("tests.app.no_such_task", 1, key="order-8")
+    wait_until(lambda: len(dlq_records(pipeline)) == 3, 90, "three dead letters")
+    wait_until(pipeline.fully_committed, 30, "the partitions to move past them")
+
+    records = dlq_records(pipeline)
+    by_class = {r["error_class"]: r for r in records}
+    assert set(by_class) == {"InvalidJson", "TaskNotAllowed", "RuntimeError"}
+    worker_failure = by_class["RuntimeError"]
+    assert worker_failure["task_id"] == failing and worker_failure["stage"] == "worker"
+    assert worker_failure["attempts"] == 1 and worker_failure["replays"] == 0
+    assert [r["ref"] for r in dlq_records(pipeline, "--task", "tests.app.fails_*")] == [
+        worker_failure["ref"]
+    ]
+    assert [r["error_class"] for r in dlq_records(pipeline, "--error-class", "Invalid*")] == [
+        "InvalidJson"
+    ]
+    assert [r["key"] for r in dlq_records(pipeline, "--key", "order-8")] == ["order-8"]
+    assert dlq_records(pipeline, "--since", "-1h", "--until", "-30m") == []
+    assert len(dlq_records(pipeline, "--since", "-10m", "--until", "now")) == 3
+
+    shown = kafcel("dlq", "show", worker_failure["ref"], "--json", env=pipeline.env())
+    assert shown.returncode == 0, shown.stderr
+    full = json.loads(shown.stdout)
+    assert full["value"]["task"] == "tests.app.fails_while_broken"
+    assert "the fix is not deployed yet" in full["traceback"]
+    table = kafcel("dlq", "show", worker_failure["ref"], env=pipeline.env())
+    assert table.returncode == 0 and "RuntimeError" in table.stdout
+    missing = kafcel("dlq", "show", "3:999999", env=pipeline.env())
+    assert missing.returncode == 1 and "no record at 3:999999" in missing.stderr
+
+    # Still broken: the replay fails again and comes back with its attempts and replays.
+    out = kafcel("dlq", "replay", worker_failure["ref"], "--json", env=pipeline.env())
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["submitted"][0]["task_id"] == failing
+    wait_until(lambda: len(dlq_records(pipeline)) == 4, 90, "the replay to fail again")
+    again = [r for r in dlq_records(pipeline) if r["replays"] == 1]
+    assert len(again) == 1 and again[0]["task_id"] == failing and again[0]["attempts"] == 1
+    twice = kafcel("dlq", "replay", worker_failure["ref"], "--json", env=pipeline.env())
+    skipped = json.loads(twice.stdout)
+    assert skipped["counts"]["submitted"] == 0
+    assert "replayed before" in skipped["skipped"][0]["reason"]
+
+    # The fix is deployed: replaying the second failure runs it, under the same id.
+    client.delete(f"{name}:broken")
+    out = kafcel("dlq", "replay", again[0]["ref"], env=pipeline.env())
+    assert out.returncode == 0, out.stderr
+    wait_until(lambda: effects(client, name) == {"7": 1}, 60, "the fixed task to run")
+    result = AsyncResult(failing, app=app)
+    wait_until(lambda: result.state == "SUCCESS", 30, "the original id to succeed")
+    # A success is never undone by a same-id replay; a new id runs it again on purpose.
+    out = kafcel("dlq", "replay", worker_failure["ref"], "--again", "--json", env=pipeline.env())
+    assert "succeeded" in json.loads(out.stdout)["skipped"][0]["reason"]
+    out = kafcel(
+        "dlq", "replay", worker_failure["ref"], "--again", "--new-id", "--json", env=pipeline.env()
+    )
+    new_id = json.loads(out.stdout)["submitted"][0]["task_id"]
+    assert new_id != failing
+    wait_until(lambda: effects(client, name) == {"7": 2}, 60, "the new-id replay to run")
+    wait_until(pipeline.fully_committed, 30, "every replay to settle")
+
+    # Replay headers: where each copy came from, and the count.
+    def copies(got: list[Any]) -> list[dict[str, bytes]]:
+        heads = [dict(m.headers() or []) for m in got]
+        return [h for h in heads if "kafcel-replay-of" in h]
+
+    replayed = copies(pipeline.read(pipeline.settings.topic, lambda got: len(copies(got)) >= 3))
+    assert {h["kafcel-replay-original-id"].decode() for h in replayed} == {failing}
+    assert sorted(int(h["kafcel-replay-count"]) for h in replayed) == [1, 1, 2]
+
+
+def test_replay_a_time_range_by_task_and_key(pipeline: Pipeline, ledger: Ledger) -> None:
+    name, client = ledger
+    pipeline.start_bridge()
+    with Producer(settings=pipeline.settings) as producer:
+        for i in range(3):
+            producer.submit("tests.app.record", name, f"early-{i}", key="a")
+    wait_until(lambda: len(effects(client, name)) == 3, 60, "the early tasks")
+    time.sleep(1.1)  # record timestamps are milliseconds: the range must fall between them
+    since = datetime.now(UTC).isoformat()
+    with Producer(settings=pipeline.settings) as producer:
+        for i in range(4):
+            producer.submit("tests.app.record", name, f"late-a-{i}", key="a")
+        for i in range(2):
+            producer.submit("tests.app.record", name, f"late-b-{i}", key="b")
+        producer.submit("tests.app.fails_while_broken", name, "late-c", key="c")
+    wait_until(lambda: len(effects(client, name)) == 10, 60, "the late tasks")
+    wait_until(pipeline.fully_committed, 30, "the late tasks to settle")
+
+    dry = kafcel("replay", "--from", since, "--dry-run", "--json", env=pipeline.env())
+    assert dry.returncode == 0, dry.stderr
+    counts = json.loads(dry.stdout)
+    assert counts["per_task"] == {"tests.app.fails_while_broken": 1, "tests.app.record": 6}
+    assert counts["submitted"] == 0
+    table = kafcel("replay", "--from", since, "--to", "now", "--dry-run", env=pipeline.env())
+    assert table.returncode == 0 and "tests.app.record" in table.stdout
+
+    # Same ids: everything already finished, the once-guard skips them all.
+    same = kafcel(
+        "replay", "--from", since, "--task", "tests.app.rec*", "--key", "b", "--same-id",
+        "--json", env=pipeline.env(),
+    )  # fmt: skip
+    assert json.loads(same.stdout)["submitted"] == 2
+    wait_until(pipeline.fully_committed, 60, "the same-id replays to settle")
+    assert all(v == 1 for v in effects(client, name).values())
+
+    # New ids (the default): key a's four late tasks run once more, nothing else.
+    out = kafcel("replay", "--from", since, "--key", "a", "--json", env=pipeline.env())
+    assert json.loads(out.stdout)["submitted"] == 4
+    wait_until(lambda: sum(effects(client, name).values()) == 14, 60, "the replayed range to run")
+    got = effects(client, name)
+    assert {k for k, v in got.items() if v == 2} == {f"late-a-{i}" for i in range(4)}
+
+    bad = kafcel("replay", "--from", "yesterday-ish", env=pipeline.env())
+    assert bad.returncode == 1 and "is not a time" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_json_logs_carry_one_event_per_line(pipeline: Pipeline, ledger: Ledger) -> None:
+    name, _ = ledger
+    bridge = pipeline.start_bridge(log_format="json")
+    with Producer(settings=pipeline.settings) as producer:
+        ids = [
+            producer.submit("tests.app.record", name, i, key=f"user-{i}", trace_id=f"trace-{i}")
+            for i in range(3)
+        ]
+    raw = KafkaProducer({"bootstrap.servers": pipeline.settings.bootstrap_servers})
+    raw.produce(pipeline.settings.topic, b"\xff\xfe", key=b"k-bad")
+    raw.flush(10)
+    wait_until(pipeline.fully_committed, 60, "everything to settle")
+    log_text = bridge.log_path.read_text()
+
+    def events() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in bridge.log_path.read_text().splitlines()
+                 if line.startswith("{")]  # fmt: skip
+        return [e for e in lines if "event" in e]
+
+    wait_until(lambda: sum(e["event"] == "settled" for e in events()) == 3, 30, "settle events")
+    assert log_text.strip()
+    for line in bridge.log_path.read_text().splitlines():
+        if line.startswith("{"):
+            json.loads(line)
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for event in events():
+        by_id.setdefault(str(event.get("task_id")), []).append(event)
+    for i, task_id in enumerate(ids):
+        kinds = [e["event"] for e in by_id[task_id]]
+        assert kinds == ["dispatched", "settled"], kinds
+        for e in by_id[task_id]:
+            assert e["key"] == f"user-{i}" and e["trace_id"] == f"trace-{i}"
+            assert e["topic"] == pipeline.settings.topic
+            assert isinstance(e["partition"], int) and isinstance(e["offset"], int)
+            assert e["level"] and e["ts"] and e["task"] == "tests.app.record"
+    dead = [e for e in events() if e["event"] == "dead_lettered"]
+    assert len(dead) == 1 and dead[0]["error_class"] == "InvalidEncoding"
+    assert dead[0]["key"] == "k-bad" and dead[0]["offset"] >= 0
+    headers = parse_dlq_headers(
+        pipeline.read(pipeline.settings.dlq_topic, until=lambda got: len(got) >= 1)[0].headers()
+    )
+    assert headers["error.class"] == "InvalidEncoding"
