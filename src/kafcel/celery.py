@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery, Task
@@ -38,6 +38,9 @@ from .errors import BrokerError, ConfigError, DeliveryError, KafcelError, TaskLo
 from .once import LeaseKeeper, OnceGuard
 from .results import FAILURE, REVOKED, SUCCESS, Origin, Outcome
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .metrics import WorkerMetrics
 
 __all__ = ["HEADER", "app_from_env", "install", "load_app", "origin_of"]
 
@@ -92,12 +95,25 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
             reason = "the task is not registered in this worker's Celery app"
             _never_ran(state, origin, id, name, "TaskUnknownOnWorker", reason)
 
+    def start_metrics(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", app) is app:
+            state.start_metrics()
+
+    def process_ended(pid: int | None = None, **_: Any) -> None:
+        state.flush_outcomes()
+        if state.metrics is not None:
+            from .metrics import worker_process_ended
+
+            worker_process_ended(pid)
+
     app.on_after_finalize.connect(guard_all, weak=False)
     # Tasks registered after finalize (late imports) are guarded when a worker starts.
     worker_init.connect(guard_all, weak=False)
     worker_process_init.connect(guard_all, weak=False)
+    # In the main process, before the pool forks: its children inherit the metrics.
+    worker_init.connect(start_metrics, weak=False)
     # Outcomes still lingering in the producer leave with the process, not without it.
-    worker_process_shutdown.connect(lambda **_: state.flush_outcomes(), weak=False)
+    worker_process_shutdown.connect(process_ended, weak=False)
     atexit.register(state.flush_outcomes)
     task_revoked.connect(on_revoked, weak=False)
     task_unknown.connect(on_unknown, weak=False)
@@ -156,10 +172,14 @@ def load_app(spec: str) -> Celery:
 
 def origin_of(request: Any) -> Origin | None:
     """The kafcel origin of a task request, or ``None`` if kafcel did not dispatch it."""
+    return Origin.from_header(_header_of(request))
+
+
+def _header_of(request: Any) -> Any:
     raw = getattr(request, HEADER, None)
     if raw is None:
         raw = (getattr(request, "headers", None) or {}).get(HEADER)
-    return Origin.from_header(raw)
+    return raw
 
 
 _OUTCOME_LINGER_MS = 5
@@ -175,6 +195,21 @@ class _WorkerState:
         self._guard: OnceGuard | None = None
         self._keeper: LeaseKeeper | None = None
         self._inherited: list[Producer] = []
+        # Set on worker_init when worker_metrics_port is; None costs one test per task.
+        self.metrics: WorkerMetrics | None = None
+
+    def start_metrics(self) -> None:
+        """Serve this worker's metrics if ``worker_metrics_port`` is set (main process)."""
+        port = (self._settings or Settings.from_env()).worker_metrics_port
+        if not port:
+            return
+        from .metrics import start_worker_metrics  # only imported when metrics are on
+
+        try:
+            self.metrics = start_worker_metrics(port=port)
+        except ConfigError as exc:
+            # Tasks matter more than their counts: the worker runs on, without metrics.
+            log.error("kafcel: %s; this worker runs without metrics", exc)
 
     def _ensure(self) -> tuple[Settings, Producer, OnceGuard]:
         if self._pid != os.getpid() or self._producer is None or self._guard is None:
@@ -340,11 +375,16 @@ def _guard(task: Task, state: _WorkerState) -> None:
             log.warning("kafcel: %s; requeueing %s", exc, request.id)
             time.sleep(1.0)
             raise Reject(str(exc), requeue=True) from exc
+        metrics = state.metrics
         if claim.done is not None:
+            if metrics is not None:
+                metrics.skipped(task.name, "done")
             log.info("kafcel: %s already finished; re-announcing its outcome", request.id)
             _publish_or_requeue(state, origin, claim.done.with_duplicate())
             raise Ignore()
         if not claim.acquired:
+            if metrics is not None:
+                metrics.skipped(task.name, "busy")
             countdown = min(claim.running_ttl_s or _MAX_BACKOFF_S, _MAX_BACKOFF_S)
             log.info("kafcel: %s runs elsewhere; checking again in %.1fs", request.id, countdown)
             try:
@@ -361,9 +401,12 @@ def _guard(task: Task, state: _WorkerState) -> None:
             _finish(task, state, origin, args, kwargs, exc=lost)
             raise lost
         state.keeper.hold(request.id)
+        started = time.monotonic()
         try:
             result = run(*args, **kwargs)
         except Retry as exc:
+            if metrics is not None:
+                metrics.attempted(task.name, "retry", started)
             # Not final: Celery delivers this id again, and that copy must be allowed to
             # run; until then the id stays live, so the bridge does not send it again.
             state.end_attempt(
@@ -376,21 +419,21 @@ def _guard(task: Task, state: _WorkerState) -> None:
             if exc.requeue:
                 state.end_attempt(request.id)
             else:
-                _finish(task, state, origin, args, kwargs, exc=exc)
+                _finish(task, state, origin, args, kwargs, exc=exc, started=started)
             raise
         except Ignore:
             # The task chose to end without a state (self.replace() does this too): its
             # record settles as a success with no result.
-            _finish(task, state, origin, args, kwargs, result=None)
+            _finish(task, state, origin, args, kwargs, result=None, started=started)
             raise
         except Exception as exc:
-            _finish(task, state, origin, args, kwargs, exc=exc)
+            _finish(task, state, origin, args, kwargs, exc=exc, started=started)
             raise
         except BaseException:
             # Ctrl-C in a solo worker, a greenlet killed: not the task's verdict.
             state.end_attempt(request.id)
             raise
-        _finish(task, state, origin, args, kwargs, result=result)
+        _finish(task, state, origin, args, kwargs, result=result, started=started)
         return result
 
     setattr(guarded, _WRAPPED, True)
@@ -406,9 +449,15 @@ def _finish(
     *,
     result: Any = None,
     exc: BaseException | None = None,
+    started: float | None = None,
 ) -> None:
+    """Record, count and publish the final outcome of an attempt that began at ``started``
+    (monotonic; None: refused without running)."""
     request = task.request
     retries = int(request.retries or 0)
+    if state.metrics is not None:
+        status = "success" if exc is None else "failure"
+        state.metrics.finished(task.name, status, started, _header_of(request))
     if exc is None:
         outcome = _outcome(origin, request.id, task.name, SUCCESS, result=result, retries=retries)
         dead = None
@@ -432,6 +481,7 @@ def _finish(
             task=task.name,
             task_id=request.id,
             attempts=int(request.retries or 0) + 1,
+            replays=origin.replays,
             traceback="".join(traceback.format_exception(exc))[-8000:],
         )
     recorded = True
@@ -447,6 +497,8 @@ def _finish(
     # The worker no longer has the original bytes: the DLQ value is the request rebuilt.
     value = _rebuild(task.name, args, kwargs, request.id, origin)
     _publish_or_requeue(state, origin, outcome, dead=(value, dead))
+    if state.metrics is not None:
+        state.metrics.dead_lettered(task.name, dead.error_class)
 
 
 def _retry_delay_s(exc: Retry) -> float:
