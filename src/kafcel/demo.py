@@ -31,13 +31,16 @@ from .admin import (
     partitions_of,
     topic_depth,
 )
+from .deadletters import read_dead_letters
 from .demo_tasks import fails_once
 from .devstack import DevStack
 from .envelope import Envelope
 from .errors import KafcelError
 from .procs import ManagedProcess, bridge_argv, worker_argv
 from .producer import Producer
+from .render import render_dead_letters
 from .settings import Settings
+from .status import collect_status, render_status
 
 __all__ = ["run_demo"]
 
@@ -65,6 +68,8 @@ def run_demo(
     workdir: Path = Path(".kafcel"),
 ) -> dict[str, Any]:
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=160)  # logs and CI: room for the tables
     if threading.current_thread() is threading.main_thread():
         # `kill` of the demo cleans up like Ctrl-C does.
         signal.signal(signal.SIGTERM, _interrupt)
@@ -144,6 +149,11 @@ def run_demo(
             "tasks_per_s": round(n_tasks / elapsed, 1) if elapsed > 0 else 0.0,
         }
         _show(console, summary)
+        # What an operator sees of the same run (docs/operations.md).
+        report = collect_status(settings)
+        summary["status"] = report
+        render_status(report, console)
+        render_dead_letters(read_dead_letters(settings, limit=6), settings.dlq_topic, console)
         return summary
     finally:
         with console.status("stopping what the demo started"):

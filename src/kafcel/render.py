@@ -29,8 +29,10 @@ def _console() -> Console:
     return console if console.is_terminal else Console(width=160)
 
 
-def render_dead_letters(records: Sequence[DeadLetterRecord], topic: str) -> None:
-    console = _console()
+def render_dead_letters(
+    records: Sequence[DeadLetterRecord], topic: str, console: Console | None = None
+) -> None:
+    console = console or _console()
     if not records:
         console.print(f"[green]no dead letters in {topic} match[/]")
         return

@@ -37,6 +37,7 @@ class Origin:
     trace_id: str | None = None
     headers: dict[str, Any] = field(default_factory=dict)
     replays: int = 0  # the record's kafcel-replay-count: a failure's DLQ record keeps it
+    timestamp_ms: int | None = None  # the record's: workers time end to end from it
 
     def to_header(self) -> dict[str, Any]:
         # By hand: dataclasses.asdict deep-copies, a cost per dispatched task.
@@ -50,6 +51,7 @@ class Origin:
             "trace_id": self.trace_id,
             "headers": dict(self.headers),
             "replays": self.replays,
+            "timestamp_ms": self.timestamp_ms,
         }
 
     @classmethod
@@ -68,6 +70,7 @@ class Origin:
                 trace_id=raw.get("trace_id"),
                 headers=dict(raw.get("headers") or {}),
                 replays=int(raw.get("replays") or 0),
+                timestamp_ms=int(raw["timestamp_ms"]) if raw.get("timestamp_ms") else None,
             )
         except (KeyError, TypeError, ValueError):
             return None

@@ -162,9 +162,10 @@ def task_states(settings: Settings) -> dict[str, Any]:
 
 
 def render_status(report: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
-    if not console.is_terminal:
-        console = Console(width=160)  # logs and cron mails: room for the reasons
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)  # logs and cron mails: room for the reasons
     evaluation = report["evaluation"]
     status = evaluation["status"]
     table = Table(

@@ -64,6 +64,7 @@ def make_dispatch(
         trace_id=envelope.trace_id,
         headers=dict(envelope.headers),
         replays=replay_count(msg.headers()),
+        timestamp_ms=stamp,
     )
     now = datetime.now(UTC)
     eta = envelope.eta
