@@ -68,6 +68,8 @@ class BridgeEvents:
             self.metrics.consumed(str(msg.topic()), task or INVALID_TASK)
 
     def dispatched(self, item: Dispatch) -> None:
+        if self.metrics is None and not log.isEnabledFor(logging.INFO):
+            return  # the hot path of a bridge without metrics or event logs
         latency_s = _record_age_s(item.msg)
         if self.metrics is not None:
             self.metrics.dispatched(item.tp[0], item.envelope.task, latency_s)
@@ -77,6 +79,8 @@ class BridgeEvents:
             )
 
     def settled(self, item: Dispatch, outcome: Outcome) -> None:
+        if self.metrics is None and not log.isEnabledFor(logging.INFO):
+            return
         e2e_s = _record_age_s(item.msg)
         if self.metrics is not None:
             self.metrics.settled(item.tp[0], item.envelope.task, outcome.status, e2e_s)
