@@ -20,14 +20,20 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# System packages: Debian's redis-server when absent (Tansu comes from the dev extras).
+# System packages, from Debian when absent: redis-server, and chromium (the browser the
+# dashboard test drives with Playwright; Playwright's own download is not used).
+# Tansu comes from the dev extras.
+CHROMIUM ?= /usr/bin/chromium
 setup: venv
-	@if ! command -v redis-server >/dev/null 2>&1; then \
-		echo "installing redis-server (Debian package)"; \
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	[ -x "$(CHROMIUM)" ] || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (Debian packages)"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; \
-		else echo "redis-server is missing and this user cannot install it: apt-get install redis-server" >&2; exit 1; fi; \
+		else echo "missing:$$missing; this user cannot install it: apt-get install$$missing" >&2; exit 1; fi; \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 lint: venv
