@@ -16,8 +16,9 @@ from confluent_kafka import Producer as KafkaProducer
 
 from kafcel import Producer
 from kafcel.dlq import parse_dlq_headers
+from kafcel.procs import ManagedProcess, worker_argv
 
-from .conftest import Pipeline, wait_until
+from .conftest import ROOT, TEST_APP, Pipeline, wait_until
 from .test_cli import kafcel
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -258,3 +259,41 @@ def test_json_logs_carry_one_event_per_line(pipeline: Pipeline, ledger: Ledger) 
         pipeline.read(pipeline.settings.dlq_topic, until=lambda got: len(got) >= 1)[0].headers()
     )
     assert headers["error.class"] == "InvalidEncoding"
+
+
+def test_worker_json_logs_carry_the_task_events(pipeline: Pipeline, ledger: Ledger) -> None:
+    name, _ = ledger
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    worker = ManagedProcess(
+        name=f"worker {queue}",
+        argv=worker_argv(TEST_APP, queue=queue, concurrency=1, name=queue),
+        env=pipeline.env(log_format="json"),
+        log_path=pipeline.logs_dir / f"{queue}-json-worker.log",
+        cwd=ROOT,
+    ).start()
+    try:
+        worker.wait_for_log(" ready.", timeout_s=60)
+        pipeline.start_bridge()
+        with Producer(settings=pipeline.settings) as producer:
+            ok = producer.submit("tests.app.record", name, 1, key="u1", queue=queue, trace_id="t1")
+            bad = producer.submit("tests.app.always_fail", name, 2, key="u2", queue=queue)
+        wait_until(pipeline.fully_committed, 90, "both tasks to settle")
+
+        def finished() -> dict[str, dict[str, Any]]:
+            lines = worker.log_path.read_text().splitlines()
+            found = [json.loads(line) for line in lines if line.startswith("{")]
+            return {e["task_id"]: e for e in found if e.get("event") == "finished"}
+
+        events = wait_until(lambda: len(finished()) == 2 and finished(), 30, "finished events")
+        assert events[ok]["status"] == "success" and events[ok]["key"] == "u1"
+        assert events[ok]["trace_id"] == "t1" and events[ok]["runtime_ms"] >= 0
+        assert events[ok]["topic"] == pipeline.settings.topic
+        assert isinstance(events[ok]["partition"], int) and isinstance(events[ok]["offset"], int)
+        assert events[bad]["status"] == "failure" and events[bad]["error_class"] == "RuntimeError"
+        # Celery's own lines are JSON too: one object per line, nothing else.
+        lines = [line for line in worker.log_path.read_text().splitlines() if line.strip()]
+        ready = [json.loads(line) for line in lines if line.startswith("{") and "ready" in line]
+        assert ready and ready[0]["level"] == "info"
+    finally:
+        worker.stop(timeout_s=20)
+        redis.Redis.from_url(pipeline.settings.redis_url).delete(queue)

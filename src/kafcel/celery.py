@@ -35,6 +35,7 @@ from .admin import client_config
 from .dlq import DeadLetter, dlq_headers
 from .envelope import Envelope
 from .errors import BrokerError, ConfigError, DeliveryError, KafcelError, TaskLost
+from .logs import EVENTS_LOGGER, task_fields, worker_logs
 from .once import LeaseKeeper, OnceGuard
 from .results import FAILURE, REVOKED, SUCCESS, Origin, Outcome
 from .settings import Settings
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["HEADER", "app_from_env", "install", "load_app", "origin_of"]
 
 log = logging.getLogger("kafcel.worker")
+events = logging.getLogger(EVENTS_LOGGER)
 
 HEADER = "kafcel"
 _WRAPPED = "__kafcel_guarded__"
@@ -112,6 +114,7 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
     worker_process_init.connect(guard_all, weak=False)
     # In the main process, before the pool forks: its children inherit the metrics.
     worker_init.connect(start_metrics, weak=False)
+    worker_logs(lambda: (settings or Settings.from_env()).log_format)
     # Outcomes still lingering in the producer leave with the process, not without it.
     worker_process_shutdown.connect(process_ended, weak=False)
     atexit.register(state.flush_outcomes)
@@ -379,7 +382,11 @@ def _guard(task: Task, state: _WorkerState) -> None:
         if claim.done is not None:
             if metrics is not None:
                 metrics.skipped(task.name, "done")
-            log.info("kafcel: %s already finished; re-announcing its outcome", request.id)
+            log.info(
+                "kafcel: %s already finished; re-announcing its outcome",
+                request.id,
+                extra=task_fields("skipped", task.name, request.id, origin, reason="done"),
+            )
             _publish_or_requeue(state, origin, claim.done.with_duplicate())
             raise Ignore()
         if not claim.acquired:
@@ -455,9 +462,16 @@ def _finish(
     (monotonic; None: refused without running)."""
     request = task.request
     retries = int(request.retries or 0)
+    status = "success" if exc is None else "failure"
     if state.metrics is not None:
-        status = "success" if exc is None else "failure"
         state.metrics.finished(task.name, status, started, _header_of(request))
+    if events.isEnabledFor(logging.INFO):
+        ran_ms = None if started is None else round((time.monotonic() - started) * 1000, 1)
+        fields = task_fields("finished", task.name, request.id, origin, status=status)
+        fields["kafcel"].update(
+            runtime_ms=ran_ms, retries=retries, error_class=exc and type(exc).__name__
+        )
+        events.info("finished %s: %s", request.id, status, extra=fields)
     if exc is None:
         outcome = _outcome(origin, request.id, task.name, SUCCESS, result=result, retries=retries)
         dead = None

@@ -12,10 +12,21 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["EVENTS_LOGGER", "JsonFormatter", "TextFormatter", "setup_logging"]
+if TYPE_CHECKING:
+    from .results import Origin
+
+__all__ = [
+    "EVENTS_LOGGER",
+    "JsonFormatter",
+    "TextFormatter",
+    "setup_logging",
+    "task_fields",
+    "worker_logs",
+]
 
 EVENTS_LOGGER = "kafcel.events"
 
@@ -73,3 +84,42 @@ def setup_logging(level: str, log_format: str = "text") -> None:
     if numeric <= logging.DEBUG:
         events_level = numeric
     logging.getLogger(EVENTS_LOGGER).setLevel(events_level)
+
+
+def task_fields(event: str, task: str, task_id: str, origin: Origin, **more: Any) -> dict[str, Any]:
+    """``extra=`` of a worker-side event line: the same fields as the bridge's."""
+    fields: dict[str, Any] = {
+        "event": event,
+        "task_id": task_id,
+        "task": task,
+        "key": origin.key,
+        "topic": origin.topic,
+        "partition": origin.partition,
+        "offset": origin.offset,
+        "trace_id": origin.trace_id,
+    }
+    fields.update(more)
+    return {"kafcel": fields}
+
+
+def worker_logs(log_format: Callable[[], str]) -> None:
+    """Apply ``log_format`` to a Celery worker's logs: JSON lines with every task event,
+    or Celery's text with the per-task events only at DEBUG (as for the bridge).
+
+    Connected to Celery's logger set-up signals, which run in the worker at start, after
+    Celery has built its handlers: only their formatters change.
+    """
+    from celery.signals import after_setup_logger, after_setup_task_logger
+
+    def swap(logger: logging.Logger | None = None, **_: Any) -> None:
+        events = logging.getLogger(EVENTS_LOGGER)
+        if log_format() != "json":
+            if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+                events.setLevel(logging.WARNING)
+            return
+        events.setLevel(logging.INFO)
+        for handler in (logger or logging.getLogger()).handlers:
+            handler.setFormatter(JsonFormatter())
+
+    after_setup_logger.connect(swap, weak=False)
+    after_setup_task_logger.connect(swap, weak=False)
