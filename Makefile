@@ -8,7 +8,7 @@ CHAOS_ARGS ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: all venv setup lint format test demo chaos bench dev-up dev-down clean
+.PHONY: all venv setup test-setup lint format test demo chaos bench dev-up dev-down clean
 
 all: test
 
@@ -20,14 +20,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# System packages, from Debian when absent: redis-server, and chromium (the browser the
-# dashboard test drives with Playwright; Playwright's own download is not used).
-# Tansu comes from the dev extras.
+# System packages, from Debian when absent: redis-server (demo and tests), and chromium
+# for the tests only (the browser the dashboard test drives with Playwright; Playwright's
+# own download is not used). Tansu comes from the dev extras.
 CHROMIUM ?= /usr/bin/chromium
-setup: venv
-	@missing=""; \
-	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
-	[ -x "$(CHROMIUM)" ] || missing="$$missing chromium"; \
+APT_INSTALL = \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing (Debian packages)"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; \
@@ -35,6 +32,17 @@ setup: venv
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+setup: venv
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	$(APT_INSTALL)
+
+test-setup: venv
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	[ -x "$(CHROMIUM)" ] || missing="$$missing chromium"; \
+	$(APT_INSTALL)
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks examples
@@ -45,7 +53,7 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks examples
 	$(BIN)/ruff format src tests benchmarks examples
 
-test: setup lint
+test: test-setup lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: setup

@@ -37,7 +37,7 @@ def inspect(pipeline: Pipeline, *command: str) -> dict[str, object]:
 def test_a_dispatched_task_shows_in_celery_inspect_while_it_runs(pipeline: Pipeline) -> None:
     pipeline.start_bridge()
     with Producer(settings=pipeline.settings) as producer:
-        task_id = producer.submit("tests.app.slow", "visible", 7, 6.0, key="user-7")
+        task_id = producer.submit("tests.app.slow", "visible", 7, 12.0, key="user-7")
 
     def active_copies() -> list[dict[str, Any]]:
         active = inspect(pipeline, "active")
@@ -46,7 +46,7 @@ def test_a_dispatched_task_shows_in_celery_inspect_while_it_runs(pipeline: Pipel
 
     (task,) = wait_until(active_copies, 60, f"{task_id} active in celery inspect", 0.5)
     assert task["name"] == "tests.app.slow"
-    assert task["args"] == ["visible", 7, 6.0]
+    assert task["args"] == ["visible", 7, 12.0]
     assert task["delivery_info"]["routing_key"] == "kafcel-tests"
     # And by id, as `celery inspect query_task` (and Flower's task page) asks for it.
     found = inspect(pipeline, "query_task", task_id)
