@@ -35,19 +35,19 @@ def test_zero_lag_within_the_window_is_ok_even_if_lag_is_back() -> None:
 
 
 def test_offset_not_moving_with_lag_is_stall() -> None:
-    samples = series([(5, 50)] * 12)
+    samples = series([(5, 50)] * 14)
     verdict = evaluate(samples, current=Sample(NOW_S, 5, 50), now_s=NOW_S, window_s=WINDOW_S)
     assert verdict.status == STALL and "not moved" in verdict.reason
 
 
 def test_moving_but_lag_rising_is_warn() -> None:
-    samples = series([(i * 10, 100 + i * 20) for i in range(12)])
-    verdict = evaluate(samples, current=Sample(NOW_S, 120, 345), now_s=NOW_S, window_s=WINDOW_S)
+    samples = series([(i * 10, 100 + i * 20) for i in range(14)])
+    verdict = evaluate(samples, current=Sample(NOW_S, 140, 400), now_s=NOW_S, window_s=WINDOW_S)
     assert verdict.status == WARN and "rising" in verdict.reason
 
 
 def test_moving_with_lag_shrinking_is_ok() -> None:
-    samples = series([(i * 10, 200) for i in range(12)])
+    samples = series([(i * 10, 200) for i in range(14)])
     verdict = evaluate(samples, current=Sample(NOW_S, 120, 200), now_s=NOW_S, window_s=WINDOW_S)
     assert verdict.status == OK
 
@@ -61,20 +61,37 @@ def test_no_commit_report_for_longer_than_the_window_is_stop() -> None:
 
 
 def test_a_window_not_yet_full_is_not_judged() -> None:
-    samples = series([(5, 50)] * 2)
+    # Eleven reports over 55 s: a stall of 55 s in a 60 s window is not a stall yet.
+    samples = series([(5, 50)] * 11)
     verdict = evaluate(samples, current=Sample(NOW_S, 5, 50), now_s=NOW_S, window_s=WINDOW_S)
     assert verdict.status == OK and "evaluating" in verdict.reason
 
 
+def test_a_paused_partition_reports_without_a_lag() -> None:
+    # Paused: the bridge's cached end is stale, so its reports carry none. They still
+    # prove a live owner (no STOP), and cannot fake a zero lag (no "caught up").
+    samples = series([(5, None)] * 14)
+    verdict = evaluate(samples, current=Sample(NOW_S, 5, 50), now_s=NOW_S, window_s=WINDOW_S)
+    assert verdict.status == STALL
+
+
+def test_no_committed_offset_yet_reads_as_such() -> None:
+    samples = series([(None, 3)] * 14)
+    verdict = evaluate(samples, current=Sample(NOW_S, None, 3), now_s=NOW_S, window_s=WINDOW_S)
+    assert verdict.status == STALL and "no offset committed yet" in verdict.reason
+
+
 offsets = st.integers(min_value=0, max_value=1_000)
-points = st.lists(st.tuples(offsets, offsets), min_size=0, max_size=30)
+points = st.lists(st.tuples(offsets, st.none() | offsets), min_size=0, max_size=30)
 
 
 @given(points, offsets, offsets, st.floats(min_value=1, max_value=600))
 def test_evaluation_is_total_and_consistent(
-    pairs: list[tuple[int, int]], committed: int, end: int, window_s: float
+    pairs: list[tuple[int, int | None]], committed: int, end: int, window_s: float
 ) -> None:
-    samples = series([(c, max(c, e)) for c, e in pairs], every_s=window_s / 10)
+    samples = series(
+        [(c, None if e is None else max(c, e)) for c, e in pairs], every_s=window_s / 10
+    )
     current = Sample(NOW_S, committed, max(end, committed))
     verdict = evaluate(samples, current=current, now_s=NOW_S, window_s=window_s)
     assert verdict.status in STATUSES and verdict.reason

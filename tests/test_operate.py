@@ -189,6 +189,9 @@ def test_replay_a_time_range_by_task_and_key(pipeline: Pipeline, ledger: Ledger)
     wait_until(lambda: len(effects(client, name)) == 10, 60, "the late tasks")
     wait_until(pipeline.fully_committed, 30, "the late tasks to settle")
 
+    everything = kafcel("dlq", "replay", env=pipeline.env())
+    assert everything.returncode == 1 and "--all" in everything.stderr
+
     dry = kafcel("replay", "--from", since, "--dry-run", "--json", env=pipeline.env())
     assert dry.returncode == 0, dry.stderr
     counts = json.loads(dry.stdout)
@@ -212,6 +215,16 @@ def test_replay_a_time_range_by_task_and_key(pipeline: Pipeline, ledger: Ledger)
     wait_until(lambda: sum(effects(client, name).values()) == 14, 60, "the replayed range to run")
     got = effects(client, name)
     assert {k for k, v in got.items() if v == 2} == {f"late-a-{i}" for i in range(4)}
+    # A second replay of the range does not replay the first one's copies.
+    again = json.loads(
+        kafcel("replay", "--from", since, "--dry-run", "--json", env=pipeline.env()).stdout
+    )
+    assert again["per_task"] == counts["per_task"]
+    assert again["skipped"]["copies written by an earlier replay"] == 6
+    every = kafcel(
+        "replay", "--from", since, "--dry-run", "--include-replays", "--json", env=pipeline.env()
+    )
+    assert json.loads(every.stdout)["per_task"]["tests.app.record"] == 12
 
     bad = kafcel("replay", "--from", "yesterday-ish", env=pipeline.env())
     assert bad.returncode == 1 and "is not a time" in bad.stderr and "Traceback" not in bad.stderr

@@ -509,7 +509,7 @@ def _finish(
         _publish_or_requeue(state, origin, outcome, wait=not recorded)
         return
     # The worker no longer has the original bytes: the DLQ value is the request rebuilt.
-    value = _rebuild(task.name, args, kwargs, request.id, origin)
+    value = _rebuild(task.name, args, kwargs, request, origin)
     _publish_or_requeue(state, origin, outcome, dead=(value, dead))
     if state.metrics is not None:
         state.metrics.dead_lettered(task.name, dead.error_class)
@@ -576,15 +576,20 @@ def _never_ran(
 
 
 def _rebuild(
-    task: str, args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str, origin: Origin
+    task: str, args: tuple[Any, ...], kwargs: dict[str, Any], request: Any, origin: Origin
 ) -> bytes:
-    """The request as an envelope with the same id: what the DLQ holds for a replay."""
+    """The request as an envelope with the same id, queue and priority: what the DLQ
+    holds for a replay (which must reach the same workers)."""
+    delivery = getattr(request, "delivery_info", None) or {}
+    priority = delivery.get("priority")
     try:
         return Envelope(
             task=task,
             args=args,
             kwargs=kwargs,
-            id=task_id,
+            id=request.id,
+            queue=delivery.get("routing_key") or None,
+            priority=priority if isinstance(priority, int) and 0 <= priority <= 9 else None,
             headers=origin.headers,
             trace_id=origin.trace_id,
         ).encode()

@@ -186,7 +186,9 @@ def dlq() -> None:
 
 @dlq.command("list")
 @_dlq_filter_options
-@click.option("--limit", type=int, default=50, show_default=True, help="newest N (0: all)")
+@click.option(
+    "--limit", type=click.IntRange(min=0), default=50, show_default=True, help="newest N (0: all)"
+)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
 @settings_options
 def dlq_list(limit: int, as_json: bool, **options: Any) -> None:
@@ -226,17 +228,27 @@ def dlq_show(ref: str, as_json: bool, **options: Any) -> None:
 @_dlq_filter_options
 @click.option("--new-id", is_flag=True, help="run under a new task id (default: the same id)")
 @click.option("--again", is_flag=True, help="also replay records replayed before")
+@click.option("--all", "everything", is_flag=True, help="every dead letter (no REFS, no filter)")
 @click.option("--dry-run", is_flag=True, help="show what would be replayed, send nothing")
 @click.option("--json", "as_json", is_flag=True)
 @settings_options
 def dlq_replay(
-    refs: tuple[str, ...], new_id: bool, again: bool, dry_run: bool, as_json: bool, **options: Any
+    refs: tuple[str, ...],
+    new_id: bool,
+    again: bool,
+    everything: bool,
+    dry_run: bool,
+    as_json: bool,
+    **options: Any,
 ) -> None:
-    """Write dead letters back to the task topic: REFS (PARTITION:OFFSET) or the filters."""
-    from .deadletters import parse_ref, read_dead_letters, replay_dead_letters
+    """Write dead letters back to the task topic: REFS (PARTITION:OFFSET), the filters'
+    matches, or --all."""
+    from .deadletters import DlqFilter, parse_ref, read_dead_letters, replay_dead_letters
     from .render import render_dlq_replay
 
     flt = _dlq_filter(options)
+    if not refs and flt == DlqFilter() and not everything:
+        raise ConfigError("name the records (PARTITION:OFFSET), filter them, or pass --all")
     settings = build_settings(options)
     wanted = {parse_ref(ref) for ref in refs}
     records = [
@@ -261,6 +273,7 @@ def dlq_replay(
 @click.option("--task", default=None, help="only this task (glob)")
 @click.option("--key", default=None, help="only this record key")
 @click.option("--same-id", is_flag=True, help="keep ids: what already finished is skipped")
+@click.option("--include-replays", is_flag=True, help="also copies from earlier replays")
 @click.option("--dry-run", is_flag=True, help="count per task, send nothing")
 @click.option("--json", "as_json", is_flag=True)
 @settings_options
@@ -270,6 +283,7 @@ def replay(
     task: str | None,
     key: str | None,
     same_id: bool,
+    include_replays: bool,
     dry_run: bool,
     as_json: bool,
     **options: Any,
@@ -287,6 +301,7 @@ def replay(
             task=task,
             key=key,
             new_id=not same_id,
+            include_replays=include_replays,
             dry_run=dry_run,
             on_progress=on_progress,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import heapq
 import json
 import uuid
 from collections import Counter
@@ -18,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlparse
 
 import redis
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
@@ -25,7 +27,14 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 from .dlq import DLQ_HEADER_PREFIX, parse_dlq_headers
 from .errors import BrokerError, ConfigError
 from .once import OnceGuard
-from .replay import Republisher, header_list, replay_headers, scan_topic, with_task_id
+from .replay import (
+    Republisher,
+    header_list,
+    read_one,
+    replay_headers,
+    scan_topic,
+    with_task_id,
+)
 from .settings import Settings
 
 __all__ = [
@@ -54,7 +63,7 @@ class DlqFilter:
 
     def __post_init__(self) -> None:
         if self.since and self.until and self.until < self.since:
-            raise ConfigError("--until is before --since")
+            raise ConfigError("the end of the time range is before its start")
 
     def matches(self, record: DeadLetterRecord) -> bool:
         if self.task is not None and not fnmatch.fnmatchcase(record.task or "", self.task):
@@ -220,16 +229,31 @@ def read_dead_letters(
     """Dead letters matching ``flt``, oldest first; with ``limit``, the newest ``limit``."""
     flt = flt or DlqFilter()
     replayed = _replayed(settings)
-    found: list[DeadLetterRecord] = []
-    for msg in scan_topic(settings, settings.dlq_topic, since=flt.since, until=flt.until):
+    # With a limit only the newest ``limit`` are kept while scanning: a DLQ of millions
+    # of records must not be held in memory to show fifty.
+    found: list[tuple[Any, int, DeadLetterRecord]] = []
+    for n, msg in enumerate(
+        scan_topic(settings, settings.dlq_topic, since=flt.since, until=flt.until)
+    ):
         record = DeadLetterRecord.from_message(msg)
-        if flt.matches(record):
-            mark = replayed.get(record.ref)
-            if mark is not None:
-                record = _with_mark(record, mark)
-            found.append(record)
-    found.sort(key=lambda r: (r.timestamp or datetime.min.replace(tzinfo=UTC), r.ref))
-    return found[-limit:] if limit else found
+        if not flt.matches(record):
+            continue
+        mark = replayed.get(record.ref)
+        if mark is not None:
+            record = _with_mark(record, mark)
+        item = (_order(record), n, record)
+        if limit is None:
+            found.append(item)
+        elif len(found) < limit:
+            heapq.heappush(found, item)
+        else:
+            heapq.heappushpop(found, item)
+    return [record for *_, record in sorted(found)]
+
+
+def _order(record: DeadLetterRecord) -> tuple[datetime, int, int]:
+    stamp = record.timestamp or datetime.min.replace(tzinfo=UTC)
+    return stamp, record.partition, record.offset
 
 
 def _with_mark(record: DeadLetterRecord, mark: dict[str, Any]) -> DeadLetterRecord:
@@ -238,10 +262,12 @@ def _with_mark(record: DeadLetterRecord, mark: dict[str, Any]) -> DeadLetterReco
 
 def find_dead_letter(settings: Settings, partition: int, offset: int) -> DeadLetterRecord:
     """One dead letter by its position in the DLQ topic; raises ConfigError if absent."""
-    for record in read_dead_letters(settings):
-        if record.partition == partition and record.offset == offset:
-            return record
-    raise ConfigError(f"no record at {partition}:{offset} in {settings.dlq_topic}")
+    msg = read_one(settings, settings.dlq_topic, partition, offset)
+    if msg is None:
+        raise ConfigError(f"no record at {partition}:{offset} in {settings.dlq_topic}")
+    record = DeadLetterRecord.from_message(msg)
+    mark = _replayed(settings).get(record.ref)
+    return record if mark is None else _with_mark(record, mark)
 
 
 @dataclass
@@ -270,10 +296,15 @@ def replay_dead_letters(
 ) -> DlqReplay:
     """Write ``records`` back to the task topic.
 
-    Same id (the default): the once-guard's failure marker of that id is forgotten so the
-    task runs again under it; an id that meanwhile succeeded is left alone (use
-    ``new_id``). A record replayed before is skipped unless ``again``. A record whose value
-    was too large for the DLQ (only its headers were kept) cannot be replayed.
+    Same id (the default): the once-guard's failure marker of that id and Celery's stored
+    failure are forgotten so the task runs again under it; an id that meanwhile succeeded
+    is left alone (``new_id`` runs it again on purpose), one in progress is left to run. A
+    record without a task id (rejected by the bridge) is replayed byte for byte.
+
+    Each record is claimed in Redis before it is sent (``HSETNX``), so two operators, or
+    the CLI and the dashboard, never both send it; ``again`` replays records replayed
+    before. A claim whose record Kafka did not take is released. A record whose value was
+    too large for the DLQ (only its headers were kept) cannot be replayed.
     """
     report = DlqReplay()
     client = _redis(settings)
@@ -285,20 +316,30 @@ def replay_dead_letters(
     try:
         for record in records:
             skip = _why_not(record, again)
-            forget = skip is None and not new_id and record.task_id and not dry_run
-            if forget and record.task_id and not guard.forget(record.task_id):
-                skip = "its id succeeded or is running since: replay with a new id"
+            task_id = record.task_id
+            if new_id:
+                task_id = "(new)" if dry_run else str(uuid.uuid4())
+            if skip is None and not dry_run:
+                mark = json.dumps({"at": datetime.now(UTC).isoformat(), "task_id": task_id})
+                previous = client.hget(marks, record.ref) if again else None
+                if again:
+                    client.hset(marks, record.ref, mark)
+                elif not client.hsetnx(marks, record.ref, mark):
+                    skip = "replayed before (by someone else just now); --again replays it"
+                if skip is None and not new_id and record.task_id:
+                    skip = _forget(settings, guard, record.task_id)
+                    if skip is not None:
+                        _release(client, marks, record.ref, previous)
             if skip is not None:
                 report.skipped.append({"ref": record.ref, "reason": skip})
                 continue
-            task_id = str(uuid.uuid4()) if new_id else record.task_id
             entry = {"ref": record.ref, "task": record.task, "task_id": task_id}
+            report.submitted.append(entry)
             if dry_run:
-                report.submitted.append(entry)
                 continue
             out = out or Republisher(settings=settings)
             out.send(
-                value=with_task_id(record.value, task_id),
+                value=with_task_id(record.value, task_id) if task_id else record.value,
                 key=record.key_bytes,
                 headers=replay_headers(
                     record.headers,
@@ -307,24 +348,48 @@ def replay_dead_letters(
                     drop_prefix=DLQ_HEADER_PREFIX,
                     replays=record.replays,
                 ),
+                tag=record.ref,
             )
-            report.submitted.append(entry)
         if out is not None:
-            out.flush()
-            now = datetime.now(UTC).isoformat()
-            if report.submitted:
-                client.hset(
-                    marks,
-                    mapping={
-                        e["ref"]: json.dumps({"at": now, "task_id": e["task_id"]})
-                        for e in report.submitted
-                    },
-                )
+            try:
+                out.flush()
+            finally:
+                for ref in out.failed:
+                    _release(client, marks, ref, None)
     except redis.RedisError as exc:
         raise BrokerError(f"Redis unavailable while replaying: {exc}") from exc
     finally:
         client.close()
     return report
+
+
+def _forget(settings: Settings, guard: OnceGuard, task_id: str) -> str | None:
+    """Clear ``task_id``'s failure so it can run again; the reason not to, if any."""
+    state = guard.forget(task_id)
+    if state == "succeeded":
+        return "its id has succeeded since: --new-id runs it again on purpose"
+    if state != "forgotten":
+        return "its id is queued or running (an earlier replay?): wait for it"
+    # Celery's stored FAILURE would be the first thing a waiting client (and the bridge,
+    # settling a long-queued task from the result backend) reads: the replay's result
+    # replaces it. Redis result backends only; others keep it until then.
+    backend = settings.result_backend or settings.redis_url
+    if urlparse(backend).scheme in ("redis", "rediss", "unix"):
+        result_client: redis.Redis[bytes] = redis.Redis.from_url(
+            backend, socket_timeout=5, socket_connect_timeout=5
+        )
+        try:
+            result_client.delete(f"celery-task-meta-{task_id}")
+        finally:
+            result_client.close()
+    return None
+
+
+def _release(client: redis.Redis[bytes], marks: str, ref: str, previous: bytes | None) -> None:
+    if previous is None:
+        client.hdel(marks, ref)
+    else:
+        client.hset(marks, ref, previous)
 
 
 def _why_not(record: DeadLetterRecord, again: bool) -> str | None:

@@ -12,8 +12,10 @@ bridge saying "I own this partition and here is my commit", so the evaluation re
 - **STOP**: lag > 0 and no bridge has reported the partition for longer than the
   window (no live consumer: bridges dead, or the group wedged).
 
-Until the samples span half the window, a moving-or-not verdict would be a guess, so a
-partition with lag is OK ("evaluating") unless it is STOPped.
+Until the reports cover the whole window (one older than the window exists), a
+moving-or-not verdict would be a guess, so a partition with lag is OK ("evaluating")
+unless it is STOPped. A paused partition's report carries no end offset (librdkafka's
+cached one is stale while nothing is fetched): it counts as a report, not as a lag.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ __all__ = [
     "evaluate",
     "read_samples",
     "record_samples",
+    "server_time_s",
     "worst",
 ]
 
@@ -52,12 +54,14 @@ _KEEP_S = 24 * 3600
 
 @dataclass(frozen=True)
 class Sample:
-    at_s: float  # wall clock (time.time()): samples come from several hosts
+    at_s: float  # Redis server time: one clock for every bridge host and the reader
     committed: int | None
-    end: int
+    end: int | None  # None: not known (a paused partition's cached end is stale)
 
     @property
-    def lag(self) -> int:
+    def lag(self) -> int | None:
+        if self.end is None:
+            return None
         return max(self.end - (self.committed or 0), 0)
 
 
@@ -70,26 +74,31 @@ class Evaluation:
 def evaluate(
     samples: Sequence[Sample], *, current: Sample, now_s: float, window_s: float
 ) -> Evaluation:
-    """The status of one partition from its bridge samples and a reading taken now."""
-    if current.lag == 0:
+    """The status of one partition from its bridge samples and a reading taken now
+    (``current`` must know its end)."""
+    lag = current.lag or 0
+    if lag == 0:
         return Evaluation(OK, "caught up")
-    recent = sorted((s for s in samples if now_s - s.at_s <= window_s), key=lambda s: s.at_s)
+    ordered = sorted(samples, key=lambda s: s.at_s)
+    recent = [s for s in ordered if now_s - s.at_s <= window_s]
     if any(s.lag == 0 for s in recent):
         return Evaluation(OK, "caught up within the window")
-    newest = max((s.at_s for s in samples), default=None)
-    if newest is None or now_s - newest > window_s:
-        since = "ever" if newest is None else f"for {now_s - newest:.0f}s"
-        return Evaluation(STOP, f"no bridge has committed {since} while lag is {current.lag}")
-    if len(recent) < 2 or recent[-1].at_s - recent[0].at_s < window_s / 2:
+    if not ordered or now_s - ordered[-1].at_s > window_s:
+        since = "ever" if not ordered else f"for {now_s - ordered[-1].at_s:.0f}s"
+        return Evaluation(STOP, f"no bridge has reported a commit {since} while lag is {lag}")
+    before = [s for s in ordered if now_s - s.at_s > window_s]
+    if not before:
         return Evaluation(OK, "evaluating (the window is not full yet)")
-    first, last = recent[0], recent[-1]
-    if first.committed == last.committed == current.committed:
-        return Evaluation(
-            STALL,
-            f"committed offset {current.committed} has not moved for "
-            f"{now_s - first.at_s:.0f}s while lag is {current.lag}",
+    # The window's state at its start, and every report since.
+    span = [before[-1], *recent]
+    if all(s.committed == current.committed for s in span):
+        where = (
+            "no offset committed yet"
+            if current.committed is None
+            else f"committed offset {current.committed} has not moved"
         )
-    lags = [s.lag for s in recent] + [current.lag]
+        return Evaluation(STALL, f"{where} for {now_s - span[0].at_s:.0f}s while lag is {lag}")
+    lags = [s.lag for s in span if s.lag is not None] + [lag]
     if all(b >= a for a, b in itertools.pairwise(lags)) and lags[-1] > lags[0]:
         return Evaluation(WARN, f"lag rising: {lags[0]} -> {lags[-1]} within the window")
     return Evaluation(OK, "consuming")
@@ -103,48 +112,65 @@ def _key(group: str, topic: str, partition: int) -> str:
     return f"{_PREFIX}{group}:{topic}:{partition}"
 
 
+# Stamped with Redis's own clock, so a bridge host whose clock is off cannot look stopped.
+_RECORD = """
+local t = redis.call('TIME')
+local at = t[1] .. '.' .. string.format('%06d', t[2])
+for i, key in ipairs(KEYS) do
+  redis.call('LPUSH', key, '[' .. at .. ',' .. ARGV[i + 2] .. ']')
+  redis.call('LTRIM', key, 0, tonumber(ARGV[1]) - 1)
+  redis.call('EXPIRE', key, ARGV[2])
+end
+return #KEYS
+"""
+
+
 def record_samples(
-    client: redis.Redis[bytes],
+    pipe: redis.client.Pipeline[bytes],
     *,
     group: str,
-    samples: Mapping[tuple[str, int], tuple[int | None, int]],
-    now_s: float | None = None,
+    samples: Mapping[tuple[str, int], tuple[int | None, int | None]],
 ) -> None:
-    """A bridge's commit report: (committed, end) per partition it owns. Never raises."""
+    """Queue a bridge's commit report on ``pipe``: (committed, end) per owned partition."""
     if not samples:
         return
-    at = time.time() if now_s is None else now_s
-    try:
-        with client.pipeline(transaction=False) as pipe:
-            for (topic, partition), (committed, end) in samples.items():
-                key = _key(group, topic, partition)
-                pipe.lpush(key, json.dumps([round(at, 3), committed, end]))
-                pipe.ltrim(key, 0, _KEEP - 1)
-                pipe.expire(key, _KEEP_S)
-            pipe.execute()
-    except redis.RedisError as exc:
-        log.debug("cannot record lag samples: %s", exc)
+    keys = [_key(group, topic, partition) for topic, partition in samples]
+    values = [json.dumps([c, e])[1:-1] for c, e in samples.values()]
+    pipe.eval(_RECORD, len(keys), *keys, _KEEP, _KEEP_S, *values)
+
+
+def server_time_s(client: redis.Redis[bytes]) -> float:
+    seconds, micros = client.time()
+    return float(seconds) + float(micros) / 1e6
 
 
 def read_samples(
-    client: redis.Redis[bytes], *, group: str, topic: str, partitions: Sequence[int]
+    client: redis.Redis[bytes],
+    *,
+    group: str,
+    topic: str,
+    partitions: Sequence[int],
+    window_s: float,
 ) -> dict[int, list[Sample]]:
-    """The recorded samples of each partition, oldest first (empty if Redis is down)."""
+    """The recorded samples of each partition that a window needs (those in it and the
+    last one before it), oldest first. Raises redis.RedisError."""
     out: dict[int, list[Sample]] = {p: [] for p in partitions}
-    try:
-        with client.pipeline(transaction=False) as pipe:
-            for p in partitions:
-                pipe.lrange(_key(group, topic, p), 0, -1)
-            replies = pipe.execute()
-    except redis.RedisError as exc:
-        log.debug("cannot read lag samples: %s", exc)
-        return out
+    # One report every 2 s per bridge; two bridges may briefly report the same partition.
+    depth = int(window_s) + 8
+    with client.pipeline(transaction=False) as pipe:
+        for p in partitions:
+            pipe.lrange(_key(group, topic, p), 0, depth)
+        replies = pipe.execute()
     for p, raw in zip(partitions, replies, strict=True):
         for item in reversed(raw):
             try:
                 at, committed, end = json.loads(item)
                 out[p].append(
-                    Sample(float(at), None if committed is None else int(committed), int(end))
+                    Sample(
+                        float(at),
+                        None if committed is None else int(committed),
+                        None if end is None else int(end),
+                    )
                 )
             except (ValueError, TypeError):
                 continue

@@ -285,12 +285,13 @@ class OnceGuard:
             return Claim(acquired=False, done=Outcome.decode(value[len(_DONE) :]))
         return Claim(acquired=False, running_ttl_s=self.lease_s)
 
-    def forget(self, task_id: str) -> bool:
+    def forget(self, task_id: str) -> str:
         """Let ``task_id`` run again after it ended in failure (a replay with the same id).
 
         Only a final failure (or a revoke) is forgotten: a success stays, so a replay can
-        never repeat an effect that already happened, and a running or queued id is left to
-        its owner. Returns whether the id may now run.
+        never repeat an effect that already happened, and a queued, running or retrying id
+        is left to its owner. Returns ``"forgotten"`` (it may run now), ``"succeeded"`` or
+        ``"in progress"``.
         """
         key, attempts = self._key(task_id), self._attempts_key(task_id)
         try:
@@ -299,17 +300,17 @@ class OnceGuard:
                 value: bytes | None = pipe.get(key)  # type: ignore[assignment]
                 if value is not None:
                     if not value.startswith(_DONE):
-                        return False
+                        return "in progress"
                     if Outcome.decode(value[len(_DONE) :]).status == SUCCESS:
-                        return False
+                        return "succeeded"
                 pipe.multi()
                 pipe.delete(key, attempts)
                 pipe.execute()
         except redis.WatchError:
-            return False
+            return "in progress"  # the id changed state while we looked: someone has it
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
-        return True
+        return "forgotten"
 
     def renew(self, task_ids: Iterable[str]) -> int:
         keys = [self._key(t) for t in task_ids]

@@ -32,6 +32,7 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import Producer as KafkaProducer
 
 from .admin import client_config, offset_bounds, partitions_of
@@ -48,6 +49,7 @@ __all__ = [
     "Republisher",
     "header_list",
     "parse_time",
+    "read_one",
     "replay_count",
     "replay_headers",
     "replay_range",
@@ -183,14 +185,21 @@ def scan_topic(
         raise KafkaError(f"topic {topic!r} does not exist on {bootstrap}")
     bounds = offset_bounds(bootstrap, [(topic, p) for p in parts], extra=extra)
     since_ms, until_ms = _ms(since), _ms(until)
-    consumer = Consumer(
-        {
-            **client_config(bootstrap, extra),
-            "group.id": f"kafcel-replay-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 50,
-        }
-    )
+    try:
+        consumer = Consumer(
+            {
+                **client_config(bootstrap, extra),
+                "group.id": f"kafcel-replay-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 50,
+                # The end of a partition can be a transaction marker, never delivered:
+                # the EOF event says the scan has read all there is.
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+            }
+        )
+    except KafkaException as exc:
+        raise ConfigError(f"invalid Kafka configuration: {exc}") from exc
     try:
         starts = {p: bounds[(topic, p)][0] for p in parts}
         if since_ms is not None:
@@ -198,6 +207,8 @@ def scan_topic(
                 [TopicPartition(topic, p, since_ms) for p in parts], timeout=10
             )
             for tp in found:
+                if tp.error is not None:
+                    continue  # no hint: read the partition from its start
                 end = bounds[(topic, tp.partition)][1]
                 hint = end if tp.offset < 0 else tp.offset
                 starts[tp.partition] = min(max(hint, starts[tp.partition]), end)
@@ -214,21 +225,35 @@ def scan_topic(
             return
         consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(left)])
         idle_since = time.monotonic()
+        last_error = "no record arrived"
+
+        def finished(partition: int) -> None:
+            left.discard(partition)
+            consumer.incremental_unassign([TopicPartition(topic, partition)])
+
         while left:
             msgs = consumer.consume(500, timeout=0.5)
-            if not msgs and time.monotonic() - idle_since > _STALL_S:
-                raise KafkaError(f"reading {topic} stalled for {_STALL_S:.0f}s")
+            if time.monotonic() - idle_since > _STALL_S:
+                raise KafkaError(f"reading {topic} stalled for {_STALL_S:.0f}s: {last_error}")
             for msg in msgs:
-                if msg.error() is not None:
+                partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
+                err = msg.error()
+                if err is not None:
+                    if err.code() == RdKafkaError._PARTITION_EOF:
+                        if partition in left and offset >= ends[partition]:
+                            finished(partition)  # the rest were markers or aborted
+                    else:
+                        last_error = str(err)
+                    continue
+                if partition not in left:
+                    continue
+                if offset >= ends[partition]:
+                    finished(partition)  # past the end seen at the start: done
                     continue
                 idle_since = time.monotonic()
-                partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
-                if partition not in left or offset >= ends[partition]:
-                    continue
                 done += 1
                 if offset + 1 >= ends[partition]:
-                    left.discard(partition)
-                    consumer.incremental_unassign([TopicPartition(topic, partition)])
+                    finished(partition)
                 kind, stamp = msg.timestamp()
                 if kind != TIMESTAMP_NOT_AVAILABLE and (
                     (since_ms is not None and stamp < since_ms)
@@ -238,6 +263,45 @@ def scan_topic(
                 yield msg
             if on_progress and msgs:
                 on_progress(done, total)
+    except KafkaException as exc:
+        raise KafkaError(f"cannot read {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def read_one(settings: Settings, topic: str, partition: int, offset: int) -> Message | None:
+    """The record at ``partition:offset`` of ``topic``, or None if there is none."""
+    bootstrap, extra = settings.bootstrap_servers, settings.librdkafka()
+    if partition not in partitions_of(bootstrap, topic, extra=extra):
+        return None
+    low, end = offset_bounds(bootstrap, [(topic, partition)], extra=extra)[(topic, partition)]
+    if not low <= offset < end:
+        return None
+    consumer = Consumer(
+        {
+            **client_config(bootstrap, extra),
+            "group.id": f"kafcel-read-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + _STALL_S
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(100, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == RdKafkaError._PARTITION_EOF:
+                        return None
+                    continue
+                got = int(msg.offset() or 0)
+                if got == offset:
+                    return msg
+                if got > offset:
+                    return None  # a compacted or aborted offset
+        raise KafkaError(f"reading {topic}[{partition}]@{offset} timed out")
     except KafkaException as exc:
         raise KafkaError(f"cannot read {topic}: {exc}") from exc
     finally:
@@ -260,12 +324,17 @@ class Republisher:
             raise ConfigError(f"invalid Kafka producer configuration: {exc}") from exc
         self.topic = settings.topic
         self._errors: list[str] = []
+        # Tags of the records Kafka did not take: their replay marks are released.
+        self.failed: list[str] = []
         self.sent = 0
 
-    def send(self, *, value: bytes | None, key: bytes | None, headers: Headers) -> None:
+    def send(
+        self, *, value: bytes | None, key: bytes | None, headers: Headers, tag: str = ""
+    ) -> None:
         def delivered(err: Any, _: Message) -> None:
             if err is not None:
                 self._errors.append(str(err))
+                self.failed.append(tag)
 
         while True:
             try:
@@ -281,16 +350,21 @@ class Republisher:
         self._producer.poll(0)
 
     def flush(self, timeout_s: float = 60.0) -> None:
-        """Wait until every replayed record is on Kafka; raise DeliveryError otherwise."""
-        left = self._producer.flush(timeout_s)
-        if left or self._errors:
+        """Wait until every replayed record is on Kafka; raise DeliveryError otherwise,
+        after :attr:`failed` names every record that is not (purged ones included)."""
+        if self._producer.flush(timeout_s):
+            # Still queued: purge, so each gets its delivery report (failed) and none is
+            # sent later behind the caller's back.
+            self._producer.purge()
+            self._producer.flush(5)
+        if self._errors:
             raise DeliveryError(
-                f"{left + len(self._errors)} replayed record(s) not delivered to "
-                f"{self.topic}: {self._errors[:3] or 'timed out'}"
+                f"{len(self._errors)} of {self.sent} replayed record(s) not delivered to "
+                f"{self.topic}: {self._errors[:3]}"
             )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RangeReplay:
     """What ``kafcel replay`` found (and, unless a dry run, submitted again)."""
 
@@ -324,14 +398,17 @@ def replay_range(
     task: str | None = None,
     key: str | None = None,
     new_id: bool = True,
+    include_replays: bool = False,
     dry_run: bool = False,
     on_progress: Progress | None = None,
 ) -> RangeReplay:
     """Submit again the task records of [since, until] that match ``task`` (a glob) and
     ``key``. With ``new_id`` every copy runs again; with the same id, ids that already
-    finished are skipped by the once-guard (only what never completed runs)."""
+    finished are skipped by the once-guard (only what never completed runs). Copies
+    written by earlier replays are left out unless ``include_replays``: a second replay
+    of the same hour must not replay the first one's copies too."""
     if until is not None and until < since:
-        raise ConfigError("--to is before --from")
+        raise ConfigError("the end of the range is before its start")
     report = RangeReplay(
         since=since.isoformat(),
         until=until.isoformat() if until else None,
@@ -351,6 +428,9 @@ def replay_range(
             report.skipped["invalid record (it is in the DLQ)"] += 1
             continue
         if task is not None and not fnmatch.fnmatchcase(envelope.task, task):
+            continue
+        if not include_replays and replay_count(msg.headers()):
+            report.skipped["copies written by an earlier replay"] += 1
             continue
         report.per_task[envelope.task] += 1
         if out is None:

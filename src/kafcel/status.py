@@ -22,7 +22,7 @@ from .admin import group_lag, topic_depth
 from .bridge.presence import read_presence
 from .dlq import parse_dlq_headers
 from .errors import KafkaError
-from .health import OK, STATUSES, Sample, evaluate, read_samples, worst
+from .health import OK, STATUSES, Sample, evaluate, read_samples, server_time_s, worst
 from .replay import header_list, scan_topic
 from .settings import Settings
 
@@ -49,29 +49,39 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     client: redis.Redis[bytes] = redis.Redis.from_url(
         settings.redis_url, socket_timeout=5, socket_connect_timeout=5
     )
+    redis_error = None
+    bridges: list[dict[str, Any]] = []
+    samples: dict[int, list[Sample]] = {r.partition: [] for r in rows}
+    now_s = time.time()
     try:
-        bridges = _bridges(client, settings)
+        bridges = read_presence(client, settings.group_id)
         samples = read_samples(
             client,
             group=settings.group_id,
             topic=settings.topic,
             partitions=[r.partition for r in rows],
+            window_s=settings.lag_window_s,
         )
+        now_s = server_time_s(client)  # the clock the bridges' reports carry
+    except redis.RedisError as exc:
+        redis_error = f"Redis unreachable ({exc}): no bridge reports"
     finally:
         client.close()
     owners = {p: b.get("member", "?") for b in bridges for p in b.get("partitions", [])}
-    now_s = time.time()
     partitions = []
     for row in rows:
         current = Sample(now_s, row.committed, row.end)
         verdict = evaluate(
             samples[row.partition], current=current, now_s=now_s, window_s=settings.lag_window_s
         )
+        reason = verdict.reason
+        if redis_error and verdict.status == "STOP":
+            reason = f"{redis_error}; lag is {row.lag}"
         partitions.append(
             {
                 **row.as_dict(),
                 "status": verdict.status,
-                "reason": verdict.reason,
+                "reason": reason,
                 "owner": owners.get(row.partition),
             }
         )
@@ -80,6 +90,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "topic": settings.topic,
         "group": settings.group_id,
         "at": now_s,
+        "redis_error": redis_error,
         "evaluation": {
             "status": overall,
             "window_s": settings.lag_window_s,
@@ -93,14 +104,6 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "redispatched": sum(b.get("stats", {}).get("redispatched", 0) for b in bridges),
         "tasks": task_states(settings),
     }
-
-
-def _bridges(client: redis.Redis[bytes], settings: Settings) -> list[dict[str, Any]]:
-    """Live bridges of the group, as they publish themselves to Redis (empty if unreachable)."""
-    try:
-        return read_presence(client, settings.group_id)
-    except redis.RedisError:
-        return []
 
 
 def _dlq(settings: Settings) -> dict[str, Any]:
@@ -129,7 +132,10 @@ def task_states(settings: Settings) -> dict[str, Any]:
     """
     url = settings.result_backend or settings.redis_url
     parsed = urlparse(url)
-    shown = parsed._replace(netloc=parsed.hostname or "").geturl() if parsed.password else url
+    shown = url
+    if parsed.password:
+        hidden = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+        shown = parsed._replace(netloc=hidden).geturl()
     out: dict[str, Any] = {"backend": shown, "states": {}}
     if parsed.scheme not in ("redis", "rediss", "unix"):
         out["error"] = f"{parsed.scheme} result backends are not read by kafcel status"

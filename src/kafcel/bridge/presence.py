@@ -64,10 +64,10 @@ class Presence:
         self,
         stats: dict[str, Any],
         assignment: list[tuple[str, int]],
-        samples: dict[TP, tuple[int | None, int]] | None = None,
+        samples: dict[TP, tuple[int | None, int | None]] | None = None,
     ) -> None:
-        """Refresh this bridge's presence and record its commit report (health.py)."""
-        record_samples(self._redis, group=self._group, samples=samples or {})
+        """Refresh this bridge's presence and record its commit report (health.py), in
+        one round trip."""
         record = {
             "member": self.member,
             "started": self._started,
@@ -76,7 +76,10 @@ class Presence:
             "stats": stats,
         }
         try:
-            self._redis.set(self._key, json.dumps(record), px=self._ttl_ms)
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(self._key, json.dumps(record), px=self._ttl_ms)
+                record_samples(pipe, group=self._group, samples=samples or {})
+                pipe.execute()
             self._warned = False
         except redis.RedisError as exc:
             # Visibility only: never let it disturb the bridge loop, warn once per outage.
@@ -90,23 +93,25 @@ class Presence:
 
 
 def positions(
-    consumer: Consumer, tracker: OffsetTracker, assigned: dict[TP, int]
-) -> dict[TP, tuple[int | None, int]]:
+    consumer: Consumer, tracker: OffsetTracker, assigned: dict[TP, int], *, paused: bool
+) -> dict[TP, tuple[int | None, int | None]]:
     """(committed, end) of each owned partition, from this bridge's own view: its last
     acknowledged commit (or the one found at assignment) and the end offset of its last
-    fetch (librdkafka's cached high watermark, no request)."""
-    out: dict[TP, tuple[int | None, int]] = {}
+    fetch (librdkafka's cached high watermark, no request). The end is None when unknown:
+    nothing fetched yet, or the partitions are paused (the cached end is stale)."""
+    out: dict[TP, tuple[int | None, int | None]] = {}
     for tp in assigned:
         committed = tracker.committed(tp)
         if committed is None:
             committed = assigned[tp] if assigned[tp] >= 0 else None
-        try:
-            _, high = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
-        except KafkaException:
-            continue
-        if high < 0:
-            continue  # nothing fetched yet: no end known without a request
-        out[tp] = (committed, max(high, committed or 0))
+        end: int | None = None
+        if not paused:
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+            except KafkaException:
+                high = -1
+            end = max(high, committed or 0) if high >= 0 else None
+        out[tp] = (committed, end)
     return out
 
 

@@ -217,9 +217,9 @@ class Bridge:
 
     def _publish_presence(self) -> None:
         assert self._consumer is not None
-        samples = positions(self._consumer, self._tracker, self._assigned)
+        samples = positions(self._consumer, self._tracker, self._assigned, paused=self._paused)
         self._presence.publish(self.stats.as_dict(), sorted(self._assigned), samples)
-        lag = {tp: max(end - (committed or 0), 0) for tp, (committed, end) in samples.items()}
+        lag = {tp: max(end - (c or 0), 0) for tp, (c, end) in samples.items() if end is not None}
         self.events.gauges(in_flight=self.stats.in_flight, lag=lag)
 
     def _finish_joining(self) -> None:
@@ -315,7 +315,14 @@ class Bridge:
             for item, refused in zip(items, refusals, strict=True):
                 if refused is not None:
                     # Retrying would stall the partition: the record goes to the DLQ.
-                    self._dead_letter(item.msg, refused, slot=item.slot)
+                    self._dead_letter(
+                        item.msg,
+                        refused,
+                        slot=item.slot,
+                        task=item.envelope.task,
+                        task_id=item.task_id,
+                        trace_id=item.envelope.trace_id,
+                    )
                     continue
                 self._pending.setdefault(item.task_id, []).append(item)
                 self._redispatch.dispatched(item.task_id, not_before_s=item.wait_s())
