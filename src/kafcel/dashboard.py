@@ -68,7 +68,9 @@ class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8765) -> None:
+    def __init__(self, *, settings: Settings, host: str = "127.0.0.1", port: int = 8765) -> None:
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"port must be 0 to 65535, got {port}")
         self.settings = settings
         self.page = _page()
         self._status_lock = threading.Lock()
@@ -297,10 +299,12 @@ def _replay_report(result: Any) -> dict[str, Any]:
     return {"submitted": [{"task_id": t} for t in ids], "skipped": [], "task_ids": ids}
 
 
-def make_server(settings: Settings, host: str = "127.0.0.1", port: int = 8765) -> DashboardServer:
+def make_server(
+    *, settings: Settings, host: str = "127.0.0.1", port: int = 8765
+) -> DashboardServer:
     """A bound server, not yet serving (``port=0``: any free port, read ``.url``)."""
     try:
-        return DashboardServer(settings, host, port)
+        return DashboardServer(settings=settings, host=host, port=port)
     except OSError as exc:
         raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc
 
@@ -322,7 +326,7 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 def serve(*, settings: Settings, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Serve the dashboard until Ctrl-C or SIGTERM, then close and return."""
-    server = make_server(settings, host, port)
+    server = make_server(settings=settings, host=host, port=port)
     print(f"kafcel dashboard: {server.url}  (topic {settings.topic}, Ctrl-C to stop)", flush=True)
     if server.allowed_hosts() is None:
         print(

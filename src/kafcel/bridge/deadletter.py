@@ -15,9 +15,11 @@ from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import KafkaException, Message, Producer
 
 from ..dlq import DeadLetter, dlq_headers
-from ..errors import KafkaError
+from ..errors import KafkaError, RecordRejected
+from ..replay import replay_count
+from .sequence import position
 
-__all__ = ["DeadLetterWriter"]
+__all__ = ["DeadLetterWriter", "bridge_letter"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -28,6 +30,30 @@ _KEY_DROPPED = "kafcel.key_dropped_bytes"
 _NO_VALUE, _NO_HEADERS, _NO_KEY = 1, 2, 3
 
 Written = Callable[[Message, Hashable | None], None]
+
+
+def bridge_letter(
+    msg: Message,
+    exc: RecordRejected,
+    *,
+    error_class: str | None = None,
+    task: str | None = None,
+    task_id: str | None = None,
+) -> DeadLetter:
+    """Why the bridge dead-letters ``msg``, and where it came from."""
+    (topic, partition), offset = position(msg)
+    return DeadLetter(
+        error_class=error_class or type(exc).__name__,
+        error_message=exc.reason,
+        field=exc.field,
+        origin_topic=topic,
+        origin_partition=partition,
+        origin_offset=offset,
+        stage="bridge",
+        task=task,
+        task_id=task_id,
+        replays=replay_count(msg.headers()),
+    )
 
 
 class DeadLetterWriter:

@@ -27,14 +27,12 @@ from confluent_kafka import (
 from confluent_kafka import KafkaError as RdKafkaError
 
 from ..admin import client_config, ensure_topics, fetch_config
-from ..dlq import DeadLetter
 from ..envelope import Envelope
 from ..errors import BrokerError, ConfigError, DispatchRefused, KafkaError, RecordRejected
 from ..once import OnceGuard
-from ..replay import replay_count
 from ..results import REVOKED, SUCCESS, Outcome
 from ..settings import Settings
-from .deadletter import DeadLetterWriter
+from .deadletter import DeadLetterWriter, bridge_letter
 from .dispatch import Dispatch, StopSending, declare_queues, make_dispatch
 from .events import BridgeEvents
 from .filter import TaskFilter
@@ -419,19 +417,7 @@ class Bridge:
         task_id: str | None = None,
         trace_id: str | None = None,
     ) -> None:
-        (topic, partition), offset = position(msg)
-        letter = DeadLetter(
-            error_class=error_class or type(exc).__name__,
-            error_message=exc.reason,
-            field=exc.field,
-            origin_topic=topic,
-            origin_partition=partition,
-            origin_offset=offset,
-            stage="bridge",
-            task=task,
-            task_id=task_id,
-            replays=replay_count(msg.headers()),
-        )
+        letter = bridge_letter(msg, exc, error_class=error_class, task=task, task_id=task_id)
         assert self._dlq is not None
         self.events.dead_lettered(msg, letter, trace_id)
         self._dlq.write(msg, letter, slot)
