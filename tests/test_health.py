@@ -75,6 +75,12 @@ def test_a_paused_partition_reports_without_a_lag() -> None:
     assert verdict.status == STALL
 
 
+def test_a_commit_held_by_a_scheduled_task_is_not_a_stall() -> None:
+    samples = [*series([(5, 50)] * 13), Sample(NOW_S - 1, 5, 50, eta_held=True)]
+    verdict = evaluate(samples, current=Sample(NOW_S, 5, 50), now_s=NOW_S, window_s=WINDOW_S)
+    assert verdict.status == OK and "eta" in verdict.reason
+
+
 def test_no_committed_offset_yet_reads_as_such() -> None:
     samples = series([(None, 3)] * 14)
     verdict = evaluate(samples, current=Sample(NOW_S, None, 3), now_s=NOW_S, window_s=WINDOW_S)

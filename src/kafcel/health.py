@@ -8,7 +8,8 @@ bridge saying "I own this partition and here is my commit", so the evaluation re
   committed offset moves and lag does not grow;
 - **WARN**: the committed offset moves but lag grows over the whole window;
 - **STALL**: a bridge reports the partition, lag > 0, and the committed offset has not
-  moved for the whole window (tasks stuck: workers down, Celery's broker unreachable);
+  moved for the whole window (tasks stuck: workers down, Celery's broker unreachable),
+  unless the bridge says the oldest unsettled record is a task waiting for its eta;
 - **STOP**: lag > 0 and no bridge has reported the partition for longer than the
   window (no live consumer: bridges dead, or the group wedged).
 
@@ -35,6 +36,7 @@ __all__ = [
     "STOP",
     "WARN",
     "Evaluation",
+    "Report",
     "Sample",
     "evaluate",
     "read_samples",
@@ -53,10 +55,22 @@ _KEEP_S = 24 * 3600
 
 
 @dataclass(frozen=True)
+class Report:
+    """What a bridge says of one partition it owns, every 2 s."""
+
+    committed: int | None
+    end: int | None  # None: not known (a paused partition's cached end is stale)
+    # Its oldest unsettled record is a task waiting for its eta/countdown: the commit
+    # is held on purpose, not stuck.
+    eta_held: bool = False
+
+
+@dataclass(frozen=True)
 class Sample:
     at_s: float  # Redis server time: one clock for every bridge host and the reader
     committed: int | None
     end: int | None  # None: not known (a paused partition's cached end is stale)
+    eta_held: bool = False
 
     @property
     def lag(self) -> int | None:
@@ -86,6 +100,8 @@ def evaluate(
     if not ordered or now_s - ordered[-1].at_s > window_s:
         since = "ever" if not ordered else f"for {now_s - ordered[-1].at_s:.0f}s"
         return Evaluation(STOP, f"no bridge has reported a commit {since} while lag is {lag}")
+    if recent and recent[-1].eta_held:
+        return Evaluation(OK, "the oldest unsettled task waits for its eta (scheduled)")
     before = [s for s in ordered if now_s - s.at_s > window_s]
     if not before:
         return Evaluation(OK, "evaluating (the window is not full yet)")
@@ -129,13 +145,13 @@ def record_samples(
     pipe: redis.client.Pipeline[bytes],
     *,
     group: str,
-    samples: Mapping[tuple[str, int], tuple[int | None, int | None]],
+    samples: Mapping[tuple[str, int], Report],
 ) -> None:
-    """Queue a bridge's commit report on ``pipe``: (committed, end) per owned partition."""
+    """Queue a bridge's commit report on ``pipe``, one per owned partition."""
     if not samples:
         return
     keys = [_key(group, topic, partition) for topic, partition in samples]
-    values = [json.dumps([c, e])[1:-1] for c, e in samples.values()]
+    values = [json.dumps([r.committed, r.end, int(r.eta_held)])[1:-1] for r in samples.values()]
     pipe.eval(_RECORD, len(keys), *keys, _KEEP, _KEEP_S, *values)
 
 
@@ -164,12 +180,13 @@ def read_samples(
     for p, raw in zip(partitions, replies, strict=True):
         for item in reversed(raw):
             try:
-                at, committed, end = json.loads(item)
+                at, committed, end, *held = json.loads(item)
                 out[p].append(
                     Sample(
                         float(at),
                         None if committed is None else int(committed),
                         None if end is None else int(end),
+                        bool(held and held[0]),
                     )
                 )
             except (ValueError, TypeError):

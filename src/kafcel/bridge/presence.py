@@ -13,16 +13,18 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from ..health import record_samples
+from ..health import Report, record_samples
+from .dispatch import Dispatch
 from .tracker import TP, OffsetTracker
 
-__all__ = ["BridgeStats", "Presence", "log_report", "positions", "read_presence"]
+__all__ = ["BridgeStats", "Presence", "eta_held", "log_report", "positions", "read_presence"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -64,7 +66,7 @@ class Presence:
         self,
         stats: dict[str, Any],
         assignment: list[tuple[str, int]],
-        samples: dict[TP, tuple[int | None, int | None]] | None = None,
+        samples: dict[TP, Report] | None = None,
     ) -> None:
         """Refresh this bridge's presence and record its commit report (health.py), in
         one round trip."""
@@ -93,13 +95,18 @@ class Presence:
 
 
 def positions(
-    consumer: Consumer, tracker: OffsetTracker, assigned: dict[TP, int], *, paused: bool
-) -> dict[TP, tuple[int | None, int | None]]:
-    """(committed, end) of each owned partition, from this bridge's own view: its last
+    consumer: Consumer,
+    tracker: OffsetTracker,
+    assigned: dict[TP, int],
+    *,
+    paused: bool,
+    eta_held: set[TP],
+) -> dict[TP, Report]:
+    """The report of each owned partition, from this bridge's own view: its last
     acknowledged commit (or the one found at assignment) and the end offset of its last
     fetch (librdkafka's cached high watermark, no request). The end is None when unknown:
     nothing fetched yet, or the partitions are paused (the cached end is stale)."""
-    out: dict[TP, tuple[int | None, int | None]] = {}
+    out: dict[TP, Report] = {}
     for tp in assigned:
         committed = tracker.committed(tp)
         if committed is None:
@@ -111,8 +118,23 @@ def positions(
             except KafkaException:
                 high = -1
             end = max(high, committed or 0) if high >= 0 else None
-        out[tp] = (committed, end)
+        out[tp] = Report(committed, end, tp in eta_held)
     return out
+
+
+def eta_held(tracker: OffsetTracker, pending: Iterable[list[Dispatch]]) -> set[TP]:
+    """Partitions whose oldest unsettled record is a task waiting for its eta."""
+    heads = {
+        tp: off for tp in tracker.partitions() if (off := tracker.lowest_unsettled(tp)) is not None
+    }
+    if not any(off is not None for off in heads.values()):
+        return set()
+    return {
+        item.tp
+        for items in pending
+        for item in items
+        if item.eta is not None and heads.get(item.tp) == item.offset and item.wait_s() > 0
+    }
 
 
 def log_report(stats: BridgeStats, tracker: OffsetTracker) -> None:

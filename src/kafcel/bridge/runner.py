@@ -38,7 +38,7 @@ from .events import BridgeEvents
 from .filter import TaskFilter
 from .ordering import OrderingGate
 from .outcomes import OutcomeReader
-from .presence import BridgeStats, Presence, log_report, positions
+from .presence import BridgeStats, Presence, eta_held, log_report, positions
 from .publish import Publisher
 from .redispatch import Redispatcher, backend_state
 from .sequence import SequenceGuard, position, seek_to
@@ -215,9 +215,14 @@ class Bridge:
 
     def _publish_presence(self) -> None:
         assert self._consumer is not None
-        samples = positions(self._consumer, self._tracker, self._assigned, paused=self._paused)
+        held = eta_held(self._tracker, self._pending.values())
+        samples = positions(
+            self._consumer, self._tracker, self._assigned, paused=self._paused, eta_held=held
+        )
         self._presence.publish(self.stats.as_dict(), sorted(self._assigned), samples)
-        lag = {tp: max(end - (c or 0), 0) for tp, (c, end) in samples.items() if end is not None}
+        lag = {
+            tp: max(r.end - (r.committed or 0), 0) for tp, r in samples.items() if r.end is not None
+        }
         self.events.gauges(in_flight=self.stats.in_flight, lag=lag)
 
     def _finish_joining(self) -> None:
