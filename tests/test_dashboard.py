@@ -162,7 +162,6 @@ def page_matches_status(page: Any, env: dict[str, str]) -> tuple[dict[str, Any],
         diff = mismatches(want, snapshot(page))
         if not diff:
             return report, len(want)
-        time.sleep(0.5)
     raise AssertionError(f"page and kafcel status --json differ (want, shown): {diff}")
 
 

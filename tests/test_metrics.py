@@ -79,8 +79,7 @@ def test_bridges_in_one_process_keep_apart_and_a_revoked_partition_drops_its_lag
     b.consumed("t", "y")
     for metrics, partitions in ((a, (0, 1)), (b, (2,))):
         metrics.in_flight(3)
-        for p in partitions:
-            metrics.lag("t", p, 10 + p)
+        metrics.lags({("t", p): 10 + p for p in partitions})
     first = Scrape(generate_latest(a.registry).decode())
     assert first.total("kafcel_records_consumed_total") == 1
     assert first.total("kafcel_tasks_settled_total", status="success") == 1
@@ -90,7 +89,7 @@ def test_bridges_in_one_process_keep_apart_and_a_revoked_partition_drops_its_lag
     # Partition 1 moves to another bridge: the next rounds report partition 0 alone.
     for _ in range(2):
         a.in_flight(0)
-        a.lag("t", 0, 0)
+        a.lags({("t", 0): 0})
     later = Scrape(generate_latest(a.registry).decode())
     assert later.series("kafcel_consumer_lag") == [{"topic": "t", "partition": "0"}]
     assert later.total("kafcel_in_flight") == 0
@@ -119,11 +118,11 @@ def test_the_grafana_dashboard_queries_only_metrics_kafcel_exports() -> None:
     bridge.dead_lettered("t", "x", "InvalidJson", "bridge")
     bridge.redispatched("t", "x")
     bridge.in_flight(1)
-    bridge.lag("t", 0, 1)
+    bridge.lags({("t", 0): 1})
     registry = CollectorRegistry()
     worker = WorkerMetrics(registry=registry)
     worker.attempted("x", "retry", time.monotonic())
-    worker.finished("x", "success", time.monotonic(), {"timestamp_ms": 1})
+    worker.finished("x", "success", time.monotonic(), 1)
     worker.skipped("x", "done")
     worker.dead_lettered("x", "RuntimeError")
     exported = {
@@ -251,8 +250,8 @@ def send_direct(stack: DevStack, pipeline: Pipeline, queue: str, name: str) -> N
         offset=10**9,  # no record of the bridge: its outcome is ignored there
         results_topic=pipeline.settings.results_topic,
         dlq_topic=pipeline.settings.dlq_topic,
+        timestamp_ms=int(time.time() * 1000),
     ).to_header()
-    header["timestamp_ms"] = int(time.time() * 1000)
     client.send_task(
         "tests.app.flaky_bind",
         args=[name, "direct", 1],

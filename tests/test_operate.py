@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -104,13 +103,18 @@ def test_a_task_waiting_for_its_countdown_is_not_a_stall(
         return len(rows) == 1 and held in rows[0]["reason"]
 
     wait_until(scheduled, 60, "the partition to read as waiting for a scheduled task")
-    # Well past the window, while the countdown runs: OK, so --check does not page anyone.
-    time.sleep(6)  # the window must pass with the commit held; nothing to await instead
-    code, report = status(pipeline, "--check", **window)
-    assert code == 0 and report["evaluation"]["status"] == "OK", report["partitions"]
-    assert [p["reason"] for p in report["partitions"] if p["lag"]] == [
-        "the oldest unsettled task waits for its eta (scheduled)"
-    ]
+    # Every reading over twice the window, while the countdown runs, is OK: --check pages
+    # no one although the commit is held far longer than the window.
+    first_at = None
+    while True:
+        code, report = status(pipeline, "--check", **window)
+        assert code == 0 and report["evaluation"]["status"] == "OK", report["partitions"]
+        assert [p["reason"] for p in report["partitions"] if p["lag"]] == [
+            "the oldest unsettled task waits for its eta (scheduled)"
+        ]
+        first_at = first_at or report["at"]
+        if report["at"] - first_at > 2 * window["lag_window_s"]:
+            break
     wait_until(lambda: effects(client, name) == {"later": 1}, 60, "the scheduled task to run")
     wait_until(pipeline.fully_committed, 30, "its record to settle")
 
@@ -205,8 +209,10 @@ def test_replay_a_time_range_by_task_and_key(pipeline: Pipeline, ledger: Ledger)
         for i in range(3):
             producer.submit("tests.app.record", name, f"early-{i}", key="a")
     wait_until(lambda: len(effects(client, name)) == 3, 60, "the early tasks")
-    time.sleep(1.1)  # record timestamps are milliseconds: the range must fall between them
-    since = datetime.now(UTC).isoformat()
+    # The range starts just after the early records' own timestamps (milliseconds).
+    early = pipeline.read(pipeline.settings.topic, until=lambda got: len(got) >= 3)
+    last_ms = max(m.timestamp()[1] for m in early)
+    since = datetime.fromtimestamp((last_ms + 1) / 1000, UTC).isoformat()
     with Producer(settings=pipeline.settings) as producer:
         for i in range(4):
             producer.submit("tests.app.record", name, f"late-a-{i}", key="a")

@@ -30,7 +30,9 @@ __all__ = [
     "fetch_config",
     "group_lag",
     "offset_bounds",
+    "open_consumer",
     "partitions_of",
+    "producer_config",
     "topic_depth",
 ]
 
@@ -77,6 +79,19 @@ def client_config(bootstrap_servers: str, extra: Mapping[str, str] | None = None
     return {"bootstrap.servers": bootstrap_servers, "logger": KAFKA_LOG, **(extra or {})}
 
 
+def producer_config(
+    bootstrap_servers: str, extra: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """A producer whose writes survive a broker's loss (idempotent, ``acks=all``); these
+    settings win over the user's own, which a DLQ or replay write must not weaken."""
+    return {
+        **client_config(bootstrap_servers, extra),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+    }
+
+
 def _admin(bootstrap_servers: str, extra: Mapping[str, str] | None = None) -> AdminClient:
     try:
         return AdminClient(client_config(bootstrap_servers, extra))
@@ -84,12 +99,15 @@ def _admin(bootstrap_servers: str, extra: Mapping[str, str] | None = None) -> Ad
         raise KafkaError(f"invalid Kafka configuration: {exc}") from exc
 
 
-def _consumer(
+def open_consumer(
     bootstrap_servers: str,
     group_id: str | None = None,
     extra: Mapping[str, str] | None = None,
-    **more: Any,
+    *,
+    more: Mapping[str, Any] | None = None,
 ) -> Consumer:
+    """A consumer that commits nothing (``group_id`` None: a throwaway group), ``more``
+    overriding its settings; raises KafkaError on a bad configuration."""
     try:
         return Consumer(
             {
@@ -97,7 +115,7 @@ def _consumer(
                 "group.id": group_id or f"kafcel-admin-{uuid.uuid4().hex[:12]}",
                 "enable.auto.commit": False,
                 "enable.partition.eof": False,
-                **more,
+                **(more or {}),
             }
         )
     except KafkaException as exc:
@@ -181,7 +199,7 @@ def _bounds(
     tps = list(tps)
     if not tps:
         return {}
-    consumer = _consumer(bootstrap_servers, None, extra, **{"fetch.wait.max.ms": 50})
+    consumer = open_consumer(bootstrap_servers, None, extra, more={"fetch.wait.max.ms": 50})
     try:
         lows: dict[TP, int] = {}
         ends: dict[TP, int] = {}
@@ -223,7 +241,7 @@ def committed_offsets(
     *,
     extra: Mapping[str, str] | None = None,
 ) -> dict[TP, int | None]:
-    consumer = _consumer(bootstrap_servers, group_id, extra)
+    consumer = open_consumer(bootstrap_servers, group_id, extra)
     try:
         got = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
     except KafkaException as exc:

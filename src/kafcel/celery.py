@@ -175,14 +175,10 @@ def load_app(spec: str) -> Celery:
 
 def origin_of(request: Any) -> Origin | None:
     """The kafcel origin of a task request, or ``None`` if kafcel did not dispatch it."""
-    return Origin.from_header(_header_of(request))
-
-
-def _header_of(request: Any) -> Any:
     raw = getattr(request, HEADER, None)
     if raw is None:
         raw = (getattr(request, "headers", None) or {}).get(HEADER)
-    return raw
+    return Origin.from_header(raw)
 
 
 _OUTCOME_LINGER_MS = 5
@@ -464,7 +460,7 @@ def _finish(
     retries = int(request.retries or 0)
     status = "success" if exc is None else "failure"
     if state.metrics is not None:
-        state.metrics.finished(task.name, status, started, _header_of(request))
+        state.metrics.finished(task.name, status, started, origin.timestamp_ms)
     if events.isEnabledFor(logging.INFO):
         ran_ms = None if started is None else round((time.monotonic() - started) * 1000, 1)
         fields = task_fields("finished", task.name, request.id, origin, status=status)

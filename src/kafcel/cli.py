@@ -167,16 +167,9 @@ def _dlq_filter_options(func: F) -> F:
 
 def _dlq_filter(options: dict[str, Any]) -> Any:
     from .deadletters import DlqFilter
-    from .replay import parse_time
 
-    since, until = options.pop("since"), options.pop("until")
-    return DlqFilter(
-        task=options.pop("task"),
-        error_class=options.pop("error_class"),
-        key=options.pop("key"),
-        since=parse_time(since) if since else None,
-        until=parse_time(until) if until else None,
-    )
+    names = ("task", "error_class", "key", "since", "until")
+    return DlqFilter.parse(**{name: options.pop(name) for name in names})
 
 
 @cli.group()
@@ -406,17 +399,14 @@ def demo(n_tasks: int, as_json: bool, kafka_port: int, redis_port: int, timeout_
 @click.option("--seed", type=int, default=1, show_default=True)
 def chaos(n_tasks: int, only: tuple[str, ...], as_json: bool, seed: int) -> None:
     """Inject faults into a running pipeline; count lost, duplicate and out-of-order effects."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from .chaos.report import json_line, render
     from .chaos.runner import run_suite, select
+    from .render import wide_console
 
     scenarios = select(only)
-    console = Console(stderr=as_json)
-    if not console.is_terminal:
-        # Logs and CI: the table's 12 columns need more than the default 80.
-        console = Console(stderr=as_json, width=160)
+    console = wide_console(stderr=as_json)
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),

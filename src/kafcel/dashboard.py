@@ -36,8 +36,10 @@ from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from . import deadletters
 from .errors import ConfigError, KafcelError
 from .settings import Settings
+from .status import collect_status
 
 __all__ = ["DashboardServer", "make_server", "serve"]
 
@@ -93,7 +95,6 @@ class DashboardServer(ThreadingHTTPServer):
 
     def status(self) -> dict[str, Any]:
         """collect_status, shared by requests arriving within ``_STATUS_TTL_S``."""
-        from .status import collect_status
 
         with self._status_lock:
             now = time.monotonic()
@@ -191,21 +192,12 @@ class _Handler(BaseHTTPRequestHandler):
     # -- DLQ -------------------------------------------------------------------------
 
     def _dlq(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        deadletters = _deadletters()
-        from .replay import parse_time
-
         def arg(name: str) -> str | None:
             value = (query.get(name) or [""])[0].strip()
             return value or None
 
-        since, until = arg("since"), arg("until")
-        flt = deadletters.DlqFilter(
-            task=arg("task"),
-            error_class=arg("error_class"),
-            key=arg("key"),
-            since=parse_time(since) if since else None,
-            until=parse_time(until) if until else None,
-        )
+        names = ("task", "error_class", "key", "since", "until")
+        flt = deadletters.DlqFilter.parse(**{name: arg(name) for name in names})
         limit = _limit(arg("limit"))
         records = deadletters.read_dead_letters(self.server.settings, flt, limit=limit)
         return {
@@ -215,7 +207,6 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
     def _replay(self) -> dict[str, Any]:
-        deadletters = _deadletters()
         doc = self._body()
         refs = _refs(doc.get("records"))
         new_id = doc.get("new_id", False)
@@ -229,7 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if (r.partition, r.offset) in wanted
             ]
             result = deadletters.replay_dead_letters(self.server.settings, found, new_id=new_id)
-        report = _replay_report(result)
+        report = result.as_dict()
+        report["task_ids"] = [entry["task_id"] for entry in report["submitted"]]
         present = {(r.partition, r.offset) for r in found}
         report["missing"] = [f"{p}:{o}" for p, o in refs if (p, o) not in present]
         report["new_id"] = new_id
@@ -252,16 +244,6 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(doc, dict):
             raise _ApiError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
         return doc
-
-
-def _deadletters() -> Any:
-    try:
-        from . import deadletters
-    except ImportError as exc:
-        raise _ApiError(
-            HTTPStatus.NOT_IMPLEMENTED, f"the DLQ browser is not available here: {exc}"
-        ) from exc
-    return deadletters
 
 
 def _limit(text: str | None) -> int:
@@ -287,16 +269,6 @@ def _refs(items: Any) -> list[tuple[int, int]]:
         if (p, o) not in refs:
             refs.append((p, o))
     return refs
-
-
-def _replay_report(result: Any) -> dict[str, Any]:
-    """What replay_dead_letters returned, as JSON with ``task_ids`` always present."""
-    if hasattr(result, "as_dict"):
-        report: dict[str, Any] = dict(result.as_dict())
-        report["task_ids"] = [e.get("task_id") for e in report.get("submitted", [])]
-        return report
-    ids = [str(t) for t in result]
-    return {"submitted": [{"task_id": t} for t in ids], "skipped": [], "task_ids": ids}
 
 
 def make_server(

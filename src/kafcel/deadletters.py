@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import heapq
 import json
 import uuid
@@ -19,7 +20,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlparse
 
 import redis
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
@@ -30,12 +30,14 @@ from .once import OnceGuard
 from .replay import (
     Republisher,
     header_list,
+    parse_time,
     read_one,
     replay_headers,
     scan_topic,
     with_task_id,
 )
 from .settings import Settings
+from .status import TASK_META, connect, result_backend_redis
 
 __all__ = [
     "DeadLetterRecord",
@@ -64,6 +66,25 @@ class DlqFilter:
     def __post_init__(self) -> None:
         if self.since and self.until and self.until < self.since:
             raise ConfigError("the end of the time range is before its start")
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        task: str | None = None,
+        error_class: str | None = None,
+        key: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> DlqFilter:
+        """The filter as typed on the command line or in the dashboard (times as text)."""
+        return cls(
+            task=task,
+            error_class=error_class,
+            key=key,
+            since=parse_time(since) if since else None,
+            until=parse_time(until) if until else None,
+        )
 
     def matches(self, record: DeadLetterRecord) -> bool:
         if self.task is not None and not fnmatch.fnmatchcase(record.task or "", self.task):
@@ -111,8 +132,9 @@ class DeadLetterRecord:
     def ref(self) -> str:
         return f"{self.partition}:{self.offset}"
 
-    @property
+    @functools.cached_property
     def task(self) -> str | None:
+        # Parsed from the value for a rejected record: once, though filters and output ask.
         return self.meta.get("task") or _task_in(self.value)
 
     @property
@@ -202,12 +224,8 @@ def parse_ref(text: str) -> tuple[int, int]:
     return int(part), int(off)
 
 
-def _redis(settings: Settings) -> redis.Redis[bytes]:
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-
-
 def _replayed(settings: Settings) -> dict[str, dict[str, Any]]:
-    client = _redis(settings)
+    client = connect(settings.redis_url)
     try:
         raw = client.hgetall(_REPLAYED + settings.dlq_topic)
     except redis.RedisError:
@@ -307,7 +325,7 @@ def replay_dead_letters(
     too large for the DLQ (only its headers were kept) cannot be replayed.
     """
     report = DlqReplay()
-    client = _redis(settings)
+    client = connect(settings.redis_url)
     guard = OnceGuard(
         client=client, lease_s=settings.once_lease_s, done_ttl_s=settings.once_done_ttl_s
     )
@@ -373,15 +391,12 @@ def _forget(settings: Settings, guard: OnceGuard, task_id: str) -> str | None:
     # Celery's stored FAILURE would be the first thing a waiting client (and the bridge,
     # settling a long-queued task from the result backend) reads: the replay's result
     # replaces it. Redis result backends only; others keep it until then.
-    backend = settings.result_backend or settings.redis_url
-    if urlparse(backend).scheme in ("redis", "rediss", "unix"):
-        result_client: redis.Redis[bytes] = redis.Redis.from_url(
-            backend, socket_timeout=5, socket_connect_timeout=5
-        )
+    results = result_backend_redis(settings)
+    if results is not None:
         try:
-            result_client.delete(f"celery-task-meta-{task_id}")
+            results.delete(TASK_META + task_id)
         finally:
-            result_client.close()
+            results.close()
     return None
 
 

@@ -29,7 +29,6 @@ from .admin import (
     end_offsets,
     ensure_topics,
     partitions_of,
-    topic_depth,
 )
 from .deadletters import read_dead_letters
 from .demo_tasks import fails_once
@@ -38,7 +37,7 @@ from .envelope import Envelope
 from .errors import KafcelError
 from .procs import ManagedProcess, bridge_argv, worker_argv
 from .producer import Producer
-from .render import render_dead_letters
+from .render import render_dead_letters, wide_console
 from .settings import Settings
 from .status import collect_status, render_status
 
@@ -67,9 +66,7 @@ def run_demo(
     timeout_s: float = 600.0,
     workdir: Path = Path(".kafcel"),
 ) -> dict[str, Any]:
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        console = Console(stderr=True, width=160)  # logs and CI: room for the tables
+    console = wide_console(stderr=True)
     if threading.current_thread() is threading.main_thread():
         # `kill` of the demo cleans up like Ctrl-C does.
         signal.signal(signal.SIGTERM, _interrupt)
@@ -134,24 +131,24 @@ def run_demo(
         attempts = {int(k): int(v) for k, v in ledger.hgetall(f"{ledger_prefix}:attempts").items()}
         ledger.delete(f"{ledger_prefix}:effects", f"{ledger_prefix}:attempts")
         lag = sum(max(ends[tp] - (committed.get(tp) or 0), 0) for tp in tps)
+        # What an operator sees of the same run (docs/operations.md); its DLQ depth too.
+        report = collect_status(settings)
         summary: dict[str, Any] = {
             "run": run,
             "submitted": n_tasks,
             "completed": sum(1 for o in range(n_tasks) if effects.get(o, 0) >= 1),
             "retried": sum(1 for n in attempts.values() if n > 1),
             "retried_planted": sum(1 for o in range(n_tasks) if fails_once(o)),
-            "dlq": topic_depth(settings.bootstrap_servers, settings.dlq_topic),
+            "dlq": report["dlq"]["depth"],
             "dlq_planted": planted,
             "lost": sum(1 for o in range(n_tasks) if effects.get(o, 0) == 0),
             "duplicates": sum(1 for n in effects.values() if n > 1),
             "lag": lag,
             "elapsed_s": round(elapsed, 2),
             "tasks_per_s": round(n_tasks / elapsed, 1) if elapsed > 0 else 0.0,
+            "status": report,
         }
         _show(console, summary)
-        # What an operator sees of the same run (docs/operations.md).
-        report = collect_status(settings)
-        summary["status"] = report
         render_status(report, console)
         render_dead_letters(read_dead_letters(settings, limit=6), settings.dlq_topic, console)
         return summary

@@ -64,6 +64,10 @@ class Report:
     # is held on purpose, not stuck.
     eta_held: bool = False
 
+    @property
+    def lag(self) -> int | None:
+        return _lag(self.committed, self.end)
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -74,9 +78,12 @@ class Sample:
 
     @property
     def lag(self) -> int | None:
-        if self.end is None:
-            return None
-        return max(self.end - (self.committed or 0), 0)
+        return _lag(self.committed, self.end)
+
+
+def _lag(committed: int | None, end: int | None) -> int | None:
+    """Records after the committed offset; None when the end is not known."""
+    return None if end is None else max(end - (committed or 0), 0)
 
 
 @dataclass(frozen=True)

@@ -79,11 +79,13 @@ def setup_logging(level: str, log_format: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
+    _set_events_level(numeric, log_format)
+
+
+def _set_events_level(level: int, log_format: str) -> None:
     # Text logs are for people: per-record events only at DEBUG (warnings always show).
-    events_level = numeric if log_format == "json" else max(numeric, logging.WARNING)
-    if numeric <= logging.DEBUG:
-        events_level = numeric
-    logging.getLogger(EVENTS_LOGGER).setLevel(events_level)
+    text_only = log_format != "json" and level > logging.DEBUG
+    logging.getLogger(EVENTS_LOGGER).setLevel(max(level, logging.WARNING) if text_only else level)
 
 
 def task_fields(event: str, task: str, task_id: str, origin: Origin, **more: Any) -> dict[str, Any]:
@@ -112,14 +114,11 @@ def worker_logs(log_format: Callable[[], str]) -> None:
     from celery.signals import after_setup_logger, after_setup_task_logger
 
     def swap(logger: logging.Logger | None = None, **_: Any) -> None:
-        events = logging.getLogger(EVENTS_LOGGER)
-        if log_format() != "json":
-            if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-                events.setLevel(logging.WARNING)
-            return
-        events.setLevel(logging.INFO)
-        for handler in (logger or logging.getLogger()).handlers:
-            handler.setFormatter(JsonFormatter())
+        chosen = log_format()
+        _set_events_level(logging.getLogger().getEffectiveLevel(), chosen)
+        if chosen == "json":
+            for handler in (logger or logging.getLogger()).handlers:
+                handler.setFormatter(JsonFormatter())
 
     after_setup_logger.connect(swap, weak=False)
     after_setup_task_logger.connect(swap, weak=False)

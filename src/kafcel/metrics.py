@@ -22,8 +22,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
@@ -51,7 +51,6 @@ __all__ = [
     "start_bridge_metrics",
     "start_worker_metrics",
     "stop_worker_metrics",
-    "submitted_at_s",
     "worker_process_ended",
 ]
 
@@ -175,9 +174,7 @@ class BridgeMetrics:
         )
         # The bridge's CPU, memory and file descriptors, named under kafcel_ like the rest.
         ProcessCollector(namespace="kafcel_bridge", registry=r)
-        self._lag_lock = threading.Lock()
-        self._lag_reported: set[tuple[str, str]] = set()
-        self._lag_before: set[tuple[str, str]] = set()
+        self._lag_shown: set[tuple[str, str]] = set()
         self._server: WSGIServer | None = None
 
     def consumed(self, topic: str, task: str) -> None:
@@ -200,22 +197,18 @@ class BridgeMetrics:
         self._redispatched.get(topic, task).inc()
 
     def in_flight(self, count: int) -> None:
-        # The runner reports its gauges as one round: in_flight first, then the lag of
-        # every partition it owns (BridgeEvents.gauges). A partition missing from the last
-        # round was revoked: its series goes, or two bridges of one group would both
-        # report it and a sum over the group would count its lag twice.
-        with self._lag_lock:
-            for topic, partition in self._lag_before:  # lag() took out the ones seen again
-                self._lag.remove(topic, partition)
-            self._lag_before, self._lag_reported = self._lag_reported, set()
         self._in_flight.set(count)
 
-    def lag(self, topic: str, partition: int, lag: int) -> None:
-        labels = (topic, str(partition))
-        with self._lag_lock:
-            self._lag_reported.add(labels)
-            self._lag_before.discard(labels)
-        self._lag.get(*labels).set(lag)
+    def lags(self, lag: Mapping[tuple[str, int], int]) -> None:
+        # Every partition the bridge owns now. One it no longer owns loses its series, or
+        # two bridges of one group would both report it and a sum over the group would
+        # count its lag twice.
+        shown = {(topic, str(partition)): n for (topic, partition), n in lag.items()}
+        for labels in self._lag_shown - shown.keys():
+            self._lag.remove(*labels)
+        for labels, n in shown.items():
+            self._lag.get(*labels).set(n)
+        self._lag_shown = set(shown)
 
     def close(self) -> None:
         """Stop serving ``/metrics`` (embedders and tests; the bridge just exits)."""
@@ -320,42 +313,22 @@ class WorkerMetrics:
         if started is not None:
             self._runtime.get(task).observe(time.monotonic() - started)
 
-    def finished(self, task: str, status: str, started: float | None, header: Any) -> None:
-        """The attempt that gave the task's final outcome; ``header`` is its ``kafcel``
-        message header, which dates the submission (:func:`submitted_at_s`)."""
+    def finished(
+        self, task: str, status: str, started: float | None, submitted_ms: int | None
+    ) -> None:
+        """The attempt that gave the task's final outcome. ``submitted_ms``: the Kafka
+        record's timestamp, which the bridge puts in the task's ``kafcel`` header (the
+        clock of its own end-to-end latency); None (a task not sent by kafcel) leaves the
+        observation out rather than guess it."""
         self.attempted(task, status, started)
-        submitted = submitted_at_s(header)
-        if submitted is not None:
-            self._e2e.get(task).observe(max(time.time() - submitted, 0.0))
+        if submitted_ms:
+            self._e2e.get(task).observe(max(time.time() - submitted_ms / 1000.0, 0.0))
 
     def skipped(self, task: str, reason: str) -> None:
         self._skips.get(task, reason).inc()
 
     def dead_lettered(self, task: str, error_class: str) -> None:
         self._dead.get(task, error_class).inc()
-
-
-def submitted_at_s(header: Any) -> float | None:
-    """When the task was submitted (epoch seconds), from its ``kafcel`` message header.
-
-    The Kafka record timestamp (``timestamp_ms``, the clock the bridge's own end-to-end
-    latency uses) or else the envelope's ``created_at``; ``None`` if the header carries
-    neither, and the observation is left out rather than guessed.
-    """
-    if not isinstance(header, dict):
-        return None
-    stamp_ms = header.get("timestamp_ms")
-    if isinstance(stamp_ms, int | float) and not isinstance(stamp_ms, bool) and stamp_ms > 0:
-        return float(stamp_ms) / 1000.0
-    created = header.get("created_at")
-    if isinstance(created, str):
-        try:
-            moment = datetime.fromisoformat(created)
-        except ValueError:
-            return None
-        if moment.tzinfo is not None:  # a naive time could be any zone: not a measure
-            return moment.timestamp()
-    return None
 
 
 @dataclass

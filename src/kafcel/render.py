@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from .deadletters import DeadLetterRecord, DlqReplay
-from .replay import RangeReplay
+if TYPE_CHECKING:
+    from .deadletters import DeadLetterRecord, DlqReplay
+    from .replay import RangeReplay
 
 __all__ = [
     "progress_bar",
@@ -20,19 +21,21 @@ __all__ = [
     "render_dead_letters",
     "render_dlq_replay",
     "render_range_replay",
+    "wide_console",
 ]
 
 
-def _console() -> Console:
-    console = Console()
-    # Logs and CI: wide tables need more than the default 80 columns.
-    return console if console.is_terminal else Console(width=160)
+def wide_console(*, stderr: bool = False) -> Console:
+    """A console for tables: in logs, CI and cron mails (no terminal) 160 columns wide,
+    not rich's default 80, which folds every cell."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=160)
 
 
 def render_dead_letters(
     records: Sequence[DeadLetterRecord], topic: str, console: Console | None = None
 ) -> None:
-    console = console or _console()
+    console = console or wide_console()
     if not records:
         console.print(f"[green]no dead letters in {topic} match[/]")
         return
@@ -57,7 +60,7 @@ def render_dead_letters(
 
 
 def render_dead_letter(record: DeadLetterRecord) -> None:
-    console = _console()
+    console = wide_console()
     d = record.as_dict(full=True)
     table = Table(show_header=False, title=f"dead letter {record.ref}")
     table.add_column(style="bold")
@@ -85,7 +88,7 @@ def render_dead_letter(record: DeadLetterRecord) -> None:
 
 
 def render_dlq_replay(report: DlqReplay, *, dry_run: bool) -> None:
-    console = _console()
+    console = wide_console()
     verb = "would replay" if dry_run else "replayed"
     table = Table(title=f"{verb} {len(report.submitted)} record(s)")
     for col in ("ref", "task", "task id"):
@@ -101,7 +104,7 @@ def render_dlq_replay(report: DlqReplay, *, dry_run: bool) -> None:
 
 
 def render_range_replay(report: RangeReplay) -> None:
-    console = _console()
+    console = wide_console()
     verb = "would submit" if report.dry_run else "submitted"
     table = Table(
         title=f"{report.since} .. {report.until or 'now'}: {report.scanned} record(s) read"

@@ -27,7 +27,6 @@ from typing import Any
 
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
-    Consumer,
     KafkaException,
     Message,
     TopicPartition,
@@ -35,7 +34,7 @@ from confluent_kafka import (
 from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import Producer as KafkaProducer
 
-from .admin import client_config, offset_bounds, partitions_of
+from .admin import offset_bounds, open_consumer, partitions_of, producer_config
 from .envelope import Envelope, task_id_for
 from .errors import ConfigError, DeliveryError, KafkaError, RecordRejected
 from .settings import Settings
@@ -174,32 +173,32 @@ def scan_topic(
     since: datetime | None = None,
     until: datetime | None = None,
     tail: int | None = None,
+    bounds: Mapping[tuple[str, int], tuple[int, int]] | None = None,
     on_progress: Progress | None = None,
 ) -> Iterator[Message]:
     """Every record of ``topic`` stamped within [since, until], partition by partition in
     offset order, up to the end offsets seen when the scan starts (with ``tail``, only
-    about the last ``tail`` records of the topic)."""
+    about the last ``tail`` records of the topic). ``bounds``: the (first, end) offsets
+    of its partitions when the caller has read them already."""
     bootstrap, extra = settings.bootstrap_servers, settings.librdkafka()
-    parts = partitions_of(bootstrap, topic, extra=extra)
+    if bounds is None:
+        listed = partitions_of(bootstrap, topic, extra=extra)
+        bounds = offset_bounds(bootstrap, [(topic, p) for p in listed], extra=extra)
+    parts = sorted(p for _, p in bounds)
     if not parts:
         raise KafkaError(f"topic {topic!r} does not exist on {bootstrap}")
-    bounds = offset_bounds(bootstrap, [(topic, p) for p in parts], extra=extra)
     since_ms, until_ms = _ms(since), _ms(until)
-    try:
-        consumer = Consumer(
-            {
-                **client_config(bootstrap, extra),
-                "group.id": f"kafcel-replay-{uuid.uuid4().hex[:12]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 50,
-                # The end of a partition can be a transaction marker, never delivered:
-                # the EOF event says the scan has read all there is.
-                "enable.partition.eof": True,
-                "auto.offset.reset": "earliest",
-            }
-        )
-    except KafkaException as exc:
-        raise ConfigError(f"invalid Kafka configuration: {exc}") from exc
+    # The end of a partition can be a transaction marker, never delivered: the EOF event
+    # says the scan has read all there is.
+    consumer = open_consumer(
+        bootstrap,
+        extra=extra,
+        more={
+            "fetch.wait.max.ms": 50,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        },
+    )
     try:
         starts = {p: bounds[(topic, p)][0] for p in parts}
         if since_ms is not None:
@@ -277,14 +276,8 @@ def read_one(settings: Settings, topic: str, partition: int, offset: int) -> Mes
     low, end = offset_bounds(bootstrap, [(topic, partition)], extra=extra)[(topic, partition)]
     if not low <= offset < end:
         return None
-    consumer = Consumer(
-        {
-            **client_config(bootstrap, extra),
-            "group.id": f"kafcel-read-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 50,
-        }
+    consumer = open_consumer(
+        bootstrap, extra=extra, more={"enable.partition.eof": True, "fetch.wait.max.ms": 50}
     )
     try:
         consumer.assign([TopicPartition(topic, partition, offset)])
@@ -312,12 +305,7 @@ class Republisher:
     """Writes replayed records to the task topic with the same durability as submit()."""
 
     def __init__(self, *, settings: Settings) -> None:
-        conf: dict[str, Any] = {
-            **client_config(settings.bootstrap_servers, settings.librdkafka()),
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-        }
+        conf = producer_config(settings.bootstrap_servers, settings.librdkafka())
         try:
             self._producer = KafkaProducer(conf)
         except KafkaException as exc:

@@ -18,18 +18,19 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from .admin import group_lag, topic_depth
+from .admin import group_lag, offset_bounds, partitions_of
 from .bridge.presence import read_presence
 from .dlq import parse_dlq_headers
 from .errors import KafkaError
 from .health import OK, STATUSES, Sample, evaluate, read_samples, server_time_s, worst
+from .render import wide_console
 from .replay import header_list, scan_topic
 from .settings import Settings
 
-__all__ = ["collect_status", "render_status"]
+__all__ = ["TASK_META", "collect_status", "connect", "render_status", "result_backend_redis"]
 
 # Task meta keys of Celery's Redis result backend, and how many status reads at most.
-_META = "celery-task-meta-"
+TASK_META = "celery-task-meta-"
 _MAX_META = 100_000
 # The DLQ's error classes are read from its newest records at most (the depth is exact).
 _DLQ_TAIL = 10_000
@@ -46,9 +47,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers} "
             "(start a bridge, or check --topic / KAFCEL_TOPIC)"
         )
-    client: redis.Redis[bytes] = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=5
-    )
+    client = connect(settings.redis_url)
     redis_error = None
     bridges: list[dict[str, Any]] = []
     samples: dict[int, list[Sample]] = {r.partition: [] for r in rows}
@@ -107,12 +106,15 @@ def collect_status(settings: Settings) -> dict[str, Any]:
 
 
 def _dlq(settings: Settings) -> dict[str, Any]:
-    bootstrap, extra = settings.bootstrap_servers, settings.librdkafka()
-    depth = topic_depth(bootstrap, settings.dlq_topic, extra=extra)
+    bootstrap, extra, topic = settings.bootstrap_servers, settings.librdkafka(), settings.dlq_topic
+    # One bounds read for the depth and the scan: each costs a tail read of the topic.
+    parts = partitions_of(bootstrap, topic, extra=extra)
+    bounds = offset_bounds(bootstrap, [(topic, p) for p in parts], extra=extra)
+    depth = sum(max(end - low, 0) for low, end in bounds.values())
     by_class: Counter[str] = Counter()
     read = 0
     if depth:
-        for msg in scan_topic(settings, settings.dlq_topic, tail=_DLQ_TAIL):
+        for msg in scan_topic(settings, topic, tail=_DLQ_TAIL, bounds=bounds):
             read += 1
             meta = parse_dlq_headers(header_list(msg))
             by_class[meta.get("error.class", "unknown")] += 1
@@ -122,6 +124,17 @@ def _dlq(settings: Settings) -> dict[str, Any]:
         "by_class": dict(by_class.most_common()),
         "classes_from_newest": read if read < depth else None,
     }
+
+
+def connect(url: str) -> redis.Redis[bytes]:
+    """A Redis client for a command: it answers within 5 s or fails, never hangs."""
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def result_backend_redis(settings: Settings) -> redis.Redis[bytes] | None:
+    """A client of Celery's result backend when it is Redis (the backends kafcel reads)."""
+    url = settings.result_backend or settings.redis_url
+    return connect(url) if urlparse(url).scheme in ("redis", "rediss", "unix") else None
 
 
 def task_states(settings: Settings) -> dict[str, Any]:
@@ -137,16 +150,14 @@ def task_states(settings: Settings) -> dict[str, Any]:
         hidden = parsed.netloc.replace(f":{parsed.password}@", ":***@")
         shown = parsed._replace(netloc=hidden).geturl()
     out: dict[str, Any] = {"backend": shown, "states": {}}
-    if parsed.scheme not in ("redis", "rediss", "unix"):
+    client = result_backend_redis(settings)
+    if client is None:
         out["error"] = f"{parsed.scheme} result backends are not read by kafcel status"
         return out
-    client: redis.Redis[bytes] = redis.Redis.from_url(
-        url, socket_timeout=5, socket_connect_timeout=5
-    )
     states: Counter[str] = Counter()
     keys: list[bytes] = []
     try:
-        for key in client.scan_iter(match=_META + "*", count=1000):
+        for key in client.scan_iter(match=TASK_META + "*", count=1000):
             keys.append(key)
             if len(keys) >= _MAX_META:
                 out["sampled"] = True
@@ -168,10 +179,7 @@ def task_states(settings: Settings) -> dict[str, Any]:
 
 
 def render_status(report: dict[str, Any], console: Console | None = None) -> None:
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=160)  # logs and cron mails: room for the reasons
+    console = console or wide_console()
     evaluation = report["evaluation"]
     status = evaluation["status"]
     table = Table(

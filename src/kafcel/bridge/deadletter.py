@@ -16,7 +16,7 @@ from confluent_kafka import KafkaException, Message, Producer
 
 from ..dlq import DeadLetter, dlq_headers
 from ..errors import KafkaError, RecordRejected
-from ..replay import replay_count
+from ..replay import header_list, replay_count
 from .sequence import position
 
 __all__ = ["DeadLetterWriter", "bridge_letter"]
@@ -76,7 +76,7 @@ class DeadLetterWriter:
         points at the original. A write that still fails is retried, never raised: the
         bridge must not crash-loop on one record.
         """
-        original = _header_list(msg.headers())
+        original = header_list(msg)
         size = str(len(msg.value() or b"")).encode()
         while True:
             headers = list(dlq_headers(letter, original if shrink < _NO_HEADERS else None))
@@ -126,11 +126,3 @@ class DeadLetterWriter:
             retry, self._retry = self._retry, []
             for msg, letter, shrink, slot in retry:
                 self.write(msg, letter, slot, shrink)
-
-
-def _header_list(
-    headers: dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None,
-) -> list[tuple[str, str | bytes | None]]:
-    if headers is None:
-        return []
-    return list(headers.items()) if isinstance(headers, dict) else list(headers)

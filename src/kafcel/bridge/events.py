@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
@@ -43,7 +44,7 @@ class MetricsSink(Protocol):
 
     def in_flight(self, count: int) -> None: ...
 
-    def lag(self, topic: str, partition: int, lag: int) -> None: ...
+    def lags(self, lag: Mapping[tuple[str, int], int]) -> None: ...
 
 
 def _record_age_s(msg: Message) -> float | None:
@@ -129,8 +130,7 @@ class BridgeEvents:
         if self.metrics is None:
             return
         self.metrics.in_flight(in_flight)
-        for (topic, partition), value in lag.items():
-            self.metrics.lag(topic, partition, value)
+        self.metrics.lags(lag)
 
     @staticmethod
     def _fields(event: str, item: Dispatch, latency_s: float | None) -> dict[str, Any]:

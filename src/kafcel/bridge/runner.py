@@ -26,7 +26,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import KafkaError as RdKafkaError
 
-from ..admin import client_config, ensure_topics, fetch_config
+from ..admin import client_config, ensure_topics, fetch_config, producer_config
 from ..envelope import Envelope
 from ..errors import BrokerError, ConfigError, DispatchRefused, KafkaError, RecordRejected
 from ..once import OnceGuard
@@ -124,7 +124,7 @@ class Bridge:
             consumer_conf["group.instance.id"] = settings.group_instance_id
         self._consumer_conf = consumer_conf
         self._base_conf = base
-        self._producer_conf = {**base, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+        self._producer_conf = producer_config(settings.bootstrap_servers, settings.librdkafka())
         self._consumer: Consumer | None = None
         self._results: OutcomeReader | None = None
         self._producer: Producer | None = None
@@ -220,9 +220,7 @@ class Bridge:
             self._consumer, self._tracker, self._assigned, paused=self._paused, eta_held=held
         )
         self._presence.publish(self.stats.as_dict(), sorted(self._assigned), samples)
-        lag = {
-            tp: max(r.end - (r.committed or 0), 0) for tp, r in samples.items() if r.end is not None
-        }
+        lag = {tp: n for tp, r in samples.items() if (n := r.lag) is not None}
         self.events.gauges(in_flight=self.stats.in_flight, lag=lag)
 
     def _finish_joining(self) -> None:
