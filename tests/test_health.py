@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kafcel.health import OK, STALL, STATUSES, STOP, WARN, Sample, evaluate, worst
+from kafcel.health import OK, STALL, STATUSES, STOP, WARN, Report, Sample, evaluate, worst
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -17,53 +17,50 @@ NOW_S = 10_000.0
 def series(pairs: list[tuple[int, int]], every_s: float = 5.0) -> list[Sample]:
     """Samples (committed, end) ending just before now, ``every_s`` apart."""
     n = len(pairs)
-    return [Sample(NOW_S - (n - i) * every_s, c, e) for i, (c, e) in enumerate(pairs)]
+    return [Sample(c, e, at_s=NOW_S - (n - i) * every_s) for i, (c, e) in enumerate(pairs)]
 
 
 def test_caught_up_is_ok() -> None:
     samples = series([(0, 100)] * 12)
-    assert (
-        evaluate(samples, current=Sample(NOW_S, 100, 100), now_s=NOW_S, window_s=WINDOW_S).status
-        == OK
-    )
+    assert evaluate(samples, current=Report(100, 100), now_s=NOW_S, window_s=WINDOW_S).status == OK
 
 
 def test_zero_lag_within_the_window_is_ok_even_if_lag_is_back() -> None:
     samples = series([(10, 20), (20, 20), (20, 40)])
-    verdict = evaluate(samples, current=Sample(NOW_S, 20, 50), now_s=NOW_S, window_s=WINDOW_S)
+    verdict = evaluate(samples, current=Report(20, 50), now_s=NOW_S, window_s=WINDOW_S)
     assert verdict.status == OK
 
 
 def test_offset_not_moving_with_lag_is_stall() -> None:
     samples = series([(5, 50)] * 14)
-    verdict = evaluate(samples, current=Sample(NOW_S, 5, 50), now_s=NOW_S, window_s=WINDOW_S)
+    verdict = evaluate(samples, current=Report(5, 50), now_s=NOW_S, window_s=WINDOW_S)
     assert verdict.status == STALL and "not moved" in verdict.reason
 
 
 def test_moving_but_lag_rising_is_warn() -> None:
     samples = series([(i * 10, 100 + i * 20) for i in range(14)])
-    verdict = evaluate(samples, current=Sample(NOW_S, 140, 400), now_s=NOW_S, window_s=WINDOW_S)
+    verdict = evaluate(samples, current=Report(140, 400), now_s=NOW_S, window_s=WINDOW_S)
     assert verdict.status == WARN and "rising" in verdict.reason
 
 
 def test_moving_with_lag_shrinking_is_ok() -> None:
     samples = series([(i * 10, 200) for i in range(14)])
-    verdict = evaluate(samples, current=Sample(NOW_S, 120, 200), now_s=NOW_S, window_s=WINDOW_S)
+    verdict = evaluate(samples, current=Report(120, 200), now_s=NOW_S, window_s=WINDOW_S)
     assert verdict.status == OK
 
 
 def test_no_commit_report_for_longer_than_the_window_is_stop() -> None:
-    old = [Sample(NOW_S - WINDOW_S - 30 + i, 5, 50) for i in range(5)]
-    verdict = evaluate(old, current=Sample(NOW_S, 5, 50), now_s=NOW_S, window_s=WINDOW_S)
+    old = [Sample(5, 50, at_s=NOW_S - WINDOW_S - 30 + i) for i in range(5)]
+    verdict = evaluate(old, current=Report(5, 50), now_s=NOW_S, window_s=WINDOW_S)
     assert verdict.status == STOP
-    never = evaluate([], current=Sample(NOW_S, None, 3), now_s=NOW_S, window_s=WINDOW_S)
+    never = evaluate([], current=Report(None, 3), now_s=NOW_S, window_s=WINDOW_S)
     assert never.status == STOP and "ever" in never.reason
 
 
 def test_a_window_not_yet_full_is_not_judged() -> None:
     # Eleven reports over 55 s: a stall of 55 s in a 60 s window is not a stall yet.
     samples = series([(5, 50)] * 11)
-    verdict = evaluate(samples, current=Sample(NOW_S, 5, 50), now_s=NOW_S, window_s=WINDOW_S)
+    verdict = evaluate(samples, current=Report(5, 50), now_s=NOW_S, window_s=WINDOW_S)
     assert verdict.status == OK and "evaluating" in verdict.reason
 
 
@@ -71,19 +68,19 @@ def test_a_paused_partition_reports_without_a_lag() -> None:
     # Paused: the bridge's cached end is stale, so its reports carry none. They still
     # prove a live owner (no STOP), and cannot fake a zero lag (no "caught up").
     samples = series([(5, None)] * 14)
-    verdict = evaluate(samples, current=Sample(NOW_S, 5, 50), now_s=NOW_S, window_s=WINDOW_S)
+    verdict = evaluate(samples, current=Report(5, 50), now_s=NOW_S, window_s=WINDOW_S)
     assert verdict.status == STALL
 
 
 def test_a_commit_held_by_a_scheduled_task_is_not_a_stall() -> None:
-    samples = [*series([(5, 50)] * 13), Sample(NOW_S - 1, 5, 50, eta_held=True)]
-    verdict = evaluate(samples, current=Sample(NOW_S, 5, 50), now_s=NOW_S, window_s=WINDOW_S)
+    samples = [*series([(5, 50)] * 13), Sample(5, 50, eta_held=True, at_s=NOW_S - 1)]
+    verdict = evaluate(samples, current=Report(5, 50), now_s=NOW_S, window_s=WINDOW_S)
     assert verdict.status == OK and "eta" in verdict.reason
 
 
 def test_no_committed_offset_yet_reads_as_such() -> None:
     samples = series([(None, 3)] * 14)
-    verdict = evaluate(samples, current=Sample(NOW_S, None, 3), now_s=NOW_S, window_s=WINDOW_S)
+    verdict = evaluate(samples, current=Report(None, 3), now_s=NOW_S, window_s=WINDOW_S)
     assert verdict.status == STALL and "no offset committed yet" in verdict.reason
 
 
@@ -98,7 +95,7 @@ def test_evaluation_is_total_and_consistent(
     samples = series(
         [(c, None if e is None else max(c, e)) for c, e in pairs], every_s=window_s / 10
     )
-    current = Sample(NOW_S, committed, max(end, committed))
+    current = Report(committed, max(end, committed))
     verdict = evaluate(samples, current=current, now_s=NOW_S, window_s=window_s)
     assert verdict.status in STATUSES and verdict.reason
     if current.lag == 0:

@@ -25,7 +25,7 @@ import itertools
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -62,28 +62,20 @@ class Report:
     end: int | None  # None: not known (a paused partition's cached end is stale)
     # Its oldest unsettled record is a task waiting for its eta/countdown: the commit
     # is held on purpose, not stuck.
-    eta_held: bool = False
+    eta_held: bool = field(default=False, kw_only=True)
 
     @property
     def lag(self) -> int | None:
-        return _lag(self.committed, self.end)
+        """Records after the committed offset; None when the end is not known."""
+        return None if self.end is None else max(self.end - (self.committed or 0), 0)
 
 
 @dataclass(frozen=True)
-class Sample:
-    at_s: float  # Redis server time: one clock for every bridge host and the reader
-    committed: int | None
-    end: int | None  # None: not known (a paused partition's cached end is stale)
-    eta_held: bool = False
+class Sample(Report):
+    """A report as recorded: when (Redis server time, one clock for every bridge host and
+    the reader)."""
 
-    @property
-    def lag(self) -> int | None:
-        return _lag(self.committed, self.end)
-
-
-def _lag(committed: int | None, end: int | None) -> int | None:
-    """Records after the committed offset; None when the end is not known."""
-    return None if end is None else max(end - (committed or 0), 0)
+    at_s: float = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -93,10 +85,10 @@ class Evaluation:
 
 
 def evaluate(
-    samples: Sequence[Sample], *, current: Sample, now_s: float, window_s: float
+    samples: Sequence[Sample], *, current: Report, now_s: float, window_s: float
 ) -> Evaluation:
-    """The status of one partition from its bridge samples and a reading taken now
-    (``current`` must know its end)."""
+    """The status of one partition from its bridge samples and a reading of Kafka taken
+    at ``now_s`` (``current`` must know its end)."""
     lag = current.lag or 0
     if lag == 0:
         return Evaluation(OK, "caught up")
@@ -190,10 +182,10 @@ def read_samples(
                 at, committed, end, *held = json.loads(item)
                 out[p].append(
                     Sample(
-                        float(at),
                         None if committed is None else int(committed),
                         None if end is None else int(end),
-                        bool(held and held[0]),
+                        eta_held=bool(held and held[0]),
+                        at_s=float(at),
                     )
                 )
             except (ValueError, TypeError):

@@ -22,7 +22,7 @@ from .admin import group_lag, offset_bounds, partitions_of
 from .bridge.presence import read_presence
 from .dlq import parse_dlq_headers
 from .errors import KafkaError
-from .health import OK, STATUSES, Sample, evaluate, read_samples, server_time_s, worst
+from .health import OK, STATUSES, Report, Sample, evaluate, read_samples, server_time_s, worst
 from .render import wide_console
 from .replay import header_list, scan_topic
 from .settings import Settings
@@ -69,7 +69,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     owners = {p: b.get("member", "?") for b in bridges for p in b.get("partitions", [])}
     partitions = []
     for row in rows:
-        current = Sample(now_s, row.committed, row.end)
+        current = Report(row.committed, row.end)
         verdict = evaluate(
             samples[row.partition], current=current, now_s=now_s, window_s=settings.lag_window_s
         )

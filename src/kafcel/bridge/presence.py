@@ -118,7 +118,7 @@ def positions(
             except KafkaException:
                 high = -1
             end = max(high, committed or 0) if high >= 0 else None
-        out[tp] = Report(committed, end, tp in eta_held)
+        out[tp] = Report(committed, end, eta_held=tp in eta_held)
     return out
 
 
