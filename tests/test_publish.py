@@ -53,6 +53,7 @@ def _item(envelope: Envelope, *, eta: datetime | None = None) -> Dispatch:
         tp=("t", 0),
         offset=1,
         slot=None,
+        fence="test.1",
         msg=None,  # type: ignore[arg-type]
         eta=eta,
         expires=envelope.expires if isinstance(envelope.expires, datetime) else None,

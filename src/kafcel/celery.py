@@ -383,7 +383,7 @@ def _guard(task: Task, state: _WorkerState) -> None:
                 request.id,
                 extra=task_fields("skipped", task.name, request.id, origin, reason="done"),
             )
-            _publish_or_requeue(state, origin, claim.done.with_duplicate())
+            _publish_or_requeue(state, origin, claim.done.announced_for(origin))
             raise Ignore()
         if not claim.acquired:
             if metrics is not None:
@@ -534,6 +534,7 @@ def _outcome(origin: Origin, task_id: str, task: str, status: str, **fields: Any
         origin_offset=origin.offset,
         headers=origin.headers,
         trace_id=origin.trace_id,
+        fence=origin.fence,
         **fields,
     )
 
@@ -565,7 +566,7 @@ def _never_ran(
         if current is None:
             state.publish(origin, outcome)
         elif current.done is not None:
-            state.publish(origin, current.done.with_duplicate())
+            state.publish(origin, current.done.announced_for(origin))
         # else another copy of this id runs right now and will announce itself
     except KafcelError:
         log.exception("kafcel: could not settle %s (%s)", task_id, reason)

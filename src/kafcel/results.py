@@ -38,6 +38,10 @@ class Origin:
     headers: dict[str, Any] = field(default_factory=dict)
     replays: int = 0  # the record's kafcel-replay-count: a failure's DLQ record keeps it
     timestamp_ms: int | None = None  # the record's: workers time end to end from it
+    # Which dispatch this is: the bridge instance and its assignment of the partition.
+    # The outcome carries it back, so an answer to an earlier assignment's dispatch can
+    # never settle the record as read again by a later one.
+    fence: str | None = None
 
     def to_header(self) -> dict[str, Any]:
         # By hand: dataclasses.asdict deep-copies, a cost per dispatched task.
@@ -52,6 +56,7 @@ class Origin:
             "headers": dict(self.headers),
             "replays": self.replays,
             "timestamp_ms": self.timestamp_ms,
+            "fence": self.fence,
         }
 
     @classmethod
@@ -71,6 +76,7 @@ class Origin:
                 headers=dict(raw.get("headers") or {}),
                 replays=int(raw.get("replays") or 0),
                 timestamp_ms=int(raw["timestamp_ms"]) if raw.get("timestamp_ms") else None,
+                fence=str(raw["fence"]) if raw.get("fence") else None,
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -95,6 +101,8 @@ class Outcome:
     finished_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     # True when a redelivered copy of an already finished task re-announces its outcome.
     duplicate: bool = False
+    # The dispatch it answers (Origin.fence); None from writers that predate fences.
+    fence: str | None = None
     v: int = 1
 
     def __post_init__(self) -> None:
@@ -124,5 +132,10 @@ class Outcome:
         except (TypeError, ValueError) as exc:
             raise KafcelError(f"not a kafcel outcome record: {exc}") from exc
 
-    def with_duplicate(self) -> Outcome:
-        return replace(self, duplicate=True)
+    def answers(self, fence: str | None) -> bool:
+        """Whether this outcome may settle the dispatch fenced by ``fence``."""
+        return self.fence is None or self.fence == fence
+
+    def announced_for(self, origin: Origin) -> Outcome:
+        """This finished outcome re-announced for a later dispatch of its id."""
+        return replace(self, duplicate=True, fence=origin.fence)

@@ -29,7 +29,8 @@ _HEADERS_DROPPED = "kafcel.headers_dropped"
 _KEY_DROPPED = "kafcel.key_dropped_bytes"
 _NO_VALUE, _NO_HEADERS, _NO_KEY = 1, 2, 3
 
-Written = Callable[[Message, Hashable | None], None]
+# Called with the record and the caller's token once its DLQ copy is on Kafka.
+Written = Callable[[Message, Hashable], None]
 
 
 def bridge_letter(
@@ -61,13 +62,11 @@ class DeadLetterWriter:
         self._producer = producer
         self._topic = topic
         self._on_written = on_written
-        self._retry: list[tuple[Message, DeadLetter, int, Hashable | None]] = []
+        self._retry: list[tuple[Message, DeadLetter, int, Hashable]] = []
         self._retry_at = 0.0
 
-    def write(
-        self, msg: Message, letter: DeadLetter, slot: Hashable | None, shrink: int = 0
-    ) -> None:
-        """Queue the DLQ copy of ``msg``; ``on_written(msg, slot)`` runs once it is on Kafka.
+    def write(self, msg: Message, letter: DeadLetter, token: Hashable, shrink: int = 0) -> None:
+        """Queue the DLQ copy of ``msg``; ``on_written(msg, token)`` runs once it is on Kafka.
 
         A copy too large for the DLQ topic shrinks instead of failing: first without the
         value (``kafcel.value_dropped_bytes`` says how big it was), then also without the
@@ -92,11 +91,11 @@ class DeadLetterWriter:
 
             def delivered(err: Any, _: Message, level: int = level) -> None:
                 if err is None:
-                    self._on_written(msg, slot)
+                    self._on_written(msg, token)
                     return
                 log.warning("DLQ write failed (%s); retrying", err)
                 too_big = err.code() == RdKafkaError.MSG_SIZE_TOO_LARGE
-                self._retry.append((msg, letter, min(level + too_big, _NO_KEY), slot))
+                self._retry.append((msg, letter, min(level + too_big, _NO_KEY), token))
                 self._retry_at = time.monotonic() + _RETRY_AFTER_S
 
             try:
@@ -116,7 +115,7 @@ class DeadLetterWriter:
                     continue
                 error = KafkaError(f"cannot write to the DLQ topic: {exc}")
                 log.error("%s; retrying in %.0fs", error, _RETRY_AFTER_S)
-                self._retry.append((msg, letter, shrink, slot))
+                self._retry.append((msg, letter, shrink, token))
                 self._retry_at = time.monotonic() + _RETRY_AFTER_S
                 return
 
@@ -124,5 +123,5 @@ class DeadLetterWriter:
         """Re-send the writes that failed, at most once a second."""
         if self._retry and time.monotonic() >= self._retry_at:
             retry, self._retry = self._retry, []
-            for msg, letter, shrink, slot in retry:
-                self.write(msg, letter, slot, shrink)
+            for msg, letter, shrink, token in retry:
+                self.write(msg, letter, token, shrink)

@@ -35,6 +35,7 @@ class Dispatch:
     tp: TP
     offset: int
     slot: Hashable | None
+    fence: str  # the partition's assignment it was read in (Origin.fence)
     msg: Message  # the original record: what goes to the DLQ if Celery never runs it
     # Absolute, fixed at the first dispatch: a redispatched copy keeps the schedule and
     # the deadline of the original instead of restarting a countdown.
@@ -49,7 +50,14 @@ class Dispatch:
 
 
 def make_dispatch(
-    msg: Message, envelope: Envelope, tp: TP, offset: int, slot: Hashable | None, s: Settings
+    msg: Message,
+    envelope: Envelope,
+    tp: TP,
+    offset: int,
+    slot: Hashable | None,
+    s: Settings,
+    *,
+    fence: str,
 ) -> Dispatch:
     kind, timestamp_ms = msg.timestamp()
     stamp = timestamp_ms if kind != TIMESTAMP_NOT_AVAILABLE else None
@@ -65,6 +73,7 @@ def make_dispatch(
         headers=dict(envelope.headers),
         replays=replay_count(msg.headers()),
         timestamp_ms=stamp,
+        fence=fence,
     )
     now = datetime.now(UTC)
     eta = envelope.eta
@@ -74,7 +83,7 @@ def make_dispatch(
     if expires is not None and not isinstance(expires, datetime):
         expires = now + timedelta(seconds=expires)
     task_id = task_id_for(envelope, tp[0], tp[1], offset, stamp)
-    return Dispatch(envelope, task_id, origin, tp, offset, slot, msg, eta, expires)
+    return Dispatch(envelope, task_id, origin, tp, offset, slot, fence, msg, eta, expires)
 
 
 class StopSending(Exception):

@@ -12,8 +12,9 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Celery
@@ -26,12 +27,13 @@ from confluent_kafka import (
 )
 from confluent_kafka import KafkaError as RdKafkaError
 
-from ..admin import client_config, ensure_topics, fetch_config, producer_config
+from ..admin import client_config, fetch_config, producer_config
 from ..envelope import Envelope
 from ..errors import BrokerError, ConfigError, DispatchRefused, KafkaError, RecordRejected
 from ..once import OnceGuard
 from ..results import REVOKED, SUCCESS, Outcome
 from ..settings import Settings
+from .clients import BridgeClients
 from .deadletter import DeadLetterWriter, bridge_letter
 from .dispatch import Dispatch, StopSending, declare_queues, make_dispatch
 from .events import BridgeEvents
@@ -66,10 +68,12 @@ class Bridge:
         app: Celery,
         settings: Settings,
         on_ready: Callable[[], None] | None = None,
+        clients: BridgeClients | None = None,
     ) -> None:
         if not isinstance(app, Celery):
             raise ConfigError("app must be a Celery app")
         self.app = app
+        self._clients = clients or BridgeClients()
         self.settings = settings
         self.stats = BridgeStats()
         self.events = BridgeEvents()
@@ -101,6 +105,12 @@ class Bridge:
         self._paused = False
         # Owned partitions and the committed offset found when each was assigned.
         self._assigned: dict[TP, int] = {}
+        # Each assignment of a partition gets a fence of its own; a DLQ acknowledgement or
+        # an outcome settles a record only under the fence it was dispatched with, so an
+        # answer meant for an earlier assignment cannot settle the record read again.
+        self._instance = uuid.uuid4().hex[:12]
+        self._assignments = 0
+        self._fences: dict[TP, str] = {}
         self._joined = False
         self._assignment_changed = False
         app.loader.import_default_modules()
@@ -141,36 +151,7 @@ class Bridge:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
-        ensure_topics(
-            s.bootstrap_servers,
-            {s.topic: s.partitions, s.results_topic: s.partitions, s.dlq_topic: s.partitions},
-            extra=s.librdkafka(),
-        )
-        if s.metrics_port:
-            from ..metrics import start_bridge_metrics
-
-            self.events.metrics = start_bridge_metrics(port=s.metrics_port)
-        try:
-            self._producer = Producer(self._producer_conf)
-            self._dlq = DeadLetterWriter(
-                producer=self._producer, topic=s.dlq_topic, on_written=self._dead_lettered
-            )
-            self._results = OutcomeReader(
-                config=self._base_conf,
-                group_id=s.group_id,
-                topic=s.results_topic,
-                gap_wait_s=s.gap_wait_s,
-            )
-            self._consumer = Consumer(self._consumer_conf)
-            self._consumer.subscribe(
-                [s.topic],
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_lost,
-            )
-        except KafkaException as exc:
-            raise KafkaError(f"cannot start the bridge consumer: {exc}") from exc
-        log.info("bridge started: topic=%s group=%s", s.topic, s.group_id)
+        self._open()
         if self._on_ready:
             self._on_ready()
         last_commit = last_report = time.monotonic()
@@ -190,6 +171,31 @@ class Bridge:
                 last_report = now
         self._drain()
         return 0
+
+    def _open(self) -> None:
+        s = self.settings
+        c = self._clients
+        c.ensure_topics(s)
+        if s.metrics_port:
+            from ..metrics import start_bridge_metrics
+
+            self.events.metrics = start_bridge_metrics(port=s.metrics_port)
+        try:
+            self._producer = c.producer(self._producer_conf)
+            self._dlq = DeadLetterWriter(
+                producer=self._producer, topic=s.dlq_topic, on_written=self._dead_lettered
+            )
+            self._results = c.outcomes(self._base_conf, s)
+            self._consumer = c.consumer(self._consumer_conf)
+            self._consumer.subscribe(
+                [s.topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+        except KafkaException as exc:
+            raise KafkaError(f"cannot start the bridge consumer: {exc}") from exc
+        log.info("bridge started: topic=%s group=%s", s.topic, s.group_id)
 
     def _drain(self) -> None:
         assert self._consumer is not None and self._producer is not None
@@ -300,7 +306,8 @@ class Bridge:
             return
         self.events.consumed(msg, envelope.task)
         slot = self._gate.slot_for(tp, msg.key())
-        item = make_dispatch(msg, envelope, tp, offset, slot, self.settings)
+        fence = self._fences.get(tp, "")
+        item = make_dispatch(msg, envelope, tp, offset, slot, self.settings, fence=fence)
         if self._gate.admit(item.slot, item):
             self._outbox.append(item)
 
@@ -393,7 +400,7 @@ class Bridge:
 
     def _publish(self, items: list[Dispatch]) -> list[DispatchRefused | None]:
         if self._publisher is None:
-            self._publisher = Publisher(app=self.app, stop=self._stop)
+            self._publisher = self._clients.publisher(self.app, self._stop)
         refusals = self._publisher.publish(items)
         self.stats.broker_round_trips = self._publisher.round_trips
         return refusals
@@ -423,11 +430,19 @@ class Bridge:
         letter = bridge_letter(msg, exc, error_class=error_class, task=task, task_id=task_id)
         assert self._dlq is not None
         self.events.dead_lettered(msg, letter, trace_id)
-        self._dlq.write(msg, letter, slot)
+        tp, _ = position(msg)
+        self._dlq.write(msg, letter, (slot, self._fences.get(tp, "")))
 
-    def _dead_lettered(self, msg: Message, slot: Hashable | None) -> None:
+    def _dead_lettered(self, msg: Message, token: Hashable) -> None:
         self.stats.dlq += 1
-        self._settle(*position(msg))
+        slot, fence = cast(tuple[Hashable | None, str], token)
+        tp, offset = position(msg)
+        if self._fences.get(tp) != fence:
+            # Written for an earlier assignment of the partition: the record was read
+            # again since, and only its new reading may settle it and free its key.
+            log.info("DLQ write of %s[%d]@%d acknowledged after a rebalance", *tp, offset)
+            return
+        self._settle(tp, offset)
         self._release(slot)
 
     # -- outcomes and offsets ------------------------------------------------------
@@ -439,10 +454,17 @@ class Bridge:
         self._results.watch_starvation(expecting=bool(self._pending))
 
     def _on_outcome(self, outcome: Outcome) -> None:
-        items = self._pending.pop(outcome.task_id, None)
-        if items is None:
+        found = self._pending.pop(outcome.task_id, None)
+        if found is None:
             return
-        self._redispatch.settled([outcome.task_id])
+        items = [item for item in found if outcome.answers(item.fence)]
+        stale = [item for item in found if not outcome.answers(item.fence)]
+        if stale:
+            # An answer to an earlier assignment's dispatch: the copy sent under the
+            # current fence re-announces the outcome (the once-guard knows it is done).
+            self._pending[outcome.task_id] = stale
+        else:
+            self._redispatch.settled([outcome.task_id])
         if outcome.duplicate:
             self.stats.duplicates += 1
         for item in items:
@@ -541,6 +563,9 @@ class Bridge:
         log.info("assigned: %s", [(p.topic, p.partition) for p in partitions])
         self._assignment_changed = True
         self._joined = True
+        self._assignments += 1
+        for p in partitions:
+            self._fences[(p.topic, p.partition)] = f"{self._instance}.{self._assignments}"
         self._assigned.update({(p.topic, p.partition): -1 for p in partitions})
         try:
             committed = consumer.committed(partitions, timeout=10)
@@ -574,6 +599,7 @@ class Bridge:
             self._tracker.revoke(tp)
             self._seq.forget(tp)
             self._assigned.pop(tp, None)
+            self._fences.pop(tp, None)
         self._gate.drop(tps)
         # The next owner re-reads these records; our outcomes for them no longer matter.
         for task_id, items in list(self._pending.items()):

@@ -1,0 +1,54 @@
+"""How the bridge opens the clients it talks through: Kafka, Celery's broker.
+
+The loop never constructs a client itself, so the same loop runs in production on real
+clients and, in the tests, in-process on fakes whose every delivery, rebalance and
+broker answer the test orders (``tests/bridge_harness.py``): interleavings such as a DLQ
+acknowledgement arriving after its partition moved are then tested exactly, not by
+chance.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from confluent_kafka import Consumer, Producer
+
+from ..admin import ensure_topics
+from ..settings import Settings
+from .outcomes import OutcomeReader
+from .publish import Publisher
+
+__all__ = ["BridgeClients"]
+
+
+def _topics(s: Settings) -> None:
+    ensure_topics(
+        s.bootstrap_servers,
+        {s.topic: s.partitions, s.results_topic: s.partitions, s.dlq_topic: s.partitions},
+        extra=s.librdkafka(),
+    )
+
+
+def _outcomes(config: dict[str, Any], s: Settings) -> OutcomeReader:
+    return OutcomeReader(
+        config=config, group_id=s.group_id, topic=s.results_topic, gap_wait_s=s.gap_wait_s
+    )
+
+
+def _publisher(app: Celery, stop: threading.Event) -> Publisher:
+    return Publisher(app=app, stop=stop)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BridgeClients:
+    """Factories of the bridge's clients; the defaults are the real ones."""
+
+    ensure_topics: Callable[[Settings], None] = _topics
+    consumer: Callable[[dict[str, Any]], Consumer] = Consumer
+    producer: Callable[[dict[str, Any]], Producer] = Producer
+    outcomes: Callable[[dict[str, Any], Settings], OutcomeReader] = _outcomes
+    publisher: Callable[[Celery, threading.Event], Publisher] = _publisher

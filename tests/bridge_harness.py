@@ -1,0 +1,325 @@
+"""The bridge loop in-process, on fakes the test drives step by step.
+
+Like dramatiq's stub broker: Kafka is a dict of partition logs holding real
+``confluent_kafka.Message`` objects; the consumer reads them from its position, and
+rebalances, commit acknowledgements and producer deliveries happen only when the test
+says so, inside the bridge's own calls (``consume()``, ``poll()``), as librdkafka runs
+its callbacks. Celery's broker is a publisher that records what it was given and
+refuses or fails on request. Everything else is the real bridge: tracker, ordering
+gate, sequence guard, dead-letter writer, the once-guard on the test stack's Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from celery import Celery
+from confluent_kafka import (
+    OFFSET_INVALID,
+    TIMESTAMP_CREATE_TIME,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from confluent_kafka import KafkaError as RdKafkaError
+
+from kafcel.bridge.clients import BridgeClients
+from kafcel.bridge.dispatch import Dispatch
+from kafcel.bridge.runner import Bridge
+from kafcel.errors import DispatchRefused
+from kafcel.results import Outcome
+from kafcel.settings import Settings
+
+TP = tuple[str, int]
+
+
+def envelope(task: str, *args: Any, **fields: Any) -> bytes:
+    return json.dumps({"v": 1, "task": task, "args": list(args), **fields}).encode()
+
+
+class FakeKafka:
+    """Partition logs and the committed offsets of one group."""
+
+    def __init__(self) -> None:
+        self.logs: dict[TP, list[Message]] = defaultdict(list)
+        self.committed: dict[TP, int] = {}
+
+    def append(
+        self,
+        tp: TP,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> Message:
+        log = self.logs[tp]
+        msg = Message(
+            topic=tp[0],
+            partition=tp[1],
+            offset=len(log),
+            key=key,
+            value=value,
+            headers=headers,
+            timestamp=(TIMESTAMP_CREATE_TIME, timestamp_ms or int(time.time() * 1000)),
+        )
+        log.append(msg)
+        return msg
+
+
+class FakeConsumer:
+    def __init__(self, kafka: FakeKafka, conf: dict[str, Any]) -> None:
+        self.kafka = kafka
+        self._on_commit: Callable[..., None] | None = conf.get("on_commit")
+        self._positions: dict[TP, int] = {}
+        self._paused: set[TP] = set()
+        self._events: deque[tuple[str, list[TP]]] = deque()
+        self._commit_acks: deque[list[TopicPartition]] = deque()
+        self._callbacks: dict[str, Callable[..., None]] = {}
+        self.commits: list[dict[TP, int]] = []
+        self.closed = False
+
+    # -- what the test orders -------------------------------------------------------
+
+    def assign(self, tps: Iterable[TP]) -> None:
+        """Rebalance: ``tps`` are assigned at the bridge's next consume()."""
+        self._events.append(("assign", list(tps)))
+
+    def revoke(self, tps: Iterable[TP]) -> None:
+        self._events.append(("revoke", list(tps)))
+
+    def lose(self, tps: Iterable[TP]) -> None:
+        self._events.append(("lost", list(tps)))
+
+    # -- the Consumer API the bridge uses ---------------------------------------------
+
+    def subscribe(self, topics: list[str], **callbacks: Callable[..., None]) -> None:
+        self._callbacks = callbacks
+
+    def _serve(self) -> None:
+        while self._commit_acks:
+            acked = self._commit_acks.popleft()
+            if self._on_commit is not None:
+                self._on_commit(None, acked)
+        while self._events:
+            kind, tps = self._events.popleft()
+            parts = [TopicPartition(t, p) for t, p in tps]
+            if kind == "assign":
+                self._callbacks["on_assign"](self, parts)
+                for tp in tps:
+                    self._positions[tp] = max(self.kafka.committed.get(tp, 0), 0)
+            else:
+                self._callbacks["on_revoke" if kind == "revoke" else "on_lost"](self, parts)
+                for tp in tps:
+                    self._positions.pop(tp, None)
+                    self._paused.discard(tp)
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        self._serve()
+        out: list[Message] = []
+        for tp in sorted(self._positions):
+            if tp in self._paused:
+                continue
+            log = self.kafka.logs[tp]
+            while self._positions[tp] < len(log) and len(out) < num_messages:
+                out.append(log[self._positions[tp]])
+                self._positions[tp] += 1
+        return out
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in sorted(self._positions)]
+
+    def pause(self, parts: list[TopicPartition]) -> None:
+        self._paused.update((p.topic, p.partition) for p in parts)
+
+    def resume(self, parts: list[TopicPartition]) -> None:
+        self._paused.difference_update((p.topic, p.partition) for p in parts)
+
+    def committed(self, parts: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:
+        found = self.kafka.committed
+        return [
+            TopicPartition(p.topic, p.partition, found.get((p.topic, p.partition), OFFSET_INVALID))
+            for p in parts
+        ]
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
+        done = {(p.topic, p.partition): p.offset for p in offsets}
+        self.kafka.committed.update(done)
+        self.commits.append(done)
+        if asynchronous:
+            self._commit_acks.append(list(offsets))
+
+    def seek(self, part: TopicPartition) -> None:
+        self._positions[(part.topic, part.partition)] = part.offset
+
+    def position(self, parts: list[TopicPartition]) -> list[TopicPartition]:
+        return [
+            TopicPartition(p.topic, p.partition, self._positions.get((p.topic, p.partition), -1))
+            for p in parts
+        ]
+
+    def get_watermark_offsets(
+        self, part: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]:
+        return 0, len(self.kafka.logs[(part.topic, part.partition)])
+
+    def close(self) -> None:
+        if self._positions:
+            self._callbacks["on_revoke"](
+                self, [TopicPartition(t, p) for t, p in sorted(self._positions)]
+            )
+        self._positions.clear()
+        self.closed = True
+
+
+class FakeProducer:
+    """Queues what is produced; delivery reports fire in ``poll()`` once the test acks or
+    fails them, as librdkafka's do."""
+
+    def __init__(self, kafka: FakeKafka, conf: dict[str, Any]) -> None:
+        self.kafka = kafka
+        self.max_bytes = int(conf.get("message.max.bytes", 1_000_000))
+        self.waiting: list[tuple[str, bytes | None, bytes | None, Any, Callable[..., None]]] = []
+        self._reports: list[tuple[Callable[..., None], Any, Message]] = []
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: Any = None,
+        on_delivery: Callable[..., None] | None = None,
+        **_: Any,
+    ) -> None:
+        size = (
+            len(value or b"")
+            + len(key or b"")
+            + sum(len(k) + len(v or b"") for k, v in headers or ())
+        )
+        if size > self.max_bytes:
+            raise KafkaException(RdKafkaError(RdKafkaError.MSG_SIZE_TOO_LARGE))
+        self.waiting.append((topic, value, key, headers, on_delivery or (lambda *_: None)))
+
+    def ack(self, n: int | None = None) -> None:
+        """The broker acknowledges the first ``n`` waiting records (all by default)."""
+        n = len(self.waiting) if n is None else n
+        batch, self.waiting = self.waiting[:n], self.waiting[n:]
+        for topic, value, key, headers, cb in batch:
+            msg = self.kafka.append((topic, 0), value, key=key, headers=headers)
+            self._reports.append((cb, None, msg))
+
+    def fail(self, code: int, n: int | None = None) -> None:
+        n = len(self.waiting) if n is None else n
+        batch, self.waiting = self.waiting[:n], self.waiting[n:]
+        for topic, value, key, headers, cb in batch:
+            msg = Message(topic=topic, value=value, key=key, headers=headers)
+            self._reports.append((cb, RdKafkaError(code), msg))
+
+    def poll(self, timeout: float = 0) -> int:
+        reports, self._reports = self._reports, []
+        for cb, err, msg in reports:
+            cb(err, msg)
+        return len(reports)
+
+    def flush(self, timeout: float = -1) -> int:
+        self.poll()
+        return len(self.waiting)
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+
+class FakeOutcomes:
+    def __init__(self) -> None:
+        self.queue: list[Outcome] = []
+        self.reseeks = 0
+
+    def read(self) -> list[Outcome]:
+        out, self.queue = self.queue, []
+        return out
+
+    def watch_starvation(self, *, expecting: bool) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class FakePublisher:
+    """Celery's broker: keeps what it is given, refuses records on request."""
+
+    def __init__(self) -> None:
+        self.sent: list[Dispatch] = []
+        self.refuse: Callable[[Dispatch], str | None] = lambda item: None
+        self.round_trips = 0
+
+    def publish(self, items: list[Dispatch]) -> list[DispatchRefused | None]:
+        self.round_trips += 1
+        out: list[DispatchRefused | None] = []
+        for item in items:
+            reason = self.refuse(item)
+            if reason is None:
+                self.sent.append(item)
+                out.append(None)
+            else:
+                out.append(DispatchRefused(reason))
+        return out
+
+    def offsets(self) -> list[int]:
+        return [item.offset for item in self.sent]
+
+
+class BridgeHarness:
+    """A real :class:`Bridge` on fakes; ``turn()`` runs one pass of its loop."""
+
+    def __init__(self, *, app: Celery, settings: Settings) -> None:
+        self.kafka = FakeKafka()
+        self.outcomes = FakeOutcomes()
+        self.publisher = FakePublisher()
+        self.consumer: FakeConsumer | None = None
+        self.producer: FakeProducer | None = None
+        self.settings = settings
+
+        def consumer(conf: dict[str, Any]) -> FakeConsumer:
+            self.consumer = FakeConsumer(self.kafka, conf)
+            return self.consumer
+
+        def producer(conf: dict[str, Any]) -> FakeProducer:
+            self.producer = FakeProducer(self.kafka, conf)
+            return self.producer
+
+        clients = BridgeClients(
+            ensure_topics=lambda s: None,
+            consumer=consumer,  # type: ignore[arg-type]
+            producer=producer,  # type: ignore[arg-type]
+            outcomes=lambda conf, s: self.outcomes,  # type: ignore[arg-type,return-value]
+            publisher=lambda app, stop: self.publisher,  # type: ignore[arg-type,return-value]
+        )
+        self.bridge = Bridge(app=app, settings=settings, clients=clients)
+        self.bridge._open()
+        self._stop = threading.Event()
+
+    @property
+    def c(self) -> FakeConsumer:
+        assert self.consumer is not None
+        return self.consumer
+
+    @property
+    def p(self) -> FakeProducer:
+        assert self.producer is not None
+        return self.producer
+
+    def turn(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.bridge._step(fetch=True)
+
+    def dlq(self) -> list[Message]:
+        return self.kafka.logs[(self.settings.dlq_topic, 0)]
+
+    def in_flight(self, tp: TP) -> int:
+        return self.bridge._tracker.in_flight(tp)
