@@ -48,6 +48,7 @@ class FakeKafka:
     def __init__(self) -> None:
         self.logs: dict[TP, list[Message]] = defaultdict(list)
         self.committed: dict[TP, int] = {}
+        self.order: list[str] = []  # topic of each appended record, across topics
 
     def append(
         self,
@@ -69,6 +70,7 @@ class FakeKafka:
             timestamp=(TIMESTAMP_CREATE_TIME, timestamp_ms or int(time.time() * 1000)),
         )
         log.append(msg)
+        self.order.append(tp[0])
         return msg
 
 
@@ -186,6 +188,12 @@ class FakeProducer:
         self.max_bytes = int(conf.get("message.max.bytes", 1_000_000))
         self.waiting: list[tuple[str, bytes | None, bytes | None, Any, Callable[..., None]]] = []
         self._reports: list[tuple[Callable[..., None], Any, Message]] = []
+        # A worker's producer: flush() has the broker answer at once, as ``verdict`` says
+        # (None: acknowledged, else the error code of the delivery report).
+        self.auto = False
+        self.verdict: Callable[[str], int | None] = lambda topic: None
+        # Runs before each produce(): a test raises here to die at that step.
+        self.before_produce: Callable[[str], None] = lambda topic: None
 
     def produce(
         self,
@@ -196,6 +204,7 @@ class FakeProducer:
         on_delivery: Callable[..., None] | None = None,
         **_: Any,
     ) -> None:
+        self.before_produce(topic)
         size = (
             len(value or b"")
             + len(key or b"")
@@ -227,6 +236,16 @@ class FakeProducer:
         return len(reports)
 
     def flush(self, timeout: float = -1) -> int:
+        if self.auto:
+            for topic, value, key, headers, cb in self.waiting:
+                code = self.verdict(topic)
+                if code is None:
+                    msg = self.kafka.append((topic, 0), value, key=key, headers=headers)
+                    self._reports.append((cb, None, msg))
+                else:
+                    failed = Message(topic=topic, value=value, key=key, headers=headers)
+                    self._reports.append((cb, RdKafkaError(code), failed))
+            self.waiting = []
         self.poll()
         return len(self.waiting)
 

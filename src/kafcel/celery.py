@@ -32,7 +32,8 @@ from celery.signals import (
 from confluent_kafka import KafkaException, Producer
 
 from .admin import client_config
-from .dlq import DeadLetter, dlq_headers
+from .deadletter import DeadLetterWriter
+from .dlq import DeadLetter
 from .envelope import Envelope
 from .errors import BrokerError, ConfigError, DeliveryError, KafcelError, TaskLost
 from .logs import EVENTS_LOGGER, task_fields, worker_logs
@@ -187,10 +188,18 @@ _OUTCOME_LINGER_MS = 5
 class _WorkerState:
     """Per-process clients; created lazily because prefork children must not share them."""
 
-    def __init__(self, settings: Settings | None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None,
+        *,
+        new_producer: Callable[[dict[str, Any]], Producer] = Producer,
+    ) -> None:
         self._settings = settings
+        self._new_producer = new_producer
         self._pid = -1
         self._producer: Producer | None = None
+        self._producer_config: dict[str, Any] = {}
+        self._dead_letters: dict[str, DeadLetterWriter] = {}
         self._guard: OnceGuard | None = None
         self._keeper: LeaseKeeper | None = None
         self._inherited: list[Producer] = []
@@ -226,7 +235,9 @@ class _WorkerState:
                 "linger.ms": _OUTCOME_LINGER_MS,
             }
             config.update(settings.librdkafka())
-            self._producer = Producer(config)
+            self._producer = self._new_producer(config)
+            self._producer_config = config
+            self._dead_letters = {}
             # Bounded waits: the lease thread holds its lock while it talks to Redis, and a
             # half-open connection must not hang the task that wants to finish.
             timeout_s = max(min(settings.once_lease_s / 3, 5.0), 0.5)
@@ -278,22 +289,46 @@ class _WorkerState:
         except KafcelError as exc:
             log.warning("kafcel: could not end the attempt of %s: %s", task_id, exc)
 
-    def record_done(self, outcome: Outcome) -> None:
-        with self.keeper.letting_go(outcome.task_id):
-            self.guard.finish(outcome)
+    def record_done(self, outcome: Outcome, *, dead_letter_pending: bool = False) -> bool:
+        """Store the done marker; False (logged) if Redis could not take it."""
+        try:
+            with self.keeper.letting_go(outcome.task_id):
+                self.guard.finish(outcome, dead_letter_pending=dead_letter_pending)
+        except KafcelError:
+            log.exception("kafcel: could not record %s as done", outcome.task_id)
+            return False
+        return True
 
-    def publish(
-        self,
-        origin: Origin,
-        outcome: Outcome,
-        dead: tuple[bytes, DeadLetter] | None = None,
-        *,
-        wait: bool = True,
-    ) -> None:
-        """Write the DLQ record (if any), then the outcome; raise DeliveryError on failure.
+    def dead_letter_written(self, task_id: str) -> None:
+        """Clear the marker's pending flag; never raises (at worst a later copy of the id
+        writes a second dead letter)."""
+        try:
+            self.guard.dead_letter_written(task_id)
+        except KafcelError as exc:
+            log.warning("kafcel: dead letter of %s written, marker not updated: %s", task_id, exc)
 
-        The outcome is what lets the bridge commit, so it goes last and only once the DLQ
-        record is on Kafka. With ``wait=False`` (a success, its done marker already in
+    def write_dead_letter(self, origin: Origin, value: bytes, letter: DeadLetter) -> None:
+        """Write the dead letter and wait until Kafka has it; raise DeliveryError if not.
+
+        The same writer as the bridge's: a copy too large for the producer sheds its
+        value, then its headers, then its key, so a record near the size limit still
+        leaves a dead letter instead of requeueing its task forever.
+        """
+        settings, producer, _ = self._ensure()
+        topic = origin.dlq_topic or settings.dlq_topic
+        writer = self._dead_letters.get(topic)
+        if writer is None:
+            writer = self._dead_letters[topic] = DeadLetterWriter(
+                producer=producer, topic=topic, config=self._producer_config
+            )
+        key = origin.key.encode("utf-8", "surrogateescape") if origin.key is not None else None
+        writer.write_and_wait(letter, value=value, key=key, headers=[], timeout_s=30)
+
+    def publish(self, origin: Origin, outcome: Outcome, *, wait: bool = True) -> None:
+        """Write the outcome; raise DeliveryError on failure.
+
+        The outcome is what lets the bridge commit, so a failure's goes only once its dead
+        letter is on Kafka. With ``wait=False`` (a success, its done marker already in
         Redis) the outcome is handed to the producer and the task ends without waiting for
         Kafka: if the process dies before it is delivered, the bridge finds the done marker
         after ``redispatch_after_s`` and a copy re-announces the outcome without running
@@ -301,13 +336,8 @@ class _WorkerState:
         """
         settings, _, _ = self._ensure()
         key = origin.key.encode("utf-8", "surrogateescape") if origin.key is not None else None
-        if dead is not None:
-            value, letter = dead
-            self._deliver(
-                origin.dlq_topic or settings.dlq_topic, value, key, dlq_headers(letter, None)
-            )
         topic = origin.results_topic or settings.results_topic
-        self._deliver(topic, outcome.encode(), key, None, wait=wait or dead is not None)
+        self._deliver(topic, outcome.encode(), key, None, wait=wait)
 
     def flush_outcomes(self) -> None:
         """Deliver lingering outcomes (process shutdown); never raises."""
@@ -383,6 +413,12 @@ def _guard(task: Task, state: _WorkerState) -> None:
                 request.id,
                 extra=task_fields("skipped", task.name, request.id, origin, reason="done"),
             )
+            if claim.dead_letter_pending:
+                # The failed attempt stopped before Kafka had its dead letter (a crash, a
+                # failed write): write it now, from this copy of the request.
+                letter = _letter(task, origin, claim.done)
+                value = _rebuild(task.name, args, kwargs, request, origin)
+                _dead_letter_or_requeue(state, origin, value, letter)
             _publish_or_requeue(state, origin, claim.done.announced_for(origin))
             raise Ignore()
         if not claim.acquired:
@@ -470,45 +506,60 @@ def _finish(
         events.info("finished %s: %s", request.id, status, extra=fields)
     if exc is None:
         outcome = _outcome(origin, request.id, task.name, SUCCESS, result=result, retries=retries)
-        dead = None
-    else:
-        outcome = _outcome(
-            origin,
-            request.id,
-            task.name,
-            FAILURE,
-            retries=retries,
-            error_class=type(exc).__name__,
-            error_message=str(exc),
-        )
-        dead = DeadLetter(
-            error_class=type(exc).__name__,
-            error_message=str(exc),
-            origin_topic=origin.topic,
-            origin_partition=origin.partition,
-            origin_offset=origin.offset,
-            stage="worker",
-            task=task.name,
-            task_id=request.id,
-            attempts=int(request.retries or 0) + 1,
-            replays=origin.replays,
-            traceback="".join(traceback.format_exception(exc))[-8000:],
-        )
-    recorded = True
-    try:
-        state.record_done(outcome)
-    except KafcelError:
-        recorded = False
-        log.exception("kafcel: could not record %s as done", request.id)
-    if dead is None:
         # Without the done marker nothing could re-announce a lost outcome: wait for it.
+        recorded = state.record_done(outcome)
         _publish_or_requeue(state, origin, outcome, wait=not recorded)
         return
+    outcome = _outcome(
+        origin,
+        request.id,
+        task.name,
+        FAILURE,
+        retries=retries,
+        error_class=type(exc).__name__,
+        error_message=str(exc),
+    )
+    letter = _letter(task, origin, outcome, "".join(traceback.format_exception(exc)))
+    # Done, flagged until the dead letter is on Kafka: whatever stops this attempt from
+    # here on, the next copy of the id writes the dead letter instead of running again,
+    # and the outcome that settles the record goes out only after it.
+    recorded = state.record_done(outcome, dead_letter_pending=True)
     # The worker no longer has the original bytes: the DLQ value is the request rebuilt.
     value = _rebuild(task.name, args, kwargs, request, origin)
-    _publish_or_requeue(state, origin, outcome, dead=(value, dead))
+    _dead_letter_or_requeue(state, origin, value, letter)
+    if recorded:
+        state.dead_letter_written(request.id)
+    _publish_or_requeue(state, origin, outcome)
     if state.metrics is not None:
-        state.metrics.dead_lettered(task.name, dead.error_class)
+        state.metrics.dead_lettered(task.name, letter.error_class)
+
+
+def _letter(task: Task, origin: Origin, outcome: Outcome, trace: str | None = None) -> DeadLetter:
+    """The dead letter of a task that failed for good (``outcome``)."""
+    return DeadLetter(
+        error_class=outcome.error_class or "Exception",
+        error_message=outcome.error_message or "",
+        origin_topic=origin.topic,
+        origin_partition=origin.partition,
+        origin_offset=origin.offset,
+        stage="worker",
+        task=task.name,
+        task_id=outcome.task_id,
+        attempts=outcome.retries + 1,
+        replays=origin.replays,
+        traceback=trace,
+    )
+
+
+def _dead_letter_or_requeue(
+    state: _WorkerState, origin: Origin, value: bytes, letter: DeadLetter
+) -> None:
+    try:
+        state.write_dead_letter(origin, value, letter)
+    except KafcelError as exc:
+        # The marker says the dead letter is pending: the requeued copy writes it.
+        log.warning("kafcel: %s; requeueing %s", exc, letter.task_id)
+        raise Reject(str(exc), requeue=True) from exc
 
 
 def _retry_delay_s(exc: Retry) -> float:
@@ -540,15 +591,10 @@ def _outcome(origin: Origin, task_id: str, task: str, status: str, **fields: Any
 
 
 def _publish_or_requeue(
-    state: _WorkerState,
-    origin: Origin,
-    outcome: Outcome,
-    dead: tuple[bytes, DeadLetter] | None = None,
-    *,
-    wait: bool = True,
+    state: _WorkerState, origin: Origin, outcome: Outcome, *, wait: bool = True
 ) -> None:
     try:
-        state.publish(origin, outcome, dead=dead, wait=wait)
+        state.publish(origin, outcome, wait=wait)
     except KafcelError as exc:
         # The done marker is set: the requeued copy re-announces the outcome, so the
         # effect is not repeated and the record still settles once Kafka is back.

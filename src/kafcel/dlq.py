@@ -10,11 +10,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["DLQ_HEADER_PREFIX", "DeadLetter", "dlq_headers", "parse_dlq_headers"]
+__all__ = [
+    "DLQ_HEADER_PREFIX",
+    "MAX_TEXT_CHARS",
+    "DeadLetter",
+    "clip",
+    "dlq_headers",
+    "parse_dlq_headers",
+]
 
 DLQ_HEADER_PREFIX = "kafcel."
 
 KafkaHeaders = Sequence[tuple[str, bytes | str | None]]
+
+# A header text is cut past this many characters (a 5 MB exception message must not make
+# its dead letter larger than Kafka takes); the traceback keeps its end, the rest their start.
+MAX_TEXT_CHARS = 8192
+
+
+def clip(text: str, *, keep_end: bool = False, limit: int = MAX_TEXT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    cut = f" [... {len(text) - limit} characters cut]"
+    return text[-limit:] + cut if keep_end else text[:limit] + cut
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,8 +56,8 @@ class DeadLetter:
 
     def headers(self) -> list[tuple[str, str | bytes | None]]:
         values: dict[str, object] = {
-            "error.class": self.error_class,
-            "error.message": self.error_message,
+            "error.class": clip(self.error_class, limit=256),
+            "error.message": clip(self.error_message),
             "origin.topic": self.origin_topic,
             "origin.partition": self.origin_partition,
             "origin.offset": self.origin_offset,
@@ -47,8 +66,8 @@ class DeadLetter:
             "task_id": self.task_id,
             "attempts": self.attempts,
             "replays": self.replays,
-            "error.field": self.field,
-            "traceback": self.traceback,
+            "error.field": None if self.field is None else clip(self.field, limit=256),
+            "traceback": None if self.traceback is None else clip(self.traceback, keep_end=True),
             "failed_at": self.failed_at or datetime.now(UTC).isoformat(),
         }
         return [

@@ -11,7 +11,9 @@ One Redis key per task id holds its state:
   retry's countdown plus one lease, so a retry waiting in a worker that then dies is
   noticed too; only that retry (or a later one) may claim the id meanwhile;
 - ``done:<outcome>`` once the task finished, for ``done_ttl_s``: a redelivered copy
-  re-announces the stored outcome instead of running again.
+  re-announces the stored outcome instead of running again. A failure is first stored
+  as ``done:?<outcome>`` until its dead letter is on Kafka: a copy delivered after a
+  crash or a failed write writes the dead letter, then announces.
 
 A second key (a hash of owner tokens) counts attempts that started and did not end
 cleanly (the worker died under them); past ``max_attempts`` the task is not run again
@@ -43,6 +45,9 @@ _QUEUED = b"queued:"
 _RUNNING = b"running:"
 _RETRY = b"retry:"
 _DONE = b"done:"
+# A failure whose dead letter is not yet on Kafka: done for every purpose but one, the
+# next delivery of the id writes the dead letter before it announces the outcome.
+_DEAD_LETTER_PENDING = b"?"
 
 # Take the id if nobody runs it: absent, queued by the bridge, waiting for the retry this
 # request is (a retry:<n> value and a request with at least n retries), or held by an
@@ -104,6 +109,16 @@ end
 return v
 """
 
+# The failure's dead letter is on Kafka: drop the pending flag, keep the TTL.
+_DEAD_LETTER_WRITTEN = """
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, 6) == 'done:?' then
+    redis.call('SET', KEYS[1], 'done:' .. string.sub(v, 7), 'KEEPTTL')
+    return 1
+end
+return 0
+"""
+
 # Renew our leases; re-create one that vanished (a FLUSHALL under a running task), so a
 # redispatched copy still finds the task running instead of starting a second run.
 _RENEW = """
@@ -138,6 +153,17 @@ class Claim:
     done: Outcome | None = None
     running_ttl_s: float | None = None
     attempt: int = 0
+    # The failure's dead letter may not be on Kafka: write it before announcing ``done``.
+    dead_letter_pending: bool = False
+
+
+def _done(value: bytes) -> Claim:
+    """The claim of an id found ``done:`` (its stored outcome, and the DLQ flag)."""
+    raw = value[len(_DONE) :]
+    pending = raw.startswith(_DEAD_LETTER_PENDING)
+    if pending:
+        raw = raw[len(_DEAD_LETTER_PENDING) :]
+    return Claim(acquired=False, done=Outcome.decode(raw), dead_letter_pending=pending)
 
 
 @dataclass(frozen=True)
@@ -176,6 +202,7 @@ class OnceGuard:
         self._renew = client.register_script(_RENEW)
         self._finish_if_free = client.register_script(_FINISH_IF_FREE)
         self._mark_queued = client.register_script(_MARK_QUEUED)
+        self._dead_letter_written = client.register_script(_DEAD_LETTER_WRITTEN)
         self._epoch: str | None = None
 
     def _key(self, task_id: str) -> str:
@@ -195,7 +222,7 @@ class OnceGuard:
                 if int(reply[0]) == 1:
                     return Claim(acquired=True, attempt=int(reply[1]))
                 if int(reply[0]) == 2:
-                    return Claim(acquired=False, done=Outcome.decode(reply[1][len(_DONE) :]))
+                    return _done(bytes(reply[1]))
                 value, ttl_ms = bytes(reply[1]), int(reply[2])
                 if not self._owner_dead(value):
                     return Claim(acquired=False, running_ttl_s=max(ttl_ms, 0) / 1000)
@@ -260,12 +287,25 @@ class OnceGuard:
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
 
-    def finish(self, outcome: Outcome) -> None:
+    def finish(self, outcome: Outcome, *, dead_letter_pending: bool = False) -> None:
+        """Record ``outcome``; with ``dead_letter_pending`` until :meth:`dead_letter_written`
+        (a failure whose dead letter is still to be written)."""
+        flag = _DEAD_LETTER_PENDING if dead_letter_pending else b""
         try:
             with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(self._key(outcome.task_id), _DONE + outcome.encode(), px=self._done_ms)
+                pipe.set(
+                    self._key(outcome.task_id), _DONE + flag + outcome.encode(), px=self._done_ms
+                )
                 pipe.delete(self._attempts_key(outcome.task_id))
                 pipe.execute()
+        except redis.RedisError as exc:
+            raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
+
+    def dead_letter_written(self, task_id: str) -> None:
+        """The failed ``task_id``'s dead letter is on Kafka: its next delivery only
+        re-announces the outcome."""
+        try:
+            self._dead_letter_written(keys=[self._key(task_id)])
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
 
@@ -282,7 +322,7 @@ class OnceGuard:
             return None
         value = bytes(value)
         if value.startswith(_DONE):
-            return Claim(acquired=False, done=Outcome.decode(value[len(_DONE) :]))
+            return _done(value)
         return Claim(acquired=False, running_ttl_s=self.lease_s)
 
     def forget(self, task_id: str) -> str:
@@ -301,7 +341,8 @@ class OnceGuard:
                 if value is not None:
                     if not value.startswith(_DONE):
                         return "in progress"
-                    if Outcome.decode(value[len(_DONE) :]).status == SUCCESS:
+                    done = _done(value).done
+                    if done is not None and done.status == SUCCESS:
                         return "succeeded"
                 pipe.multi()
                 pipe.delete(key, attempts)

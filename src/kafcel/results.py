@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from .dlq import clip
 from .errors import KafcelError
 
 __all__ = ["FAILURE", "REVOKED", "SUCCESS", "Origin", "Outcome"]
@@ -21,7 +22,12 @@ FAILURE = "FAILURE"
 # Expired before it could run, or revoked by an operator: final, never run.
 REVOKED = "REVOKED"
 _STATUSES = (SUCCESS, FAILURE, REVOKED)
+# Far below what any producer sends (message.max.bytes is 1,000,000 by default).
 MAX_OUTCOME_BYTES = 512 * 1024
+
+
+def _dump(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,18 +116,23 @@ class Outcome:
             raise ValueError(f"status must be one of {_STATUSES}, got {self.status!r}")
 
     def encode(self) -> bytes:
+        """The record, at most ``MAX_OUTCOME_BYTES`` whatever the task returned or raised:
+        the result, then the request's headers, give way to a note of their size (the
+        full result stays in Celery's result backend); the error message is clipped."""
         data = asdict(self)
+        if self.error_message is not None:
+            data["error_message"] = clip(self.error_message)
         try:
-            raw = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+            raw = _dump(data)
         except (TypeError, ValueError):
             # A task may return something JSON cannot carry; the outcome must still go out.
             data["result"] = repr(self.result)
-            raw = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
-        if len(raw) > MAX_OUTCOME_BYTES:
-            # Kafka refuses records above message.max.bytes (1 MB by default); the full
-            # result stays in Celery's result backend.
-            data["result"] = {"kafcel_result_omitted_bytes": len(raw)}
-            raw = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+            raw = _dump(data)
+        for name in ("result", "headers"):
+            if len(raw) <= MAX_OUTCOME_BYTES:
+                break
+            data[name] = {f"kafcel_{name}_omitted_bytes": len(_dump({name: data[name]}))}
+            raw = _dump(data)
         return raw
 
     @classmethod

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Hashable
-from typing import Any, cast
+from typing import Any
 
 import redis
 from celery import Celery
@@ -28,13 +28,15 @@ from confluent_kafka import (
 from confluent_kafka import KafkaError as RdKafkaError
 
 from ..admin import client_config, fetch_config, producer_config
+from ..deadletter import DeadLetterWriter
 from ..envelope import Envelope
 from ..errors import BrokerError, ConfigError, DispatchRefused, KafkaError, RecordRejected
 from ..once import OnceGuard
+from ..replay import header_list
 from ..results import REVOKED, SUCCESS, Outcome
 from ..settings import Settings
 from .clients import BridgeClients
-from .deadletter import DeadLetterWriter, bridge_letter
+from .deadletter import bridge_letter
 from .dispatch import Dispatch, StopSending, declare_queues, make_dispatch
 from .events import BridgeEvents
 from .filter import TaskFilter
@@ -183,7 +185,7 @@ class Bridge:
         try:
             self._producer = c.producer(self._producer_conf)
             self._dlq = DeadLetterWriter(
-                producer=self._producer, topic=s.dlq_topic, on_written=self._dead_lettered
+                producer=self._producer, topic=s.dlq_topic, config=self._producer_conf
             )
             self._results = c.outcomes(self._base_conf, s)
             self._consumer = c.consumer(self._consumer_conf)
@@ -430,13 +432,18 @@ class Bridge:
         letter = bridge_letter(msg, exc, error_class=error_class, task=task, task_id=task_id)
         assert self._dlq is not None
         self.events.dead_lettered(msg, letter, trace_id)
-        tp, _ = position(msg)
-        self._dlq.write(msg, letter, (slot, self._fences.get(tp, "")))
-
-    def _dead_lettered(self, msg: Message, token: Hashable) -> None:
-        self.stats.dlq += 1
-        slot, fence = cast(tuple[Hashable | None, str], token)
         tp, offset = position(msg)
+        fence = self._fences.get(tp, "")
+        self._dlq.write(
+            letter,
+            value=msg.value(),
+            key=msg.key(),
+            headers=header_list(msg),
+            on_written=lambda: self._dead_lettered(tp, offset, slot, fence),
+        )
+
+    def _dead_lettered(self, tp: TP, offset: int, slot: Hashable | None, fence: str) -> None:
+        self.stats.dlq += 1
         if self._fences.get(tp) != fence:
             # Written for an earlier assignment of the partition: the record was read
             # again since, and only its new reading may settle it and free its key.
