@@ -105,7 +105,7 @@ def worker(stack: DevStack) -> Iterator[Worker]:
         return producer
 
     state = _WorkerState(settings, new_producer=new_producer)  # type: ignore[arg-type]
-    state.guard  # opens the producer
+    assert state.guard is not None  # opens the producer
     fail.run = _UNGUARDED  # each test's guard has its own state
     _guard(fail, state)
     ran.clear()
