@@ -30,8 +30,9 @@ from confluent_kafka import KafkaError as RdKafkaError
 
 from kafcel.bridge.clients import BridgeClients
 from kafcel.bridge.dispatch import Dispatch
+from kafcel.bridge.held import HeldDispatches
 from kafcel.bridge.runner import Bridge
-from kafcel.errors import DispatchRefused
+from kafcel.errors import DispatchHeld, DispatchRefused
 from kafcel.results import Outcome
 from kafcel.settings import Settings
 
@@ -85,6 +86,7 @@ class FakeConsumer:
         self._callbacks: dict[str, Callable[..., None]] = {}
         self.commits: list[dict[TP, int]] = []
         self.closed = False
+        self.polls = 0  # consume() calls: what keeps a member in its group
 
     # -- what the test orders -------------------------------------------------------
 
@@ -122,6 +124,7 @@ class FakeConsumer:
                     self._paused.discard(tp)
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        self.polls += 1
         self._serve()
         out: list[Message] = []
         for tp in sorted(self._positions):
@@ -270,24 +273,34 @@ class FakeOutcomes:
 
 
 class FakePublisher:
-    """Celery's broker: keeps what it is given, refuses records on request."""
+    """Celery's broker: keeps what it is given, refuses or holds records on request."""
 
     def __init__(self) -> None:
         self.sent: list[Dispatch] = []
         self.refuse: Callable[[Dispatch], str | None] = lambda item: None
+        self.hold: Callable[[Dispatch], str | None] = lambda item: None
+        self.down = False
         self.round_trips = 0
+        self.probes = 0
 
-    def publish(self, items: list[Dispatch]) -> list[DispatchRefused | None]:
+    def publish(self, items: list[Dispatch]) -> list[DispatchRefused | DispatchHeld | None]:
         self.round_trips += 1
-        out: list[DispatchRefused | None] = []
+        out: list[DispatchRefused | DispatchHeld | None] = []
         for item in items:
-            reason = self.refuse(item)
-            if reason is None:
+            if self.down:
+                out.append(DispatchHeld("Celery broker unavailable: connection refused"))
+            elif (held := self.hold(item)) is not None:
+                out.append(DispatchHeld(held))
+            elif (reason := self.refuse(item)) is not None:
+                out.append(DispatchRefused(reason))
+            else:
                 self.sent.append(item)
                 out.append(None)
-            else:
-                out.append(DispatchRefused(reason))
         return out
+
+    def reachable(self, *, timeout_s: float) -> bool:
+        self.probes += 1
+        return not self.down
 
     def offsets(self) -> list[int]:
         return [item.offset for item in self.sent]
@@ -317,9 +330,11 @@ class BridgeHarness:
             consumer=consumer,  # type: ignore[arg-type]
             producer=producer,  # type: ignore[arg-type]
             outcomes=lambda conf, s: self.outcomes,  # type: ignore[arg-type,return-value]
-            publisher=lambda app, stop: self.publisher,  # type: ignore[arg-type,return-value]
+            publisher=lambda app: self.publisher,  # type: ignore[arg-type,return-value]
         )
         self.bridge = Bridge(app=app, settings=settings, clients=clients)
+        self.now = 0.0  # the clock of the bridge's retries, moved by the test
+        self.bridge._held = HeldDispatches(clock=lambda: self.now)
         self.bridge._open()
         self._stop = threading.Event()
 
@@ -336,6 +351,12 @@ class BridgeHarness:
     def turn(self, n: int = 1) -> None:
         for _ in range(n):
             self.bridge._step(fetch=True)
+
+    def answer(self, item: Dispatch, status: str = "SUCCESS") -> None:
+        """The worker's outcome for a dispatched record reaches the bridge."""
+        self.outcomes.queue.append(
+            Outcome(task_id=item.task_id, task=item.envelope.task, status=status, fence=item.fence)
+        )
 
     def dlq(self) -> list[Message]:
         return self.kafka.logs[(self.settings.dlq_topic, 0)]

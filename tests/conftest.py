@@ -102,11 +102,13 @@ class Pipeline:
     def env(self, **overrides: Any) -> dict[str, str]:
         return {**base_env(self.stack), **self.settings.replace(**overrides).as_env()}
 
-    def start_bridge(self, *, wait_assigned: bool = True, **overrides: Any) -> ManagedProcess:
+    def start_bridge(
+        self, *, wait_assigned: bool = True, app: str = TEST_APP, **overrides: Any
+    ) -> ManagedProcess:
         n = len(self.bridges)
         proc = ManagedProcess(
             name=f"bridge {n}",
-            argv=bridge_argv(TEST_APP),
+            argv=bridge_argv(app),
             env=self.env(**overrides),
             log_path=self.logs_dir / f"{self.settings.topic}-bridge{n}.log",
             cwd=ROOT,

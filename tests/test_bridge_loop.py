@@ -112,3 +112,76 @@ def test_outcome_without_a_fence_still_settles(harness: BridgeHarness) -> None:
     assert h.in_flight(tp) == 0
     h.bridge._commit(asynchronous=False)
     assert h.kafka.committed[tp] == 1
+
+
+@app.task(name="harness.misrouted")
+def misrouted(x: object) -> object:
+    return x
+
+
+def test_a_routing_error_holds_its_records_and_dead_letters_nothing(
+    harness: BridgeHarness,
+) -> None:
+    """One task name routed to a queue the app lacks: its records wait (their key too),
+    other tasks flow, nothing reaches the DLQ, and the records go once the route is fixed."""
+    h = harness
+    tp = (h.settings.topic, 0)
+    h.kafka.append(tp, envelope("harness.misrouted", 1), key=b"a")  # 0
+    h.kafka.append(tp, envelope("harness.echo", 2), key=b"b")  # 1
+    h.kafka.append(tp, envelope("harness.misrouted", 3), key=b"a")  # 2, behind 0
+    reason = "Celery could not take the task: QueueNotFound: 'nowhere'"
+    h.publisher.hold = lambda item: reason if item.envelope.task == "harness.misrouted" else None
+    h.c.assign([tp])
+    h.turn()
+    assert h.publisher.offsets() == [1]
+    (echo,) = h.publisher.sent
+    h.answer(echo)
+    for _ in range(5):
+        h.now += 1.0
+        h.turn()
+    assert h.publisher.offsets() == [1] and h.dlq() == []
+    assert h.bridge.stats.held == 1 and h.bridge._held.partitions() == {tp: reason}
+    h.bridge._commit(asynchronous=False)
+    assert h.kafka.committed[tp] == 0, "the held record keeps the commit"
+
+    h.publisher.hold = lambda item: None  # the route is fixed
+    h.now += 60
+    h.turn()
+    assert h.publisher.offsets() == [1, 0]
+    h.answer(h.publisher.sent[-1])
+    h.turn()
+    assert h.publisher.offsets() == [1, 0, 2], "the key's next record after it"
+    h.answer(h.publisher.sent[-1])
+    h.turn()
+    h.bridge._commit(asynchronous=False)
+    assert h.kafka.committed[tp] == 3 and h.dlq() == [] and h.bridge.stats.held == 0
+
+
+def test_the_broker_down_for_longer_than_the_poll_interval(harness: BridgeHarness) -> None:
+    """While Celery's broker is down the loop keeps polling Kafka (its group membership)
+    and settling outcomes; it probes the broker with backoff instead of publishing."""
+    h = harness
+    tp = (h.settings.topic, 0)
+    h.kafka.append(tp, envelope("harness.echo", 1), key=b"a")
+    h.c.assign([tp])
+    h.turn()
+    (first,) = h.publisher.sent
+    h.publisher.down = True
+    for n in range(2, 6):
+        h.kafka.append(tp, envelope("harness.echo", n), key=str(n).encode())
+    h.turn()
+    assert h.bridge.stats.held == 4 and h.dlq() == []
+    round_trips, polls = h.publisher.round_trips, h.c.polls
+    h.answer(first)  # a worker finishes a task sent before the outage
+    for _ in range(400):  # 400 turns over 10 minutes: past max.poll.interval.ms (5 min)
+        h.now += 1.5
+        h.turn()
+    assert h.c.polls >= polls + 400
+    assert h.publisher.round_trips == round_trips, "no publish while the probe fails"
+    assert h.publisher.probes < 40, "probes back off"
+    assert h.in_flight(tp) == 4, "the outcome read during the outage settled its record"
+
+    h.publisher.down = False
+    h.now += 60
+    h.turn()
+    assert sorted(h.publisher.offsets()) == [0, 1, 2, 3, 4] and h.dlq() == []

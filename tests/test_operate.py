@@ -343,3 +343,35 @@ def test_worker_json_logs_carry_the_task_events(pipeline: Pipeline, ledger: Ledg
     finally:
         worker.stop(timeout_s=20)
         redis.Redis.from_url(pipeline.settings.redis_url).delete(queue)
+
+
+def test_a_bad_route_holds_its_tasks_shows_stall_and_dead_letters_nothing(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    """A deploy routes a task to a queue the app lacks: its records are held, not
+    dead-lettered; status says STALL with the reason; the fixed deploy runs them."""
+    name, client = ledger
+    bad = pipeline.start_bridge(app="tests.misrouted_app:app")
+    with Producer(settings=pipeline.settings) as producer:
+        for i in range(4):
+            producer.submit("tests.app.record", name, i, key="same")
+        producer.submit("tests.app.flaky_bind", name, "other", 0, key="other")
+    wait_until(lambda: effects(client, name).get("other") == 1, 60, "the other task to run")
+
+    def held() -> list[dict[str, Any]]:
+        _, report = status(pipeline)
+        return [p for p in report["partitions"] if p["status"] == "STALL"]
+
+    (row,) = wait_until(held, 60, "the held partition to show STALL")
+    assert "dispatch held" in row["reason"] and "nowhere" in row["reason"]
+    bad.wait_for_log("QueueNotFound", timeout_s=10)
+    assert dlq_records(pipeline) == []
+    assert not any(k.startswith("0") for k in effects(client, name))
+
+    bad.stop(timeout_s=30)  # the fixed deploy
+    pipeline.start_bridge()
+    wait_until(pipeline.fully_committed, 90, "the held tasks to run and settle")
+    assert effects(client, name) == {"0": 1, "1": 1, "2": 1, "3": 1, "other": 1}
+    runs = [e.decode() for e in client.lrange(f"{name}:log", 0, -1)]
+    assert [e for e in runs if not e.startswith("other")] == ["0:0", "1:0", "2:0", "3:0"]
+    assert dlq_records(pipeline) == []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,8 +22,9 @@ from celery import Celery, signals
 from kafcel.bridge.dispatch import Dispatch
 from kafcel.bridge.publish import Publisher
 from kafcel.celery import HEADER
-from kafcel.devstack import DevStack
+from kafcel.devstack import DevStack, free_ports
 from kafcel.envelope import Envelope
+from kafcel.errors import DispatchHeld, DispatchRefused
 from kafcel.results import Origin
 
 pytestmark = pytest.mark.timeout(60)
@@ -61,7 +62,7 @@ def _item(envelope: Envelope, *, eta: datetime | None = None) -> Dispatch:
 
 
 def _publisher(app: Celery) -> Publisher:
-    return Publisher(app=app, stop=threading.Event())
+    return Publisher(app=app)
 
 
 def _normal(raw: bytes) -> dict[str, Any]:
@@ -192,9 +193,8 @@ def test_a_registered_tasks_own_options_apply_as_with_send_task(
     assert [_diff(a, b) for a, b in zip(ours, theirs, strict=True)] == [[]]
 
 
-def test_a_list_redis_refuses_refuses_only_its_own_records(
-    app: Celery, client: redis.Redis
-) -> None:
+def test_a_list_redis_refuses_holds_only_its_own_records(app: Celery, client: redis.Redis) -> None:
+    """WRONGTYPE is about the key, not the record: the record waits for a retry."""
     good, bad = f"pub-{uuid.uuid4().hex[:8]}", f"pub-{uuid.uuid4().hex[:8]}"
     client.set(bad, "not a list")  # LPUSH answers WRONGTYPE
     items = [
@@ -203,9 +203,42 @@ def test_a_list_redis_refuses_refuses_only_its_own_records(
         _item(Envelope(task="shop.order", queue=good)),
     ]
     publisher = _publisher(app)
-    refusals = publisher.publish(items)
-    assert refusals[0] is None and refusals[2] is None
-    assert refusals[1] is not None and "WRONGTYPE" in str(refusals[1])
+    answers = publisher.publish(items)
+    assert answers[0] is None and answers[2] is None
+    assert isinstance(answers[1], DispatchHeld) and "WRONGTYPE" in str(answers[1])
     assert publisher.round_trips == 1  # not retried as if the broker were down
     assert client.llen(good) == 2
     client.delete(good, bad)
+
+
+def test_a_routing_error_holds_the_record_instead_of_refusing_it(
+    app: Celery, client: redis.Redis
+) -> None:
+    """A bad task_routes deploy (a queue the app neither declares nor creates) is the
+    deployment's fault: the record waits for a retry; it is not dead-lettered."""
+    app.conf.task_create_missing_queues = False
+    app.conf.task_routes = {"shop.misrouted": {"queue": "nowhere"}}
+    items = [_item(Envelope(task="shop.misrouted")), _item(Envelope(task="shop.order"))]
+    answers = _publisher(app).publish(items)
+    assert isinstance(answers[0], DispatchHeld) and "nowhere" in str(answers[0])
+    assert answers[1] is None
+    client.delete(app.conf.task_default_queue)
+
+
+def test_an_envelope_naming_an_unknown_queue_is_refused(app: Celery) -> None:
+    """The record itself asked for a queue the app does not have: its own fault."""
+    app.conf.task_create_missing_queues = False
+    (answer,) = _publisher(app).publish([_item(Envelope(task="shop.order", queue="nowhere"))])
+    assert isinstance(answer, DispatchRefused) and "nowhere" in str(answer)
+
+
+def test_publish_does_not_wait_for_a_broker_that_is_down() -> None:
+    """The bridge's one thread must keep polling Kafka while Celery's broker is away."""
+    (port,) = free_ports(1)
+    app = Celery("down", broker=f"redis://127.0.0.1:{port}/0")
+    started = time.monotonic()
+    publisher = _publisher(app)
+    (answer,) = publisher.publish([_item(Envelope(task="shop.order"))])
+    assert isinstance(answer, DispatchHeld) and "unavailable" in str(answer)
+    assert not publisher.reachable(timeout_s=1)
+    assert time.monotonic() - started < 15

@@ -14,6 +14,7 @@ KafcelError
 ├── KafkaError             the Kafka client failed (wraps confluent_kafka errors)
 │   └── DeliveryError      records the producer could not deliver
 ├── BrokerError            the Celery broker refused or lost a message
+│   └── DispatchHeld       not sent through no fault of the record: held, sent again
 ├── TaskLost               a task's worker died under it max_attempts times
 └── DevStackError          the local stack (Tansu, Redis) could not start
 ```
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "DeliveryError",
     "DevStackError",
+    "DispatchHeld",
     "DispatchRefused",
     "EnvelopeError",
     "InvalidEncoding",
@@ -102,6 +104,13 @@ class DeliveryError(KafkaError):
 
 class BrokerError(KafcelError):
     """The Celery broker could not take a task message."""
+
+
+class DispatchHeld(BrokerError):
+    """Celery could not take a valid record for a reason that is not the record's: the
+    deployment's routing (a queue the app does not declare), access to the broker, or the
+    broker being down. The bridge keeps the record and sends it again later: dead-lettering
+    it would drain a whole topic into the DLQ over one bad deploy."""
 
 
 class TaskLost(KafcelError):

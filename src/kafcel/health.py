@@ -9,7 +9,9 @@ bridge saying "I own this partition and here is my commit", so the evaluation re
 - **WARN**: the committed offset moves but lag grows over the whole window;
 - **STALL**: a bridge reports the partition, lag > 0, and the committed offset has not
   moved for the whole window (tasks stuck: workers down, Celery's broker unreachable),
-  unless the bridge says the oldest unsettled record is a task waiting for its eta;
+  unless the bridge says the oldest unsettled record is a task waiting for its eta; at
+  once when the bridge says Celery cannot take a record of it (a routing error, the
+  broker down: the reason is shown);
 - **STOP**: lag > 0 and no bridge has reported the partition for longer than the
   window (no live consumer: bridges dead, or the group wedged).
 
@@ -63,6 +65,9 @@ class Report:
     # Its oldest unsettled record is a task waiting for its eta/countdown: the commit
     # is held on purpose, not stuck.
     eta_held: bool = field(default=False, kw_only=True)
+    # Celery could not take a record of this partition through no fault of the record
+    # (routing, broker access, the broker down): why. The commit is stuck until it can.
+    held: str | None = field(default=None, kw_only=True)
 
     @property
     def lag(self) -> int | None:
@@ -99,6 +104,8 @@ def evaluate(
     if not ordered or now_s - ordered[-1].at_s > window_s:
         since = "ever" if not ordered else f"for {now_s - ordered[-1].at_s:.0f}s"
         return Evaluation(STOP, f"no bridge has reported a commit {since} while lag is {lag}")
+    if recent and recent[-1].held:
+        return Evaluation(STALL, f"dispatch held: {recent[-1].held}")
     if recent and recent[-1].eta_held:
         return Evaluation(OK, "the oldest unsettled task waits for its eta (scheduled)")
     before = [s for s in ordered if now_s - s.at_s > window_s]
@@ -150,7 +157,9 @@ def record_samples(
     if not samples:
         return
     keys = [_key(group, topic, partition) for topic, partition in samples]
-    values = [json.dumps([r.committed, r.end, int(r.eta_held)])[1:-1] for r in samples.values()]
+    values = [
+        json.dumps([r.committed, r.end, int(r.eta_held), r.held])[1:-1] for r in samples.values()
+    ]
     pipe.eval(_RECORD, len(keys), *keys, _KEEP, _KEEP_S, *values)
 
 
@@ -179,12 +188,14 @@ def read_samples(
     for p, raw in zip(partitions, replies, strict=True):
         for item in reversed(raw):
             try:
-                at, committed, end, *held = json.loads(item)
+                at, committed, end, *flags = json.loads(item)
+                held = flags[1] if len(flags) > 1 and isinstance(flags[1], str) else None
                 out[p].append(
                     Sample(
                         None if committed is None else int(committed),
                         None if end is None else int(end),
-                        eta_held=bool(held and held[0]),
+                        eta_held=bool(flags and flags[0]),
+                        held=held,
                         at_s=float(at),
                     )
                 )

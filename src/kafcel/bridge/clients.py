@@ -9,7 +9,6 @@ chance.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +38,8 @@ def _outcomes(config: dict[str, Any], s: Settings) -> OutcomeReader:
     )
 
 
-def _publisher(app: Celery, stop: threading.Event) -> Publisher:
-    return Publisher(app=app, stop=stop)
+def _publisher(app: Celery) -> Publisher:
+    return Publisher(app=app)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,4 +50,4 @@ class BridgeClients:
     consumer: Callable[[dict[str, Any]], Consumer] = Consumer
     producer: Callable[[dict[str, Any]], Producer] = Producer
     outcomes: Callable[[dict[str, Any], Settings], OutcomeReader] = _outcomes
-    publisher: Callable[[Celery, threading.Event], Publisher] = _publisher
+    publisher: Callable[[Celery], Publisher] = _publisher

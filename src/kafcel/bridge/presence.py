@@ -45,6 +45,7 @@ class BridgeStats:
     commits: int = 0
     in_flight: int = 0
     waiting: int = 0
+    held: int = 0  # valid records Celery could not take (routing, broker): sent again
     gaps_reseeked: int = 0
     paused: bool = False
 
@@ -101,6 +102,7 @@ def positions(
     *,
     paused: bool,
     eta_held: set[TP],
+    held: dict[TP, str] | None = None,
 ) -> dict[TP, Report]:
     """The report of each owned partition, from this bridge's own view: its last
     acknowledged commit (or the one found at assignment) and the end offset of its last
@@ -118,7 +120,7 @@ def positions(
             except KafkaException:
                 high = -1
             end = max(high, committed or 0) if high >= 0 else None
-        out[tp] = Report(committed, end, eta_held=tp in eta_held)
+        out[tp] = Report(committed, end, eta_held=tp in eta_held, held=(held or {}).get(tp))
     return out
 
 

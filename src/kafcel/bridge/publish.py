@@ -27,20 +27,20 @@ import json
 import logging
 import os
 import socket
-import threading
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, signals
+from celery.exceptions import QueueNotFound
 from celery.utils.saferepr import saferepr
 from kombu import exceptions
 from kombu.entity import maybe_delivery_mode
 
 from ..celery import HEADER
-from ..errors import BrokerError, DispatchRefused
-from .dispatch import Dispatch, StopSending
+from ..errors import DispatchHeld, DispatchRefused
+from .dispatch import Dispatch
 
 __all__ = ["Publisher"]
 
@@ -53,16 +53,10 @@ log = logging.getLogger("kafcel.bridge")
 class Publisher:
     """Sends the bridge's admitted records to Celery, a batch per broker round trip."""
 
-    def __init__(
-        self,
-        *,
-        app: Celery,
-        stop: threading.Event,
-    ) -> None:
+    def __init__(self, *, app: Celery) -> None:
         if not isinstance(app, Celery):
             raise TypeError("app must be a Celery app")
         self.app = app
-        self._stop = stop
         self.round_trips = 0
         conf = app.conf
         with app.connection_for_write() as conn:
@@ -104,36 +98,49 @@ class Publisher:
         self._delivery_mode = conf.task_default_delivery_mode
         self._exec_options: dict[str, dict[str, Any]] = {}
 
-    def publish(self, items: Sequence[Dispatch]) -> list[DispatchRefused | None]:
-        """Send ``items`` in order; per item None once Celery has it, else why it refused.
-
-        While the broker is down the whole batch is tried again (never dropped): a copy
-        that reached Redis before the connection broke is absorbed by the once-guard. A
-        stop request ends the wait with :class:`StopSending`; the records stay unsettled.
+    def publish(self, items: Sequence[Dispatch]) -> list[DispatchRefused | DispatchHeld | None]:
+        """Send ``items`` in order, in one round trip; per item None once Celery has it,
+        :class:`DispatchRefused` when the record itself cannot become a task (it goes to
+        the DLQ), :class:`DispatchHeld` when Celery could not take it through no fault of
+        the record (routing, broker access, the broker down): the bridge keeps it and
+        sends it again. Never waits for a broker that is down: the bridge's one thread
+        must keep polling Kafka and reading outcomes meanwhile.
         """
-        refusals: list[DispatchRefused | None] = [None] * len(items)
+        answers: list[DispatchRefused | DispatchHeld | None] = [None] * len(items)
         prepared: list[_Prepared] = []
         for index, item in enumerate(items):
             try:
                 prepared.append((index, item.envelope.task, *self._build(item)))
+            except QueueNotFound as exc:
+                # A queue the record asked for is the record's; one that routing chose
+                # (task_routes, the default queue) is the deployment's.
+                explicit = item.envelope.queue is not None
+                answers[index] = _refused(exc) if explicit else _held(exc)
             except Exception as exc:
                 # Not the broker's state but this record's (Celery cannot build it).
-                refusals[index] = _refused(exc)
-        delay_s = 0.1
-        while prepared:
-            try:
-                refused = self._send(prepared)
-            except self._retryable as exc:
-                error = BrokerError(f"Celery broker unavailable for {len(prepared)} task(s): {exc}")
-                log.warning("%s; retrying in %.1fs", error, delay_s)
-                if self._stop.wait(delay_s):
-                    raise StopSending() from exc
-                delay_s = min(delay_s * 2, 5.0)
-                continue
-            for index, reason in refused.items():
-                refusals[index] = reason
-            break
-        return refusals
+                answers[index] = _refused(exc)
+        if not prepared:
+            return answers
+        try:
+            failed = self._send(prepared)
+        except self._retryable as exc:
+            down = DispatchHeld(f"Celery broker unavailable: {exc}")
+            for index, *_ in prepared:
+                answers[index] = down
+            return answers
+        for index, reason in failed.items():
+            answers[index] = reason
+        return answers
+
+    def reachable(self, *, timeout_s: float) -> bool:
+        """Whether the broker answers now; a down one is found within ``timeout_s``
+        (kombu's own connect retries take seconds, too long for the bridge's loop)."""
+        try:
+            with self.app.connection_for_write(connect_timeout=timeout_s) as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
+        except Exception:
+            return False
+        return True
 
     def _task_options(self, name: str) -> dict[str, Any]:
         """The registered task's own options (queue, priority, time limits...), which
@@ -192,9 +199,9 @@ class Publisher:
         options["serializer"] = "json"
         return message, options
 
-    def _send(self, prepared: list[_Prepared]) -> dict[int, DispatchRefused]:
+    def _send(self, prepared: list[_Prepared]) -> dict[int, DispatchRefused | DispatchHeld]:
         """One batch on one connection; raises a retryable error if the broker failed."""
-        refused: dict[int, DispatchRefused] = {}
+        refused: dict[int, DispatchRefused | DispatchHeld] = {}
         amqp = self._amqp
         with self.app.producer_or_acquire() as producer:
             channel = producer.channel
@@ -219,8 +226,12 @@ class Publisher:
                         amqp.send_task_message(producer, name, message, retry=False, **options)
                     except self._retryable:
                         raise
+                    except (exceptions.EncodeError, exceptions.ContentDisallowed) as exc:
+                        refused[index] = _refused(exc)  # this record's content
                     except Exception as exc:
-                        refused[index] = _refused(exc)
+                        # An exchange, a queue or a permission the broker refuses: the
+                        # deployment's, not the record's.
+                        refused[index] = _held(exc)
         self.round_trips += 1
         return refused
 
@@ -268,12 +279,13 @@ def _plain_direct(options: dict[str, Any], channel: Any) -> bool:
 
 def _lpush_all(
     channel: Any, prepared: list[_Prepared], default_delivery_mode: Any
-) -> dict[int, DispatchRefused]:
+) -> dict[int, DispatchRefused | DispatchHeld]:
     """What kombu's Redis ``_put`` writes for each message, in one pipelined request.
 
     One LPUSH per list with all of its messages, in order: ``LPUSH q a b`` leaves the
     list as ``LPUSH q a; LPUSH q b`` would, and the worker pops ``a`` first. A list
-    Redis refuses (WRONGTYPE, NOPERM) refuses its own records only.
+    Redis refuses (WRONGTYPE, NOPERM: a key or an ACL of the deployment) holds its own
+    records only.
     """
     # list key -> (index in the batch, wire message), in batch order
     lists: dict[str, list[tuple[int, str]]] = {}
@@ -311,14 +323,18 @@ def _lpush_all(
     pipe = channel.client.pipeline(transaction=False)
     for key, members in lists.items():
         pipe.lpush(key, *(payload for _, payload in members))
-    refused: dict[int, DispatchRefused] = {}
+    held: dict[int, DispatchRefused | DispatchHeld] = {}
     # Connection errors still raise; a command's own error comes back as its result.
     for members, result in zip(lists.values(), pipe.execute(raise_on_error=False), strict=True):
         if isinstance(result, Exception):
             for index, _ in members:
-                refused[index] = _refused(result)
-    return refused
+                held[index] = _held(result)
+    return held
 
 
 def _refused(exc: Exception) -> DispatchRefused:
     return DispatchRefused(f"Celery refused the task: {type(exc).__name__}: {exc}")
+
+
+def _held(exc: Exception) -> DispatchHeld:
+    return DispatchHeld(f"Celery could not take the task: {type(exc).__name__}: {exc}")

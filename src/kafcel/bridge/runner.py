@@ -30,16 +30,24 @@ from confluent_kafka import KafkaError as RdKafkaError
 from ..admin import client_config, fetch_config, producer_config
 from ..deadletter import DeadLetterWriter
 from ..envelope import Envelope
-from ..errors import BrokerError, ConfigError, DispatchRefused, KafkaError, RecordRejected
+from ..errors import (
+    BrokerError,
+    ConfigError,
+    DispatchHeld,
+    DispatchRefused,
+    KafkaError,
+    RecordRejected,
+)
 from ..once import OnceGuard
 from ..replay import header_list
 from ..results import REVOKED, SUCCESS, Outcome
 from ..settings import Settings
 from .clients import BridgeClients
 from .deadletter import bridge_letter
-from .dispatch import Dispatch, StopSending, declare_queues, make_dispatch
+from .dispatch import Dispatch, declare_queues, make_dispatch
 from .events import BridgeEvents
 from .filter import TaskFilter
+from .held import HeldDispatches
 from .ordering import OrderingGate
 from .outcomes import OutcomeReader
 from .presence import BridgeStats, Presence, eta_held, log_report, positions
@@ -102,6 +110,7 @@ class Bridge:
         self._queued: list[str] = []
         # Admitted records of this loop turn, sent to Celery together (one round trip).
         self._outbox: list[Dispatch] = []
+        self._held = HeldDispatches()
         self._publisher: Publisher | None = None
         self._presence = Presence(client=client, group=settings.group_id)
         self._paused = False
@@ -225,7 +234,12 @@ class Bridge:
         assert self._consumer is not None
         held = eta_held(self._tracker, self._pending.values())
         samples = positions(
-            self._consumer, self._tracker, self._assigned, paused=self._paused, eta_held=held
+            self._consumer,
+            self._tracker,
+            self._assigned,
+            paused=self._paused,
+            eta_held=held,
+            held=self._held.partitions(),
         )
         self._presence.publish(self.stats.as_dict(), sorted(self._assigned), samples)
         lag = {tp: n for tp, r in samples.items() if (n := r.lag) is not None}
@@ -249,6 +263,7 @@ class Bridge:
 
     def _step(self, *, fetch: bool) -> None:
         assert self._consumer is not None and self._producer is not None
+        self._retry_held()
         if fetch:
             # Never fetch past max_in_flight by more than one record.
             room = self.settings.max_in_flight - self._tracker.in_flight()
@@ -282,6 +297,7 @@ class Bridge:
             log.info("idle: all %d fetched record(s) settled", self.stats.settled)
         self.stats.in_flight = in_flight
         self.stats.waiting = self._gate.waiting
+        self.stats.held = len(self._held)
         self.stats.gaps_reseeked = self._seq.reseeks + (
             self._results.reseeks if self._results is not None else 0
         )
@@ -318,11 +334,11 @@ class Bridge:
         # the outbox again: loop until it stays empty.
         while self._outbox:
             items, self._outbox = self._outbox, []
-            try:
-                refusals = self._publish(items)
-            except StopSending:
-                return  # stopping with the broker down: these stay unsettled, re-read later
-            for item, refused in zip(items, refusals, strict=True):
+            answers = self._publish(items)
+            for item, refused in zip(items, answers, strict=True):
+                if isinstance(refused, DispatchHeld):
+                    self._held.hold(item, refused)
+                    continue
                 if refused is not None:
                     # Retrying would stall the partition: the record goes to the DLQ.
                     self._dead_letter(
@@ -400,19 +416,31 @@ class Bridge:
                 )
             )
 
-    def _publish(self, items: list[Dispatch]) -> list[DispatchRefused | None]:
+    def _publish(self, items: list[Dispatch]) -> list[DispatchRefused | DispatchHeld | None]:
+        publisher = self._open_publisher()
+        answers = publisher.publish(items)
+        self.stats.broker_round_trips = publisher.round_trips
+        if not any(isinstance(answer, DispatchHeld) for answer in answers):
+            self._held.cleared()
+        return answers
+
+    def _open_publisher(self) -> Publisher:
         if self._publisher is None:
-            self._publisher = self._clients.publisher(self.app, self._stop)
-        refusals = self._publisher.publish(items)
-        self.stats.broker_round_trips = self._publisher.round_trips
-        return refusals
+            self._publisher = self._clients.publisher(self.app)
+        return self._publisher
+
+    def _retry_held(self) -> None:
+        if not self._held.due():
+            return
+        if self._held.broker_down and not self._open_publisher().reachable(timeout_s=1.0):
+            self._held.wait_longer()
+            return
+        # In their order, before anything admitted since: a key's records stay in line.
+        self._outbox[:0] = self._held.take()
 
     def _resend(self, item: Dispatch) -> bool:
         """Send a copy of a message Celery took before; False if it was not sent."""
-        try:
-            (refused,) = self._publish([item])
-        except StopSending:
-            return False
+        (refused,) = self._publish([item])
         if refused is not None:
             # The original stays pending: its outcome may still come.
             log.error("%s (redispatch of %s)", refused, item.task_id)
@@ -602,6 +630,7 @@ class Bridge:
         # Not sent yet: the next owner sends them (sending them too would run a key's
         # records side by side if the partition came back here).
         self._outbox = [item for item in self._outbox if item.tp not in gone]
+        self._held.forget(gone)
         for tp in tps:
             self._tracker.revoke(tp)
             self._seq.forget(tp)
