@@ -189,7 +189,7 @@ class FakeProducer:
     def __init__(self, kafka: FakeKafka, conf: dict[str, Any]) -> None:
         self.kafka = kafka
         self.max_bytes = int(conf.get("message.max.bytes", 1_000_000))
-        self.waiting: list[tuple[str, bytes | None, bytes | None, Any, Callable[..., None]]] = []
+        self.waiting: list[tuple[TP, bytes | None, bytes | None, Any, Callable[..., None]]] = []
         self._reports: list[tuple[Callable[..., None], Any, Message]] = []
         # A worker's producer: flush() has the broker answer at once, as ``verdict`` says
         # (None: acknowledged, else the error code of the delivery report).
@@ -205,7 +205,7 @@ class FakeProducer:
         key: bytes | None = None,
         headers: Any = None,
         on_delivery: Callable[..., None] | None = None,
-        **_: Any,
+        partition: int = -1,
     ) -> None:
         self.before_produce(topic)
         size = (
@@ -215,20 +215,22 @@ class FakeProducer:
         )
         if size > self.max_bytes:
             raise KafkaException(RdKafkaError(RdKafkaError.MSG_SIZE_TOO_LARGE))
-        self.waiting.append((topic, value, key, headers, on_delivery or (lambda *_: None)))
+        # Where it lands: the partition asked for, else 0 (one partition is enough here).
+        where = (topic, max(partition, 0))
+        self.waiting.append((where, value, key, headers, on_delivery or (lambda *_: None)))
 
     def ack(self, n: int | None = None) -> None:
         """The broker acknowledges the first ``n`` waiting records (all by default)."""
         n = len(self.waiting) if n is None else n
         batch, self.waiting = self.waiting[:n], self.waiting[n:]
-        for topic, value, key, headers, cb in batch:
-            msg = self.kafka.append((topic, 0), value, key=key, headers=headers)
+        for where, value, key, headers, cb in batch:
+            msg = self.kafka.append(where, value, key=key, headers=headers)
             self._reports.append((cb, None, msg))
 
     def fail(self, code: int, n: int | None = None) -> None:
         n = len(self.waiting) if n is None else n
         batch, self.waiting = self.waiting[:n], self.waiting[n:]
-        for topic, value, key, headers, cb in batch:
+        for (topic, _), value, key, headers, cb in batch:
             msg = Message(topic=topic, value=value, key=key, headers=headers)
             self._reports.append((cb, RdKafkaError(code), msg))
 
@@ -240,10 +242,11 @@ class FakeProducer:
 
     def flush(self, timeout: float = -1) -> int:
         if self.auto:
-            for topic, value, key, headers, cb in self.waiting:
+            for where, value, key, headers, cb in self.waiting:
+                topic = where[0]
                 code = self.verdict(topic)
                 if code is None:
-                    msg = self.kafka.append((topic, 0), value, key=key, headers=headers)
+                    msg = self.kafka.append(where, value, key=key, headers=headers)
                     self._reports.append((cb, None, msg))
                 else:
                     failed = Message(topic=topic, value=value, key=key, headers=headers)
@@ -260,6 +263,13 @@ class FakeOutcomes:
     def __init__(self) -> None:
         self.queue: list[Outcome] = []
         self.reseeks = 0
+        self.followed: set[int] = set()
+
+    def follow(self, partitions: Iterable[int]) -> None:
+        self.followed.update(partitions)
+
+    def unfollow(self, partitions: Iterable[int]) -> None:
+        self.followed.difference_update(partitions)
 
     def read(self) -> list[Outcome]:
         out, self.queue = self.queue, []

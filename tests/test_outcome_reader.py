@@ -46,6 +46,7 @@ def test_the_reader_reads_on_past_a_partition_of_many_batches(stack: DevStack) -
         topic=topic,
         gap_wait_s=2.0,
     )
+    reader.follow([0])
     try:
         outcome = Outcome(task_id="t-1", task="shop.order", status=SUCCESS)
         filler.produce(topic, value=outcome.encode(), key=b"k")
@@ -58,5 +59,43 @@ def test_the_reader_reads_on_past_a_partition_of_many_batches(stack: DevStack) -
             return found
 
         wait_until(arrived, 120, "the outcome past 80,000 batches", 0.01)
+    finally:
+        reader.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_reader_reads_only_the_partitions_it_follows(stack: DevStack) -> None:
+    """A bridge owning task partitions 1 and 3 reads results partitions 1 and 3 only."""
+    topic = f"results-{uuid.uuid4().hex[:8]}"
+    ensure_topics(stack.bootstrap_servers, {topic: 4})
+    reader = OutcomeReader(
+        config=client_config(stack.bootstrap_servers),
+        group_id=f"g-{uuid.uuid4().hex[:6]}",
+        topic=topic,
+        gap_wait_s=2.0,
+    )
+    writer = Producer(client_config(stack.bootstrap_servers))
+    try:
+        reader.follow([1, 3])
+        for p in range(4):
+            outcome = Outcome(task_id=f"t-{p}", task="shop.order", status=SUCCESS)
+            writer.produce(topic, value=outcome.encode(), partition=p)
+        assert writer.flush(30) == 0
+        seen: set[str] = set()
+
+        def both() -> bool:
+            seen.update(o.task_id for o in reader.read())
+            return {"t-1", "t-3"} <= seen
+
+        wait_until(both, 30, "the followed partitions' outcomes", 0.02)
+        reader.unfollow([1])
+        outcome = Outcome(task_id="t-1b", task="shop.order", status=SUCCESS)
+        writer.produce(topic, value=outcome.encode(), partition=1)
+        outcome = Outcome(task_id="t-3b", task="shop.order", status=SUCCESS)
+        writer.produce(topic, value=outcome.encode(), partition=3)
+        assert writer.flush(30) == 0
+        wait_until(both, 1, "nothing")
+        wait_until(lambda: "t-3b" in seen or (both() and "t-3b" in seen), 30, "t-3b", 0.02)
+        assert seen == {"t-1", "t-3", "t-3b"}
     finally:
         reader.close()

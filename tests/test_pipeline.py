@@ -27,7 +27,11 @@ def outcomes_for(pipeline: Pipeline, n: int) -> dict[str, Outcome]:
         until=lambda got: len({Outcome.decode(m.value()).task_id for m in got}) >= n,
         timeout_s=120,
     )
-    return {o.task_id: o for o in (Outcome.decode(m.value()) for m in msgs)}
+    outcomes = [(m, Outcome.decode(m.value())) for m in msgs]
+    # Co-partitioned: each outcome on the partition of its request, so a bridge reads
+    # only the results partitions of the task partitions it owns.
+    assert all(m.partition() == o.origin_partition for m, o in outcomes)
+    return {o.task_id: o for _, o in outcomes}
 
 
 def counts(client: redis.Redis[bytes], key: str) -> dict[str, int]:

@@ -128,13 +128,14 @@ def ensure_topics(
     *,
     extra: Mapping[str, str] | None = None,
     timeout_s: float = 30.0,
-) -> None:
-    """Create the missing topics with the given partition counts; existing ones stay."""
+) -> dict[str, int]:
+    """Create the missing topics with the given partition counts; existing ones stay.
+    Returns each topic's partition count as the broker now lists it."""
     for topic, n in topics.items():
         if not topic or isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"topic {topic!r}: need a name and >= 1 partitions, got {n!r}")
     if not topics:
-        return
+        return {}
     admin = _admin(bootstrap_servers, extra)
     missing = [name for name in topics if name not in _topic_partitions(admin, timeout_s)]
     if missing:
@@ -151,7 +152,7 @@ def ensure_topics(
     while True:
         known = _topic_partitions(admin, timeout_s)
         if all(known.get(name) for name in topics):
-            return
+            return {name: len(known[name]) for name in topics}
         if time.monotonic() >= deadline:
             absent = ", ".join(name for name in topics if not known.get(name))
             raise KafkaError(f"topics {absent} not visible after {timeout_s:g}s")

@@ -337,7 +337,8 @@ class _WorkerState:
         settings, _, _ = self._ensure()
         key = origin.key.encode("utf-8", "surrogateescape") if origin.key is not None else None
         topic = origin.results_topic or settings.results_topic
-        self._deliver(topic, outcome.encode(), key, None, wait=wait)
+        # The partition of the request: the bridge owning it reads only that one.
+        self._deliver(topic, outcome.encode(), key, wait=wait, partition=origin.partition)
 
     def flush_outcomes(self) -> None:
         """Deliver lingering outcomes (process shutdown); never raises."""
@@ -355,9 +356,9 @@ class _WorkerState:
         topic: str,
         value: bytes,
         key: bytes | None,
-        headers: list[tuple[str, str | bytes | None]] | None,
         *,
         wait: bool = True,
+        partition: int = -1,
     ) -> None:
         _, producer, _ = self._ensure()
         errors: list[str] = []
@@ -374,7 +375,9 @@ class _WorkerState:
                     )
 
         try:
-            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
+            producer.produce(
+                topic, value=value, key=key, partition=partition, on_delivery=delivered
+            )
         except (BufferError, KafkaException) as exc:
             raise DeliveryError(f"cannot write to {topic}: {exc}") from exc
         if not wait:

@@ -17,6 +17,7 @@ from celery import Celery
 from confluent_kafka import Consumer, Producer
 
 from ..admin import ensure_topics
+from ..errors import ConfigError
 from ..settings import Settings
 from .outcomes import OutcomeReader
 from .publish import Publisher
@@ -25,11 +26,21 @@ __all__ = ["BridgeClients"]
 
 
 def _topics(s: Settings) -> None:
-    ensure_topics(
-        s.bootstrap_servers,
-        {s.topic: s.partitions, s.results_topic: s.partitions, s.dlq_topic: s.partitions},
-        extra=s.librdkafka(),
+    """Create what is missing; the results and DLQ topics get the task topic's partition
+    count, and the results topic must have at least as many (each outcome goes to the
+    partition of its request)."""
+    extra = s.librdkafka()
+    tasks = ensure_topics(s.bootstrap_servers, {s.topic: s.partitions}, extra=extra)[s.topic]
+    known = ensure_topics(
+        s.bootstrap_servers, {s.results_topic: tasks, s.dlq_topic: tasks}, extra=extra
     )
+    if known[s.results_topic] < tasks:
+        raise ConfigError(
+            f"the results topic {s.results_topic!r} has {known[s.results_topic]} partitions "
+            f"and the task topic {s.topic!r} {tasks}: workers write each outcome to the "
+            "partition of its request, so give the results topic at least as many "
+            f"(kafka-topics.sh --alter --topic {s.results_topic} --partitions {tasks})"
+        )
 
 
 def _outcomes(config: dict[str, Any], s: Settings) -> OutcomeReader:

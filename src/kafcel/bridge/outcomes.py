@@ -1,8 +1,12 @@
 """The bridge's reader of the results topic: outcomes the workers published.
 
-It reads every partition from the end as it stood at start (an outcome written later is
-seen; older ones belong to records already committed, or that are dispatched again and
-re-announced by the worker's once-guard), and never steps over a missing offset.
+Workers write each outcome to the results partition numbered like its request's task
+partition (the topics are co-partitioned, checked when the bridge starts), so a bridge
+follows only the results partitions of the task partitions it owns: reading grows with
+a bridge's share of the work, not with the whole group's. A partition is read from its
+end as it stood when followed (an outcome written later is seen; older ones belong to
+records already committed, or dispatched again and re-announced by the worker's
+once-guard), and never past a missing offset.
 
 Tansu answers a fetch when ``fetch.wait.max.ms`` runs out, and finding the fetch offset
 costs it time in proportion to the partition's batches; once that exceeds the wait, every
@@ -17,9 +21,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from ..admin import fetch_config
 from ..results import Outcome
@@ -43,21 +48,47 @@ class OutcomeReader:
     ) -> None:
         self._config = config
         self._group_id = group_id
+        self._topic = topic
         self._wait_ms = _FIRST_WAIT_MS
         self._consumer = self._new_consumer()
         self._seq = SequenceGuard(
             seek=lambda tp, off: seek_to(self._consumer, tp, off), gap_wait_s=gap_wait_s
         )
-        meta = self._consumer.list_topics(topic, timeout=10)
-        start = []
-        for p in sorted(meta.topics[topic].partitions):
-            low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            # Tansu's watermark may be low by a batch: re-reading a few old outcomes is harmless.
-            start.append(TopicPartition(topic, p, max(high - 1, low, 0)))
-        self._consumer.assign(start)
-        for tp in start:
-            self._seq.expect((topic, tp.partition), tp.offset)
         self._last_read = time.monotonic()
+
+    def follow(self, partitions: Iterable[int]) -> None:
+        """Read these results partitions too (their task partitions were assigned)."""
+        start = []
+        for p in sorted(set(partitions)):
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self._topic, p), timeout=10
+                )
+                # Tansu's watermark may be low by a batch: re-reading a few old outcomes
+                # is harmless.
+                offset = max(high - 1, low, 0)
+            except KafkaException as exc:
+                # Never start past an outcome that may be awaited: read it all instead.
+                log.warning(
+                    "cannot read the end of %s[%d] (%s): reading it whole", self._topic, p, exc
+                )
+                offset = 0
+            start.append(TopicPartition(self._topic, p, offset))
+        if not start:
+            return
+        self._consumer.incremental_assign(start)
+        for tp in start:
+            self._seq.expect((self._topic, tp.partition), tp.offset)
+
+    def unfollow(self, partitions: Iterable[int]) -> None:
+        """Stop reading these results partitions (their task partitions were revoked)."""
+        owned = {tp.partition for tp in self._consumer.assignment()}
+        gone = sorted(set(partitions) & owned)
+        if not gone:
+            return
+        self._consumer.incremental_unassign([TopicPartition(self._topic, p) for p in gone])
+        for p in gone:
+            self._seq.forget((self._topic, p))
 
     def _new_consumer(self) -> Consumer:
         return Consumer(

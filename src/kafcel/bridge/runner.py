@@ -602,6 +602,8 @@ class Bridge:
         for p in partitions:
             self._fences[(p.topic, p.partition)] = f"{self._instance}.{self._assignments}"
         self._assigned.update({(p.topic, p.partition): -1 for p in partitions})
+        assert self._results is not None
+        self._results.follow(p.partition for p in partitions)
         try:
             committed = consumer.committed(partitions, timeout=10)
         except KafkaException as exc:
@@ -631,6 +633,8 @@ class Bridge:
         # records side by side if the partition came back here).
         self._outbox = [item for item in self._outbox if item.tp not in gone]
         self._held.forget(gone)
+        if self._results is not None:
+            self._results.unfollow(p for _, p in gone)
         for tp in tps:
             self._tracker.revoke(tp)
             self._seq.forget(tp)
