@@ -44,6 +44,11 @@ def register(app: Celery) -> None:
     def noop(run: str, n: int) -> None:
         _tally().incr(counter_key(run))
 
+    @app.task(name="bench.blob", shared=False)
+    def blob(run: str, n: int, payload: str) -> None:
+        # A large record's task: what counts is the bridge holding the payload.
+        _tally().incr(counter_key(run))
+
     @app.task(name="bench.stamp", shared=False)
     def stamp(run: str, sent_at: float) -> None:
         # Submit-to-start delay; time.time() is one clock for every process here.

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery, signals
+from confluent_kafka import Message
 
 from kafcel.bridge.dispatch import Dispatch
 from kafcel.bridge.publish import Publisher
@@ -48,14 +49,14 @@ def client(stack: DevStack) -> redis.Redis:
 def _item(envelope: Envelope, *, eta: datetime | None = None) -> Dispatch:
     origin = Origin(topic="t", partition=0, offset=1, key="user-1", results_topic="r")
     return Dispatch(
-        envelope=envelope,
+        envelope=envelope.without_payload(),
         task_id=str(uuid.uuid4()),
         origin=origin,
         tp=("t", 0),
         offset=1,
         slot=None,
         fence="test.1",
-        msg=None,  # type: ignore[arg-type]
+        msg=Message(topic="t", partition=0, offset=1, key=b"user-1", value=envelope.encode()),
         eta=eta,
         expires=envelope.expires if isinstance(envelope.expires, datetime) else None,
     )
@@ -80,7 +81,7 @@ def _normal(raw: bytes) -> dict[str, Any]:
 
 def _celery_copy(app: Celery, item: Dispatch) -> None:
     """``send_task`` as an application calls it: options it has, none it lacks."""
-    e = item.envelope
+    e = item.payload()
     given = {"queue": e.queue, "priority": e.priority}
     app.send_task(
         e.task,
@@ -90,7 +91,7 @@ def _celery_copy(app: Celery, item: Dispatch) -> None:
         eta=item.eta,
         expires=item.expires,
         serializer="json",
-        headers={HEADER: item.origin.to_header()},
+        headers={HEADER: dataclasses.replace(item.origin, headers=dict(e.headers)).to_header()},
         **{k: v for k, v in given.items() if v is not None},
     )
 

@@ -13,7 +13,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -89,6 +89,11 @@ class Envelope:
         for name in ("args", "kwargs", "headers", "eta", "expires"):
             if values[name] is not self.__dict__[name]:
                 object.__setattr__(self, name, values[name])
+
+    def without_payload(self) -> Envelope:
+        """This envelope without its args, kwargs and headers: what the bridge keeps of a
+        record in flight, whose raw bytes it keeps anyway (one copy in memory, not two)."""
+        return replace(self, args=(), kwargs={}, headers={})
 
     def encode(self) -> bytes:
         """Compact UTF-8 JSON; ``None`` and empty optional fields are left out.

@@ -45,6 +45,10 @@ class Settings:
         default=10_000,
         metadata={"help": "fetched-but-unsettled records above which the bridge pauses"},
     )
+    max_in_flight_bytes: int = field(
+        default=128 * 1024 * 1024,
+        metadata={"help": "bytes of fetched-but-unsettled records above which the bridge pauses"},
+    )
     max_record_bytes: int = field(
         default=1_048_576, metadata={"help": "largest record value accepted (bytes)"}
     )
@@ -128,7 +132,13 @@ class Settings:
             object.__setattr__(self, "dlq_topic", f"{self.topic}.dlq")
         if len({self.topic, self.results_topic, self.dlq_topic}) != 3:
             raise ConfigError("topic, results_topic and dlq_topic must be three different topics")
-        for name in ("partitions", "max_in_flight", "max_record_bytes", "max_attempts"):
+        for name in (
+            "partitions",
+            "max_in_flight",
+            "max_in_flight_bytes",
+            "max_record_bytes",
+            "max_attempts",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.gap_wait_s < 0:

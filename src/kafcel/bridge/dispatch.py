@@ -27,7 +27,12 @@ log = logging.getLogger("kafcel.bridge")
 
 @dataclass(frozen=True)
 class Dispatch:
-    """A valid record on its way to Celery (or waiting behind its key)."""
+    """A valid record on its way to Celery (or waiting behind its key).
+
+    Its bytes are kept once, raw, in ``msg`` (what the DLQ gets if Celery never runs the
+    task); ``envelope`` is the validated envelope without its payload (args, kwargs,
+    headers), which :meth:`payload` decodes again when the task is sent.
+    """
 
     envelope: Envelope
     task_id: str
@@ -41,6 +46,11 @@ class Dispatch:
     # the deadline of the original instead of restarting a countdown.
     eta: datetime | None
     expires: datetime | None
+
+    def payload(self) -> Envelope:
+        """The whole envelope, decoded again from the record (validated when fetched)."""
+        value = self.msg.value() or b""
+        return Envelope.decode(value, max_bytes=max(len(value), 1))
 
     def wait_s(self) -> float:
         """Seconds until the task may start (its eta), 0 if it may start now."""
@@ -70,7 +80,7 @@ def make_dispatch(
         results_topic=s.results_topic,
         dlq_topic=s.dlq_topic,
         trace_id=envelope.trace_id,
-        headers=dict(envelope.headers),
+        # The envelope's headers join the origin when the task is sent (publish.py).
         replays=replay_count(msg.headers()),
         timestamp_ms=stamp,
         fence=fence,
@@ -83,7 +93,8 @@ def make_dispatch(
     if expires is not None and not isinstance(expires, datetime):
         expires = now + timedelta(seconds=expires)
     task_id = task_id_for(envelope, tp[0], tp[1], offset, stamp)
-    return Dispatch(envelope, task_id, origin, tp, offset, slot, fence, msg, eta, expires)
+    light = envelope.without_payload()
+    return Dispatch(light, task_id, origin, tp, offset, slot, fence, msg, eta, expires)
 
 
 class StopSending(Exception):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -156,14 +157,15 @@ class Publisher:
 
     def _build(self, item: Dispatch) -> tuple[Any, dict[str, Any]]:
         """Celery's message for ``item`` and the options ``send_task_message`` takes."""
-        envelope = item.envelope
+        envelope = item.payload()
         args, kwargs = list(envelope.args), dict(envelope.kwargs)
+        origin = dataclasses.replace(item.origin, headers=dict(envelope.headers))
         options: dict[str, Any] = dict(self._task_options(envelope.task))
         # The envelope's own expiry (or none) wins over the task's, as an explicit
         # send_task(expires=...) does; time limits go into the message headers.
         time_limit = options.pop("time_limit", None)
         soft_time_limit = options.pop("soft_time_limit", None)
-        options["headers"] = {HEADER: item.origin.to_header()}
+        options["headers"] = {HEADER: origin.to_header()}
         if envelope.queue is not None:
             options["queue"] = envelope.queue
         if envelope.priority is not None:

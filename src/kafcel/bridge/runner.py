@@ -274,7 +274,13 @@ class Bridge:
             msgs = self._consumer.consume(1, timeout=wait_s)
             if msgs and room > 1:
                 msgs += self._consumer.consume(min(_FETCH_BATCH, room) - 1, timeout=0)
-            for msg in msgs:
+            budget = self.settings.max_in_flight_bytes
+            for index, msg in enumerate(msgs):
+                if self._tracker.in_flight_bytes() >= budget:
+                    # Past the byte budget by at most the record that crossed it: what
+                    # was fetched beyond is read again once memory is free.
+                    self._put_back(msgs[index:])
+                    break
                 self._handle(msg)
             self._flush_outbox()
         else:
@@ -302,6 +308,16 @@ class Bridge:
             self._results.reseeks if self._results is not None else 0
         )
 
+    def _put_back(self, msgs: list[Message]) -> None:
+        first: dict[TP, int] = {}
+        for msg in msgs:
+            if msg.error() is None:
+                tp, offset = position(msg)
+                first.setdefault(tp, offset)
+        for tp, offset in first.items():
+            seek_to(self._consumer, tp, offset)
+            self._seq.expect(tp, offset)
+
     def _handle(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
@@ -312,7 +328,8 @@ class Bridge:
             log.warning("consumer error: %s", err)
             return
         tp, offset = position(msg)
-        if not self._seq.admit(tp, offset) or not self._tracker.add(tp, offset):
+        size = len(msg.value() or b"") + len(msg.key() or b"")
+        if not self._seq.admit(tp, offset) or not self._tracker.add(tp, offset, size):
             return
         self.stats.consumed += 1
         try:
@@ -574,19 +591,25 @@ class Bridge:
 
     def _backpressure(self) -> None:
         assert self._consumer is not None
-        in_flight = self._tracker.in_flight()
-        limit = self.settings.max_in_flight
+        in_flight, size = self._tracker.in_flight(), self._tracker.in_flight_bytes()
+        limit, budget = self.settings.max_in_flight, self.settings.max_in_flight_bytes
         try:
-            if not self._paused and in_flight >= limit:
+            if not self._paused and (in_flight >= limit or size >= budget):
                 self._consumer.pause(self._consumer.assignment())
                 self._paused = True
-                log.info("paused: %d records in flight (max %d)", in_flight, limit)
+                log.info(
+                    "paused: %d records, %d bytes in flight (max %d, %d)",
+                    in_flight,
+                    size,
+                    limit,
+                    budget,
+                )
             elif self._paused and self._assignment_changed:
                 self._consumer.pause(self._consumer.assignment())
-            elif self._paused and in_flight <= limit // 2:
+            elif self._paused and in_flight <= limit // 2 and size <= budget // 2:
                 self._consumer.resume(self._consumer.assignment())
                 self._paused = False
-                log.info("resumed: %d records in flight", in_flight)
+                log.info("resumed: %d records, %d bytes in flight", in_flight, size)
         except KafkaException as exc:
             log.warning("pause/resume failed: %s", exc)
         self._assignment_changed = False

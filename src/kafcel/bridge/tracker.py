@@ -37,7 +37,8 @@ class _Partition:
         # Added offsets in increasing order. Settled entries behind the head are removed
         # lazily; the head itself is always unsettled, so it is the commit limit.
         self.order: deque[int] = deque()
-        self.unsettled: set[int] = set()
+        # Unsettled offsets and the bytes each record holds in memory.
+        self.unsettled: dict[int, int] = {}
         self.high = -1
         self.committed = -1
 
@@ -74,16 +75,18 @@ class OffsetTracker:
     Not thread-safe: the bridge drives it from its consumer thread only.
     """
 
-    __slots__ = ("_in_flight", "_parts")
+    __slots__ = ("_in_flight", "_in_flight_bytes", "_parts")
 
     def __init__(self) -> None:
         self._parts: dict[TP, _Partition] = {}
-        # Kept as a counter so backpressure can read it for every record in O(1).
+        # Kept as counters so backpressure can read them for every record in O(1).
         self._in_flight = 0
+        self._in_flight_bytes = 0
 
-    def add(self, tp: TP, offset: int) -> bool:
+    def add(self, tp: TP, offset: int, size: int = 0) -> bool:
         """Track a fetched record; return ``False`` and change nothing if it must be skipped.
 
+        ``size`` is what the record holds in memory while in flight (its bytes).
         A record is skipped when its offset is at or below the highest offset already added
         for ``tp`` (a re-fetch after a seek: the record is in flight or settled) or below the
         offset last recorded by :meth:`mark_committed`. After :meth:`revoke` a partition starts
@@ -97,9 +100,10 @@ class OffsetTracker:
         elif offset <= part.high or offset < part.committed:
             return False
         part.order.append(offset)
-        part.unsettled.add(offset)
+        part.unsettled[offset] = size
         part.high = offset
         self._in_flight += 1
+        self._in_flight_bytes += size
         return True
 
     def settle(self, tp: TP, offset: int) -> bool:
@@ -111,7 +115,7 @@ class OffsetTracker:
         part = self._parts.get(tp)
         if part is None or offset not in part.unsettled:
             return False
-        part.unsettled.remove(offset)
+        self._in_flight_bytes -= part.unsettled.pop(offset)
         self._in_flight -= 1
         if part.order[0] == offset:
             part.drop_settled_head()
@@ -159,6 +163,7 @@ class OffsetTracker:
         if part is None:
             return None
         self._in_flight -= len(part.unsettled)
+        self._in_flight_bytes -= sum(part.unsettled.values())
         return part.committable()
 
     def in_flight(self, tp: TP | None = None) -> int:
@@ -167,6 +172,10 @@ class OffsetTracker:
             return self._in_flight
         part = self._parts.get(tp)
         return 0 if part is None else len(part.unsettled)
+
+    def in_flight_bytes(self) -> int:
+        """Bytes of the unsettled records of every partition (as given to :meth:`add`)."""
+        return self._in_flight_bytes
 
     def partitions(self) -> list[TP]:
         """Partitions with records added since their last revoke, sorted."""

@@ -1,0 +1,105 @@
+"""The bridge's memory with 1 MiB records: peak RSS against its byte budget.
+
+A backlog of large records drains through the bridge at its byte budget
+(``max_in_flight_bytes``); the same number of small records measures the bridge's fixed
+base (Python, Celery, librdkafka's own buffers). The large run's peak must stay under the
+budget plus that base. Run: ``.venv/bin/python -m benchmarks.big_records``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from kafcel.envelope import Envelope
+from kafcel.producer import Producer
+
+from .rig import BenchRig, peak_rss_mb
+from .tasks import counter_key
+
+MIB = 1 << 20
+
+
+def drain(
+    rig: BenchRig, *, records: int, size: int, budget: int, progress: Progress
+) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:8]
+    # The records alone bound the bridge: a count limit far above the backlog.
+    settings = rig.settings(run, max_in_flight_bytes=budget, max_in_flight=100_000)
+    payload = "x" * size
+    sending = progress.add_task(f"writing {records} records of {size:,} bytes", total=records)
+    # Kafka's default message.max.bytes (1,000,000) is below kafcel's 1 MiB record limit.
+    with Producer(settings=settings, config={"message.max.bytes": 2 * MIB}) as producer:
+        for i in range(records):
+            producer.send(Envelope(task="bench.blob", args=(run, i, payload)), key=f"k{i}")
+            progress.advance(sending)
+    queue = f"bench-big-{run}"
+    worker = rig.worker(settings, queue, concurrency=4)
+    bridge = rig.bridge(settings, queue)
+    started = time.monotonic()
+    draining = progress.add_task("draining through the bridge", total=records)
+    try:
+        while (done := int(rig.tally.get(counter_key(run)) or 0)) < records:
+            progress.update(draining, completed=done)
+            if time.monotonic() - started > 1800:
+                raise SystemExit("not drained within 30 minutes")
+            time.sleep(0.2)
+        progress.update(draining, completed=records)
+        peak = peak_rss_mb(bridge.pid)
+    finally:
+        rig.stop(bridge)
+        rig.stop(worker)
+    return {
+        "records": records,
+        "record_bytes": size,
+        "budget_mb": budget / MIB,
+        "bridge_peak_rss_mb": round(peak, 1),
+        "drain_s": round(time.monotonic() - started, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=400)
+    parser.add_argument("--budget-mb", type=int, default=64)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    console = Console(stderr=args.json)
+    budget = args.budget_mb * MIB
+    with tempfile.TemporaryDirectory(prefix="kafcel-big-bench-") as tmp:
+        rig = BenchRig(state_dir=Path(tmp))
+        try:
+            rig.up()
+            with Progress(console=console, transient=True) as progress:
+                base = drain(rig, records=args.records, size=100, budget=budget, progress=progress)
+                # Just under kafcel's 1 MiB record limit, with the envelope around it.
+                size = MIB - 256
+                big = drain(rig, records=args.records, size=size, budget=budget, progress=progress)
+        finally:
+            rig.down()
+    over = big["bridge_peak_rss_mb"] - base["bridge_peak_rss_mb"]
+    table = Table(title=f"bridge peak RSS, {args.records} records, budget {args.budget_mb} MiB")
+    for column in ("records of", "peak RSS MB", "drain s"):
+        table.add_column(column, justify="right")
+    for row in (base, big):
+        table.add_row(
+            f"{row['record_bytes']:,} B", f"{row['bridge_peak_rss_mb']:.0f}", f"{row['drain_s']}"
+        )
+    console.print(table)
+    verdict = "within" if over <= args.budget_mb else "OVER"
+    console.print(f"large minus small: {over:.0f} MB, {verdict} the {args.budget_mb} MiB budget")
+    if args.json:
+        print(json.dumps({"small": base, "large": big, "over_base_mb": round(over, 1)}))
+
+
+if __name__ == "__main__":
+    main()
