@@ -13,7 +13,10 @@ One Redis key per task id holds its state:
 - ``done:<outcome>`` once the task finished, for ``done_ttl_s``: a redelivered copy
   re-announces the stored outcome instead of running again. A failure is first stored
   as ``done:?<outcome>`` until its dead letter is on Kafka: a copy delivered after a
-  crash or a failed write writes the dead letter, then announces.
+  crash or a failed write writes the dead letter, then announces. Once the bridge has
+  committed past the record, only a duplicate can come, and deduplicating it needs no
+  more than the status: the bridge compacts the marker to ``done:=<status>:<task>``
+  (tens of bytes instead of the whole outcome, its TTL kept).
 
 A second key (a hash of owner tokens) counts attempts that started and did not end
 cleanly (the worker died under them); past ``max_attempts`` the task is not run again
@@ -48,6 +51,8 @@ _DONE = b"done:"
 # A failure whose dead letter is not yet on Kafka: done for every purpose but one, the
 # next delivery of the id writes the dead letter before it announces the outcome.
 _DEAD_LETTER_PENDING = b"?"
+# A compacted marker: done:=<status>:<task>.
+_COMPACT_MARK = b"="
 
 # Take the id if nobody runs it: absent, queued by the bridge, waiting for the retry this
 # request is (a retry:<n> value and a request with at least n retries), or held by an
@@ -119,6 +124,26 @@ end
 return 0
 """
 
+# Committed: keep only what deduplication needs (the status and the task), same TTL.
+_COMPACT = """
+local n = 0
+for _, key in ipairs(KEYS) do
+    local v = redis.call('GET', key)
+    if v and string.sub(v, 1, 5) == 'done:' and string.sub(v, 6, 6) ~= '=' then
+        local raw = string.sub(v, 6)
+        if string.sub(raw, 1, 1) == '?' then
+            raw = string.sub(raw, 2)
+        end
+        local ok, o = pcall(cjson.decode, raw)
+        if ok and type(o) == 'table' and o.status and o.task then
+            redis.call('SET', key, 'done:=' .. o.status .. ':' .. o.task, 'KEEPTTL')
+            n = n + 1
+        end
+    end
+end
+return n
+"""
+
 # Renew our leases; re-create one that vanished (a FLUSHALL under a running task), so a
 # redispatched copy still finds the task running instead of starting a second run.
 _RENEW = """
@@ -157,9 +182,12 @@ class Claim:
     dead_letter_pending: bool = False
 
 
-def _done(value: bytes) -> Claim:
+def _done(value: bytes, task_id: str) -> Claim:
     """The claim of an id found ``done:`` (its stored outcome, and the DLQ flag)."""
     raw = value[len(_DONE) :]
+    if raw.startswith(_COMPACT_MARK):
+        status, _, task = raw[len(_COMPACT_MARK) :].decode("utf-8", "replace").partition(":")
+        return Claim(acquired=False, done=Outcome(task_id=task_id, task=task, status=status))
     pending = raw.startswith(_DEAD_LETTER_PENDING)
     if pending:
         raw = raw[len(_DEAD_LETTER_PENDING) :]
@@ -203,6 +231,7 @@ class OnceGuard:
         self._finish_if_free = client.register_script(_FINISH_IF_FREE)
         self._mark_queued = client.register_script(_MARK_QUEUED)
         self._dead_letter_written = client.register_script(_DEAD_LETTER_WRITTEN)
+        self._compact = client.register_script(_COMPACT)
         self._epoch: str | None = None
 
     def _key(self, task_id: str) -> str:
@@ -222,7 +251,7 @@ class OnceGuard:
                 if int(reply[0]) == 1:
                     return Claim(acquired=True, attempt=int(reply[1]))
                 if int(reply[0]) == 2:
-                    return _done(bytes(reply[1]))
+                    return _done(bytes(reply[1]), task_id)
                 value, ttl_ms = bytes(reply[1]), int(reply[2])
                 if not self._owner_dead(value):
                     return Claim(acquired=False, running_ttl_s=max(ttl_ms, 0) / 1000)
@@ -309,6 +338,16 @@ class OnceGuard:
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
 
+    def compact(self, task_ids: list[str]) -> int:
+        """Their records are committed: shrink their done markers to what deduplication
+        needs. Ids not done are left alone; returns how many were compacted."""
+        if not task_ids:
+            return 0
+        try:
+            return int(self._compact(keys=[self._key(t) for t in task_ids]))
+        except redis.RedisError as exc:
+            raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
+
     def finish_if_absent(self, outcome: Outcome) -> Claim | None:
         """Record ``outcome`` unless the id runs or is done (only queued); else its state."""
         try:
@@ -322,7 +361,7 @@ class OnceGuard:
             return None
         value = bytes(value)
         if value.startswith(_DONE):
-            return _done(value)
+            return _done(value, outcome.task_id)
         return Claim(acquired=False, running_ttl_s=self.lease_s)
 
     def forget(self, task_id: str) -> str:
@@ -341,7 +380,7 @@ class OnceGuard:
                 if value is not None:
                     if not value.startswith(_DONE):
                         return "in progress"
-                    done = _done(value).done
+                    done = _done(value, task_id).done
                     if done is not None and done.status == SUCCESS:
                         return "succeeded"
                 pipe.multi()

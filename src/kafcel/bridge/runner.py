@@ -48,6 +48,7 @@ from .dispatch import Dispatch, declare_queues, make_dispatch
 from .events import BridgeEvents
 from .filter import TaskFilter
 from .held import HeldDispatches
+from .markers import CommittedMarkers
 from .ordering import OrderingGate
 from .outcomes import OutcomeReader
 from .presence import BridgeStats, Presence, eta_held, log_report, positions
@@ -67,6 +68,21 @@ _BUSY_POLL_S = 0.005
 _FETCH_WAIT_MS = 5
 _REPORT_EVERY_S = 10.0
 _PUBLISH_EVERY_S = 2.0
+
+
+# Building a batch's messages holds several copies of each payload at once (JSON body,
+# base64, the wire message): batches of large records are cut at this many bytes.
+_PUBLISH_BATCH_BYTES = 4 << 20
+
+
+def _publish_batch(items: list[Dispatch]) -> int:
+    """How many of ``items`` to send in one round trip: at least one."""
+    total = 0
+    for n, item in enumerate(items):
+        total += len(item.msg.value() or b"")
+        if total > _PUBLISH_BATCH_BYTES and n > 0:
+            return n
+    return len(items)
 
 
 class Bridge:
@@ -111,6 +127,7 @@ class Bridge:
         # Admitted records of this loop turn, sent to Celery together (one round trip).
         self._outbox: list[Dispatch] = []
         self._held = HeldDispatches()
+        self._markers = CommittedMarkers()
         self._publisher: Publisher | None = None
         self._presence = Presence(client=client, group=settings.group_id)
         self._paused = False
@@ -295,6 +312,7 @@ class Bridge:
         # leave in this turn, before a consume() can revoke their partitions.
         self._flush_outbox()
         self._mark_queued()
+        self._compact_markers()
         if fetch:
             # While draining, partitions stay paused whatever the in-flight count.
             self._backpressure()
@@ -350,7 +368,8 @@ class Bridge:
         # A refusal dead-letters its record, which may release the key's next one into
         # the outbox again: loop until it stays empty.
         while self._outbox:
-            items, self._outbox = self._outbox, []
+            items = self._outbox[: _publish_batch(self._outbox)]
+            del self._outbox[: len(items)]
             answers = self._publish(items)
             for item, refused in zip(items, answers, strict=True):
                 if isinstance(refused, DispatchHeld):
@@ -383,6 +402,16 @@ class Bridge:
             # Without the marks a queued task looks lost after redispatch_after_s: a
             # redundant copy at worst, which the once-guard absorbs.
             log.warning("could not mark %d task(s) queued: %s", len(ids), exc)
+
+    def _compact_markers(self) -> None:
+        ids = self._markers.take()
+        if not ids:
+            return
+        try:
+            self._guard.compact(ids)
+        except BrokerError as exc:
+            # They stay whole until their TTL: more memory in Redis, nothing wrong.
+            log.warning("could not compact %d done marker(s): %s", len(ids), exc)
 
     def _check_redis(self) -> None:
         """Notice a FLUSHALL or a Redis restart: Celery lost its queued messages and kombu
@@ -484,17 +513,19 @@ class Bridge:
             value=msg.value(),
             key=msg.key(),
             headers=header_list(msg),
-            on_written=lambda: self._dead_lettered(tp, offset, slot, fence),
+            on_written=lambda: self._dead_lettered(tp, offset, slot, fence, task_id),
         )
 
-    def _dead_lettered(self, tp: TP, offset: int, slot: Hashable | None, fence: str) -> None:
+    def _dead_lettered(
+        self, tp: TP, offset: int, slot: Hashable | None, fence: str, task_id: str | None
+    ) -> None:
         self.stats.dlq += 1
         if self._fences.get(tp) != fence:
             # Written for an earlier assignment of the partition: the record was read
             # again since, and only its new reading may settle it and free its key.
             log.info("DLQ write of %s[%d]@%d acknowledged after a rebalance", *tp, offset)
             return
-        self._settle(tp, offset)
+        self._settle(tp, offset, task_id)
         self._release(slot)
 
     # -- outcomes and offsets ------------------------------------------------------
@@ -535,7 +566,7 @@ class Bridge:
                 )
                 continue
             self.events.settled(item, outcome)
-            self._settle(item.tp, item.offset)
+            self._settle(item.tp, item.offset, item.task_id)
             self._release(item.slot)
 
     def _release(self, slot: Hashable | None) -> None:
@@ -544,9 +575,11 @@ class Bridge:
         if following is not None:
             self._outbox.append(following)
 
-    def _settle(self, tp: TP, offset: int) -> None:
+    def _settle(self, tp: TP, offset: int, task_id: str | None) -> None:
         if self._tracker.settle(tp, offset):
             self.stats.settled += 1
+            if task_id is not None:
+                self._markers.settled(tp, offset, task_id)
 
     def _commit(self, *, asynchronous: bool, only: list[TP] | None = None) -> None:
         assert self._consumer is not None
@@ -580,6 +613,7 @@ class Bridge:
         if not asynchronous:
             for tp, off in offsets.items():
                 self._tracker.mark_committed(tp, off)
+                self._markers.committed(tp, off)
 
     def _on_commit(self, err: Any, partitions: list[TopicPartition]) -> None:
         if err is not None:
@@ -588,6 +622,7 @@ class Bridge:
         for p in partitions:
             if p.error is None and p.offset >= 0:
                 self._tracker.mark_committed((p.topic, p.partition), p.offset)
+                self._markers.committed((p.topic, p.partition), p.offset)
 
     def _backpressure(self) -> None:
         assert self._consumer is not None
@@ -656,6 +691,7 @@ class Bridge:
         # records side by side if the partition came back here).
         self._outbox = [item for item in self._outbox if item.tp not in gone]
         self._held.forget(gone)
+        self._markers.forget(gone)
         if self._results is not None:
             self._results.unfollow(p for _, p in gone)
         for tp in tps:

@@ -1,0 +1,129 @@
+"""Redis memory of the once-guard per 100,000 finished tasks: whole markers, then compacted.
+
+Workers store each finished task's whole outcome (``done:<outcome>``) so that a copy
+delivered before the bridge commits can re-announce it; once the bridge has committed
+past the record it compacts the marker to ``done:=<status>:<task>``. This writes N
+markers as workers do, then compacts them as the bridge does, on a Redis of its own, and
+reads Redis's own accounting (``used_memory``, ``DBSIZE``) at each step.
+Run: ``.venv/bin/python -m benchmarks.redis_markers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from kafcel.devstack import free_ports
+from kafcel.once import OnceGuard
+from kafcel.results import SUCCESS, Outcome
+
+_BATCH = 1000
+
+
+def outcome(task_id: str, result_bytes: int) -> Outcome:
+    """What a worker stores for an ordinary task (tests.app.record-like, with a trace)."""
+    return Outcome(
+        task_id=task_id,
+        task="shop.process_order",
+        status=SUCCESS,
+        result={"order": 42, "note": "r" * result_bytes},
+        origin_topic="celery-tasks",
+        origin_partition=3,
+        origin_offset=1_234_567,
+        headers={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+        trace_id="4bf92f3577b34da6",
+        fence="3f2a9c1e7b04.12",
+    )
+
+
+def used(client: redis.Redis[bytes]) -> tuple[int, int]:
+    info = client.info("memory")
+    return int(info["used_memory"]), int(client.dbsize())
+
+
+def measure(client: redis.Redis[bytes], n: int, result_bytes: int, progress: Progress) -> Any:
+    client.flushall()
+    guard = OnceGuard(client=client, lease_s=30, done_ttl_s=7 * 24 * 3600)
+    empty, _ = used(client)
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    task = progress.add_task(f"{n:,} markers, {result_bytes:,} B results", total=2 * n)
+    for start in range(0, n, _BATCH):
+        for task_id in ids[start : start + _BATCH]:
+            guard.finish(outcome(task_id, result_bytes))
+        progress.advance(task, _BATCH)
+    whole, keys_whole = used(client)
+    for start in range(0, n, _BATCH):
+        guard.compact(ids[start : start + _BATCH])
+        progress.advance(task, _BATCH)
+    compact, keys_compact = used(client)
+    return {
+        "tasks": n,
+        "result_bytes": result_bytes,
+        "whole_keys": keys_whole,
+        "whole_mb": round((whole - empty) / 1e6, 1),
+        "compact_keys": keys_compact,
+        "compact_mb": round((compact - empty) / 1e6, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    console = Console(stderr=args.json)
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server not found: run `make setup`")
+    (port,) = free_ports(1)
+    with tempfile.TemporaryDirectory(prefix="kafcel-markers-") as tmp:
+        server = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
+            stdout=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            client: redis.Redis[bytes] = redis.Redis(port=port)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            with Progress(console=console, transient=True) as progress:
+                rows = [measure(client, args.tasks, size, progress) for size in (16, 2000)]
+        finally:
+            server.terminate()
+            server.wait(10)
+    table = Table(title=f"once-guard markers in Redis per {args.tasks:,} finished tasks")
+    for column in ("result", "keys", "whole MB", "compacted MB", "B/task after"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            f"{row['result_bytes']:,} B",
+            f"{row['compact_keys']:,}",
+            f"{row['whole_mb']}",
+            f"{row['compact_mb']}",
+            f"{row['compact_mb'] * 1e6 / row['tasks']:.0f}",
+        )
+    console.print(table)
+    if args.json:
+        print(json.dumps({"rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
