@@ -117,8 +117,9 @@ def test_only_the_lease_holder_writes_done(client: redis.Redis[bytes], prefix: s
     # The late attempt must not end the one that runs now, nor announce its outcome.
     assert slow.finish(outcome("id")) is False
     assert (client.get(prefix + "id") or b"").startswith(b"running:")
-    assert other.finish(outcome("id")) is True
-    assert guard(client, prefix).claim("id").done == outcome("id")
+    final = outcome("id")
+    assert other.finish(final) is True
+    assert guard(client, prefix).claim("id").done == final
 
 
 def test_finish_records_done_where_nobody_holds_the_id(
@@ -178,7 +179,7 @@ def test_renewal_recreates_a_flushed_lease_but_never_overwrites_done(
     assert g.claim("a").acquired and g.claim("b").acquired
     client.delete(prefix + "a")  # as a FLUSHALL would
     g.finish(outcome("b"))
-    assert g.renew(["a", "b"]) == 1
+    assert g.renew(["a", "b"]) == {"a": True, "b": False}
     assert (client.get(prefix + "a") or b"").startswith(b"running:")
     assert (client.get(prefix + "b") or b"").startswith(b"done:")
 

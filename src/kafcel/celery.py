@@ -30,6 +30,8 @@ from celery.signals import (
     worker_process_shutdown,
 )
 from confluent_kafka import KafkaException, Producer
+from redis.backoff import NoBackoff
+from redis.retry import Retry as RedisRetry
 
 from .admin import client_config
 from .dlq import DeadLetter, dlq_headers
@@ -101,6 +103,17 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
         if getattr(sender, "app", app) is app:
             state.start_metrics()
 
+    def refuse_green_pool(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", app) is not app:
+            return
+        try:
+            check_pool(getattr(sender, "pool_cls", None))
+        except ConfigError as exc:
+            # Celery logs and swallows an Exception raised by a signal handler: only
+            # SystemExit stops the worker before its pool starts.
+            log.critical("kafcel: %s", exc)
+            raise SystemExit(f"kafcel: {exc}") from exc
+
     def process_ended(pid: int | None = None, **_: Any) -> None:
         state.flush_outcomes()
         if state.metrics is not None:
@@ -114,6 +127,8 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
     worker_process_init.connect(guard_all, weak=False)
     # In the main process, before the pool forks: its children inherit the metrics.
     worker_init.connect(start_metrics, weak=False)
+    # Where the pool is known (the CLI's -P, worker_pool), and before it is loaded.
+    worker_init.connect(refuse_green_pool, weak=False)
     worker_logs(lambda: (settings or Settings.from_env()).log_format)
     # Outcomes still lingering in the producer leave with the process, not without it.
     worker_process_shutdown.connect(process_ended, weak=False)
@@ -123,6 +138,32 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
     if app.finalized:
         guard_all()
     return app
+
+
+_GREEN_POOLS = ("gevent", "eventlet")
+
+
+def check_pool(pool_cls: Any) -> None:
+    """Raise ConfigError for a pool that would run kafcel's tasks on greenlets.
+
+    The lease keeper is a thread; gevent and eventlet make it a greenlet, which does not
+    run while a task computes without yielding. Its leases would go unrenewed and the
+    process switch would end the worker, with every task it runs, each time a task
+    computes for most of ``once_lease_s``. ``pool_cls`` is the worker's pool as Celery
+    has it at ``worker_init``: a name, ``module:Class``, or the class.
+    """
+    if isinstance(pool_cls, type):
+        modules = [klass.__module__ for klass in pool_cls.__mro__]
+    else:
+        modules = [str(pool_cls or "").split(":")[0]]
+    for module in modules:
+        name = module.rsplit(".", 1)[-1]
+        if name in _GREEN_POOLS:
+            raise ConfigError(
+                f"the {name} pool cannot keep the once-guard's leases while a task "
+                "computes; run this worker with -P prefork (or -P threads for I/O-bound "
+                "tasks)"
+            )
 
 
 class _EnvConfig:
@@ -227,8 +268,8 @@ class _WorkerState:
             }
             config.update(settings.librdkafka())
             self._producer = Producer(config)
-            # Bounded waits: the lease thread holds its lock while it talks to Redis, and a
-            # half-open connection must not hang the task that wants to finish.
+            # Bounded waits: a half-open connection must not hang the task that wants to
+            # finish.
             timeout_s = max(min(settings.once_lease_s / 3, 5.0), 0.5)
             client: redis.Redis[bytes] = redis.Redis.from_url(
                 settings.redis_url,
@@ -236,8 +277,19 @@ class _WorkerState:
                 socket_connect_timeout=timeout_s,
                 health_check_interval=30,
             )
+            # Renewals on their own connection, one try each, well within a renewal period:
+            # a task's end waits for a renewal in flight, and a renewal that cannot get
+            # through must fail while the next one still has time to.
+            renew_timeout_s = settings.once_lease_s / 6
+            renew_client: redis.Redis[bytes] = redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=renew_timeout_s,
+                socket_connect_timeout=renew_timeout_s,
+                retry=RedisRetry(NoBackoff(), 0),
+            )
             self._guard = OnceGuard(
                 client=client,
+                renew_client=renew_client,
                 lease_s=settings.once_lease_s,
                 done_ttl_s=settings.once_done_ttl_s,
             )
@@ -279,8 +331,21 @@ class _WorkerState:
             log.warning("kafcel: could not end the attempt of %s: %s", task_id, exc)
 
     def record_done(self, outcome: Outcome) -> None:
+        """Write the done marker; raise :class:`Ignore` if another attempt holds the id.
+
+        That attempt started after our lease lapsed, and its outcome is the one to
+        announce: ours is neither recorded nor published, and the message is acked.
+        """
         with self.keeper.letting_go(outcome.task_id):
-            self.guard.finish(outcome)
+            recorded = self.guard.finish(outcome)
+        if not recorded:
+            log.error(
+                "kafcel: %s is held by another attempt: this attempt's outcome (%s) is "
+                "dropped, the holder announces its own",
+                outcome.task_id,
+                outcome.status,
+            )
+            raise Ignore()
 
     def publish(
         self,
@@ -403,7 +468,7 @@ def _guard(task: Task, state: _WorkerState) -> None:
             )
             _finish(task, state, origin, args, kwargs, exc=lost)
             raise lost
-        state.keeper.hold(request.id)
+        state.keeper.hold(request.id, claim.leased_at)
         started = time.monotonic()
         try:
             result = run(*args, **kwargs)

@@ -22,20 +22,24 @@ live task from one whose message was lost.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import socket
+import sys
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn, Protocol, TextIO
 
 import redis
 
 from .errors import BrokerError
 from .results import SUCCESS, Outcome
 
-__all__ = ["Claim", "LeaseKeeper", "OnceGuard", "TaskState"]
+__all__ = ["Claim", "LeaseKeeper", "OnceGuard", "ProcessSwitch", "Switch", "TaskState"]
 
 log = logging.getLogger("kafcel.once")
 
@@ -106,16 +110,39 @@ return v
 
 # Renew our leases; re-create one that vanished (a FLUSHALL under a running task), so a
 # redispatched copy still finds the task running instead of starting a second run.
+# Returns 1 or 0 per key: still ours, or held by someone else now (our lease lapsed and
+# another attempt took the id: the caller must stop its attempt at once).
 _RENEW = """
-local n = 0
+local kept = {}
 for i, key in ipairs(KEYS) do
     local v = redis.call('GET', key)
     if v == false or v == ARGV[1] then
         redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
-        n = n + 1
+        kept[i] = 1
+    else
+        kept[i] = 0
     end
 end
-return n
+return kept
+"""
+
+# Record the outcome if the id is still ours: our lease, or nobody's (it vanished with a
+# FLUSHALL, or a lapsed lease nobody took; a queued mark is a copy not started). Another
+# attempt's lease, retry or outcome stays: returns 0 and writes nothing. Either way our
+# attempt ended cleanly, so it leaves the attempts hash. ARGV[2] already there: a retried
+# call whose first try went through.
+_FINISH = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[2] then
+    return 1
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if v == false or v == ARGV[1] or string.sub(v, 1, 7) == 'queued:' then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    redis.call('DEL', KEYS[2])
+    return 1
+end
+return 0
 """
 
 
@@ -138,6 +165,9 @@ class Claim:
     done: Outcome | None = None
     running_ttl_s: float | None = None
     attempt: int = 0
+    # When the request that took the lease was sent (the guard's clock): the lease runs
+    # from Redis's SET, later, so it lasts at least until leased_at + lease_s.
+    leased_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -157,10 +187,16 @@ class OnceGuard:
         lease_s: float,
         done_ttl_s: float,
         prefix: str = "kafcel:once:",
+        renew_client: redis.Redis[bytes] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``renew_client`` carries the lease keeper's renewals (default: ``client``): a
+        connection of their own, so a renewal never waits behind a task's call, with its
+        own timeouts and no retries. ``clock`` dates leases (monotonic seconds)."""
         if lease_s <= 0 or done_ttl_s <= 0:
             raise ValueError("lease_s and done_ttl_s must be positive")
         self._redis = client
+        self.clock = clock
         self.lease_s = float(lease_s)
         self._lease_ms = int(lease_s * 1000)
         self._done_ms = int(done_ttl_s * 1000)
@@ -173,7 +209,8 @@ class OnceGuard:
         self._mine = _RUNNING + self._token.encode()
         self._claim = client.register_script(_CLAIM)
         self._end = client.register_script(_END)
-        self._renew = client.register_script(_RENEW)
+        self._renew = (renew_client or client).register_script(_RENEW)
+        self._finish = client.register_script(_FINISH)
         self._finish_if_free = client.register_script(_FINISH_IF_FREE)
         self._mark_queued = client.register_script(_MARK_QUEUED)
         self._epoch: str | None = None
@@ -191,9 +228,10 @@ class OnceGuard:
         try:
             for _ in range(2):
                 args = [self._mine, self._lease_ms, self._done_ms, dead, retries]
+                sent = self.clock()
                 reply = self._claim(keys=keys, args=args)
                 if int(reply[0]) == 1:
-                    return Claim(acquired=True, attempt=int(reply[1]))
+                    return Claim(acquired=True, attempt=int(reply[1]), leased_at=sent)
                 if int(reply[0]) == 2:
                     return Claim(acquired=False, done=Outcome.decode(reply[1][len(_DONE) :]))
                 value, ttl_ms = bytes(reply[1]), int(reply[2])
@@ -260,14 +298,20 @@ class OnceGuard:
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
 
-    def finish(self, outcome: Outcome) -> None:
+    def finish(self, outcome: Outcome) -> bool:
+        """Record ``outcome`` as the id's final state if the id is still ours.
+
+        False: another attempt holds the id now (our lease lapsed and it was taken): nothing
+        is written, and our outcome must not be announced; the holder announces its own.
+        """
+        keys = [self._key(outcome.task_id), self._attempts_key(outcome.task_id)]
         try:
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(self._key(outcome.task_id), _DONE + outcome.encode(), px=self._done_ms)
-                pipe.delete(self._attempts_key(outcome.task_id))
-                pipe.execute()
+            done = self._finish(
+                keys=keys, args=[self._mine, _DONE + outcome.encode(), self._done_ms]
+            )
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
+        return int(done) == 1
 
     def finish_if_absent(self, outcome: Outcome) -> Claim | None:
         """Record ``outcome`` unless the id runs or is done (only queued); else its state."""
@@ -312,14 +356,17 @@ class OnceGuard:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
         return "forgotten"
 
-    def renew(self, task_ids: Iterable[str]) -> int:
-        keys = [self._key(t) for t in task_ids]
-        if not keys:
-            return 0
+    def renew(self, task_ids: Iterable[str]) -> dict[str, bool]:
+        """Renew our leases of ``task_ids``: for each, True if it is still ours, False if
+        another attempt holds the id now."""
+        ids = list(task_ids)
+        if not ids:
+            return {}
         try:
-            return int(self._renew(keys=keys, args=[self._mine, self._lease_ms]))
+            kept = self._renew(keys=[self._key(t) for t in ids], args=[self._mine, self._lease_ms])
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
+        return {task_id: int(k) == 1 for task_id, k in zip(ids, kept, strict=True)}
 
     def peek(self, task_ids: list[str]) -> dict[str, TaskState]:
         """The state of each id (absent ids are neither live nor done)."""
@@ -364,40 +411,163 @@ class OnceGuard:
         return True
 
 
-class LeaseKeeper:
-    """Renews the leases of the tasks running in this process, from a daemon thread.
+# A held lease is given up this far into it when no renewal confirmed it since: the rest
+# covers the process's end and the drift between our clock and Redis's.
+_GIVE_UP_AT = 0.9
 
-    The held set and the renewal share a lock, so a lease is never renewed after its task
-    finished (which would make a finished id look running after a FLUSHALL).
+
+class Switch(Protocol):
+    """Ends this process unless pushed back in time: what makes a give-up real."""
+
+    @property
+    def armed(self) -> bool: ...
+
+    def arm(self, timeout_s: float) -> None: ...
+
+    def disarm(self) -> None: ...
+
+    def trip(self, reason: str) -> NoReturn: ...
+
+
+class ProcessSwitch:
+    """A dead man's switch on this process: :mod:`faulthandler`'s watchdog.
+
+    Its timer is a C thread that needs neither the GIL nor a signal handler, so it fires
+    while a task holds the GIL in a C call, while the lease keeper hangs in a Redis call,
+    and whatever the task does with SIGALRM. When it fires it writes every thread's
+    traceback to stderr and ends the process with ``_exit(1)``: only the end of the
+    process stops an attempt for sure (a thread cannot be killed), and it leaves nothing
+    half-finished for the next attempt to trip on besides the task's own effects.
     """
 
-    def __init__(self, guard: OnceGuard) -> None:
-        self._guard = guard
-        self._held: set[str] = set()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="kafcel-lease", daemon=True)
-        self._thread.start()
+    def __init__(self) -> None:
+        self._armed = False
+        self._file = _stderr()
 
-    def hold(self, task_id: str) -> None:
-        with self._lock:
-            self._held.add(task_id)
+    @property
+    def armed(self) -> bool:
+        return self._armed
+
+    def arm(self, timeout_s: float) -> None:
+        if timeout_s <= 0:
+            self.trip("its lease was not confirmed in time")
+        faulthandler.dump_traceback_later(timeout_s, exit=True, file=self._file)
+        self._armed = True
+
+    def disarm(self) -> None:
+        if self._armed:
+            faulthandler.cancel_dump_traceback_later()
+            self._armed = False
+
+    def trip(self, reason: str) -> NoReturn:
+        log.critical("kafcel: process %d gives its running tasks up: %s", os.getpid(), reason)
+        faulthandler.dump_traceback(file=self._file)
+        os._exit(1)
+
+
+def _stderr() -> TextIO:
+    """A file with a descriptor for faulthandler (Celery replaces ``sys.stderr`` with a
+    logging proxy in its workers; the original is still there)."""
+    for f in (sys.__stderr__, sys.stderr):
+        try:
+            if f is not None:
+                f.fileno()
+                return f
+        except (OSError, ValueError, AttributeError):
+            continue
+    return open(os.devnull, "w")  # held for the life of the process
+
+
+class LeaseKeeper:
+    """Renews the leases of the tasks running in this process, and gives them up before
+    they lapse.
+
+    Each held lease is dated by when the request that last confirmed it was *sent* (the
+    claim, then each renewal): Redis set it later, so it lasts at least until then plus
+    ``lease_s``. The switch stands at the earliest such date plus 90 % of the lease and is
+    pushed back by each confirmed renewal; when none gets through (Redis unreachable, the
+    keeper thread starved by a task holding the GIL) it fires and ends the process, before
+    any lease of it lapses and another attempt of the id may start. A renewal that finds
+    the id held by someone else ends the process at once.
+
+    Renewals and the end of an attempt take turns (``letting_go``), so a lease is never
+    renewed after its task ended (which would make a released id look running after a
+    FLUSHALL).
+    """
+
+    def __init__(
+        self, guard: OnceGuard, *, switch: Switch | None = None, thread: bool = True
+    ) -> None:
+        """``thread=False``: no renewal thread; the caller calls :meth:`renew_now`."""
+        self._guard = guard
+        self._switch: Switch = switch if switch is not None else ProcessSwitch()
+        self._give_up_after_s = guard.lease_s * _GIVE_UP_AT
+        self._held: dict[str, float] = {}  # task id -> its lease confirmed from
+        self._state = threading.Lock()  # _held and the switch; never held across I/O
+        self._turn = threading.Lock()  # a renewal, or the end of an attempt
+        self._stop = threading.Event()
+        if thread:
+            threading.Thread(target=self._loop, name="kafcel-lease", daemon=True).start()
+
+    def hold(self, task_id: str, leased_at: float) -> None:
+        """Keep ``task_id``'s lease, taken by a request sent at ``leased_at``."""
+        with self._state:
+            self._held[task_id] = leased_at
+            if not self._switch.armed:
+                # An armed switch stands earlier already: it dates from older requests.
+                self._arm(leased_at)
 
     @contextlib.contextmanager
     def letting_go(self, task_id: str) -> Iterator[None]:
-        """Stop renewing ``task_id`` for the duration (the caller ends its attempt)."""
-        with self._lock:
-            self._held.discard(task_id)
+        """Stop renewing ``task_id`` for the duration (the caller ends its attempt).
+
+        The switch stays armed until the next round finds nothing held: re-arming it costs
+        a thread start, which back-to-back tasks need not pay.
+        """
+        with self._turn:
+            with self._state:
+                self._held.pop(task_id, None)
             yield
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def renew_now(self) -> None:
+        """One round: renew every held lease, then push the switch back."""
+        with self._turn:
+            with self._state:
+                held = list(self._held)
+                if not held:
+                    self._switch.disarm()
+                    return
+            sent = self._guard.clock()
+            try:
+                kept = self._guard.renew(held)
+            except BrokerError as exc:
+                with self._state:
+                    left_s = min(self._held.values()) + self._give_up_after_s
+                log.warning(
+                    "kafcel: could not renew %d lease(s): %s; this process gives its tasks "
+                    "up in %.1fs unless a renewal gets through",
+                    len(held),
+                    exc,
+                    left_s - self._guard.clock(),
+                )
+                return
+            lost = [task_id for task_id, ours in kept.items() if not ours]
+            if lost:
+                self._switch.trip(f"another attempt holds {', '.join(lost)} now")
+            with self._state:
+                for task_id in held:
+                    if task_id in self._held:
+                        self._held[task_id] = sent
+                if self._held:
+                    self._arm(min(self._held.values()))
+
+    def _arm(self, confirmed_at: float) -> None:
+        self._switch.arm(confirmed_at + self._give_up_after_s - self._guard.clock())
 
     def _loop(self) -> None:
         period_s = self._guard.lease_s / 3
-        while not self._wake.wait(period_s):
-            with self._lock:
-                held = list(self._held)
-                if not held:
-                    continue
-                try:
-                    self._guard.renew(held)
-                except BrokerError as exc:
-                    log.warning("kafcel: could not renew %d lease(s): %s", len(held), exc)
+        while not self._stop.wait(period_s):
+            self.renew_now()
