@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import redis
@@ -24,8 +25,9 @@ import redis
 from kafcel.admin import ensure_topics
 from kafcel.celery import HEADER
 from kafcel.devstack import DevStack
+from kafcel.once import LeaseKeeper, OnceGuard
 from kafcel.procs import ManagedProcess, worker_argv
-from kafcel.results import Origin
+from kafcel.results import Origin, Outcome
 
 from .conftest import ROOT, base_env, wait_until
 from .lease_app import BROKER_ENV
@@ -192,6 +194,105 @@ def overlaps(beats: list[bytes]) -> list[str]:
             clashes.append(f"{token.decode()} beat again after {seen[-1].decode()} started")
         seen.append(token)
     return clashes
+
+
+class Tripped(Exception):
+    pass
+
+
+class RecordingSwitch:
+    """Records what the keeper asks of the process switch; tripping raises Tripped."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.arms: list[float] = []
+
+    def arm(self, timeout_s: float) -> None:
+        self.armed = True
+        self.arms.append(round(timeout_s, 6))
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def trip(self, reason: str) -> NoReturn:
+        raise Tripped(reason)
+
+
+class ScriptedClock:
+    """Returns the given readings in turn: a request sent at one and answered at the next."""
+
+    def __init__(self, *readings: float) -> None:
+        self.readings = list(readings)
+
+    def __call__(self) -> float:
+        return self.readings.pop(0)
+
+
+def keeper_on(
+    url: str, prefix: str, clock: ScriptedClock
+) -> tuple[OnceGuard, LeaseKeeper, RecordingSwitch]:
+    client: redis.Redis[bytes] = redis.Redis.from_url(
+        url, socket_timeout=0.3, socket_connect_timeout=0.3, retry=None
+    )
+    guard = OnceGuard(client=client, lease_s=30, done_ttl_s=60, prefix=prefix, clock=clock)
+    switch = RecordingSwitch()
+    return guard, LeaseKeeper(guard, switch=switch, thread=False), switch
+
+
+@pytest.fixture()
+def prefix(stack: DevStack) -> Iterator[str]:
+    p = f"kafcel:test-lease:{uuid.uuid4().hex[:8]}:"
+    yield p
+    client: redis.Redis[bytes] = redis.Redis.from_url(stack.redis_url)
+    keys = list(client.scan_iter(match=p + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def test_a_lease_is_dated_from_when_its_request_was_sent(stack: DevStack, prefix: str) -> None:
+    # Claim sent at 100; held at 100.5; renewal sent at 110, answered at 114.
+    guard, keeper, switch = keeper_on(stack.redis_url, prefix, ScriptedClock(100, 100.5, 110, 114))
+    claim = guard.claim("id")
+    assert claim.acquired and claim.leased_at == 100
+    keeper.hold("id", claim.leased_at)
+    keeper.renew_now()
+    # Given up 27 s (90 % of the 30 s lease) after each send, not after each answer.
+    assert switch.arms == [100 + 27 - 100.5, 110 + 27 - 114]
+
+
+def test_a_keeper_cut_off_from_redis_leaves_the_switch_to_fire(
+    stack: DevStack, prefix: str, proxy: FreezableProxy
+) -> None:
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    guard, keeper, switch = keeper_on(url, prefix, ScriptedClock(100, 100, 110, 111, 120, 121))
+    keeper.hold("id", guard.claim("id").leased_at)
+    proxy.freeze()
+    keeper.renew_now()  # times out: the switch keeps its deadline (127), nothing else
+    assert switch.armed and switch.arms == [27]
+    proxy.thaw()
+    keeper.renew_now()
+    assert switch.arms == [27, 120 + 27 - 121]
+
+
+def test_a_lease_taken_by_another_attempt_is_given_up_at_once(stack: DevStack, prefix: str) -> None:
+    guard, keeper, _ = keeper_on(stack.redis_url, prefix, ScriptedClock(100, 100, 110))
+    keeper.hold("id", guard.claim("id").leased_at)
+    client: redis.Redis[bytes] = redis.Redis.from_url(stack.redis_url)
+    client.set(prefix + "id", b"running:someone-else:1:abc")
+    with pytest.raises(Tripped, match="another attempt holds id"):
+        keeper.renew_now()
+    assert client.get(prefix + "id") == b"running:someone-else:1:abc"
+
+
+def test_an_idle_keeper_disarms_its_switch(stack: DevStack, prefix: str) -> None:
+    guard, keeper, switch = keeper_on(stack.redis_url, prefix, ScriptedClock(100, 100))
+    keeper.hold("id", guard.claim("id").leased_at)
+    with keeper.letting_go("id"):
+        assert guard.finish(Outcome(task_id="id", task="t", status="SUCCESS"))
+    assert switch.armed  # kept for a next task: re-arming starts a thread
+    keeper.renew_now()
+    assert not switch.armed
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
