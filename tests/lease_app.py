@@ -68,7 +68,9 @@ def beating(name: str, seconds: float, hold_gil_s: float = 0.0) -> str:
     r = ledger()
     me = f"{os.getpid()}:{uuid.uuid4().hex[:8]}"
     r.rpush(f"{name}:beats", me)
-    if hold_gil_s:
+    # Only the first attempt anywhere: a rerun holding it again would be given up again,
+    # up to max_attempts, while the test waits for an attempt that finishes.
+    if hold_gil_s and r.set(f"{name}:gil", 1, nx=True):
         _hold_gil(hold_gil_s)
     end = time.monotonic() + seconds
     while time.monotonic() < end:

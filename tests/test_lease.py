@@ -25,7 +25,8 @@ import redis
 from kafcel.admin import ensure_topics
 from kafcel.celery import HEADER
 from kafcel.devstack import DevStack
-from kafcel.once import LeaseKeeper, OnceGuard
+from kafcel.lease import LeaseKeeper
+from kafcel.once import OnceGuard
 from kafcel.procs import ManagedProcess, worker_argv
 from kafcel.results import Origin, Outcome
 
@@ -115,7 +116,7 @@ def ledger_client(stack: DevStack) -> Iterator[tuple[str, redis.Redis[bytes]]]:
     name = f"kafcel:test-lease:{uuid.uuid4().hex[:8]}"
     client: redis.Redis[bytes] = redis.Redis.from_url(stack.redis_url)
     yield name, client
-    client.delete(f"{name}:beats", f"{name}:finished")
+    client.delete(f"{name}:beats", f"{name}:finished", f"{name}:gil")
     client.close()
 
 

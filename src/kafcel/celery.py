@@ -37,8 +37,9 @@ from .admin import client_config
 from .dlq import DeadLetter, dlq_headers
 from .envelope import Envelope
 from .errors import BrokerError, ConfigError, DeliveryError, KafcelError, TaskLost
+from .lease import LeaseKeeper, pool_check
 from .logs import EVENTS_LOGGER, task_fields, worker_logs
-from .once import LeaseKeeper, OnceGuard
+from .once import OnceGuard
 from .results import FAILURE, REVOKED, SUCCESS, Origin, Outcome
 from .settings import Settings
 
@@ -103,17 +104,6 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
         if getattr(sender, "app", app) is app:
             state.start_metrics()
 
-    def refuse_green_pool(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", app) is not app:
-            return
-        try:
-            check_pool(getattr(sender, "pool_cls", None))
-        except ConfigError as exc:
-            # Celery logs and swallows an Exception raised by a signal handler: only
-            # SystemExit stops the worker before its pool starts.
-            log.critical("kafcel: %s", exc)
-            raise SystemExit(f"kafcel: {exc}") from exc
-
     def process_ended(pid: int | None = None, **_: Any) -> None:
         state.flush_outcomes()
         if state.metrics is not None:
@@ -128,7 +118,7 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
     # In the main process, before the pool forks: its children inherit the metrics.
     worker_init.connect(start_metrics, weak=False)
     # Where the pool is known (the CLI's -P, worker_pool), and before it is loaded.
-    worker_init.connect(refuse_green_pool, weak=False)
+    worker_init.connect(pool_check(app), weak=False)
     worker_logs(lambda: (settings or Settings.from_env()).log_format)
     # Outcomes still lingering in the producer leave with the process, not without it.
     worker_process_shutdown.connect(process_ended, weak=False)
@@ -138,32 +128,6 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
     if app.finalized:
         guard_all()
     return app
-
-
-_GREEN_POOLS = ("gevent", "eventlet")
-
-
-def check_pool(pool_cls: Any) -> None:
-    """Raise ConfigError for a pool that would run kafcel's tasks on greenlets.
-
-    The lease keeper is a thread; gevent and eventlet make it a greenlet, which does not
-    run while a task computes without yielding. Its leases would go unrenewed and the
-    process switch would end the worker, with every task it runs, each time a task
-    computes for most of ``once_lease_s``. ``pool_cls`` is the worker's pool as Celery
-    has it at ``worker_init``: a name, ``module:Class``, or the class.
-    """
-    if isinstance(pool_cls, type):
-        modules = [klass.__module__ for klass in pool_cls.__mro__]
-    else:
-        modules = [str(pool_cls or "").split(":")[0]]
-    for module in modules:
-        name = module.rsplit(".", 1)[-1]
-        if name in _GREEN_POOLS:
-            raise ConfigError(
-                f"the {name} pool cannot keep the once-guard's leases while a task "
-                "computes; run this worker with -P prefork (or -P threads for I/O-bound "
-                "tasks)"
-            )
 
 
 class _EnvConfig:
