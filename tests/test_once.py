@@ -109,6 +109,31 @@ def test_an_attempt_that_ends_after_its_lease_lapsed_is_not_counted_lost(
     assert guard(client, prefix).claim("id").attempt == 1
 
 
+def test_only_the_lease_holder_writes_done(client: redis.Redis[bytes], prefix: str) -> None:
+    slow, other = guard(client, prefix), guard(client, prefix)
+    assert slow.claim("id").acquired
+    client.delete(prefix + "id")  # slow's lease lapsed while its task still ran
+    assert other.claim("id").acquired
+    # The late attempt must not end the one that runs now, nor announce its outcome.
+    assert slow.finish(outcome("id")) is False
+    assert (client.get(prefix + "id") or b"").startswith(b"running:")
+    final = outcome("id")
+    assert other.finish(final) is True
+    assert guard(client, prefix).claim("id").done == final
+
+
+def test_finish_records_done_where_nobody_holds_the_id(
+    client: redis.Redis[bytes], prefix: str
+) -> None:
+    g = guard(client, prefix)
+    assert g.claim("id").acquired
+    client.delete(prefix + "id")  # a FLUSHALL before the lease keeper re-created it
+    final = outcome("id")
+    assert g.finish(final) is True
+    assert g.finish(final) is True  # a retried call that already went through
+    assert guard(client, prefix).claim("id").done == final
+
+
 def test_attempts_that_never_ended_add_up(client: redis.Redis[bytes], prefix: str) -> None:
     for expected in (1, 2, 3):
         g = guard(client, prefix, lease_s=0.05)
@@ -154,7 +179,7 @@ def test_renewal_recreates_a_flushed_lease_but_never_overwrites_done(
     assert g.claim("a").acquired and g.claim("b").acquired
     client.delete(prefix + "a")  # as a FLUSHALL would
     g.finish(outcome("b"))
-    assert g.renew(["a", "b"]) == 1
+    assert g.renew(["a", "b"]) == {"a": True, "b": False}
     assert (client.get(prefix + "a") or b"").startswith(b"running:")
     assert (client.get(prefix + "b") or b"").startswith(b"done:")
 

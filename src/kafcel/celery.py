@@ -30,14 +30,17 @@ from celery.signals import (
     worker_process_shutdown,
 )
 from confluent_kafka import KafkaException, Producer
+from redis.backoff import NoBackoff
+from redis.retry import Retry as RedisRetry
 
 from .admin import client_config
 from .deadletter import DeadLetterWriter
 from .dlq import DeadLetter
 from .envelope import Envelope
 from .errors import BrokerError, ConfigError, DeliveryError, KafcelError, TaskLost
+from .lease import LeaseKeeper, pool_check
 from .logs import EVENTS_LOGGER, task_fields, worker_logs
-from .once import LeaseKeeper, OnceGuard
+from .once import OnceGuard
 from .results import FAILURE, REVOKED, SUCCESS, Origin, Outcome
 from .settings import Settings
 
@@ -115,6 +118,8 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
     worker_process_init.connect(guard_all, weak=False)
     # In the main process, before the pool forks: its children inherit the metrics.
     worker_init.connect(start_metrics, weak=False)
+    # Where the pool is known (the CLI's -P, worker_pool), and before it is loaded.
+    worker_init.connect(pool_check(app), weak=False)
     worker_logs(lambda: (settings or Settings.from_env()).log_format)
     # Outcomes still lingering in the producer leave with the process, not without it.
     worker_process_shutdown.connect(process_ended, weak=False)
@@ -238,8 +243,8 @@ class _WorkerState:
             self._producer = self._new_producer(config)
             self._producer_config = config
             self._dead_letters = {}
-            # Bounded waits: the lease thread holds its lock while it talks to Redis, and a
-            # half-open connection must not hang the task that wants to finish.
+            # Bounded waits: a half-open connection must not hang the task that wants to
+            # finish.
             timeout_s = max(min(settings.once_lease_s / 3, 5.0), 0.5)
             client: redis.Redis[bytes] = redis.Redis.from_url(
                 settings.redis_url,
@@ -247,8 +252,19 @@ class _WorkerState:
                 socket_connect_timeout=timeout_s,
                 health_check_interval=30,
             )
+            # Renewals on their own connection, one try each, well within a renewal period:
+            # a task's end waits for a renewal in flight, and a renewal that cannot get
+            # through must fail while the next one still has time to.
+            renew_timeout_s = settings.once_lease_s / 6
+            renew_client: redis.Redis[bytes] = redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=renew_timeout_s,
+                socket_connect_timeout=renew_timeout_s,
+                retry=RedisRetry(NoBackoff(), 0),
+            )
             self._guard = OnceGuard(
                 client=client,
+                renew_client=renew_client,
                 lease_s=settings.once_lease_s,
                 done_ttl_s=settings.once_done_ttl_s,
             )
@@ -290,13 +306,25 @@ class _WorkerState:
             log.warning("kafcel: could not end the attempt of %s: %s", task_id, exc)
 
     def record_done(self, outcome: Outcome, *, dead_letter_pending: bool = False) -> bool:
-        """Store the done marker; False (logged) if Redis could not take it."""
+        """Write the done marker; False (logged) if Redis could not take it. Raise
+        :class:`Ignore` if another attempt holds the id: that attempt started after our
+        lease lapsed, and its outcome is the one to announce: ours is neither recorded nor
+        published (no dead letter either), and the message is acked.
+        """
         try:
             with self.keeper.letting_go(outcome.task_id):
-                self.guard.finish(outcome, dead_letter_pending=dead_letter_pending)
+                recorded = self.guard.finish(outcome, dead_letter_pending=dead_letter_pending)
         except KafcelError:
             log.exception("kafcel: could not record %s as done", outcome.task_id)
             return False
+        if not recorded:
+            log.error(
+                "kafcel: %s is held by another attempt: this attempt's outcome (%s) is "
+                "dropped, the holder announces its own",
+                outcome.task_id,
+                outcome.status,
+            )
+            raise Ignore()
         return True
 
     def dead_letter_written(self, task_id: str) -> None:
@@ -442,7 +470,7 @@ def _guard(task: Task, state: _WorkerState) -> None:
             )
             _finish(task, state, origin, args, kwargs, exc=lost)
             raise lost
-        state.keeper.hold(request.id)
+        state.keeper.hold(request.id, claim.leased_at)
         started = time.monotonic()
         try:
             result = run(*args, **kwargs)
@@ -497,6 +525,24 @@ def _finish(
     (monotonic; None: refused without running)."""
     request = task.request
     retries = int(request.retries or 0)
+    if exc is None:
+        outcome = _outcome(origin, request.id, task.name, SUCCESS, result=result, retries=retries)
+    else:
+        outcome = _outcome(
+            origin,
+            request.id,
+            task.name,
+            FAILURE,
+            retries=retries,
+            error_class=type(exc).__name__,
+            error_message=str(exc),
+        )
+    # A failure is done, flagged until its dead letter is on Kafka: whatever stops this
+    # attempt from here on, the next copy of the id writes the dead letter instead of
+    # running again, and the outcome that settles the record goes out only after it.
+    # An attempt whose lease was taken over stops here (Ignore), neither counted nor
+    # announced.
+    recorded = state.record_done(outcome, dead_letter_pending=exc is not None)
     status = "success" if exc is None else "failure"
     if state.metrics is not None:
         state.metrics.finished(task.name, status, started, origin.timestamp_ms)
@@ -508,25 +554,10 @@ def _finish(
         )
         events.info("finished %s: %s", request.id, status, extra=fields)
     if exc is None:
-        outcome = _outcome(origin, request.id, task.name, SUCCESS, result=result, retries=retries)
         # Without the done marker nothing could re-announce a lost outcome: wait for it.
-        recorded = state.record_done(outcome)
         _publish_or_requeue(state, origin, outcome, wait=not recorded)
         return
-    outcome = _outcome(
-        origin,
-        request.id,
-        task.name,
-        FAILURE,
-        retries=retries,
-        error_class=type(exc).__name__,
-        error_message=str(exc),
-    )
     letter = _letter(task, origin, outcome, "".join(traceback.format_exception(exc)))
-    # Done, flagged until the dead letter is on Kafka: whatever stops this attempt from
-    # here on, the next copy of the id writes the dead letter instead of running again,
-    # and the outcome that settles the record goes out only after it.
-    recorded = state.record_done(outcome, dead_letter_pending=True)
     # The worker no longer has the original bytes: the DLQ value is the request rebuilt.
     value = _rebuild(task.name, args, kwargs, request, origin)
     _dead_letter_or_requeue(state, origin, value, letter)

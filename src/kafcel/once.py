@@ -6,7 +6,8 @@ One Redis key per task id holds its state:
   ``queued_ttl_s`` passes): a FLUSHALL or Redis restart removes it with the Celery
   message, which is how the bridge tells a lost message from a queued one;
 - ``running:<owner>`` while an attempt runs; the owner renews this lease every third of
-  ``lease_s`` (:class:`LeaseKeeper`), so it expires soon after its worker dies;
+  ``lease_s`` (``lease.LeaseKeeper``), so it expires soon after its worker dies, and ends
+  its own process before the lease can lapse unrenewed, so no two attempts overlap;
 - ``retry:<n>:<owner>`` between a Celery retry and its next attempt (retry ``n``), for the
   retry's countdown plus one lease, so a retry waiting in a worker that then dies is
   noticed too; only that retry (or a later one) may claim the id meanwhile;
@@ -16,7 +17,8 @@ One Redis key per task id holds its state:
   crash or a failed write writes the dead letter, then announces. Once the bridge has
   committed past the record, only a duplicate can come, and deduplicating it needs no
   more than the status: the bridge compacts the marker to ``done:=<status>:<task>``
-  (tens of bytes instead of the whole outcome, its TTL kept).
+  (tens of bytes instead of the whole outcome, its TTL kept). Only the lease's holder
+  writes ``done`` (the token is compared in the same script).
 
 A second key (a hash of owner tokens) counts attempts that started and did not end
 cleanly (the worker died under them); past ``max_attempts`` the task is not run again
@@ -26,13 +28,12 @@ live task from one whose message was lost.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
-import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import redis
@@ -40,7 +41,7 @@ import redis
 from .errors import BrokerError
 from .results import SUCCESS, Outcome
 
-__all__ = ["Claim", "LeaseKeeper", "OnceGuard", "TaskState"]
+__all__ = ["Claim", "OnceGuard", "TaskState"]
 
 log = logging.getLogger("kafcel.once")
 
@@ -146,16 +147,39 @@ return n
 
 # Renew our leases; re-create one that vanished (a FLUSHALL under a running task), so a
 # redispatched copy still finds the task running instead of starting a second run.
+# Returns 1 or 0 per key: still ours, or held by someone else now (our lease lapsed and
+# another attempt took the id: the caller must stop its attempt at once).
 _RENEW = """
-local n = 0
+local kept = {}
 for i, key in ipairs(KEYS) do
     local v = redis.call('GET', key)
     if v == false or v == ARGV[1] then
         redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
-        n = n + 1
+        kept[i] = 1
+    else
+        kept[i] = 0
     end
 end
-return n
+return kept
+"""
+
+# Record the outcome if the id is still ours: our lease, or nobody's (it vanished with a
+# FLUSHALL, or a lapsed lease nobody took; a queued mark is a copy not started). Another
+# attempt's lease, retry or outcome stays: returns 0 and writes nothing. Either way our
+# attempt ended cleanly, so it leaves the attempts hash. ARGV[2] already there: a retried
+# call whose first try went through.
+_FINISH = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[2] then
+    return 1
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if v == false or v == ARGV[1] or string.sub(v, 1, 7) == 'queued:' then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    redis.call('DEL', KEYS[2])
+    return 1
+end
+return 0
 """
 
 
@@ -180,6 +204,9 @@ class Claim:
     attempt: int = 0
     # The failure's dead letter may not be on Kafka: write it before announcing ``done``.
     dead_letter_pending: bool = False
+    # When the request that took the lease was sent (the guard's clock): the lease runs
+    # from Redis's SET, later, so it lasts at least until leased_at + lease_s.
+    leased_at: float = 0.0
 
 
 def _done(value: bytes, task_id: str) -> Claim:
@@ -211,10 +238,16 @@ class OnceGuard:
         lease_s: float,
         done_ttl_s: float,
         prefix: str = "kafcel:once:",
+        renew_client: redis.Redis[bytes] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``renew_client`` carries the lease keeper's renewals (default: ``client``): a
+        connection of their own, so a renewal never waits behind a task's call, with its
+        own timeouts and no retries. ``clock`` dates leases (monotonic seconds)."""
         if lease_s <= 0 or done_ttl_s <= 0:
             raise ValueError("lease_s and done_ttl_s must be positive")
         self._redis = client
+        self.clock = clock
         self.lease_s = float(lease_s)
         self._lease_ms = int(lease_s * 1000)
         self._done_ms = int(done_ttl_s * 1000)
@@ -227,7 +260,8 @@ class OnceGuard:
         self._mine = _RUNNING + self._token.encode()
         self._claim = client.register_script(_CLAIM)
         self._end = client.register_script(_END)
-        self._renew = client.register_script(_RENEW)
+        self._renew = (renew_client or client).register_script(_RENEW)
+        self._finish = client.register_script(_FINISH)
         self._finish_if_free = client.register_script(_FINISH_IF_FREE)
         self._mark_queued = client.register_script(_MARK_QUEUED)
         self._dead_letter_written = client.register_script(_DEAD_LETTER_WRITTEN)
@@ -247,9 +281,10 @@ class OnceGuard:
         try:
             for _ in range(2):
                 args = [self._mine, self._lease_ms, self._done_ms, dead, retries]
+                sent = self.clock()
                 reply = self._claim(keys=keys, args=args)
                 if int(reply[0]) == 1:
-                    return Claim(acquired=True, attempt=int(reply[1]))
+                    return Claim(acquired=True, attempt=int(reply[1]), leased_at=sent)
                 if int(reply[0]) == 2:
                     return _done(bytes(reply[1]), task_id)
                 value, ttl_ms = bytes(reply[1]), int(reply[2])
@@ -316,19 +351,23 @@ class OnceGuard:
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
 
-    def finish(self, outcome: Outcome, *, dead_letter_pending: bool = False) -> None:
-        """Record ``outcome``; with ``dead_letter_pending`` until :meth:`dead_letter_written`
-        (a failure whose dead letter is still to be written)."""
+    def finish(self, outcome: Outcome, *, dead_letter_pending: bool = False) -> bool:
+        """Record ``outcome`` as the id's final state if the id is still ours; with
+        ``dead_letter_pending`` until :meth:`dead_letter_written` (a failure whose dead
+        letter is still to be written).
+
+        False: another attempt holds the id now (our lease lapsed and it was taken): nothing
+        is written, and our outcome must not be announced; the holder announces its own.
+        """
         flag = _DEAD_LETTER_PENDING if dead_letter_pending else b""
+        keys = [self._key(outcome.task_id), self._attempts_key(outcome.task_id)]
         try:
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(
-                    self._key(outcome.task_id), _DONE + flag + outcome.encode(), px=self._done_ms
-                )
-                pipe.delete(self._attempts_key(outcome.task_id))
-                pipe.execute()
+            done = self._finish(
+                keys=keys, args=[self._mine, _DONE + flag + outcome.encode(), self._done_ms]
+            )
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
+        return int(done) == 1
 
     def dead_letter_written(self, task_id: str) -> None:
         """The failed ``task_id``'s dead letter is on Kafka: its next delivery only
@@ -392,14 +431,17 @@ class OnceGuard:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
         return "forgotten"
 
-    def renew(self, task_ids: Iterable[str]) -> int:
-        keys = [self._key(t) for t in task_ids]
-        if not keys:
-            return 0
+    def renew(self, task_ids: Iterable[str]) -> dict[str, bool]:
+        """Renew our leases of ``task_ids``: for each, True if it is still ours, False if
+        another attempt holds the id now."""
+        ids = list(task_ids)
+        if not ids:
+            return {}
         try:
-            return int(self._renew(keys=keys, args=[self._mine, self._lease_ms]))
+            kept = self._renew(keys=[self._key(t) for t in ids], args=[self._mine, self._lease_ms])
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
+        return {task_id: int(k) == 1 for task_id, k in zip(ids, kept, strict=True)}
 
     def peek(self, task_ids: list[str]) -> dict[str, TaskState]:
         """The state of each id (absent ids are neither live nor done)."""
@@ -442,42 +484,3 @@ class OnceGuard:
         # Gone and re-created (by us or another bridge): Redis lost its data since.
         self._epoch = value
         return True
-
-
-class LeaseKeeper:
-    """Renews the leases of the tasks running in this process, from a daemon thread.
-
-    The held set and the renewal share a lock, so a lease is never renewed after its task
-    finished (which would make a finished id look running after a FLUSHALL).
-    """
-
-    def __init__(self, guard: OnceGuard) -> None:
-        self._guard = guard
-        self._held: set[str] = set()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="kafcel-lease", daemon=True)
-        self._thread.start()
-
-    def hold(self, task_id: str) -> None:
-        with self._lock:
-            self._held.add(task_id)
-
-    @contextlib.contextmanager
-    def letting_go(self, task_id: str) -> Iterator[None]:
-        """Stop renewing ``task_id`` for the duration (the caller ends its attempt)."""
-        with self._lock:
-            self._held.discard(task_id)
-            yield
-
-    def _loop(self) -> None:
-        period_s = self._guard.lease_s / 3
-        while not self._wake.wait(period_s):
-            with self._lock:
-                held = list(self._held)
-                if not held:
-                    continue
-                try:
-                    self._guard.renew(held)
-                except BrokerError as exc:
-                    log.warning("kafcel: could not renew %d lease(s): %s", len(held), exc)
