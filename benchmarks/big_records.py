@@ -2,8 +2,9 @@
 
 A backlog of large records drains through the bridge at its byte budget
 (``max_in_flight_bytes``); the same number of small records measures the bridge's fixed
-base (Python, Celery, librdkafka's own buffers). The large run's peak must stay under the
-budget plus that base. Run: ``.venv/bin/python -m benchmarks.big_records``.
+base (Python, Celery, librdkafka's own buffers). The bridge runs alone first, so it
+takes records until its budget stops it, then workers drain the backlog; the large
+runs' peak minus their budget is the fixed cost of large records, whatever the budget. Run: ``.venv/bin/python -m benchmarks.big_records``.
 """
 
 from __future__ import annotations
@@ -43,8 +44,16 @@ def drain(
             producer.send(Envelope(task="bench.blob", args=(run, i, payload)), key=f"k{i}")
             progress.advance(sending)
     queue = f"bench-big-{run}"
-    worker = rig.worker(settings, queue, concurrency=4)
+    # The bridge alone first: nothing settles, so it takes records until its budget
+    # stops it (or the backlog is all in flight), then the workers drain it.
     bridge = rig.bridge(settings, queue)
+    filling = time.monotonic()
+    while int(rig.broker.llen(queue)) < records and time.monotonic() - filling < 20:
+        if "paused:" in bridge.tail():
+            break
+        time.sleep(0.2)
+    held = int(rig.broker.llen(queue))
+    worker = rig.worker(settings, queue, concurrency=4)
     started = time.monotonic()
     draining = progress.add_task("draining through the bridge", total=records)
     try:
@@ -62,6 +71,7 @@ def drain(
         "records": records,
         "record_bytes": size,
         "budget_mb": budget / MIB,
+        "dispatched_before_workers": held,
         "bridge_peak_rss_mb": round(peak, 1),
         "drain_s": round(time.monotonic() - started, 1),
     }

@@ -3,8 +3,10 @@ rebalances, deliveries and outcomes that real-stack tests could only hit by chan
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from celery import Celery
@@ -220,3 +222,19 @@ def test_memory_is_bounded_in_bytes(stack: DevStack) -> None:
     assert h.publisher.offsets() == list(range(10)) and paused
     h.bridge._commit(asynchronous=False)
     assert h.kafka.committed[tp] == 10
+
+
+def test_relative_times_count_from_the_records_timestamp(harness: BridgeHarness) -> None:
+    """A countdown or a relative expiry counts from the submission (the record's
+    timestamp), not from whenever the bridge got to the record."""
+    h = harness
+    tp = (h.settings.topic, 0)
+    submitted_ms = int(time.time() * 1000) - 50_000  # submitted 50 s ago
+    h.kafka.append(tp, envelope("harness.echo", 1, countdown=60), timestamp_ms=submitted_ms)
+    h.kafka.append(tp, envelope("harness.echo", 2, expires=30), timestamp_ms=submitted_ms)
+    h.c.assign([tp])
+    h.turn()
+    later, expiring = h.publisher.sent
+    now = datetime.now(UTC)
+    assert later.eta is not None and 8 < (later.eta - now).total_seconds() < 12
+    assert expiring.expires is not None and expiring.expires < now

@@ -85,13 +85,17 @@ def make_dispatch(
         timestamp_ms=stamp,
         fence=fence,
     )
+    # Relative times count from the submission: the record's timestamp (a producer's
+    # clock ahead of ours counts as now), so a record that waited behind its key or in
+    # a backlog does not start late or expire late.
     now = datetime.now(UTC)
+    submitted = now if stamp is None else min(now, datetime.fromtimestamp(stamp / 1000, UTC))
     eta = envelope.eta
     if envelope.countdown is not None:
-        eta = now + timedelta(seconds=envelope.countdown)
+        eta = submitted + timedelta(seconds=envelope.countdown)
     expires = envelope.expires
     if expires is not None and not isinstance(expires, datetime):
-        expires = now + timedelta(seconds=expires)
+        expires = submitted + timedelta(seconds=expires)
     task_id = task_id_for(envelope, tp[0], tp[1], offset, stamp)
     light = envelope.without_payload()
     return Dispatch(light, task_id, origin, tp, offset, slot, fence, msg, eta, expires)
