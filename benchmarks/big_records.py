@@ -4,7 +4,8 @@ A backlog of large records drains through the bridge at its byte budget
 (``max_in_flight_bytes``); the same number of small records measures the bridge's fixed
 base (Python, Celery, librdkafka's own buffers). The bridge runs alone first, so it
 takes records until its budget stops it, then workers drain the backlog; the large
-runs' peak minus their budget is the fixed cost of large records, whatever the budget. Run: ``.venv/bin/python -m benchmarks.big_records``.
+runs' peak minus their budget is the fixed cost of large records, whatever the budget.
+Run: ``.venv/bin/python -m benchmarks.big_records``.
 """
 
 from __future__ import annotations
