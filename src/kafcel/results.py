@@ -7,8 +7,9 @@ reads the outcome; other services (Flink, Spark...) may read the same topic.
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,6 +97,9 @@ class Outcome:
     # True when a redelivered copy of an already finished task re-announces its outcome.
     duplicate: bool = False
     v: int = 1
+    # Fields a newer kafcel wrote that this version does not know: kept, and written
+    # back as they came when the outcome is re-announced from a done marker.
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.status not in _STATUSES:
@@ -103,6 +107,9 @@ class Outcome:
 
     def encode(self) -> bytes:
         data = asdict(self)
+        extra = data.pop("extra")
+        if extra:
+            data = {**extra, **data}
         try:
             raw = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError):
@@ -118,11 +125,42 @@ class Outcome:
 
     @classmethod
     def decode(cls, raw: bytes) -> Outcome:
+        """Read an outcome, also one a newer kafcel wrote (rolling upgrades).
+
+        Unknown fields go to ``extra``; a status or version this one does not know is
+        read as it is (every outcome is final: the bridge settles on it). Only a record
+        without a string ``task_id`` and ``status`` is no outcome at all.
+        """
         try:
             data = json.loads(raw)
-            return cls(**data)
-        except (TypeError, ValueError) as exc:
+        except ValueError as exc:
             raise KafcelError(f"not a kafcel outcome record: {exc}") from exc
+        if not isinstance(data, dict):
+            raise KafcelError(f"not a kafcel outcome record: a JSON {type(data).__name__}")
+        for name in ("task_id", "status"):
+            if not isinstance(data.get(name), str):
+                raise KafcelError(f"not a kafcel outcome record: no string {name!r}")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known}
+        values["extra"] = {k: v for k, v in data.items() if k not in known}
+        outcome = object.__new__(cls)
+        # Set field by field, past __post_init__: its status check guards what this
+        # version writes, not what a newer one wrote.
+        for f in fields(cls):
+            if f.name in values:
+                value = values[f.name]
+            elif f.default_factory is not MISSING:
+                value = f.default_factory()
+            elif f.default is not MISSING:
+                value = f.default
+            else:
+                value = ""  # ``task``: a newer writer may leave it out
+            object.__setattr__(outcome, f.name, value)
+        return outcome
 
     def with_duplicate(self) -> Outcome:
-        return replace(self, duplicate=True)
+        # A copy, not dataclasses.replace: a done marker a newer worker wrote may hold
+        # a status this version would refuse to construct.
+        again = copy.copy(self)
+        object.__setattr__(again, "duplicate", True)
+        return again
