@@ -15,12 +15,15 @@ from typing import Any
 
 from .errors import KafcelError
 
-__all__ = ["FAILURE", "REVOKED", "SUCCESS", "Origin", "Outcome"]
+__all__ = ["FAILURE", "REVOKED", "REVOKED_BY_OPERATOR", "SUCCESS", "Origin", "Outcome"]
 
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
-# Expired before it could run, or revoked by an operator: final, never run.
+# Expired before it could run, revoked by an operator, or unknown to the worker: final.
 REVOKED = "REVOKED"
+# The error_class of a REVOKED outcome an operator caused (revoke, revoke(terminate=True)):
+# it settles without a dead letter unless KAFCEL_DLQ_REVOKED is set.
+REVOKED_BY_OPERATOR = "TaskRevoked"
 _STATUSES = (SUCCESS, FAILURE, REVOKED)
 MAX_OUTCOME_BYTES = 512 * 1024
 
