@@ -68,7 +68,7 @@ def submit_tasks(
     """``n`` trivial tasks by ``kafcel.Producer.submit`` over ``keys`` keys (None: one
     key each), until Kafka has them all."""
     for i in range(n):
-        producer.submit("bench.noop", run, i, key=f"user-{i % keys if keys else i}")
+        producer.submit("bench.noop", args=[run, i], key=f"user-{i % keys if keys else i}")
         if i % 5000 == 0:
             tick(i)
     producer.flush()
@@ -253,7 +253,7 @@ def latency(
         workers.start_bridge()
 
         def send(i: int, slot: float) -> None:
-            workers.producer.submit("bench.stamp", run, slot, key=f"user-{i % 1000}")
+            workers.producer.submit("bench.stamp", args=[run, slot], key=f"user-{i % 1000}")
     else:
         workers.stop_bridge()
 

@@ -123,7 +123,7 @@ def create_order(request: HttpRequest) -> JsonResponse:
     try:
         # submit() only queues the record (delivered within linger.ms). If the 202 must mean
         # "durably in Kafka", call get_producer().flush(timeout_s) before answering.
-        task_id = get_producer().submit("shop.process_order", order_id, day, key=key)
+        task_id = get_producer().submit("shop.process_order", args=[order_id, day], key=key)
     except kafcel.KafcelError as exc:
         log.warning("kafcel: could not submit order %s: %s", order_id, exc)
         return JsonResponse(

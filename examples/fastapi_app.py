@@ -82,8 +82,7 @@ def create_order(user_id: int, order: OrderIn) -> TaskAccepted:
         raise kafcel.ConfigError("the producer is not started (lifespan did not run)")
     task_id = producer.submit(
         "shop.process_order",
-        order.order_id,
-        order.day,
+        args=[order.order_id, order.day],
         # Same key, same partition: with `kafcel bridge --ordering key` one user's orders
         # run one after the other while other users' orders run in parallel.
         key=f"user-{user_id}",

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from kafcel.celery import app_from_env
+from kafcel.celery import app_from_env, origin_of
 from kafcel.settings import Settings
 
 QUEUE = "kafcel-tests"
@@ -123,3 +123,41 @@ def suicide(name: str, item: Any) -> None:
     """Ends its own worker process the hard way, every time."""
     _record(name, item, 0)
     os._exit(17)
+
+
+@app.task(bind=True)
+def echo_request(self: Any, name: str) -> dict[str, Any]:
+    """What the task sees of its request: tracing headers, Celery's own, kafcel's."""
+    origin = origin_of(self.request)
+    return {
+        "traceparent": getattr(self.request, "traceparent", None),
+        "tenant": getattr(self.request, "tenant", None),
+        "id": self.request.id,
+        "retries": self.request.retries,
+        "kafcel": origin is not None,
+        "origin_headers": origin.headers if origin is not None else None,
+    }
+
+
+@app.task(bind=True)
+def ack_probe(self: Any, name: str, label: str) -> None:
+    """Records whether its own message was acknowledged while it runs (acks early) or is
+    still unacknowledged after 2 s (acks late): kombu's Redis transport keeps unacked
+    messages in the ``unacked`` hash."""
+    mine = self.request.id.encode()
+    deadline = time.monotonic() + 2.0
+    verdict = "late"
+    while time.monotonic() < deadline:
+        if not any(mine in raw for raw in ledger().hvals("unacked")):
+            verdict = "early"
+            break
+        time.sleep(0.05)
+    ledger().hset(f"{name}:acked", label, verdict)
+
+
+@app.task(bind=True)
+def replaced(self: Any, name: str, item: str) -> Any:
+    """Hands its work to another task with ``self.replace`` (same task id)."""
+    if item == "fail":
+        return self.replace(always_fail.s(name, item))
+    return self.replace(record.s(name, item))

@@ -24,7 +24,7 @@ def test_revoked_partitions_are_committed_synchronously(pipeline: Pipeline, ledg
     n = 80
     with Producer(settings=pipeline.settings) as producer:
         for i in range(n):
-            producer.submit("tests.app.record", name, i, key=f"k{i}")
+            producer.submit("tests.app.record", args=[name, i], key=f"k{i}")
     outcomes_for(pipeline, n)
     first.wait_for_log(f"idle: all {n} fetched record(s) settled", timeout_s=30)
     assert all(c is None for c in pipeline.committed().values())
@@ -55,7 +55,7 @@ def test_sigterm_drains_in_flight_tasks_commits_and_exits_0(
     n = 8
     with Producer(settings=pipeline.settings) as producer:
         for i in range(n):
-            producer.submit("tests.app.slow", name, i, 1.0, key=f"k{i}")
+            producer.submit("tests.app.slow", args=[name, i, 1.0], key=f"k{i}")
     wait_until(lambda: counts(client, f"{name}:started"), 60, "tasks to start")
     bridge.signal(signal.SIGTERM)
     assert bridge.proc is not None
@@ -74,7 +74,7 @@ def test_backpressure_pauses_above_max_in_flight_and_resumes(
     n = 60
     with Producer(settings=pipeline.settings) as producer:
         for i in range(n):
-            producer.submit("tests.app.slow", name, i, 0.05, key=f"k{i}")
+            producer.submit("tests.app.slow", args=[name, i, 0.05], key=f"k{i}")
     wait_until(lambda: len(counts(client, f"{name}:effects")) == n, 120, "all tasks to run")
     wait_until(pipeline.fully_committed, 30, "offsets committed")
     log = bridge.tail(400)

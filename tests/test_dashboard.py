@@ -187,18 +187,20 @@ def test_dashboard_numbers_match_kafcel_status_and_its_dlq_browser_replays(
         client.set(f"{name}:broken", 1)
         with Producer(settings=settings) as producer:
             for i in range(slow):
-                producer.submit("tests.app.slow", name, f"slow-{i}", 0.1, key=f"s-{i % 30}")
+                producer.submit("tests.app.slow", args=[name, f"slow-{i}", 0.1], key=f"s-{i % 30}")
             for i in range(n):
-                producer.submit("tests.app.record", name, i, key=f"user-{i % 23}")
+                producer.submit("tests.app.record", args=[name, i], key=f"user-{i % 23}")
                 if i % 40 == 39:
                     producer.flush()
                     time.sleep(0.25)
             fail_ids = [
-                producer.submit("tests.app.always_fail", name, f"fail-{i}", key=f"order-{i}")
+                producer.submit("tests.app.always_fail", args=[name, f"fail-{i}"], key=f"order-{i}")
                 for i in range(2)
             ]
             broken_ids = [
-                producer.submit("tests.app.fails_while_broken", name, f"bug-{i}", key=f"b-{i}")
+                producer.submit(
+                    "tests.app.fails_while_broken", args=[name, f"bug-{i}"], key=f"b-{i}"
+                )
                 for i in range(2)
             ]
         raw = KafkaProducer({"bootstrap.servers": settings.bootstrap_servers})

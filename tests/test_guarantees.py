@@ -72,7 +72,9 @@ def test_key_order_holds_for_200_keys_of_50_across_retries(
         for k, seq in calls:
             # One task in twenty fails its first attempt and is retried by Celery.
             fail = rng.random() < 0.05
-            producer.submit("tests.app.sequenced", name, f"k{k}", seq, 0.0, fail, key=f"k{k}")
+            producer.submit(
+                "tests.app.sequenced", args=[name, f"k{k}", seq, 0.0, fail], key=f"k{k}"
+            )
     wait_until(
         lambda: client.hlen(f"{name}:effects") == keys * per_key, 240, "all effects", every_s=1
     )
@@ -94,7 +96,7 @@ def test_a_task_whose_broker_message_was_lost_is_redispatched_and_runs_once(
     name, client = ledger
     pipeline.start_bridge(redispatch_after_s=2.0)
     with Producer(settings=pipeline.settings) as producer:
-        task_id = producer.submit("tests.app.record", name, "lost", key="k", queue=own_queue)
+        task_id = producer.submit("tests.app.record", args=[name, "lost"], key="k", queue=own_queue)
     # The message waits in the Celery queue (no worker yet); then Redis loses it, with the
     # bridge's queued mark, as a FLUSHALL or a restart without persistence would.
     wait_until(lambda: client.llen(own_queue) == 1, 60, "the Celery message in its queue")
@@ -124,7 +126,9 @@ def test_lease_is_renewed_while_running_and_a_dead_workers_task_runs_again(
     pipeline.start_bridge(redispatch_after_s=2.0)
     first = start_worker(pipeline, own_queue, once_lease_s=lease_s)
     with Producer(settings=pipeline.settings) as producer:
-        task_id = producer.submit("tests.app.slow", name, "job", 8.0, key="k", queue=own_queue)
+        task_id = producer.submit(
+            "tests.app.slow", args=[name, "job", 8.0], key="k", queue=own_queue
+        )
     once_key = f"kafcel:once:{task_id}"
     wait_until(lambda: client.hget(f"{name}:started", "job"), 60, "the task to start")
     # Three leases later the task still holds one: it has been renewed, not left to lapse.
@@ -160,9 +164,9 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_after_max_attempts(
     name, client = ledger
     pipeline.start_bridge()
     with Producer(settings=pipeline.settings) as producer:
-        doomed = producer.submit("tests.app.suicide", name, "boom", key="same")
+        doomed = producer.submit("tests.app.suicide", args=[name, "boom"], key="same")
         # The key's next task waits for the doomed one, then runs: nothing stalls.
-        after = producer.submit("tests.app.record", name, "after", key="same")
+        after = producer.submit("tests.app.record", args=[name, "after"], key="same")
     outcomes = outcomes_for(pipeline, 2)
     assert outcomes[doomed].status == "FAILURE"
     assert outcomes[doomed].error_class == "TaskLost"

@@ -168,7 +168,7 @@ def test_bridge_metrics_count_each_record_by_topic_and_task(
     raw.flush(10)
     with Producer(settings=pipeline.settings) as producer:
         for i in range(n):
-            producer.submit(RECORD, name, i, key=f"user-{i % 7}")
+            producer.submit(RECORD, args=[name, i], key=f"user-{i % 7}")
     wait_until(lambda: len(counts(client, f"{name}:effects")) == n, 60, "every task to run")
     wait_until(pipeline.fully_committed, 60, "offsets committed")
 
@@ -276,15 +276,15 @@ def test_worker_metrics_sum_the_pool_and_count_once_guard_skips(
         n = 12
         with Producer(settings=pipeline.settings) as producer:
             for i in range(n):
-                producer.submit(RECORD, name, i, key=f"u{i % 5}", queue=own_queue)
-            producer.submit("tests.app.always_fail", name, "bad", queue=own_queue)
+                producer.submit(RECORD, args=[name, i], key=f"u{i % 5}", queue=own_queue)
+            producer.submit("tests.app.always_fail", args=[name, "bad"], queue=own_queue)
         wait_until(lambda: len(counts(client, f"{name}:effects")) == n, 60, "the records to run")
         with Producer(settings=pipeline.settings) as producer:
             for _ in range(2):
                 # The second copy finds the first running (busy) and comes back later to
                 # find it finished (done): the once-guard skips it twice, runs it once.
                 producer.submit(
-                    "tests.app.slow", name, "twice", 3.0, id=f"{name}-slow", queue=own_queue
+                    "tests.app.slow", args=[name, "twice", 3.0], id=f"{name}-slow", queue=own_queue
                 )
         send_direct(stack, pipeline, own_queue, name)
         wait_until(pipeline.fully_committed, 90, "every record settled")

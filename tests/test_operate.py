@@ -47,7 +47,7 @@ def test_status_is_ok_then_stall_then_stop_and_check_says_so(pipeline: Pipeline)
     bridge = pipeline.start_bridge()
     with Producer(settings=pipeline.settings) as producer:
         for i in range(8):
-            producer.submit("tests.app.record", f"ok-{uuid.uuid4().hex[:6]}", i, key=f"k{i}")
+            producer.submit("tests.app.record", args=[f"ok-{uuid.uuid4().hex[:6]}", i], key=f"k{i}")
     wait_until(pipeline.fully_committed, 60, "the tasks to settle")
     code, report = status(pipeline, "--check", **window)
     assert code == 0 and report["evaluation"]["status"] == "OK"
@@ -59,7 +59,7 @@ def test_status_is_ok_then_stall_then_stop_and_check_says_so(pipeline: Pipeline)
     # A queue no worker reads: dispatched, never settled, so the committed offset sticks.
     stuck_queue = f"nobody-{uuid.uuid4().hex[:6]}"
     with Producer(settings=pipeline.settings) as producer:
-        producer.submit("tests.app.record", "stuck", 1, key="stuck", queue=stuck_queue)
+        producer.submit("tests.app.record", args=["stuck", 1], key="stuck", queue=stuck_queue)
     try:
 
         def evaluated(expected: str) -> bool:
@@ -94,7 +94,7 @@ def test_a_task_waiting_for_its_countdown_is_not_a_stall(
     window = {"lag_window_s": 3.0}
     pipeline.start_bridge()
     with Producer(settings=pipeline.settings) as producer:
-        producer.submit("tests.app.record", name, "later", key="sched", countdown=20)
+        producer.submit("tests.app.record", args=[name, "later"], key="sched", countdown=20)
     held = "waits for its eta"
 
     def scheduled() -> bool:
@@ -127,8 +127,8 @@ def test_dlq_list_show_filters_and_replay_after_a_fix(pipeline: Pipeline, ledger
     raw.produce(pipeline.settings.topic, b"{not json", key=b"bad-key", headers=[("app", b"go")])
     raw.flush(10)
     with Producer(settings=pipeline.settings) as producer:
-        failing = producer.submit("tests.app.fails_while_broken", name, 7, key="order-7")
-        producer.submit("tests.app.no_such_task", 1, key="order-8")
+        failing = producer.submit("tests.app.fails_while_broken", args=[name, 7], key="order-7")
+        producer.submit("tests.app.no_such_task", args=[1], key="order-8")
     wait_until(lambda: len(dlq_records(pipeline)) == 3, 90, "three dead letters")
     wait_until(pipeline.fully_committed, 30, "the partitions to move past them")
 
@@ -207,7 +207,7 @@ def test_replay_a_time_range_by_task_and_key(pipeline: Pipeline, ledger: Ledger)
     pipeline.start_bridge()
     with Producer(settings=pipeline.settings) as producer:
         for i in range(3):
-            producer.submit("tests.app.record", name, f"early-{i}", key="a")
+            producer.submit("tests.app.record", args=[name, f"early-{i}"], key="a")
     wait_until(lambda: len(effects(client, name)) == 3, 60, "the early tasks")
     # The range starts just after the early records' own timestamps (milliseconds).
     early = pipeline.read(pipeline.settings.topic, until=lambda got: len(got) >= 3)
@@ -215,10 +215,10 @@ def test_replay_a_time_range_by_task_and_key(pipeline: Pipeline, ledger: Ledger)
     since = datetime.fromtimestamp((last_ms + 1) / 1000, UTC).isoformat()
     with Producer(settings=pipeline.settings) as producer:
         for i in range(4):
-            producer.submit("tests.app.record", name, f"late-a-{i}", key="a")
+            producer.submit("tests.app.record", args=[name, f"late-a-{i}"], key="a")
         for i in range(2):
-            producer.submit("tests.app.record", name, f"late-b-{i}", key="b")
-        producer.submit("tests.app.fails_while_broken", name, "late-c", key="c")
+            producer.submit("tests.app.record", args=[name, f"late-b-{i}"], key="b")
+        producer.submit("tests.app.fails_while_broken", args=[name, "late-c"], key="c")
     wait_until(lambda: len(effects(client, name)) == 10, 60, "the late tasks")
     wait_until(pipeline.fully_committed, 30, "the late tasks to settle")
 
@@ -268,7 +268,9 @@ def test_json_logs_carry_one_event_per_line(pipeline: Pipeline, ledger: Ledger) 
     bridge = pipeline.start_bridge(log_format="json")
     with Producer(settings=pipeline.settings) as producer:
         ids = [
-            producer.submit("tests.app.record", name, i, key=f"user-{i}", trace_id=f"trace-{i}")
+            producer.submit(
+                "tests.app.record", args=[name, i], key=f"user-{i}", trace_id=f"trace-{i}"
+            )
             for i in range(3)
         ]
     raw = KafkaProducer({"bootstrap.servers": pipeline.settings.bootstrap_servers})
@@ -321,8 +323,10 @@ def test_worker_json_logs_carry_the_task_events(pipeline: Pipeline, ledger: Ledg
         worker.wait_for_log(" ready.", timeout_s=60)
         pipeline.start_bridge()
         with Producer(settings=pipeline.settings) as producer:
-            ok = producer.submit("tests.app.record", name, 1, key="u1", queue=queue, trace_id="t1")
-            bad = producer.submit("tests.app.always_fail", name, 2, key="u2", queue=queue)
+            ok = producer.submit(
+                "tests.app.record", args=[name, 1], key="u1", queue=queue, trace_id="t1"
+            )
+            bad = producer.submit("tests.app.always_fail", args=[name, 2], key="u2", queue=queue)
         wait_until(pipeline.fully_committed, 90, "both tasks to settle")
 
         def finished() -> dict[str, dict[str, Any]]:

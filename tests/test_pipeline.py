@@ -47,7 +47,7 @@ def test_n_submitted_n_outcomes_and_offsets_committed_to_the_end(
     ids: dict[str, int] = {}
     with Producer(settings=pipeline.settings) as producer:
         for i in range(n):
-            ids[producer.submit("tests.app.record", name, i, key=f"user-{i % 37}")] = i
+            ids[producer.submit("tests.app.record", args=[name, i], key=f"user-{i % 37}")] = i
 
     outcomes = outcomes_for(pipeline, n)
     assert set(ids) <= set(outcomes)
@@ -116,7 +116,7 @@ def test_poison_records_go_to_the_dlq_with_their_reason_and_nothing_stalls(
     # Good records behind the poison on the same key still run.
     with Producer(settings=pipeline.settings) as producer:
         for i in range(5):
-            producer.submit("tests.app.record", name, i, key="same-key")
+            producer.submit("tests.app.record", args=[name, i], key="same-key")
 
     dlq = pipeline.read(pipeline.settings.dlq_topic, until=lambda got: len(got) >= len(POISON))
     by_label = {dict(m.headers())["origin-app"].decode(): m for m in dlq}
@@ -140,9 +140,9 @@ def test_retry_shapes_succeed_and_a_task_failing_for_good_lands_in_the_dlq(
     name, client = ledger
     pipeline.start_bridge()
     with Producer(settings=pipeline.settings) as producer:
-        bind_id = producer.submit("tests.app.flaky_bind", name, "bind", 2, key="a")
-        auto_id = producer.submit("tests.app.flaky_auto", name, "auto", 2, key="b")
-        fail_id = producer.submit("tests.app.always_fail", name, "fail", key="c")
+        bind_id = producer.submit("tests.app.flaky_bind", args=[name, "bind", 2], key="a")
+        auto_id = producer.submit("tests.app.flaky_auto", args=[name, "auto", 2], key="b")
+        fail_id = producer.submit("tests.app.always_fail", args=[name, "fail"], key="c")
 
     outcomes = outcomes_for(pipeline, 3)
     assert outcomes[bind_id].status == "SUCCESS" and outcomes[bind_id].retries == 2
@@ -171,7 +171,7 @@ def test_same_id_twice_has_one_effect(pipeline: Pipeline, ledger: Ledger) -> Non
     pipeline.start_bridge()
     with Producer(settings=pipeline.settings) as producer:
         for _ in range(3):
-            producer.submit("tests.app.record", name, "once", id=f"{name}-order-1", key="k")
+            producer.submit("tests.app.record", args=[name, "once"], id=f"{name}-order-1", key="k")
     wait_until(pipeline.fully_committed, 60, "all three records settled")
     assert counts(client, f"{name}:effects") == {"once": 1}
     outcomes = pipeline.read(pipeline.settings.results_topic, until=lambda got: len(got) >= 1)
@@ -189,7 +189,9 @@ def test_key_ordering_keeps_each_keys_effects_in_submission_order(
             for k in range(keys):
                 # Early records sleep longer: without the gate, later ones would overtake.
                 delay = 0.08 if seq % 2 == 0 else 0.0
-                producer.submit("tests.app.sequenced", name, f"k{k}", seq, delay, key=f"k{k}")
+                producer.submit(
+                    "tests.app.sequenced", args=[name, f"k{k}", seq, delay], key=f"k{k}"
+                )
     wait_until(lambda: len(counts(client, f"{name}:effects")) == keys * per_key, 120, "all effects")
     for k in range(keys):
         got = [int(x) for x in client.lrange(f"{name}:seq:k{k}", 0, -1)]
@@ -205,9 +207,12 @@ def test_countdown_is_honoured_and_an_expired_task_settles_through_the_dlq(
     pipeline.start_bridge()
     before = datetime.now(UTC)
     with Producer(settings=pipeline.settings) as producer:
-        later = producer.submit("tests.app.record", name, "later", key="a", countdown=1.5)
+        later = producer.submit("tests.app.record", args=[name, "later"], key="a", countdown=1.5)
         expired = producer.submit(
-            "tests.app.record", name, "expired", key="b", expires=before - timedelta(seconds=5)
+            "tests.app.record",
+            args=[name, "expired"],
+            key="b",
+            expires=before - timedelta(seconds=5),
         )
     outcomes = outcomes_for(pipeline, 2)
     ran_at = datetime.fromisoformat(outcomes[later].finished_at)
@@ -228,8 +233,8 @@ def test_task_allowed_by_pattern_but_unknown_to_the_worker_is_dead_lettered(
     name, client = ledger
     pipeline.start_bridge(allow=("tests.app.elsewhere_*",))
     with Producer(settings=pipeline.settings) as producer:
-        missing = producer.submit("tests.app.elsewhere_only", name, 1, key="k")
-        after = producer.submit("tests.app.record", name, "after", key="k")
+        missing = producer.submit("tests.app.elsewhere_only", args=[name, 1], key="k")
+        after = producer.submit("tests.app.record", args=[name, "after"], key="k")
     dlq = pipeline.read(pipeline.settings.dlq_topic, until=lambda got: len(got) >= 1)
     h = parse_dlq_headers(dlq[0].headers())
     assert h["error.class"] == "TaskUnknownOnWorker" and h["task_id"] == missing

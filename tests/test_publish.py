@@ -243,3 +243,47 @@ def test_publish_does_not_wait_for_a_broker_that_is_down() -> None:
     assert isinstance(answer, DispatchHeld) and "unavailable" in str(answer)
     assert not publisher.reachable(timeout_s=1)
     assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize("hooked", [False, True], ids=["redis-pipeline", "celery-publish"])
+def test_envelope_headers_become_message_headers_but_never_celerys_own(
+    app: Celery, client: redis.Redis, hooked: bool
+) -> None:
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    hostile = {
+        "id": "evil",
+        "task": "evil.task",
+        "retries": 9,
+        "eta": "2000-01-01T00:00:00+00:00",
+        "shadow": "x",
+        "callbacks": [{"task": "evil"}],
+        "is_eager": True,
+        HEADER: {"topic": "forged", "partition": 0, "offset": 0},
+    }
+    queue = f"pub-{uuid.uuid4().hex[:8]}"
+    envelope = Envelope(
+        task="shop.order",
+        queue=queue,
+        headers={"traceparent": traceparent, "tenant": "acme", **hostile},
+    )
+    item = _item(envelope)
+
+    def hook(sender: str, **_: Any) -> None:
+        pass
+
+    if hooked:
+        signals.before_task_publish.connect(hook, weak=False)
+    try:
+        assert _publisher(app).publish([item]) == [None]
+    finally:
+        signals.before_task_publish.disconnect(hook)
+    (raw,) = client.lrange(queue, 0, -1)
+    client.delete(queue)
+    headers = json.loads(raw)["headers"]
+    # What tracing reads from task.request (OpenTelemetry's Celery getter: getattr).
+    assert headers["traceparent"] == traceparent and headers["tenant"] == "acme"
+    assert headers["id"] == item.task_id and headers["task"] == "shop.order"
+    assert headers["retries"] == 0 and headers["eta"] is None and headers["shadow"] is None
+    assert "callbacks" not in headers and "is_eager" not in headers
+    sent = dataclasses.replace(item.origin, headers=dict(envelope.headers))
+    assert headers[HEADER] == sent.to_header()

@@ -37,7 +37,7 @@ def inspect(pipeline: Pipeline, *command: str) -> dict[str, object]:
 def test_a_dispatched_task_shows_in_celery_inspect_while_it_runs(pipeline: Pipeline) -> None:
     pipeline.start_bridge()
     with Producer(settings=pipeline.settings) as producer:
-        task_id = producer.submit("tests.app.slow", "visible", 7, 12.0, key="user-7")
+        task_id = producer.submit("tests.app.slow", args=["visible", 7, 12.0], key="user-7")
 
     def active_copies() -> list[dict[str, Any]]:
         active = inspect(pipeline, "active")

@@ -45,7 +45,7 @@ class _LazyConfig:
 
 app = Celery("shop")
 app.config_from_object(_LazyConfig())
-# JSON only, acks_late, the once-guard on every task and outcomes to the results topic.
+# acks_late for kafcel's messages, the once-guard on every task, outcomes to the results topic.
 kafcel.celery.install(app)
 
 

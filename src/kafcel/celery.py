@@ -1,9 +1,10 @@
 """Celery side of kafcel: ``install(app)``.
 
-It makes the app safe to feed from Kafka (JSON only, ``acks_late``, requeue on worker
-loss), puts the once-guard in front of every task kafcel dispatched, and publishes each
-final outcome to the results topic from the worker process that ran the task. Tasks sent
-by plain ``delay()``/``apply_async()`` carry no ``kafcel`` header and run untouched.
+It makes kafcel's messages safe to run (``acks_late`` and requeue on worker loss for
+those messages only, :mod:`kafcel.acks`), puts the once-guard in front of every task
+kafcel dispatched, and publishes each final outcome to the results topic from the worker
+process that ran the task. Tasks sent by plain ``delay()``/``apply_async()`` carry no
+``kafcel`` header and run with the app's own settings.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from confluent_kafka import KafkaException, Producer
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 
+from .acks import per_message_acks
 from .admin import client_config
 from .deadletter import DeadLetterWriter
 from .dlq import DeadLetter
@@ -41,7 +43,8 @@ from .errors import BrokerError, ConfigError, DeliveryError, KafcelError, TaskLo
 from .lease import LeaseKeeper, pool_check
 from .logs import EVENTS_LOGGER, task_fields, worker_logs
 from .once import OnceGuard
-from .results import FAILURE, REVOKED, SUCCESS, Origin, Outcome
+from .replace import follow_replacement
+from .results import FAILURE, REVOKED, REVOKED_BY_OPERATOR, SUCCESS, Origin, Outcome
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -54,41 +57,53 @@ events = logging.getLogger(EVENTS_LOGGER)
 
 HEADER = "kafcel"
 _WRAPPED = "__kafcel_guarded__"
+_REPLACED = "_kafcel_replaced"
 # A copy that finds its id running elsewhere comes back after at most this long.
 _MAX_BACKOFF_S = 5.0
 
 
 def install(app: Celery, *, settings: Settings | None = None) -> Celery:
-    """Configure ``app`` for kafcel and guard its tasks. Safe to call more than once."""
-    app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        # One message at a time per process: a prefetched message is a message that a
-        # dying worker takes down with it until the broker's visibility timeout.
-        worker_prefetch_multiplier=1,
-    )
+    """Configure ``app`` for kafcel and guard its tasks. Safe to call more than once.
+
+    App-wide, only what a worker needs to run kafcel's messages: JSON among the accepted
+    contents (the bridge sends JSON; the app's own serializer is left alone), and a
+    prefetch of one message per process (a worker-wide Celery setting: a prefetched
+    message is one a dying worker takes down with it until the broker's visibility
+    timeout). Acks are per message (:mod:`kafcel.acks`).
+    """
+    accept = list(app.conf.accept_content or [])
+    if "json" not in accept and "application/json" not in accept:
+        app.conf.accept_content = [*accept, "json"]
+    app.conf.worker_prefetch_multiplier = 1
     state = _WorkerState(settings)
 
     def guard_all(sender: Any = None, **_: Any) -> None:
         for task in list(app.tasks.values()):
+            per_message_acks(task, HEADER)
             _guard(task, state)
 
     def on_revoked(
-        sender: Any = None, request: Any = None, expired: bool = False, **_: Any
+        sender: Any = None,
+        request: Any = None,
+        expired: bool = False,
+        terminated: bool = False,
+        **_: Any,
     ) -> None:
-        # An expired or revoked task never reaches task.run, so without this its record
-        # would wait for an outcome forever.
+        # An expired or revoked task never reaches task.run (or, terminated, never
+        # returns from it), so without this its record would wait for an outcome.
         if request is None or getattr(sender, "app", app) is not app:
             return
         origin = origin_of(request)  # the task's Context: headers are its attributes
-        if origin is not None:
-            reason = "TaskExpired" if expired else "TaskRevoked"
-            what = "expired before a worker could run it" if expired else "was revoked"
-            _never_ran(state, origin, request.id, sender.name, reason, f"the task {what}")
+        if origin is None:
+            return
+        if expired:
+            reason, what = "TaskExpired", "expired before a worker could run it"
+        elif terminated:
+            reason, what = REVOKED_BY_OPERATOR, "was revoked and its process terminated"
+        else:
+            reason, what = REVOKED_BY_OPERATOR, "was revoked"
+        message = f"the task {what}"
+        _never_ran(state, origin, request.id, sender.name, reason, message, killed=terminated)
 
     def on_unknown(
         sender: Any = None, name: str = "", id: str = "", message: Any = None, **_: Any
@@ -492,8 +507,12 @@ def _guard(task: Task, state: _WorkerState) -> None:
                 _finish(task, state, origin, args, kwargs, exc=exc, started=started)
             raise
         except Ignore:
-            # The task chose to end without a state (self.replace() does this too): its
-            # record settles as a success with no result.
+            if getattr(request, _REPLACED, False):
+                # self.replace(): the replacement runs under this id and announces the
+                # record's outcome (kafcel.replace).
+                raise
+            # The task chose to end without a state: its record settles as a success
+            # with no result.
             _finish(task, state, origin, args, kwargs, result=None, started=started)
             raise
         except Exception as exc:
@@ -508,6 +527,7 @@ def _guard(task: Task, state: _WorkerState) -> None:
 
     setattr(guarded, _WRAPPED, True)
     task.run = guarded
+    follow_replacement(task, HEADER, origin_of, state.end_attempt, _REPLACED)
 
 
 def _finish(
@@ -637,9 +657,18 @@ def _publish_or_requeue(
 
 
 def _never_ran(
-    state: _WorkerState, origin: Origin, task_id: str, task: str, reason: str, message: str
+    state: _WorkerState,
+    origin: Origin,
+    task_id: str,
+    task: str,
+    reason: str,
+    message: str,
+    *,
+    killed: bool = False,
 ) -> None:
-    """Settle a task that will not run: a REVOKED outcome; the bridge dead-letters it."""
+    """Settle a task that will not run (on): a REVOKED outcome. The bridge dead-letters
+    it unless an operator revoked it (``REVOKED_BY_OPERATOR``, see KAFCEL_DLQ_REVOKED).
+    ``killed``: revoke(terminate=True) ended the process holding the id's lease."""
     outcome = _outcome(origin, task_id, task, REVOKED, error_class=reason, error_message=message)
     try:
         current = state.guard.finish_if_absent(outcome)
@@ -647,6 +676,12 @@ def _never_ran(
             state.publish(origin, outcome)
         elif current.done is not None:
             state.publish(origin, current.done.announced_for(origin))
+        elif killed:
+            # The lease belongs to the process just terminated: it will never announce.
+            # Its lease is taken over if the process is already gone; the outcome goes
+            # out either way (had it finished in the same instant, the first one settles).
+            state.guard.finish_over(outcome)
+            state.publish(origin, outcome)
         # else another copy of this id runs right now and will announce itself
     except KafcelError:
         log.exception("kafcel: could not settle %s (%s)", task_id, reason)

@@ -117,13 +117,13 @@ def submit(
     with Producer(settings=settings) as producer:
         tid = producer.submit(
             task,
-            *[_json_or_str(a) for a in args],
+            args=[_json_or_str(a) for a in args],
+            kwargs=kwargs,
             key=key,
             id=task_id,
             countdown=countdown,
             queue=queue,
             priority=priority,
-            **kwargs,
         )
     click.echo(tid)
 

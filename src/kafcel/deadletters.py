@@ -50,6 +50,27 @@ __all__ = [
 ]
 
 _REPLAYED = "kafcel:dlq:replayed:"
+# The kafcel.* headers this version writes (kafcel.dlq.DeadLetter, the DLQ writer).
+_KNOWN_META = frozenset(
+    {
+        "error.class",
+        "error.message",
+        "error.field",
+        "origin.topic",
+        "origin.partition",
+        "origin.offset",
+        "stage",
+        "task",
+        "task_id",
+        "attempts",
+        "replays",
+        "traceback",
+        "failed_at",
+        "value_dropped_bytes",
+        "headers_dropped",
+        "key_dropped_bytes",
+    }
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +206,8 @@ class DeadLetterRecord:
                 if not name.startswith(DLQ_HEADER_PREFIX)
             }
             out["value_dropped_bytes"] = self.meta.get("value_dropped_bytes")
+            # Diagnostics a newer writer added: shown as they came, never an error.
+            out["extra"] = {k: v for k, v in self.meta.items() if k not in _KNOWN_META}
         return out
 
 

@@ -174,7 +174,7 @@ def _submit(settings: Settings, n_tasks: int, progress: Progress) -> int:
     with Producer(settings=settings) as producer:
         for order_id in range(n_tasks):
             day = (day0 + timedelta(days=order_id % 365)).isoformat()
-            producer.submit(TASK, order_id, day, key=f"user-{order_id % USERS}")
+            producer.submit(TASK, args=[order_id, day], key=f"user-{order_id % USERS}")
             if order_id % poison_every == 0 and planted < n_poison:
                 raw.produce(settings.topic, value=_poison(planted), key=b"poison")
                 planted += 1

@@ -369,6 +369,21 @@ class OnceGuard:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
         return int(done) == 1
 
+    def finish_over(self, outcome: Outcome) -> bool:
+        """Record ``outcome`` over the attempt holding the id if that attempt's process is
+        gone (``revoke(terminate=True)`` killed it): its lease would otherwise block the
+        id until it lapses. False, writing nothing, if a live attempt holds it."""
+        key = self._key(outcome.task_id)
+        try:
+            value = self._redis.get(key)
+            if value is None or not self._owner_dead(value):
+                return False
+            keys = [key, self._attempts_key(outcome.task_id)]
+            done = self._finish(keys=keys, args=[value, _DONE + outcome.encode(), self._done_ms])
+        except redis.RedisError as exc:
+            raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
+        return int(done) == 1
+
     def dead_letter_written(self, task_id: str) -> None:
         """The failed ``task_id``'s dead letter is on Kafka: its next delivery only
         re-announces the outcome."""

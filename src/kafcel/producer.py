@@ -2,7 +2,8 @@
 
 ```python
 with kafcel.Producer(bootstrap_servers="kafka:9092") as producer:
-    task_id = producer.submit("shop.process_order", 42, key=f"user-{user_id}")
+    task_id = producer.submit("shop.process_order", args=[42], key=f"user-{user_id}")
+    producer.delay("shop.send_receipt", 42, key="not an option: a task argument")
 ```
 
 The Kafka producer is idempotent (``enable.idempotence``, ``acks=all``) and batches
@@ -15,10 +16,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaException, Message
 from confluent_kafka import Producer as KafkaProducer
@@ -82,7 +83,10 @@ class Producer:
     def submit(
         self,
         task: str,
-        *args: Any,
+        /,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
         key: str | bytes | None = None,
         id: str | None = None,
         countdown: float | None = None,
@@ -92,14 +96,20 @@ class Producer:
         queue: str | None = None,
         headers: Mapping[str, Any] | None = None,
         trace_id: str | None = None,
-        **kwargs: Any,
     ) -> str:
-        """Queue ``task(*args, **kwargs)``; returns its Celery task id."""
+        """Queue ``task(*args, **kwargs)`` with options; returns its Celery task id.
+
+        Celery's ``apply_async(args, kwargs, **options)`` shape: the task's arguments and
+        kafcel's options never share a namespace, so a task may take a keyword named
+        ``key``, ``id``, ``queue``... Everything but ``task`` is keyword-only, so the
+        old ``submit(task, *args, key=...)`` form fails loudly instead of being misread.
+        """
         task_id = id or str(uuid.uuid4())
         envelope = Envelope(
             task=task,
-            args=args,
-            kwargs=kwargs,
+            # The envelope turns a list into a tuple and refuses anything else (a str).
+            args=cast(tuple[Any, ...], args),
+            kwargs=dict(kwargs or {}),
             id=task_id,
             countdown=countdown,
             eta=eta,
@@ -112,6 +122,11 @@ class Producer:
         )
         self.send(envelope, key=key)
         return task_id
+
+    def delay(self, task: str, /, *args: Any, **kwargs: Any) -> str:
+        """Queue ``task(*args, **kwargs)`` with no options (Celery's ``delay``): every
+        argument goes to the task. For a key, id, countdown... use :meth:`submit`."""
+        return self.submit(task, args=args, kwargs=kwargs)
 
     def send(self, envelope: Envelope, *, key: str | bytes | None = None) -> None:
         """Queue an already built envelope."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import json
 import re
 import time
 import uuid
@@ -153,17 +154,33 @@ def with_task_id(value: bytes | None, task_id: str | None) -> bytes | None:
     """``value`` as an envelope under ``task_id`` (``None``: id left out, so a new one is
     derived from the new offset). An expiry already past is dropped: the operator asks
     for the task now. Bytes that are no valid envelope are replayed as they are: they
-    go back to the DLQ unless the bridge has been fixed to accept them."""
+    go back to the DLQ unless the bridge has been fixed to accept them; a JSON object
+    this version cannot read as an envelope (a newer writer's fields) still gets the id,
+    its other fields kept as they are."""
     if value is None:
         return None
     try:
         envelope = Envelope.decode(value)
     except RecordRejected:
-        return value
+        return _with_id_as_json(value, task_id)
     expires = envelope.expires
     if isinstance(expires, datetime) and expires <= datetime.now(UTC):
         expires = None
     return dataclasses.replace(envelope, id=task_id, expires=expires).encode()
+
+
+def _with_id_as_json(value: bytes, task_id: str | None) -> bytes:
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return value
+    if not isinstance(doc, dict) or not isinstance(doc.get("task"), str):
+        return value
+    if task_id is None:
+        doc.pop("id", None)
+    else:
+        doc["id"] = task_id
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def scan_topic(

@@ -7,20 +7,24 @@ reads the outcome; other services (Flink, Spark...) may read the same topic.
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
 from .dlq import clip
 from .errors import KafcelError
 
-__all__ = ["FAILURE", "REVOKED", "SUCCESS", "Origin", "Outcome"]
+__all__ = ["FAILURE", "REVOKED", "REVOKED_BY_OPERATOR", "SUCCESS", "Origin", "Outcome"]
 
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
-# Expired before it could run, or revoked by an operator: final, never run.
+# Expired before it could run, revoked by an operator, or unknown to the worker: final.
 REVOKED = "REVOKED"
+# The error_class of a REVOKED outcome an operator caused (revoke, revoke(terminate=True)):
+# it settles without a dead letter unless KAFCEL_DLQ_REVOKED is set.
+REVOKED_BY_OPERATOR = "TaskRevoked"
 _STATUSES = (SUCCESS, FAILURE, REVOKED)
 # Far below what any producer sends (message.max.bytes is 1,000,000 by default).
 MAX_OUTCOME_BYTES = 512 * 1024
@@ -110,6 +114,9 @@ class Outcome:
     # The dispatch it answers (Origin.fence); None from writers that predate fences.
     fence: str | None = None
     v: int = 1
+    # Fields a newer kafcel wrote that this version does not know: kept, and written
+    # back as they came when the outcome is re-announced from a done marker.
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.status not in _STATUSES:
@@ -122,6 +129,9 @@ class Outcome:
         data = asdict(self)
         if self.error_message is not None:
             data["error_message"] = clip(self.error_message)
+        extra = data.pop("extra")
+        if extra:
+            data = {**extra, **data}
         try:
             raw = _dump(data)
         except (TypeError, ValueError):
@@ -137,11 +147,38 @@ class Outcome:
 
     @classmethod
     def decode(cls, raw: bytes) -> Outcome:
+        """Read an outcome, also one a newer kafcel wrote (rolling upgrades).
+
+        Unknown fields go to ``extra``; a status or version this one does not know is
+        read as it is (every outcome is final: the bridge settles on it). Only a record
+        without a string ``task_id`` and ``status`` is no outcome at all.
+        """
         try:
             data = json.loads(raw)
-            return cls(**data)
-        except (TypeError, ValueError) as exc:
+        except ValueError as exc:
             raise KafcelError(f"not a kafcel outcome record: {exc}") from exc
+        if not isinstance(data, dict):
+            raise KafcelError(f"not a kafcel outcome record: a JSON {type(data).__name__}")
+        for name in ("task_id", "status"):
+            if not isinstance(data.get(name), str):
+                raise KafcelError(f"not a kafcel outcome record: no string {name!r}")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known}
+        values["extra"] = {k: v for k, v in data.items() if k not in known}
+        outcome = object.__new__(cls)
+        # Set field by field, past __post_init__: its status check guards what this
+        # version writes, not what a newer one wrote.
+        for f in fields(cls):
+            if f.name in values:
+                value = values[f.name]
+            elif f.default_factory is not MISSING:
+                value = f.default_factory()
+            elif f.default is not MISSING:
+                value = f.default
+            else:
+                value = ""  # ``task``: a newer writer may leave it out
+            object.__setattr__(outcome, f.name, value)
+        return outcome
 
     def answers(self, fence: str | None) -> bool:
         """Whether this outcome may settle the dispatch fenced by ``fence``."""
@@ -149,4 +186,9 @@ class Outcome:
 
     def announced_for(self, origin: Origin) -> Outcome:
         """This finished outcome re-announced for a later dispatch of its id."""
-        return replace(self, duplicate=True, fence=origin.fence)
+        # A copy, not dataclasses.replace: a done marker a newer worker wrote may hold
+        # a status this version would refuse to construct.
+        again = copy.copy(self)
+        object.__setattr__(again, "duplicate", True)
+        object.__setattr__(again, "fence", origin.fence)
+        return again

@@ -20,6 +20,8 @@ ENV_PREFIX = "KAFCEL_"
 
 _ORDERINGS = ("key", "partition", "none")
 _LOG_FORMATS = ("text", "json")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +116,13 @@ class Settings:
     worker_metrics_port: int = field(
         default=0,
         metadata={"help": "port of a worker's Prometheus /metrics, via install() (0: off)"},
+    )
+    dlq_revoked: bool = field(
+        default=False,
+        metadata={
+            "help": "dead-letter tasks an operator revoked (default: they settle as REVOKED; "
+            "expired tasks always go to the DLQ)"
+        },
     )
     log_format: str = field(default="text", metadata={"help": "text | json (one line per event)"})
     kafka_config: tuple[str, ...] = field(
@@ -217,6 +226,12 @@ def _parse(name: str, type_name: Any, raw: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            if raw.strip().lower() in _TRUE:
+                return True
+            if raw.strip().lower() in _FALSE:
+                return False
+            raise ValueError(raw)
         if kind.startswith("tuple"):
             return tuple(part.strip() for part in raw.split(",") if part.strip())
         return raw

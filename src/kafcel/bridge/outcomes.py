@@ -24,9 +24,10 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from ..admin import fetch_config
+from ..errors import KafcelError
 from ..results import Outcome
 from .sequence import SequenceGuard, position, seek_to
 
@@ -40,6 +41,9 @@ _FIRST_WAIT_MS = 10
 _MAX_WAIT_MS = 1000
 # Nothing read for this long while the partition's end is ahead: the fetches starve.
 _STARVED_AFTER_S = 2.0
+# Unreadable records logged one by one per window; a topic full of them counts the rest.
+_UNREADABLE_LOGGED = 20
+_UNREADABLE_WINDOW_S = 60.0
 
 
 class OutcomeReader:
@@ -55,6 +59,9 @@ class OutcomeReader:
             seek=lambda tp, off: seek_to(self._consumer, tp, off), gap_wait_s=gap_wait_s
         )
         self._last_read = time.monotonic()
+        self.unreadable = 0
+        self._unreadable_window = 0.0
+        self._unreadable_logged = 0
 
     def follow(self, partitions: Iterable[int]) -> None:
         """Read these results partitions too (their task partitions were assigned)."""
@@ -165,9 +172,27 @@ class OutcomeReader:
                     continue
                 try:
                     outcomes.append(Outcome.decode(value))
-                except Exception:
-                    log.warning("ignoring a non-kafcel record on %s", msg.topic())
+                except KafcelError as exc:
+                    self._unreadable(msg, exc)
         return outcomes
+
+    def _unreadable(self, msg: Message, exc: KafcelError) -> None:
+        """Log where a record that is no outcome sits: if it was meant to settle a task,
+        an operator can find it (and the record it held, re-announced by redispatch)."""
+        self.unreadable += 1
+        now = time.monotonic()
+        if now - self._unreadable_window >= _UNREADABLE_WINDOW_S:
+            self._unreadable_window, self._unreadable_logged = now, 0
+        if self._unreadable_logged < _UNREADABLE_LOGGED:
+            self._unreadable_logged += 1
+            log.warning(
+                "skipping an unreadable record on %s partition %s offset %s (%d so far): %s",
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                self.unreadable,
+                exc,
+            )
 
     def close(self) -> None:
         self._consumer.close()

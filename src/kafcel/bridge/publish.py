@@ -98,6 +98,7 @@ class Publisher:
         )
         self._delivery_mode = conf.task_default_delivery_mode
         self._exec_options: dict[str, dict[str, Any]] = {}
+        self._reserved = _reserved_headers(self._amqp)
 
     def publish(self, items: Sequence[Dispatch]) -> list[DispatchRefused | DispatchHeld | None]:
         """Send ``items`` in order, in one round trip; per item None once Celery has it,
@@ -165,7 +166,9 @@ class Publisher:
         # send_task(expires=...) does; time limits go into the message headers.
         time_limit = options.pop("time_limit", None)
         soft_time_limit = options.pop("soft_time_limit", None)
-        options["headers"] = {HEADER: origin.to_header()}
+        headers = {k: v for k, v in envelope.headers.items() if k not in self._reserved}
+        headers[HEADER] = origin.to_header()
+        options["headers"] = headers
         if envelope.queue is not None:
             options["queue"] = envelope.queue
         if envelope.priority is not None:
@@ -236,6 +239,28 @@ class Publisher:
                         refused[index] = _held(exc)
         self.round_trips += 1
         return refused
+
+
+# What a worker's Request and task.request read besides the protocol headers: a message
+# header of one of these names would change how Celery runs the task.
+_REQUEST_FIELDS = frozenset(
+    {"properties", "reply_to", "correlation_id", "hostname", "delivery_info", "headers"}
+    | {"loglevel", "logfile", "is_eager", "args", "kwargs", "callbacks", "errbacks"}
+    | {"chain", "chord", "children", "called_directly", "utc", "taskset"}
+)
+
+
+def _reserved_headers(amqp: Any) -> frozenset[str]:
+    """Header names an envelope's ``headers`` may not set on the Celery message: the
+    protocol headers Celery writes (id, task, retries, eta... read from the installed
+    Celery), every field of the task's request, and kafcel's own ``kafcel``. Envelope
+    headers become message headers so that tracing (``traceparent``) reaches
+    ``task.request``; these names stay Celery's and kafcel's."""
+    from celery.app.task import Context
+
+    protocol = amqp.as_task_v2("probe", "probe").headers
+    fields = {name for name in vars(Context) if not name.startswith("_")}
+    return frozenset({*protocol, *fields, *_REQUEST_FIELDS, HEADER})
 
 
 def _display(value: list[Any] | tuple[()] | dict[str, Any], max_size: int, max_levels: int) -> str:

@@ -40,7 +40,7 @@ from ..errors import (
 )
 from ..once import OnceGuard
 from ..replay import header_list
-from ..results import REVOKED, SUCCESS, Outcome
+from ..results import REVOKED, REVOKED_BY_OPERATOR, SUCCESS, Outcome
 from ..settings import Settings
 from .clients import BridgeClients
 from .deadletter import bridge_letter
@@ -550,10 +550,15 @@ class Bridge:
             self._redispatch.settled([outcome.task_id])
         if outcome.duplicate:
             self.stats.duplicates += 1
+        # An operator's revoke is a choice, not a failure: it settles like any final
+        # outcome. Expired or unknown to the worker (nobody chose that) is dead-lettered.
+        dead = outcome.status == REVOKED and (
+            outcome.error_class != REVOKED_BY_OPERATOR or self.settings.dlq_revoked
+        )
         for item in items:
-            if outcome.status == REVOKED:
-                # Never ran (expired or revoked): the original bytes go to the DLQ, and
-                # the record settles when that write is acknowledged.
+            if dead:
+                # Never ran: the original bytes go to the DLQ, and the record settles
+                # when that write is acknowledged.
                 reason = RecordRejected(outcome.error_message or "revoked")
                 self._dead_letter(
                     item.msg,

@@ -81,13 +81,13 @@ def submit(settings: Settings, workload: Workload, *, work_ms: float, pace_s: fl
         for n, (what, index) in enumerate(workload.sequence):
             if what == "order":
                 order, key, seq = workload.orders[index]
-                producer.submit("chaos.apply", run, order, key, seq, work_ms, key=key)
+                producer.submit("chaos.apply", args=[run, order, key, seq, work_ms], key=key)
             else:
                 kind, key = workload.poison[index]
                 if kind == "always-fail":
-                    producer.submit("chaos.always_fail", run, f"p{index}", key=key)
+                    producer.submit("chaos.always_fail", args=[run, f"p{index}"], key=key)
                 elif kind == "self-kill":
-                    producer.submit("chaos.self_kill", run, f"p{index}", key=key)
+                    producer.submit("chaos.self_kill", args=[run, f"p{index}"], key=key)
                 else:
                     raw.produce(settings.topic, POISON_KINDS[kind], key=key.encode())
                     raw.poll(0)
