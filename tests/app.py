@@ -161,3 +161,11 @@ def replaced(self: Any, name: str, item: str) -> Any:
     if item == "fail":
         return self.replace(always_fail.s(name, item))
     return self.replace(record.s(name, item))
+
+
+@app.task
+def stamp(name: str, item: Any) -> None:
+    """Records when it started (one clock: every process runs on this machine)."""
+    ledger().hset(f"{name}:started", str(item), repr(time.time()))
+    _record(name, item, 0)
+    ledger().hincrby(f"{name}:effects", str(item), 1)

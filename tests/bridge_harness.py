@@ -282,6 +282,28 @@ class FakeOutcomes:
         pass
 
 
+class FakeScheduled:
+    """No parked tasks here: scheduling runs on the real stack (test_schedule.py)."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def follow(self, starts: dict[int, int]) -> None:
+        pass
+
+    def unfollow(self, partitions: Iterable[int]) -> None:
+        pass
+
+    def read(self) -> list[Message]:
+        return []
+
+    def due(self) -> list[Message]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
 class FakePublisher:
     """Celery's broker: keeps what it is given, refuses or holds records on request."""
 
@@ -341,6 +363,7 @@ class BridgeHarness:
             producer=producer,  # type: ignore[arg-type]
             outcomes=lambda conf, s: self.outcomes,  # type: ignore[arg-type,return-value]
             publisher=lambda app: self.publisher,  # type: ignore[arg-type,return-value]
+            scheduled=lambda conf, s: FakeScheduled(),  # type: ignore[arg-type,return-value]
         )
         self.bridge = Bridge(app=app, settings=settings, clients=clients)
         self.now = 0.0  # the clock of the bridge's retries, moved by the test

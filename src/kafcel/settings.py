@@ -36,6 +36,17 @@ class Settings:
         default="", metadata={"help": "topic of task outcomes (default: TOPIC.results)"}
     )
     dlq_topic: str = field(default="", metadata={"help": "dead-letter topic (default: TOPIC.dlq)"})
+    scheduled_topic: str = field(
+        default="",
+        metadata={"help": "where tasks due later wait (default: TOPIC.scheduled)"},
+    )
+    schedule_after_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "tasks due later than this wait in the scheduled topic, not in the "
+            "bridge (0: never)"
+        },
+    )
     group_id: str = field(default="kafcel-bridge", metadata={"help": "bridge consumer group"})
     group_instance_id: str = field(
         default="", metadata={"help": "static membership id of this bridge (optional)"}
@@ -139,8 +150,14 @@ class Settings:
             object.__setattr__(self, "results_topic", f"{self.topic}.results")
         if not self.dlq_topic:
             object.__setattr__(self, "dlq_topic", f"{self.topic}.dlq")
-        if len({self.topic, self.results_topic, self.dlq_topic}) != 3:
-            raise ConfigError("topic, results_topic and dlq_topic must be three different topics")
+        if not self.scheduled_topic:
+            object.__setattr__(self, "scheduled_topic", f"{self.topic}.scheduled")
+        if len({self.topic, self.results_topic, self.dlq_topic, self.scheduled_topic}) != 4:
+            raise ConfigError(
+                "topic, results_topic, dlq_topic and scheduled_topic must be different topics"
+            )
+        if self.schedule_after_s < 0:
+            raise ConfigError(f"schedule_after_s must be >= 0, got {self.schedule_after_s}")
         for name in (
             "partitions",
             "max_in_flight",

@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..settings import Settings
 from .outcomes import OutcomeReader
 from .publish import Publisher
+from .schedule import ScheduledReader
 
 __all__ = ["BridgeClients"]
 
@@ -32,20 +33,39 @@ def _topics(s: Settings) -> None:
     extra = s.librdkafka()
     tasks = ensure_topics(s.bootstrap_servers, {s.topic: s.partitions}, extra=extra)[s.topic]
     known = ensure_topics(
-        s.bootstrap_servers, {s.results_topic: tasks, s.dlq_topic: tasks}, extra=extra
+        s.bootstrap_servers,
+        {s.results_topic: tasks, s.dlq_topic: tasks, s.scheduled_topic: tasks},
+        extra=extra,
+        # A parked task must outlive its schedule, however far ahead it is due.
+        configs={s.scheduled_topic: {"retention.ms": "-1"}},
     )
-    if known[s.results_topic] < tasks:
+    for topic in (s.results_topic, s.scheduled_topic):
+        _co_partitioned(s, topic, known[topic], tasks)
+
+
+def _co_partitioned(s: Settings, topic: str, partitions: int, tasks: int) -> None:
+    if partitions < tasks:
         raise ConfigError(
-            f"the results topic {s.results_topic!r} has {known[s.results_topic]} partitions "
-            f"and the task topic {s.topic!r} {tasks}: workers write each outcome to the "
-            "partition of its request, so give the results topic at least as many "
-            f"(kafka-topics.sh --alter --topic {s.results_topic} --partitions {tasks})"
+            f"the topic {topic!r} has {partitions} partitions and the task topic "
+            f"{s.topic!r} {tasks}: outcomes and parked tasks go to the partition numbered "
+            "like their request's, so give it at least as many "
+            f"(kafka-topics.sh --alter --topic {topic} --partitions {tasks})"
         )
 
 
 def _outcomes(config: dict[str, Any], s: Settings) -> OutcomeReader:
     return OutcomeReader(
         config=config, group_id=s.group_id, topic=s.results_topic, gap_wait_s=s.gap_wait_s
+    )
+
+
+def _scheduled(config: dict[str, Any], s: Settings) -> ScheduledReader:
+    return ScheduledReader(
+        config=config,
+        group_id=s.group_id,
+        topic=s.scheduled_topic,
+        lead_s=s.schedule_after_s / 2,
+        gap_wait_s=s.gap_wait_s,
     )
 
 
@@ -62,3 +82,4 @@ class BridgeClients:
     producer: Callable[[dict[str, Any]], Producer] = Producer
     outcomes: Callable[[dict[str, Any], Settings], OutcomeReader] = _outcomes
     publisher: Callable[[Celery], Publisher] = _publisher
+    scheduled: Callable[[dict[str, Any], Settings], ScheduledReader] = _scheduled

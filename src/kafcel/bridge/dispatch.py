@@ -18,6 +18,7 @@ from ..envelope import Envelope, task_id_for
 from ..replay import replay_count
 from ..results import Origin
 from ..settings import Settings
+from .schedule import Parked
 from .tracker import TP
 
 __all__ = ["Dispatch", "StopSending", "declare_queues", "make_dispatch"]
@@ -68,14 +69,19 @@ def make_dispatch(
     s: Settings,
     *,
     fence: str,
+    parked: Parked | None = None,
 ) -> Dispatch:
+    """The dispatch of ``msg`` read at ``tp``/``offset``; a ``parked`` record (read from
+    the scheduled topic) keeps the task id, times and origin of the record it parks."""
     kind, timestamp_ms = msg.timestamp()
     stamp = timestamp_ms if kind != TIMESTAMP_NOT_AVAILABLE else None
+    if parked is not None:
+        stamp = parked.timestamp_ms
     key = msg.key()
     origin = Origin(
-        topic=tp[0],
-        partition=tp[1],
-        offset=offset,
+        topic=tp[0] if parked is None else parked.topic,
+        partition=tp[1] if parked is None else parked.partition,
+        offset=offset if parked is None else parked.offset,
         key=key.decode("utf-8", "surrogateescape") if key is not None else None,
         results_topic=s.results_topic,
         dlq_topic=s.dlq_topic,
@@ -97,6 +103,8 @@ def make_dispatch(
     if expires is not None and not isinstance(expires, datetime):
         expires = submitted + timedelta(seconds=expires)
     task_id = task_id_for(envelope, tp[0], tp[1], offset, stamp)
+    if parked is not None:
+        task_id, eta, expires = parked.task_id, parked.eta, parked.expires
     light = envelope.without_payload()
     return Dispatch(light, task_id, origin, tp, offset, slot, fence, msg, eta, expires)
 

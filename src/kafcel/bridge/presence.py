@@ -46,6 +46,8 @@ class BridgeStats:
     in_flight: int = 0
     waiting: int = 0
     held: int = 0  # valid records Celery could not take (routing, broker): sent again
+    parked: int = 0  # tasks due later written to the scheduled topic
+    scheduled: int = 0  # parked tasks this bridge's partitions hold, waiting to be due
     gaps_reseeked: int = 0
     paused: bool = False
 

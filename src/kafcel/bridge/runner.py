@@ -54,6 +54,7 @@ from .outcomes import OutcomeReader
 from .presence import BridgeStats, Presence, eta_held, log_report, positions
 from .publish import Publisher
 from .redispatch import Redispatcher, backend_state
+from .schedule import Parked, Parker, ScheduledReader
 from .sequence import SequenceGuard, position, seek_to
 from .tracker import TP, OffsetTracker
 
@@ -165,6 +166,8 @@ class Bridge:
         self._producer_conf = producer_config(settings.bootstrap_servers, settings.librdkafka())
         self._consumer: Consumer | None = None
         self._results: OutcomeReader | None = None
+        self._scheduled: ScheduledReader | None = None
+        self._parker: Parker | None = None
         self._producer: Producer | None = None
         self._dlq: DeadLetterWriter | None = None
 
@@ -214,6 +217,9 @@ class Bridge:
                 producer=self._producer, topic=s.dlq_topic, config=self._producer_conf
             )
             self._results = c.outcomes(self._base_conf, s)
+            if s.schedule_after_s > 0:
+                self._scheduled = c.scheduled(self._base_conf, s)
+                self._parker = Parker(producer=self._producer, topic=s.scheduled_topic)
             self._consumer = c.consumer(self._consumer_conf)
             self._consumer.subscribe(
                 [s.topic],
@@ -243,6 +249,8 @@ class Bridge:
         self._consumer.close()
         if self._results is not None:
             self._results.close()
+        if self._scheduled is not None:
+            self._scheduled.close()
         self._producer.flush(10)
         self._presence.leave()
         log.info("bridge stopped: %s", self.stats.as_dict())
@@ -304,10 +312,13 @@ class Bridge:
             # Paused: consume() still serves rebalance callbacks and heartbeats.
             self._consumer.consume(1, timeout=_POLL_S)
         self._read_outcomes()
+        self._read_scheduled()
         self._redispatch_lost()
         self._producer.poll(0)
         assert self._dlq is not None
         self._dlq.retry_due()
+        if self._parker is not None:
+            self._parker.retry_due()
         # Outcomes, orphans and DLQ acknowledgements release keys' next records: they
         # leave in this turn, before a consume() can revoke their partitions.
         self._flush_outbox()
@@ -322,6 +333,7 @@ class Bridge:
         self.stats.in_flight = in_flight
         self.stats.waiting = self._gate.waiting
         self.stats.held = len(self._held)
+        self.stats.scheduled = 0 if self._scheduled is None else len(self._scheduled)
         self.stats.gaps_reseeked = self._seq.reseeks + (
             self._results.reseeks if self._results is not None else 0
         )
@@ -361,6 +373,58 @@ class Bridge:
         slot = self._gate.slot_for(tp, msg.key())
         fence = self._fences.get(tp, "")
         item = make_dispatch(msg, envelope, tp, offset, slot, self.settings, fence=fence)
+        if item.wait_s() > self.settings.schedule_after_s > 0 and self._park(item):
+            return
+        if self._gate.admit(item.slot, item):
+            self._outbox.append(item)
+
+    def _park(self, item: Dispatch) -> bool:
+        """Due later: the task waits in the scheduled topic (schedule.py), not here."""
+        assert self._parker is not None and item.eta is not None
+        parked = Parked(
+            task_id=item.task_id,
+            topic=item.tp[0],
+            partition=item.tp[1],
+            offset=item.offset,
+            timestamp_ms=item.origin.timestamp_ms,
+            eta=item.eta,
+            expires=item.expires,
+        )
+
+        def written() -> None:
+            if self._fences.get(item.tp) == item.fence:
+                self.stats.parked += 1
+                self._settle(item.tp, item.offset, None)
+
+        return self._parker.park(item.msg, parked, written)
+
+    def _read_scheduled(self) -> None:
+        if self._scheduled is None:
+            return
+        for msg in self._scheduled.read():
+            # Tracked for their commit, not counted in flight: they wait in Kafka.
+            self._tracker.add(*position(msg), counted=False)
+        for msg in self._scheduled.due():
+            self._handle_parked(msg)
+
+    def _handle_parked(self, msg: Message) -> None:
+        tp, offset = position(msg)
+        parked = Parked.from_headers(header_list(msg))
+        try:
+            if parked is None:
+                raise RecordRejected("not a task kafcel parked (no kafcel.parked.* headers)")
+            envelope = Envelope.decode(msg.value(), max_bytes=self.settings.max_record_bytes)
+            self._filter.check(envelope.task)
+        except RecordRejected as exc:
+            self._dead_letter(msg, exc)
+            return
+        # Ordered and fenced with the records of the task partition it came from.
+        origin_tp = (parked.topic, parked.partition)
+        slot = self._gate.slot_for(origin_tp, msg.key())
+        fence = self._fences.get(tp, "")
+        item = make_dispatch(
+            msg, envelope, tp, offset, slot, self.settings, fence=fence, parked=parked
+        )
         if self._gate.admit(item.slot, item):
             self._outbox.append(item)
 
@@ -667,20 +731,38 @@ class Bridge:
         self._assigned.update({(p.topic, p.partition): -1 for p in partitions})
         assert self._results is not None
         self._results.follow(p.partition for p in partitions)
+        scheduled = self._parked_partitions([(p.topic, p.partition) for p in partitions])
+        for tp in scheduled:
+            self._fences[tp] = f"{self._instance}.{self._assignments}"
+        asked = [*partitions, *(TopicPartition(*tp) for tp in scheduled)]
         try:
-            committed = consumer.committed(partitions, timeout=10)
+            committed = consumer.committed(asked, timeout=10)
         except KafkaException as exc:
+            # Parked tasks are then read from the start: those already run are absorbed.
             log.warning("could not read committed offsets on assign: %s", exc)
-            return
+            committed = [TopicPartition(p.topic, p.partition) for p in asked if p not in partitions]
+        starts: dict[int, int] = {}
         for p in committed:
+            if (p.topic, p.partition) in scheduled:
+                starts[p.partition] = max(p.offset, 0)
+                continue
             self._assigned[(p.topic, p.partition)] = p.offset
             if p.offset >= 0:
                 self._seq.expect((p.topic, p.partition), p.offset)
+        if self._scheduled is not None:
+            self._scheduled.follow(starts)
+
+    def _parked_partitions(self, tps: list[TP]) -> list[TP]:
+        """The scheduled partitions that go with these task partitions."""
+        if self._scheduled is None:
+            return []
+        return [(self.settings.scheduled_topic, p) for _, p in tps]
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         log.info("revoked: %s", tps)
         self._joined = False  # a rejoin follows; leaving during it would wedge Tansu
+        tps += self._parked_partitions(tps)
         self._commit(asynchronous=False, only=tps)
         self._forget(tps)
 
@@ -688,7 +770,7 @@ class Bridge:
         tps = [(p.topic, p.partition) for p in partitions]
         log.warning("lost without commit: %s", tps)
         self._joined = False
-        self._forget(tps)
+        self._forget(tps + self._parked_partitions(tps))
 
     def _forget(self, tps: list[TP]) -> None:
         gone = set(tps)
@@ -698,7 +780,9 @@ class Bridge:
         self._held.forget(gone)
         self._markers.forget(gone)
         if self._results is not None:
-            self._results.unfollow(p for _, p in gone)
+            self._results.unfollow(p for t, p in gone if t == self.settings.topic)
+        if self._scheduled is not None:
+            self._scheduled.unfollow(p for t, p in gone if t == self.settings.scheduled_topic)
         for tp in tps:
             self._tracker.revoke(tp)
             self._seq.forget(tp)

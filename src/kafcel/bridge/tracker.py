@@ -31,9 +31,11 @@ _COMPACT_SLACK = 64
 class _Partition:
     """Tracking state of one assigned partition (since its last assignment)."""
 
-    __slots__ = ("committed", "high", "order", "unsettled")
+    __slots__ = ("committed", "counted", "high", "order", "unsettled")
 
-    def __init__(self) -> None:
+    def __init__(self, *, counted: bool = True) -> None:
+        # Whether its records count in the tracker's in-flight totals (backpressure).
+        self.counted = counted
         # Added offsets in increasing order. Settled entries behind the head are removed
         # lazily; the head itself is always unsettled, so it is the commit limit.
         self.order: deque[int] = deque()
@@ -83,10 +85,12 @@ class OffsetTracker:
         self._in_flight = 0
         self._in_flight_bytes = 0
 
-    def add(self, tp: TP, offset: int, size: int = 0) -> bool:
+    def add(self, tp: TP, offset: int, size: int = 0, *, counted: bool = True) -> bool:
         """Track a fetched record; return ``False`` and change nothing if it must be skipped.
 
-        ``size`` is what the record holds in memory while in flight (its bytes).
+        ``size`` is what the record holds in memory while in flight (its bytes). A
+        partition whose records are not ``counted`` (parked scheduled tasks, which wait in
+        Kafka, not in memory) is tracked and committed alike but left out of the totals.
         A record is skipped when its offset is at or below the highest offset already added
         for ``tp`` (a re-fetch after a seek: the record is in flight or settled) or below the
         offset last recorded by :meth:`mark_committed`. After :meth:`revoke` a partition starts
@@ -96,14 +100,15 @@ class OffsetTracker:
             raise ValueError(f"offset must be >= 0, got {offset}")
         part = self._parts.get(tp)
         if part is None:
-            part = self._parts[tp] = _Partition()
+            part = self._parts[tp] = _Partition(counted=counted)
         elif offset <= part.high or offset < part.committed:
             return False
         part.order.append(offset)
         part.unsettled[offset] = size
         part.high = offset
-        self._in_flight += 1
-        self._in_flight_bytes += size
+        if part.counted:
+            self._in_flight += 1
+            self._in_flight_bytes += size
         return True
 
     def settle(self, tp: TP, offset: int) -> bool:
@@ -115,8 +120,10 @@ class OffsetTracker:
         part = self._parts.get(tp)
         if part is None or offset not in part.unsettled:
             return False
-        self._in_flight_bytes -= part.unsettled.pop(offset)
-        self._in_flight -= 1
+        size = part.unsettled.pop(offset)
+        if part.counted:
+            self._in_flight_bytes -= size
+            self._in_flight -= 1
         if part.order[0] == offset:
             part.drop_settled_head()
         else:
@@ -162,8 +169,9 @@ class OffsetTracker:
         part = self._parts.pop(tp, None)
         if part is None:
             return None
-        self._in_flight -= len(part.unsettled)
-        self._in_flight_bytes -= sum(part.unsettled.values())
+        if part.counted:
+            self._in_flight -= len(part.unsettled)
+            self._in_flight_bytes -= sum(part.unsettled.values())
         return part.committable()
 
     def in_flight(self, tp: TP | None = None) -> int:
