@@ -12,6 +12,7 @@ from confluent_kafka import Message
 from ..dlq import DeadLetter
 from ..errors import RecordRejected
 from ..replay import replay_count
+from ..results import Origin
 from .sequence import position
 
 __all__ = ["bridge_letter"]
@@ -24,9 +25,13 @@ def bridge_letter(
     error_class: str | None = None,
     task: str | None = None,
     task_id: str | None = None,
+    origin: Origin | None = None,
 ) -> DeadLetter:
-    """Why the bridge dead-letters ``msg``, and where it came from."""
+    """Why the bridge dead-letters ``msg``, and where it came from: its own position, or
+    ``origin``'s for a task read from the scheduled topic (a replay goes back there)."""
     (topic, partition), offset = position(msg)
+    if origin is not None:
+        topic, partition, offset = origin.topic, origin.partition, origin.offset
     return DeadLetter(
         error_class=error_class or type(exc).__name__,
         error_message=exc.reason,

@@ -40,7 +40,7 @@ from ..errors import (
 )
 from ..once import OnceGuard
 from ..replay import header_list
-from ..results import REVOKED, REVOKED_BY_OPERATOR, SUCCESS, Outcome
+from ..results import REVOKED, REVOKED_BY_OPERATOR, SUCCESS, Origin, Outcome
 from ..settings import Settings
 from .clients import BridgeClients
 from .deadletter import bridge_letter
@@ -441,14 +441,7 @@ class Bridge:
                     continue
                 if refused is not None:
                     # Retrying would stall the partition: the record goes to the DLQ.
-                    self._dead_letter(
-                        item.msg,
-                        refused,
-                        slot=item.slot,
-                        task=item.envelope.task,
-                        task_id=item.task_id,
-                        trace_id=item.envelope.trace_id,
-                    )
+                    self._dead_letter_item(item, refused)
                     continue
                 self._pending.setdefault(item.task_id, []).append(item)
                 self._redispatch.dispatched(item.task_id, not_before_s=item.wait_s())
@@ -566,8 +559,11 @@ class Bridge:
         task: str | None = None,
         task_id: str | None = None,
         trace_id: str | None = None,
+        origin: Origin | None = None,
     ) -> None:
-        letter = bridge_letter(msg, exc, error_class=error_class, task=task, task_id=task_id)
+        letter = bridge_letter(
+            msg, exc, error_class=error_class, task=task, task_id=task_id, origin=origin
+        )
         assert self._dlq is not None
         self.events.dead_lettered(msg, letter, trace_id)
         tp, offset = position(msg)
@@ -578,6 +574,21 @@ class Bridge:
             key=msg.key(),
             headers=header_list(msg),
             on_written=lambda: self._dead_lettered(tp, offset, slot, fence, task_id),
+        )
+
+    def _dead_letter_item(
+        self, item: Dispatch, exc: RecordRejected, *, error_class: str | None = None
+    ) -> None:
+        """A valid record Celery will not run goes to the DLQ, answering for its origin."""
+        self._dead_letter(
+            item.msg,
+            exc,
+            slot=item.slot,
+            error_class=error_class,
+            task=item.envelope.task,
+            task_id=item.task_id,
+            trace_id=item.envelope.trace_id,
+            origin=item.origin,
         )
 
     def _dead_lettered(
@@ -624,14 +635,8 @@ class Bridge:
                 # Never ran: the original bytes go to the DLQ, and the record settles
                 # when that write is acknowledged.
                 reason = RecordRejected(outcome.error_message or "revoked")
-                self._dead_letter(
-                    item.msg,
-                    reason,
-                    slot=item.slot,
-                    error_class=outcome.error_class or "TaskRevoked",
-                    task=outcome.task,
-                    task_id=outcome.task_id,
-                    trace_id=item.envelope.trace_id,
+                self._dead_letter_item(
+                    item, reason, error_class=outcome.error_class or "TaskRevoked"
                 )
                 continue
             self.events.settled(item, outcome)
