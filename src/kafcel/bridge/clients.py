@@ -16,14 +16,35 @@ from typing import Any
 from celery import Celery
 from confluent_kafka import Consumer, Producer
 
-from ..admin import ensure_topics
+from ..admin import client_config, ensure_topics, fetch_config
 from ..errors import ConfigError
 from ..settings import Settings
 from .outcomes import OutcomeReader
 from .publish import Publisher
 from .schedule import ScheduledReader
 
-__all__ = ["BridgeClients"]
+__all__ = ["BridgeClients", "consumer_config"]
+
+# Task records should start soon: 200 fetches a second at most (admin.fetch_config).
+_FETCH_WAIT_MS = 5
+
+
+def consumer_config(s: Settings, on_commit: Callable[..., None]) -> dict[str, Any]:
+    """The bridge's group consumer of the task topic."""
+    conf: dict[str, Any] = {
+        **fetch_config(_FETCH_WAIT_MS),
+        **client_config(s.bootstrap_servers, s.librdkafka()),
+        "group.id": s.group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": int(s.session_timeout_s * 1000),
+        "heartbeat.interval.ms": max(int(s.session_timeout_s * 1000 / 10), 100),
+        "on_commit": on_commit,
+    }
+    if s.group_instance_id:
+        conf["group.instance.id"] = s.group_instance_id
+    return conf
 
 
 def _topics(s: Settings) -> None:

@@ -53,6 +53,19 @@ class Dispatch:
         value = self.msg.value() or b""
         return Envelope.decode(value, max_bytes=max(len(value), 1))
 
+    def parked(self) -> Parked:
+        """This task as it waits in the scheduled topic (it must have an eta)."""
+        assert self.eta is not None
+        return Parked(
+            task_id=self.task_id,
+            topic=self.origin.topic,
+            partition=self.origin.partition,
+            offset=self.origin.offset,
+            timestamp_ms=self.origin.timestamp_ms,
+            eta=self.eta,
+            expires=self.expires,
+        )
+
     def wait_s(self) -> float:
         """Seconds until the task may start (its eta), 0 if it may start now."""
         if self.eta is None:

@@ -43,7 +43,22 @@ from ..celery import HEADER
 from ..errors import DispatchHeld, DispatchRefused
 from .dispatch import Dispatch
 
-__all__ = ["Publisher"]
+__all__ = ["Publisher", "batch_length"]
+
+# Building a batch's messages holds several copies of each payload at once (JSON body,
+# base64, the wire message): batches of large records are cut at this many bytes.
+_BATCH_BYTES = 4 << 20
+
+
+def batch_length(items: Sequence[Dispatch]) -> int:
+    """How many of ``items`` to send in one round trip: at least one."""
+    total = 0
+    for n, item in enumerate(items):
+        total += len(item.msg.value() or b"")
+        if total > _BATCH_BYTES and n > 0:
+            return n
+    return len(items)
+
 
 # (index in the batch, task name, Celery's message, send_task_message options)
 _Prepared = tuple[int, str, Any, dict[str, Any]]

@@ -25,7 +25,7 @@ from celery import Celery
 
 from ..errors import BrokerError
 from ..once import OnceGuard
-from ..results import SUCCESS
+from ..results import REVOKED, SUCCESS, Outcome
 
 __all__ = ["BackendState", "Redispatcher", "backend_state"]
 
@@ -40,6 +40,21 @@ class BackendState:
     task_id: str
     state: str
     error_class: str | None = None
+
+    def outcome(self, task: str) -> Outcome:
+        """The outcome of an orphan: Celery finished it but no worker announced it (a hard
+        time limit or ``revoke(terminate=True)`` killed its process)."""
+        return Outcome(
+            task_id=self.task_id,
+            task=task,
+            status=SUCCESS if self.state == SUCCESS else REVOKED,
+            error_class=self.error_class,
+            error_message=(
+                f"Celery's result backend holds {self.state} for this task, but no worker "
+                "published its outcome (process killed: hard time limit or revoke with "
+                "terminate)"
+            ),
+        )
 
 
 @dataclass

@@ -12,9 +12,7 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Hashable
-from typing import Any
 
 import redis
 from celery import Celery
@@ -27,11 +25,10 @@ from confluent_kafka import (
 )
 from confluent_kafka import KafkaError as RdKafkaError
 
-from ..admin import client_config, fetch_config, producer_config
+from ..admin import client_config, producer_config
 from ..deadletter import DeadLetterWriter
 from ..envelope import Envelope
 from ..errors import (
-    BrokerError,
     ConfigError,
     DispatchHeld,
     DispatchRefused,
@@ -40,22 +37,25 @@ from ..errors import (
 )
 from ..once import OnceGuard
 from ..replay import header_list
-from ..results import REVOKED, REVOKED_BY_OPERATOR, SUCCESS, Origin, Outcome
+from ..results import REVOKED, REVOKED_BY_OPERATOR, Outcome
 from ..settings import Settings
-from .clients import BridgeClients
-from .deadletter import bridge_letter
+from .assignment import Assignment
+from .chores import RedisChores
+from .clients import BridgeClients, consumer_config
+from .deadletter import DeadLetters
 from .dispatch import Dispatch, declare_queues, make_dispatch
 from .events import BridgeEvents
 from .filter import TaskFilter
 from .held import HeldDispatches
 from .markers import CommittedMarkers
+from .offsets import Offsets
 from .ordering import OrderingGate
 from .outcomes import OutcomeReader
 from .presence import BridgeStats, Presence, eta_held, log_report, positions
-from .publish import Publisher
+from .publish import Publisher, batch_length
 from .redispatch import Redispatcher, backend_state
 from .schedule import Parked, Parker, ScheduledReader
-from .sequence import SequenceGuard, position, seek_to
+from .sequence import SequenceGuard, position, put_back, seek_to
 from .tracker import TP, OffsetTracker
 
 __all__ = ["Bridge"]
@@ -65,25 +65,8 @@ log = logging.getLogger("kafcel.bridge")
 _FETCH_BATCH = 500
 _POLL_S = 0.02
 _BUSY_POLL_S = 0.005
-# Task records should start soon: 200 fetches a second at most (admin.fetch_config).
-_FETCH_WAIT_MS = 5
 _REPORT_EVERY_S = 10.0
 _PUBLISH_EVERY_S = 2.0
-
-
-# Building a batch's messages holds several copies of each payload at once (JSON body,
-# base64, the wire message): batches of large records are cut at this many bytes.
-_PUBLISH_BATCH_BYTES = 4 << 20
-
-
-def _publish_batch(items: list[Dispatch]) -> int:
-    """How many of ``items`` to send in one round trip: at least one."""
-    total = 0
-    for n, item in enumerate(items):
-        total += len(item.msg.value() or b"")
-        if total > _PUBLISH_BATCH_BYTES and n > 0:
-            return n
-    return len(items)
 
 
 class Bridge:
@@ -124,22 +107,18 @@ class Bridge:
             guard=self._guard,
             backend_state=lambda task_id: backend_state(app, task_id),
         )
-        self._queued: list[str] = []
         # Admitted records of this loop turn, sent to Celery together (one round trip).
         self._outbox: list[Dispatch] = []
         self._held = HeldDispatches()
-        self._markers = CommittedMarkers()
+        markers = CommittedMarkers()
+        self._chores = RedisChores(
+            guard=self._guard, markers=markers, queued_ttl_s=settings.queued_ttl_s
+        )
+        self._offsets = Offsets(tracker=self._tracker, markers=markers, settings=settings)
         self._publisher: Publisher | None = None
         self._presence = Presence(client=client, group=settings.group_id)
-        self._paused = False
-        # Owned partitions and the committed offset found when each was assigned.
-        self._assigned: dict[TP, int] = {}
-        # Each assignment of a partition gets a fence of its own; a DLQ acknowledgement or
-        # an outcome settles a record only under the fence it was dispatched with, so an
-        # answer meant for an earlier assignment cannot settle the record read again.
-        self._instance = uuid.uuid4().hex[:12]
-        self._assignments = 0
-        self._fences: dict[TP, str] = {}
+        parking = settings.schedule_after_s > 0
+        self._assignment = Assignment(scheduled_topic=settings.scheduled_topic if parking else None)
         self._joined = False
         self._assignment_changed = False
         app.loader.import_default_modules()
@@ -147,29 +126,15 @@ class Bridge:
         self._filter = TaskFilter(
             registered=list(app.tasks.keys()), allow=settings.allow, deny=settings.deny
         )
-        base = client_config(settings.bootstrap_servers, settings.librdkafka())
-        consumer_conf: dict[str, Any] = {
-            **fetch_config(_FETCH_WAIT_MS),
-            **base,
-            "group.id": settings.group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": int(settings.session_timeout_s * 1000),
-            "heartbeat.interval.ms": max(int(settings.session_timeout_s * 1000 / 10), 100),
-            "on_commit": self._on_commit,
-        }
-        if settings.group_instance_id:
-            consumer_conf["group.instance.id"] = settings.group_instance_id
-        self._consumer_conf = consumer_conf
-        self._base_conf = base
+        self._base_conf = client_config(settings.bootstrap_servers, settings.librdkafka())
+        self._consumer_conf = consumer_config(settings, self._offsets.on_commit)
         self._producer_conf = producer_config(settings.bootstrap_servers, settings.librdkafka())
         self._consumer: Consumer | None = None
         self._results: OutcomeReader | None = None
         self._scheduled: ScheduledReader | None = None
         self._parker: Parker | None = None
         self._producer: Producer | None = None
-        self._dlq: DeadLetterWriter | None = None
+        self._dead: DeadLetters
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -213,8 +178,14 @@ class Bridge:
             self.events.metrics = start_bridge_metrics(port=s.metrics_port)
         try:
             self._producer = c.producer(self._producer_conf)
-            self._dlq = DeadLetterWriter(
+            writer = DeadLetterWriter(
                 producer=self._producer, topic=s.dlq_topic, config=self._producer_conf
+            )
+            self._dead = DeadLetters(
+                writer=writer,
+                assignment=self._assignment,
+                events=self.events,
+                settled=self._dead_lettered,
             )
             self._results = c.outcomes(self._base_conf, s)
             if s.schedule_after_s > 0:
@@ -261,12 +232,12 @@ class Bridge:
         samples = positions(
             self._consumer,
             self._tracker,
-            self._assigned,
-            paused=self._paused,
+            self._assignment.owned,
+            paused=self._offsets.paused,
             eta_held=held,
             held=self._held.partitions(),
         )
-        self._presence.publish(self.stats.as_dict(), sorted(self._assigned), samples)
+        self._presence.publish(self.stats.as_dict(), sorted(self._assignment.owned), samples)
         lag = {tp: n for tp, r in samples.items() if (n := r.lag) is not None}
         self.events.gauges(in_flight=self.stats.in_flight, lag=lag)
 
@@ -304,7 +275,7 @@ class Bridge:
                 if self._tracker.in_flight_bytes() >= budget:
                     # Past the byte budget by at most the record that crossed it: what
                     # was fetched beyond is read again once memory is free.
-                    self._put_back(msgs[index:])
+                    put_back(self._consumer, self._seq, msgs[index:])
                     break
                 self._handle(msg)
             self._flush_outbox()
@@ -315,38 +286,29 @@ class Bridge:
         self._read_scheduled()
         self._redispatch_lost()
         self._producer.poll(0)
-        assert self._dlq is not None
-        self._dlq.retry_due()
+        self._dead.retry_due()
         if self._parker is not None:
             self._parker.retry_due()
         # Outcomes, orphans and DLQ acknowledgements release keys' next records: they
         # leave in this turn, before a consume() can revoke their partitions.
         self._flush_outbox()
-        self._mark_queued()
-        self._compact_markers()
+        self._chores.flush()
         if fetch:
             # While draining, partitions stay paused whatever the in-flight count.
-            self._backpressure()
+            self._offsets.backpressure(self._consumer, assignment_changed=self._assignment_changed)
+            self._assignment_changed = False
+            self.stats.paused = self._offsets.paused
         in_flight = self._tracker.in_flight()
         if in_flight == 0 and self.stats.in_flight > 0:
             log.info("idle: all %d fetched record(s) settled", self.stats.settled)
         self.stats.in_flight = in_flight
         self.stats.waiting = self._gate.waiting
         self.stats.held = len(self._held)
+        self.stats.dlq = self._dead.written
         self.stats.scheduled = 0 if self._scheduled is None else len(self._scheduled)
         self.stats.gaps_reseeked = self._seq.reseeks + (
             self._results.reseeks if self._results is not None else 0
         )
-
-    def _put_back(self, msgs: list[Message]) -> None:
-        first: dict[TP, int] = {}
-        for msg in msgs:
-            if msg.error() is None:
-                tp, offset = position(msg)
-                first.setdefault(tp, offset)
-        for tp, offset in first.items():
-            seek_to(self._consumer, tp, offset)
-            self._seq.expect(tp, offset)
 
     def _handle(self, msg: Message) -> None:
         err = msg.error()
@@ -362,41 +324,40 @@ class Bridge:
         if not self._seq.admit(tp, offset) or not self._tracker.add(tp, offset, size):
             return
         self.stats.consumed += 1
-        try:
-            envelope = Envelope.decode(msg.value(), max_bytes=self.settings.max_record_bytes)
-            self._filter.check(envelope.task)
-        except RecordRejected as exc:
-            self.events.consumed(msg, None)
-            self._dead_letter(msg, exc)
+        envelope = self._valid(msg)
+        self.events.consumed(msg, None if envelope is None else envelope.task)
+        if envelope is None:
             return
-        self.events.consumed(msg, envelope.task)
         slot = self._gate.slot_for(tp, msg.key())
-        fence = self._fences.get(tp, "")
+        fence = self._assignment.fence(tp)
         item = make_dispatch(msg, envelope, tp, offset, slot, self.settings, fence=fence)
         if item.wait_s() > self.settings.schedule_after_s > 0 and self._park(item):
             return
         if self._gate.admit(item.slot, item):
             self._outbox.append(item)
 
+    def _valid(self, msg: Message, *, parked: bool = False) -> Envelope | None:
+        """The record's envelope if it may become a task; else it goes to the DLQ."""
+        try:
+            if parked and Parked.from_headers(header_list(msg)) is None:
+                raise RecordRejected("not a task kafcel parked (no kafcel.parked.* headers)")
+            envelope = Envelope.decode(msg.value(), max_bytes=self.settings.max_record_bytes)
+            self._filter.check(envelope.task)
+        except RecordRejected as exc:
+            self._dead.record(msg, exc)
+            return None
+        return envelope
+
     def _park(self, item: Dispatch) -> bool:
         """Due later: the task waits in the scheduled topic (schedule.py), not here."""
-        assert self._parker is not None and item.eta is not None
-        parked = Parked(
-            task_id=item.task_id,
-            topic=item.tp[0],
-            partition=item.tp[1],
-            offset=item.offset,
-            timestamp_ms=item.origin.timestamp_ms,
-            eta=item.eta,
-            expires=item.expires,
-        )
+        assert self._parker is not None
 
         def written() -> None:
-            if self._fences.get(item.tp) == item.fence:
+            if self._assignment.current(item.tp, item.fence):
                 self.stats.parked += 1
                 self._settle(item.tp, item.offset, None)
 
-        return self._parker.park(item.msg, parked, written)
+        return self._parker.park(item.msg, item.parked(), written)
 
     def _read_scheduled(self) -> None:
         if self._scheduled is None:
@@ -409,19 +370,14 @@ class Bridge:
 
     def _handle_parked(self, msg: Message) -> None:
         tp, offset = position(msg)
+        envelope = self._valid(msg, parked=True)
         parked = Parked.from_headers(header_list(msg))
-        try:
-            if parked is None:
-                raise RecordRejected("not a task kafcel parked (no kafcel.parked.* headers)")
-            envelope = Envelope.decode(msg.value(), max_bytes=self.settings.max_record_bytes)
-            self._filter.check(envelope.task)
-        except RecordRejected as exc:
-            self._dead_letter(msg, exc)
+        if envelope is None or parked is None:
             return
         # Ordered and fenced with the records of the task partition it came from.
         origin_tp = (parked.topic, parked.partition)
         slot = self._gate.slot_for(origin_tp, msg.key())
-        fence = self._fences.get(tp, "")
+        fence = self._assignment.fence(tp)
         item = make_dispatch(
             msg, envelope, tp, offset, slot, self.settings, fence=fence, parked=parked
         )
@@ -432,7 +388,7 @@ class Bridge:
         # A refusal dead-letters its record, which may release the key's next one into
         # the outbox again: loop until it stays empty.
         while self._outbox:
-            items = self._outbox[: _publish_batch(self._outbox)]
+            items = self._outbox[: batch_length(self._outbox)]
             del self._outbox[: len(items)]
             answers = self._publish(items)
             for item, refused in zip(items, answers, strict=True):
@@ -441,44 +397,18 @@ class Bridge:
                     continue
                 if refused is not None:
                     # Retrying would stall the partition: the record goes to the DLQ.
-                    self._dead_letter_item(item, refused)
+                    self._dead.item(item, refused)
                     continue
                 self._pending.setdefault(item.task_id, []).append(item)
                 self._redispatch.dispatched(item.task_id, not_before_s=item.wait_s())
-                self._queued.append(item.task_id)
+                self._chores.queued(item.task_id)
                 self.stats.dispatched += 1
                 self.events.dispatched(item)
-
-    def _mark_queued(self) -> None:
-        if not self._queued:
-            return
-        ids, self._queued = self._queued, []
-        try:
-            self._guard.mark_queued(ids, self.settings.queued_ttl_s)
-        except BrokerError as exc:
-            # Without the marks a queued task looks lost after redispatch_after_s: a
-            # redundant copy at worst, which the once-guard absorbs.
-            log.warning("could not mark %d task(s) queued: %s", len(ids), exc)
-
-    def _compact_markers(self) -> None:
-        ids = self._markers.take()
-        if not ids:
-            return
-        try:
-            self._guard.compact(ids)
-        except BrokerError as exc:
-            # They stay whole until their TTL: more memory in Redis, nothing wrong.
-            log.warning("could not compact %d done marker(s): %s", len(ids), exc)
 
     def _check_redis(self) -> None:
         """Notice a FLUSHALL or a Redis restart: Celery lost its queued messages and kombu
         its queue bindings, so messages published since are dropped without an error."""
-        try:
-            lost = self._guard.data_lost()
-        except BrokerError as exc:
-            log.warning("cannot check Redis: %s", exc)
-            return
-        if not lost:
+        if not self._chores.data_lost():
             return
         log.warning(
             "Redis lost its data (FLUSHALL or restart): re-declaring Celery queues; every "
@@ -495,29 +425,15 @@ class Bridge:
             items = self._pending.get(task_id)
             if items and self._resend(items[0]):
                 self.events.redispatched(items[0])
-                self._queued.append(task_id)
+                self._chores.queued(task_id)
                 self.stats.redispatched += 1
         for orphan in orphans:
             items = self._pending.get(orphan.task_id)
             if not items:
                 continue
-            # Celery finished it but no worker announced it (a hard time limit killed the
-            # process, revoke(terminate=True)): settle from the result backend's word.
+            # Settled from the result backend's word: no worker will announce it.
             log.warning("settling %s from the result backend: %s", orphan.task_id, orphan.state)
-            status = SUCCESS if orphan.state == SUCCESS else REVOKED
-            self._on_outcome(
-                Outcome(
-                    task_id=orphan.task_id,
-                    task=items[0].envelope.task,
-                    status=status,
-                    error_class=orphan.error_class,
-                    error_message=(
-                        f"Celery's result backend holds {orphan.state} for this task, but no "
-                        "worker published its outcome (process killed: hard time limit or "
-                        "revoke with terminate)"
-                    ),
-                )
-            )
+            self._on_outcome(orphan.outcome(items[0].envelope.task))
 
     def _publish(self, items: list[Dispatch]) -> list[DispatchRefused | DispatchHeld | None]:
         publisher = self._open_publisher()
@@ -549,57 +465,9 @@ class Bridge:
             log.error("%s (redispatch of %s)", refused, item.task_id)
         return refused is None
 
-    def _dead_letter(
-        self,
-        msg: Message,
-        exc: RecordRejected,
-        *,
-        slot: Hashable | None = None,
-        error_class: str | None = None,
-        task: str | None = None,
-        task_id: str | None = None,
-        trace_id: str | None = None,
-        origin: Origin | None = None,
-    ) -> None:
-        letter = bridge_letter(
-            msg, exc, error_class=error_class, task=task, task_id=task_id, origin=origin
-        )
-        assert self._dlq is not None
-        self.events.dead_lettered(msg, letter, trace_id)
-        tp, offset = position(msg)
-        fence = self._fences.get(tp, "")
-        self._dlq.write(
-            letter,
-            value=msg.value(),
-            key=msg.key(),
-            headers=header_list(msg),
-            on_written=lambda: self._dead_lettered(tp, offset, slot, fence, task_id),
-        )
-
-    def _dead_letter_item(
-        self, item: Dispatch, exc: RecordRejected, *, error_class: str | None = None
-    ) -> None:
-        """A valid record Celery will not run goes to the DLQ, answering for its origin."""
-        self._dead_letter(
-            item.msg,
-            exc,
-            slot=item.slot,
-            error_class=error_class,
-            task=item.envelope.task,
-            task_id=item.task_id,
-            trace_id=item.envelope.trace_id,
-            origin=item.origin,
-        )
-
     def _dead_lettered(
-        self, tp: TP, offset: int, slot: Hashable | None, fence: str, task_id: str | None
+        self, tp: TP, offset: int, slot: Hashable | None, task_id: str | None
     ) -> None:
-        self.stats.dlq += 1
-        if self._fences.get(tp) != fence:
-            # Written for an earlier assignment of the partition: the record was read
-            # again since, and only its new reading may settle it and free its key.
-            log.info("DLQ write of %s[%d]@%d acknowledged after a rebalance", *tp, offset)
-            return
         self._settle(tp, offset, task_id)
         self._release(slot)
 
@@ -635,9 +503,7 @@ class Bridge:
                 # Never ran: the original bytes go to the DLQ, and the record settles
                 # when that write is acknowledged.
                 reason = RecordRejected(outcome.error_message or "revoked")
-                self._dead_letter_item(
-                    item, reason, error_class=outcome.error_class or "TaskRevoked"
-                )
+                self._dead.item(item, reason, error_class=outcome.error_class or "TaskRevoked")
                 continue
             self.events.settled(item, outcome)
             self._settle(item.tp, item.offset, item.task_id)
@@ -653,76 +519,12 @@ class Bridge:
         if self._tracker.settle(tp, offset):
             self.stats.settled += 1
             if task_id is not None:
-                self._markers.settled(tp, offset, task_id)
+                self._offsets.markers.settled(tp, offset, task_id)
 
     def _commit(self, *, asynchronous: bool, only: list[TP] | None = None) -> None:
         assert self._consumer is not None
-        if asynchronous:
-            # Marked committed only when the broker confirms (in _on_commit).
-            offsets = self._tracker.pending_commits()
-        else:
-            # Revoke and shutdown commit everything settled, whatever earlier async
-            # commits claimed, so a lost async commit is repaired here.
-            offsets = {
-                tp: off
-                for tp in self._tracker.partitions()
-                if (off := self._tracker.committable(tp)) is not None
-            }
-        if only is not None:
-            offsets = {tp: off for tp, off in offsets.items() if tp in only}
-        if not offsets:
-            return
-        batch = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
-        try:
-            if asynchronous:
-                self._consumer.commit(offsets=batch, asynchronous=True)
-            else:
-                self._consumer.commit(offsets=batch, asynchronous=False)
-        except KafkaException as exc:
-            # A failed commit loses nothing: the records are re-read and the once-guard
-            # absorbs the overlap. Log and go on.
-            log.warning("commit failed: %s", exc)
-            return
-        self.stats.commits += 1
-        if not asynchronous:
-            for tp, off in offsets.items():
-                self._tracker.mark_committed(tp, off)
-                self._markers.committed(tp, off)
-
-    def _on_commit(self, err: Any, partitions: list[TopicPartition]) -> None:
-        if err is not None:
-            log.warning("asynchronous commit failed: %s", err)
-            return
-        for p in partitions:
-            if p.error is None and p.offset >= 0:
-                self._tracker.mark_committed((p.topic, p.partition), p.offset)
-                self._markers.committed((p.topic, p.partition), p.offset)
-
-    def _backpressure(self) -> None:
-        assert self._consumer is not None
-        in_flight, size = self._tracker.in_flight(), self._tracker.in_flight_bytes()
-        limit, budget = self.settings.max_in_flight, self.settings.max_in_flight_bytes
-        try:
-            if not self._paused and (in_flight >= limit or size >= budget):
-                self._consumer.pause(self._consumer.assignment())
-                self._paused = True
-                log.info(
-                    "paused: %d records, %d bytes in flight (max %d, %d)",
-                    in_flight,
-                    size,
-                    limit,
-                    budget,
-                )
-            elif self._paused and self._assignment_changed:
-                self._consumer.pause(self._consumer.assignment())
-            elif self._paused and in_flight <= limit // 2 and size <= budget // 2:
-                self._consumer.resume(self._consumer.assignment())
-                self._paused = False
-                log.info("resumed: %d records, %d bytes in flight", in_flight, size)
-        except KafkaException as exc:
-            log.warning("pause/resume failed: %s", exc)
-        self._assignment_changed = False
-        self.stats.paused = self._paused
+        self._offsets.commit(self._consumer, asynchronous=asynchronous, only=only)
+        self.stats.commits = self._offsets.commits
 
     # -- rebalance -----------------------------------------------------------------
 
@@ -730,44 +532,34 @@ class Bridge:
         log.info("assigned: %s", [(p.topic, p.partition) for p in partitions])
         self._assignment_changed = True
         self._joined = True
-        self._assignments += 1
-        for p in partitions:
-            self._fences[(p.topic, p.partition)] = f"{self._instance}.{self._assignments}"
-        self._assigned.update({(p.topic, p.partition): -1 for p in partitions})
+        tps = [(p.topic, p.partition) for p in partitions]
+        self._assignment.assign(tps)
         assert self._results is not None
-        self._results.follow(p.partition for p in partitions)
-        scheduled = self._parked_partitions([(p.topic, p.partition) for p in partitions])
-        for tp in scheduled:
-            self._fences[tp] = f"{self._instance}.{self._assignments}"
+        self._results.follow(p for _, p in tps)
+        scheduled = self._assignment.parked(tps)
         asked = [*partitions, *(TopicPartition(*tp) for tp in scheduled)]
         try:
             committed = consumer.committed(asked, timeout=10)
         except KafkaException as exc:
             # Parked tasks are then read from the start: those already run are absorbed.
             log.warning("could not read committed offsets on assign: %s", exc)
-            committed = [TopicPartition(p.topic, p.partition) for p in asked if p not in partitions]
+            committed = [TopicPartition(*tp) for tp in scheduled]
         starts: dict[int, int] = {}
         for p in committed:
             if (p.topic, p.partition) in scheduled:
                 starts[p.partition] = max(p.offset, 0)
                 continue
-            self._assigned[(p.topic, p.partition)] = p.offset
+            self._assignment.owned[(p.topic, p.partition)] = p.offset
             if p.offset >= 0:
                 self._seq.expect((p.topic, p.partition), p.offset)
         if self._scheduled is not None:
             self._scheduled.follow(starts)
 
-    def _parked_partitions(self, tps: list[TP]) -> list[TP]:
-        """The scheduled partitions that go with these task partitions."""
-        if self._scheduled is None:
-            return []
-        return [(self.settings.scheduled_topic, p) for _, p in tps]
-
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         log.info("revoked: %s", tps)
         self._joined = False  # a rejoin follows; leaving during it would wedge Tansu
-        tps += self._parked_partitions(tps)
+        tps += self._assignment.parked(tps)
         self._commit(asynchronous=False, only=tps)
         self._forget(tps)
 
@@ -775,7 +567,7 @@ class Bridge:
         tps = [(p.topic, p.partition) for p in partitions]
         log.warning("lost without commit: %s", tps)
         self._joined = False
-        self._forget(tps + self._parked_partitions(tps))
+        self._forget(tps + self._assignment.parked(tps))
 
     def _forget(self, tps: list[TP]) -> None:
         gone = set(tps)
@@ -783,7 +575,7 @@ class Bridge:
         # records side by side if the partition came back here).
         self._outbox = [item for item in self._outbox if item.tp not in gone]
         self._held.forget(gone)
-        self._markers.forget(gone)
+        self._offsets.markers.forget(gone)
         if self._results is not None:
             self._results.unfollow(p for t, p in gone if t == self.settings.topic)
         if self._scheduled is not None:
@@ -791,8 +583,7 @@ class Bridge:
         for tp in tps:
             self._tracker.revoke(tp)
             self._seq.forget(tp)
-            self._assigned.pop(tp, None)
-            self._fences.pop(tp, None)
+        self._assignment.revoke(tps)
         self._gate.drop(tps)
         # The next owner re-reads these records; our outcomes for them no longer matter.
         for task_id, items in list(self._pending.items()):

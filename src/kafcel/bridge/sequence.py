@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from .tracker import TP
 
-__all__ = ["SequenceGuard", "position", "seek_to"]
+__all__ = ["SequenceGuard", "position", "put_back", "seek_to"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -114,6 +114,19 @@ def seek_to(consumer: Consumer | None, tp: TP, offset: int) -> None:
         consumer.seek(TopicPartition(tp[0], tp[1], offset))
     except KafkaException as exc:
         log.warning("seek %s[%d] to %d failed: %s", tp[0], tp[1], offset, exc)
+
+
+def put_back(consumer: Consumer | None, seq: SequenceGuard, msgs: list[Message]) -> None:
+    """Fetched but not taken: ``consumer`` reads these again from the first of each
+    partition, and ``seq`` expects them there."""
+    first: dict[TP, int] = {}
+    for msg in msgs:
+        if msg.error() is None:
+            tp, offset = position(msg)
+            first.setdefault(tp, offset)
+    for tp, offset in first.items():
+        seek_to(consumer, tp, offset)
+        seq.expect(tp, offset)
 
 
 def position(msg: Message) -> tuple[TP, int]:

@@ -1,0 +1,108 @@
+"""Committing what is settled, and pausing the fetch while too much is not.
+
+The tracker says how far each partition may be committed; this commits that far
+(asynchronously every ``commit_interval_s``, synchronously on revoke and at shutdown),
+records what Kafka confirmed, hands the task ids committed past to the marker compaction,
+and pauses the bridge's partitions while records or bytes in flight reach their limits.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from ..settings import Settings
+from .markers import CommittedMarkers
+from .tracker import TP, OffsetTracker
+
+__all__ = ["Offsets"]
+
+log = logging.getLogger("kafcel.bridge")
+
+
+class Offsets:
+    def __init__(
+        self, *, tracker: OffsetTracker, markers: CommittedMarkers, settings: Settings
+    ) -> None:
+        self.tracker = tracker
+        self.markers = markers
+        self._max_records = settings.max_in_flight
+        self._max_bytes = settings.max_in_flight_bytes
+        self.commits = 0
+        self.paused = False
+
+    def commit(
+        self, consumer: Consumer, *, asynchronous: bool, only: list[TP] | None = None
+    ) -> None:
+        tracker = self.tracker
+        if asynchronous:
+            # Marked committed only when the broker confirms (in on_commit).
+            offsets = tracker.pending_commits()
+        else:
+            # Revoke and shutdown commit everything settled, whatever earlier async
+            # commits claimed, so a lost async commit is repaired here.
+            offsets = {
+                tp: off
+                for tp in tracker.partitions()
+                if (off := tracker.committable(tp)) is not None
+            }
+        if only is not None:
+            offsets = {tp: off for tp, off in offsets.items() if tp in only}
+        if not offsets:
+            return
+        batch = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
+        try:
+            if asynchronous:
+                consumer.commit(offsets=batch, asynchronous=True)
+            else:
+                consumer.commit(offsets=batch, asynchronous=False)
+        except KafkaException as exc:
+            # A failed commit loses nothing: the records are re-read and the once-guard
+            # absorbs the overlap. Log and go on.
+            log.warning("commit failed: %s", exc)
+            return
+        self.commits += 1
+        if not asynchronous:
+            for tp, off in offsets.items():
+                self._committed(tp, off)
+
+    def on_commit(self, err: Any, partitions: list[TopicPartition]) -> None:
+        """librdkafka's report of an asynchronous commit."""
+        if err is not None:
+            log.warning("asynchronous commit failed: %s", err)
+            return
+        for p in partitions:
+            if p.error is None and p.offset >= 0:
+                self._committed((p.topic, p.partition), p.offset)
+
+    def _committed(self, tp: TP, offset: int) -> None:
+        self.tracker.mark_committed(tp, offset)
+        self.markers.committed(tp, offset)
+
+    def backpressure(self, consumer: Consumer, *, assignment_changed: bool) -> None:
+        """Pause every partition at ``max_in_flight`` records or ``max_in_flight_bytes``;
+        resume at half of both."""
+        in_flight, size = self.tracker.in_flight(), self.tracker.in_flight_bytes()
+        try:
+            if not self.paused and (in_flight >= self._max_records or size >= self._max_bytes):
+                consumer.pause(consumer.assignment())
+                self.paused = True
+                log.info(
+                    "paused: %d records, %d bytes in flight (max %d, %d)",
+                    in_flight,
+                    size,
+                    self._max_records,
+                    self._max_bytes,
+                )
+            elif self.paused and assignment_changed:
+                consumer.pause(consumer.assignment())
+            elif (
+                self.paused and in_flight <= self._max_records // 2 and size <= self._max_bytes // 2
+            ):
+                consumer.resume(consumer.assignment())
+                self.paused = False
+                log.info("resumed: %d records, %d bytes in flight", in_flight, size)
+        except KafkaException as exc:
+            log.warning("pause/resume failed: %s", exc)
