@@ -19,12 +19,13 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
 from confluent_kafka import KafkaError as RdKafkaError
 
-from kafcel.celery import _guard, _WorkerState
+from kafcel.celery import _guard
 from kafcel.devstack import DevStack
 from kafcel.dlq import MAX_TEXT_CHARS, parse_dlq_headers
 from kafcel.replay import header_list
 from kafcel.results import FAILURE, MAX_OUTCOME_BYTES, Origin, Outcome
 from kafcel.settings import Settings
+from kafcel.worker import WorkerProcess
 
 from .bridge_harness import FakeKafka, FakeProducer
 
@@ -51,7 +52,7 @@ _UNGUARDED = fail.run
 class Worker:
     kafka: FakeKafka
     producer: FakeProducer
-    state: _WorkerState
+    state: WorkerProcess
     settings: Settings
 
     def deliver(self, task_id: str, *args: Any) -> type[BaseException]:
@@ -104,7 +105,7 @@ def worker(stack: DevStack) -> Iterator[Worker]:
         made.append(producer)
         return producer
 
-    state = _WorkerState(settings, new_producer=new_producer)  # type: ignore[arg-type]
+    state = WorkerProcess(settings, new_producer=new_producer)  # type: ignore[arg-type]
     assert state.guard is not None  # opens the producer
     fail.run = _UNGUARDED  # each test's guard has its own state
     _guard(fail, state)
