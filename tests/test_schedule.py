@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from kafcel import Producer
+from kafcel.admin import committed_offsets
 
 from .conftest import Pipeline, wait_until
 from .test_operate import effects, status
@@ -89,3 +90,13 @@ def test_tasks_start_at_their_eta_across_a_restart_in_key_order(
     assert runs.index("c") < runs.index("a") < runs.index("b"), runs
     assert set(effects(client, name).values()) == {1}
     wait_until(pipeline.fully_committed, 60, "everything committed")
+    scheduled = pipeline.tps(pipeline.settings.scheduled_topic)
+    ends = pipeline.ends(pipeline.settings.scheduled_topic)
+
+    def parked_committed() -> bool:
+        done = committed_offsets(
+            pipeline.settings.bootstrap_servers, pipeline.settings.group_id, scheduled
+        )
+        return all((done.get(tp) or 0) >= end for tp, end in ends.items())
+
+    wait_until(parked_committed, 60, "the scheduled partitions committed past the parked tasks")
