@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
 from confluent_kafka import KafkaError as RdKafkaError
 
-from kafcel.celery import _guard
+from kafcel.celery import _guard, _never_ran
 from kafcel.devstack import DevStack
 from kafcel.dlq import MAX_TEXT_CHARS, parse_dlq_headers
 from kafcel.replay import header_list
@@ -55,9 +56,8 @@ class Worker:
     state: WorkerProcess
     settings: Settings
 
-    def deliver(self, task_id: str, *args: Any) -> type[BaseException]:
-        """One delivery of the request to the guarded task; what it raised."""
-        origin = Origin(
+    def origin(self) -> Origin:
+        return Origin(
             topic=self.settings.topic,
             partition=0,
             offset=7,
@@ -66,6 +66,10 @@ class Worker:
             dlq_topic=self.settings.dlq_topic,
             fence="bridge.1",
         )
+
+    def deliver(self, task_id: str, *args: Any) -> type[BaseException]:
+        """One delivery of the request to the guarded task; what it raised."""
+        origin = self.origin()
         fail.push_request(
             id=task_id, kafcel=origin.to_header(), retries=0, delivery_info={"routing_key": "q"}
         )
@@ -204,3 +208,41 @@ def test_an_exception_message_of_5_mb(worker: Worker) -> None:
     (raw,) = worker.topic(worker.settings.results_topic)
     assert len(raw.value()) <= MAX_OUTCOME_BYTES
     assert Outcome.decode(raw.value()).error_message.startswith("mmm")  # type: ignore[union-attr]
+
+
+def test_a_copy_that_wrote_the_owed_dead_letter_clears_the_debt(worker: Worker) -> None:
+    """After a copy of the id wrote the dead letter a failed attempt owed, later copies
+    only re-announce: one dead letter, not one per copy."""
+    task_id = str(uuid.uuid4())
+    worker.producer.before_produce = die_on(worker.settings.dlq_topic)
+    assert worker.deliver(task_id, 6) is Killed
+    worker.producer.before_produce = lambda topic: None
+    assert worker.deliver(task_id, 6) is Ignore
+    assert worker.deliver(task_id, 6) is Ignore
+    assert ran == [6]
+    assert len(worker.dead_letters()) == 1 and len(worker.outcomes()) == 2
+
+
+def test_an_expired_copy_still_writes_the_owed_dead_letter(worker: Worker) -> None:
+    """The failed attempt died before its dead letter; the next copy has expired, so it
+    never reaches the task (Celery's task_revoked): it must write the dead letter before
+    it announces the failure."""
+    task_id = str(uuid.uuid4())
+    worker.producer.before_produce = die_on(worker.settings.dlq_topic)
+    assert worker.deliver(task_id, 7) is Killed
+    worker.producer.before_produce = lambda topic: None
+    request = SimpleNamespace(id=task_id, args=[7], kwargs={}, delivery_info={"routing_key": "q"})
+    _never_ran(
+        worker.state,
+        worker.origin(),
+        task_id,
+        "wdl.fail",
+        "TaskExpired",
+        "the task expired before a worker could run it",
+        request=request,
+    )
+    assert ran == [7]
+    (letter,) = worker.dead_letters()
+    assert letter.value() is not None and b'"args":[7]' in letter.value()
+    (outcome,) = worker.outcomes()
+    assert outcome.status == FAILURE and worker.settled_after_dead_letter()

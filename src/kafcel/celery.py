@@ -97,7 +97,16 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
         else:
             reason, what = REVOKED_BY_OPERATOR, "was revoked"
         message = f"the task {what}"
-        _never_ran(state, origin, request.id, sender.name, reason, message, killed=terminated)
+        _never_ran(
+            state,
+            origin,
+            request.id,
+            sender.name,
+            reason,
+            message,
+            killed=terminated,
+            request=request,
+        )
 
     def on_unknown(
         sender: Any = None, name: str = "", id: str = "", message: Any = None, **_: Any
@@ -227,9 +236,11 @@ def _guard(task: Task, state: WorkerProcess) -> None:
             if claim.dead_letter_pending:
                 # The failed attempt stopped before Kafka had its dead letter (a crash, a
                 # failed write): write it now, from this copy of the request.
-                letter = _letter(task, origin, claim.done)
                 value = _rebuild(task.name, args, kwargs, request, origin)
-                _dead_letter_or_requeue(state, origin, value, letter)
+                _dead_letter_or_requeue(
+                    state, origin, value, _letter(task.name, origin, claim.done)
+                )
+                state.dead_letter_written(request.id)
             _publish_or_requeue(state, origin, claim.done.announced_for(origin))
             raise Ignore()
         if not claim.acquired:
@@ -292,7 +303,7 @@ def _guard(task: Task, state: WorkerProcess) -> None:
 
     setattr(guarded, _WRAPPED, True)
     task.run = guarded
-    follow_replacement(task, HEADER, origin_of, state.end_attempt, _REPLACED)
+    follow_replacement(task, HEADER, origin_of, state.hand_over, _REPLACED)
 
 
 def _finish(
@@ -342,7 +353,7 @@ def _finish(
         # Without the done marker nothing could re-announce a lost outcome: wait for it.
         _publish_or_requeue(state, origin, outcome, wait=not recorded)
         return
-    letter = _letter(task, origin, outcome, "".join(traceback.format_exception(exc)))
+    letter = _letter(task.name, origin, outcome, "".join(traceback.format_exception(exc)))
     # The worker no longer has the original bytes: the DLQ value is the request rebuilt.
     value = _rebuild(task.name, args, kwargs, request, origin)
     _dead_letter_or_requeue(state, origin, value, letter)
@@ -353,7 +364,7 @@ def _finish(
         state.metrics.dead_lettered(task.name, letter.error_class)
 
 
-def _letter(task: Task, origin: Origin, outcome: Outcome, trace: str | None = None) -> DeadLetter:
+def _letter(task: str, origin: Origin, outcome: Outcome, trace: str | None = None) -> DeadLetter:
     """The dead letter of a task that failed for good (``outcome``)."""
     return DeadLetter(
         error_class=outcome.error_class or "Exception",
@@ -362,7 +373,7 @@ def _letter(task: Task, origin: Origin, outcome: Outcome, trace: str | None = No
         origin_partition=origin.partition,
         origin_offset=origin.offset,
         stage="worker",
-        task=task.name,
+        task=task,
         task_id=outcome.task_id,
         attempts=outcome.retries + 1,
         replays=origin.replays,
@@ -430,16 +441,27 @@ def _never_ran(
     message: str,
     *,
     killed: bool = False,
+    request: Any = None,
 ) -> None:
     """Settle a task that will not run (on): a REVOKED outcome. The bridge dead-letters
     it unless an operator revoked it (``REVOKED_BY_OPERATOR``, see KAFCEL_DLQ_REVOKED).
-    ``killed``: revoke(terminate=True) ended the process holding the id's lease."""
+    ``killed``: revoke(terminate=True) ended the process holding the id's lease.
+    ``request`` (args, kwargs, delivery info) rebuilds a dead letter still owed by an
+    earlier attempt that failed."""
     outcome = _outcome(origin, task_id, task, REVOKED, error_class=reason, error_message=message)
     try:
         current = state.guard.finish_if_absent(outcome)
         if current is None:
             state.publish(origin, outcome)
         elif current.done is not None:
+            if current.dead_letter_pending:
+                # An earlier attempt failed and stopped before Kafka had its dead letter:
+                # it goes first, or this announcement would settle the record without it.
+                args = tuple(getattr(request, "args", None) or ())
+                kwargs = dict(getattr(request, "kwargs", None) or {})
+                value = _rebuild(task, args, kwargs, request, origin)
+                state.write_dead_letter(origin, value, _letter(task, origin, current.done))
+                state.dead_letter_written(task_id)
             state.publish(origin, current.done.announced_for(origin))
         elif killed:
             # The lease belongs to the process just terminated: it will never announce.

@@ -130,12 +130,9 @@ _COMPACT = """
 local n = 0
 for _, key in ipairs(KEYS) do
     local v = redis.call('GET', key)
-    if v and string.sub(v, 1, 5) == 'done:' and string.sub(v, 6, 6) ~= '=' then
-        local raw = string.sub(v, 6)
-        if string.sub(raw, 1, 1) == '?' then
-            raw = string.sub(raw, 2)
-        end
-        local ok, o = pcall(cjson.decode, raw)
+    local flag = string.sub(v or '', 6, 6)
+    if v and string.sub(v, 1, 5) == 'done:' and flag ~= '=' and flag ~= '?' then
+        local ok, o = pcall(cjson.decode, string.sub(v, 6))
         if ok and type(o) == 'table' and o.status and o.task then
             redis.call('SET', key, 'done:=' .. o.status .. ':' .. o.task, 'KEEPTTL')
             n = n + 1
@@ -317,6 +314,12 @@ class OnceGuard:
     def release(self, task_id: str) -> None:
         """End our attempt without an outcome, so another delivery of the id may run."""
         self._finish_attempt(task_id, b"", 0)
+
+    def hand_over(self, task_id: str, ttl_s: float) -> None:
+        """Our attempt ended by handing the id to another message (``self.replace()``):
+        queued, as the bridge marks a dispatched id, so the redispatch check sees it live
+        and the replacement may claim it."""
+        self._finish_attempt(task_id, _QUEUED, int(ttl_s * 1000))
 
     def wait_retry(self, task_id: str, countdown_s: float, *, retries: int) -> None:
         """Our attempt asked Celery for retry number ``retries``: hold the id for it.

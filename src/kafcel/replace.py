@@ -26,11 +26,12 @@ def follow_replacement(
     task: Task,
     header: str,
     origin_of: Callable[[Any], Origin | None],
-    free: Callable[[str], None],
+    hand_over: Callable[[str], None],
     mark: str,
 ) -> None:
     """Wrap ``task.on_replace``: the replacement carrying the id gets ``header``, the
-    id is ``free``d, and the request gets attribute ``mark`` (its Ignore is no outcome)."""
+    id is handed over to it, and the request gets attribute ``mark`` (its Ignore is no
+    outcome)."""
     on_replace: Callable[[Any], Any] = task.on_replace
 
     def follow(sig: Any) -> Any:
@@ -41,8 +42,10 @@ def follow_replacement(
             headers = dict(carrier.options.get("headers") or {})
             headers[header] = origin.to_header()
             carrier.set(headers=headers)
-            # Freed before the replacement is sent: it may start at once, elsewhere.
-            free(request.id)
+            # Handed over before the replacement is sent: it may start at once, elsewhere;
+            # until it does, the id reads as queued, so the bridge does not send the
+            # original again.
+            hand_over(request.id)
             setattr(request, mark, True)
         return on_replace(sig)
 

@@ -152,6 +152,14 @@ class WorkerProcess:
         except KafcelError as exc:
             log.warning("kafcel: could not end the attempt of %s: %s", task_id, exc)
 
+    def hand_over(self, task_id: str) -> None:
+        """The attempt replaced itself: the id goes to the replacement (never raises)."""
+        try:
+            with self.keeper.letting_go(task_id):
+                self.guard.hand_over(task_id, self._ensure()[0].queued_ttl_s)
+        except KafcelError as exc:
+            log.warning("kafcel: could not hand %s over to its replacement: %s", task_id, exc)
+
     def record_done(self, outcome: Outcome, *, dead_letter_pending: bool = False) -> bool:
         """Write the done marker; False (logged) if Redis could not take it. Raise
         :class:`Ignore` if another attempt holds the id: that attempt started after our
