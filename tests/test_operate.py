@@ -358,8 +358,8 @@ def test_a_bad_route_holds_its_tasks_shows_stall_and_dead_letters_nothing(
     bad = pipeline.start_bridge(app="tests.misrouted_app:app")
     with Producer(settings=pipeline.settings) as producer:
         for i in range(4):
-            producer.submit("tests.app.record", name, i, key="same")
-        producer.submit("tests.app.flaky_bind", name, "other", 0, key="other")
+            producer.submit("tests.app.record", args=[name, i], key="same")
+        producer.submit("tests.app.flaky_bind", args=[name, "other", 0], key="other")
     wait_until(lambda: effects(client, name).get("other") == 1, 60, "the other task to run")
 
     def held() -> list[dict[str, Any]]:
