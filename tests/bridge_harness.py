@@ -81,7 +81,8 @@ class FakeConsumer:
         self._on_commit: Callable[..., None] | None = conf.get("on_commit")
         self._positions: dict[TP, int] = {}
         self._paused: set[TP] = set()
-        self._events: deque[tuple[str, list[TP]]] = deque()
+        # (kind, partitions, the consume() call from which it is served)
+        self._events: deque[tuple[str, list[TP], int]] = deque()
         self._commit_acks: deque[list[TopicPartition]] = deque()
         self._callbacks: dict[str, Callable[..., None]] = {}
         self.commits: list[dict[TP, int]] = []
@@ -90,15 +91,16 @@ class FakeConsumer:
 
     # -- what the test orders -------------------------------------------------------
 
-    def assign(self, tps: Iterable[TP]) -> None:
-        """Rebalance: ``tps`` are assigned at the bridge's next consume()."""
-        self._events.append(("assign", list(tps)))
+    def assign(self, tps: Iterable[TP], *, after_polls: int = 0) -> None:
+        """Rebalance: ``tps`` are assigned in the bridge's next consume() call, or in the
+        one ``after_polls`` calls later (librdkafka runs callbacks in any consume())."""
+        self._events.append(("assign", list(tps), self.polls + 1 + after_polls))
 
-    def revoke(self, tps: Iterable[TP]) -> None:
-        self._events.append(("revoke", list(tps)))
+    def revoke(self, tps: Iterable[TP], *, after_polls: int = 0) -> None:
+        self._events.append(("revoke", list(tps), self.polls + 1 + after_polls))
 
-    def lose(self, tps: Iterable[TP]) -> None:
-        self._events.append(("lost", list(tps)))
+    def lose(self, tps: Iterable[TP], *, after_polls: int = 0) -> None:
+        self._events.append(("lost", list(tps), self.polls + 1 + after_polls))
 
     # -- the Consumer API the bridge uses ---------------------------------------------
 
@@ -110,8 +112,8 @@ class FakeConsumer:
             acked = self._commit_acks.popleft()
             if self._on_commit is not None:
                 self._on_commit(None, acked)
-        while self._events:
-            kind, tps = self._events.popleft()
+        while self._events and self._events[0][2] <= self.polls:
+            kind, tps, _ = self._events.popleft()
             parts = [TopicPartition(t, p) for t, p in tps]
             if kind == "assign":
                 self._callbacks["on_assign"](self, parts)

@@ -21,7 +21,7 @@ from ..settings import Settings
 from .schedule import Parked
 from .tracker import TP
 
-__all__ = ["Dispatch", "StopSending", "declare_queues", "make_dispatch"]
+__all__ = ["Dispatch", "declare_queues", "make_dispatch"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -73,6 +73,15 @@ class Dispatch:
         return max((self.eta - datetime.now(UTC)).total_seconds(), 0.0)
 
 
+def _when(stamp_ms: int, now: datetime) -> datetime:
+    """A record's timestamp as a time; ``now`` for one no calendar holds (a producer
+    writing microseconds: year 55,000)."""
+    try:
+        return datetime.fromtimestamp(stamp_ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return now
+
+
 def make_dispatch(
     msg: Message,
     envelope: Envelope,
@@ -108,7 +117,7 @@ def make_dispatch(
     # clock ahead of ours counts as now), so a record that waited behind its key or in
     # a backlog does not start late or expire late.
     now = datetime.now(UTC)
-    submitted = now if stamp is None else min(now, datetime.fromtimestamp(stamp / 1000, UTC))
+    submitted = now if stamp is None else min(now, _when(stamp, now))
     eta = envelope.eta
     if envelope.countdown is not None:
         eta = submitted + timedelta(seconds=envelope.countdown)
@@ -120,10 +129,6 @@ def make_dispatch(
         task_id, eta, expires = parked.task_id, parked.eta, parked.expires
     light = envelope.without_payload()
     return Dispatch(light, task_id, origin, tp, offset, slot, fence, msg, eta, expires)
-
-
-class StopSending(Exception):
-    """The bridge is stopping while the broker is down: the record stays unsettled."""
 
 
 def declare_queues(app: Celery, names: set[str | None]) -> None:

@@ -275,7 +275,12 @@ class Bridge:
                 if self._tracker.in_flight_bytes() >= budget:
                     # Past the byte budget by at most the record that crossed it: what
                     # was fetched beyond is read again once memory is free.
-                    put_back(self._consumer, self._seq, msgs[index:])
+                    owned = self._assignment.owned
+                    put_back(
+                        self._consumer,
+                        self._seq,
+                        [m for m in msgs[index:] if (m.topic(), m.partition()) in owned],
+                    )
                     break
                 self._handle(msg)
             self._flush_outbox()
@@ -320,6 +325,10 @@ class Bridge:
             log.warning("consumer error: %s", err)
             return
         tp, offset = position(msg)
+        if tp not in self._assignment.owned:
+            # Fetched before a revoke that ran inside a later consume() of this turn:
+            # the partition's next owner reads it from the commit.
+            return
         size = len(msg.value() or b"") + len(msg.key() or b"")
         if not self._seq.admit(tp, offset) or not self._tracker.add(tp, offset, size):
             return
@@ -374,6 +383,8 @@ class Bridge:
         parked = Parked.from_headers(header_list(msg))
         if envelope is None or parked is None:
             return
+        if (parked.topic, parked.partition) not in self._assignment.owned:
+            return  # its task partition was revoked this turn: the next owner has it
         # Ordered and fenced with the records of the task partition it came from.
         origin_tp = (parked.topic, parked.partition)
         slot = self._gate.slot_for(origin_tp, msg.key())
@@ -533,6 +544,11 @@ class Bridge:
         self._assignment_changed = True
         self._joined = True
         tps = [(p.topic, p.partition) for p in partitions]
+        for tp in tps:
+            # Whatever an earlier assignment left (nothing, after a clean revoke) must not
+            # make the re-read look seen.
+            self._tracker.revoke(tp)
+            self._seq.forget(tp)
         self._assignment.assign(tps)
         assert self._results is not None
         self._results.follow(p for _, p in tps)

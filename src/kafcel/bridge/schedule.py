@@ -100,7 +100,7 @@ class Parked:
                 eta=_at(int(found[_ETA_MS])),
                 expires=None if expires is None else _at(int(expires)),
             )
-        except (KeyError, ValueError, UnicodeDecodeError):
+        except (KeyError, ValueError, UnicodeDecodeError, OverflowError, OSError):
             return None
 
 
