@@ -175,18 +175,20 @@ def test_the_broker_down_for_longer_than_the_poll_interval(harness: BridgeHarnes
     assert h.bridge.stats.held == 4 and h.dlq() == []
     round_trips, polls = h.publisher.round_trips, h.c.polls
     h.answer(first)  # a worker finishes a task sent before the outage
-    for _ in range(400):  # 400 turns over 10 minutes: past max.poll.interval.ms (5 min)
+    for n in range(400):  # 400 turns over 10 minutes: past max.poll.interval.ms (5 min)
+        if n == 200:  # a record arriving during the outage waits too, without a publish
+            h.kafka.append(tp, envelope("harness.echo", 6), key=b"6")
         h.now += 1.5
         h.turn()
     assert h.c.polls >= polls + 400
     assert h.publisher.round_trips == round_trips, "no publish while the probe fails"
     assert h.publisher.probes < 40, "probes back off"
-    assert h.in_flight(tp) == 4, "the outcome read during the outage settled its record"
+    assert h.in_flight(tp) == 5, "the outcome read during the outage settled its record"
 
     h.publisher.down = False
     h.now += 60
     h.turn()
-    assert sorted(h.publisher.offsets()) == [0, 1, 2, 3, 4] and h.dlq() == []
+    assert sorted(h.publisher.offsets()) == [0, 1, 2, 3, 4, 5] and h.dlq() == []
 
 
 def test_memory_is_bounded_in_bytes(stack: DevStack) -> None:

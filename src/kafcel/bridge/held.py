@@ -38,6 +38,16 @@ class HeldDispatches:
     def __len__(self) -> int:
         return len(self._items)
 
+    def hold_all(self, items: list[Dispatch]) -> None:
+        """The broker is known to be down: these wait too, without a publish (each one
+        would wait seconds on kombu's connection retries) until the probe finds it back."""
+        for item in items:
+            self.hold(item, DispatchHeld(self.reason or "Celery broker unavailable"))
+
+    def back(self) -> None:
+        """The probe reached the broker: publish again."""
+        self.broker_down = False
+
     def hold(self, item: Dispatch, why: DispatchHeld) -> None:
         reason = str(why)
         if reason != self.reason:

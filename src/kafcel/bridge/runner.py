@@ -398,6 +398,9 @@ class Bridge:
     def _flush_outbox(self) -> None:
         # A refusal dead-letters its record, which may release the key's next one into
         # the outbox again: loop until it stays empty.
+        if self._held.broker_down:
+            self._held.hold_all(self._outbox)
+            self._outbox = []
         while self._outbox:
             items = self._outbox[: batch_length(self._outbox)]
             del self._outbox[: len(items)]
@@ -462,9 +465,11 @@ class Bridge:
     def _retry_held(self) -> None:
         if not self._held.due():
             return
-        if self._held.broker_down and not self._open_publisher().reachable(timeout_s=1.0):
-            self._held.wait_longer()
-            return
+        if self._held.broker_down:
+            if not self._open_publisher().reachable(timeout_s=1.0):
+                self._held.wait_longer()
+                return
+            self._held.back()
         # In their order, before anything admitted since: a key's records stay in line.
         self._outbox[:0] = self._held.take()
 
