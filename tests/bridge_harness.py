@@ -299,8 +299,14 @@ class FakeScheduled:
     def read(self) -> list[Message]:
         return []
 
-    def due(self) -> list[Message]:
+    def due(self, *, limit: int) -> list[Message]:
         return []
+
+    def stale(self) -> list[Message]:
+        return []
+
+    def again(self, msgs: Iterable[Message]) -> None:
+        pass
 
     def close(self) -> None:
         pass

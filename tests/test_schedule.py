@@ -80,7 +80,8 @@ def test_tasks_start_at_their_eta_across_a_restart_in_key_order(
         "three tasks parked",
     )
     bridge.stop(timeout_s=30)  # parked, not yet due: the next bridge finds them in Kafka
-    pipeline.start_bridge(**soon)
+    # Parking switched off meanwhile: what was parked before still runs.
+    pipeline.start_bridge(schedule_after_s=0.0)
     wait_until(lambda: len(effects(client, name)) == 4, 60, "the scheduled tasks to run")
     started = {k.decode(): float(v) for k, v in client.hgetall(f"{name}:started").items()}
     for item, countdown in (("a", 12), ("b", 12), ("d", 14)):
@@ -100,3 +101,34 @@ def test_tasks_start_at_their_eta_across_a_restart_in_key_order(
         return all((done.get(tp) or 0) >= end for tp, end in ends.items())
 
     wait_until(parked_committed, 60, "the scheduled partitions committed past the parked tasks")
+
+
+def test_a_task_parked_long_is_parked_anew_so_the_commit_moves_on(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    """A task due far ahead must not hold its scheduled partition's commit behind tasks
+    that ran since: read again from that commit (a restart, a rebalance) once their done
+    markers expired, those would run again. After a quarter of the markers' lifetime it
+    is parked anew at the end, and the old copy settles."""
+    name, client = ledger
+    pipeline.start_bridge(schedule_after_s=2.0, once_done_ttl_s=12.0)  # anew after 3 s
+    submitted = time.time()
+    with Producer(settings=pipeline.settings) as producer:
+        producer.submit("tests.app.stamp", args=[name, "far"], key="k", countdown=30)
+        producer.submit("tests.app.stamp", args=[name, "near"], key="k", countdown=4)
+    wait_until(lambda: effects(client, name).get("near") == 1, 30, "the near task")
+    topic = pipeline.settings.scheduled_topic
+    (tp,) = [tp for tp, end in pipeline.ends(topic).items() if end]
+
+    def committed_past_both() -> bool:
+        done = committed_offsets(
+            pipeline.settings.bootstrap_servers, pipeline.settings.group_id, [tp]
+        )
+        return (done.get(tp) or 0) >= 2
+
+    wait_until(committed_past_both, 40, "the far task parked anew and the commit past both")
+    assert "far" not in effects(client, name), "parked anew, not run early"
+    wait_until(lambda: effects(client, name).get("far") == 1, 40, "the far task at its eta")
+    started = float(client.hget(f"{name}:started", "far") or 0)
+    assert -0.5 < started - (submitted + 30) < 1.0
+    assert effects(client, name) == {"near": 1, "far": 1}

@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry
@@ -40,9 +40,6 @@ from .replace import follow_replacement
 from .results import FAILURE, REVOKED, REVOKED_BY_OPERATOR, SUCCESS, Origin, Outcome
 from .settings import Settings
 from .worker import WorkerProcess
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["HEADER", "app_from_env", "install", "load_app", "origin_of"]
 

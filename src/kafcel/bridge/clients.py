@@ -57,8 +57,6 @@ def _topics(s: Settings) -> None:
         s.bootstrap_servers,
         {s.results_topic: tasks, s.dlq_topic: tasks, s.scheduled_topic: tasks},
         extra=extra,
-        # A parked task must outlive its schedule, however far ahead it is due.
-        configs={s.scheduled_topic: {"retention.ms": "-1"}},
     )
     for topic in (s.results_topic, s.scheduled_topic):
         _co_partitioned(s, topic, known[topic], tasks)
@@ -85,7 +83,9 @@ def _scheduled(config: dict[str, Any], s: Settings) -> ScheduledReader:
         config=config,
         group_id=s.group_id,
         topic=s.scheduled_topic,
-        lead_s=s.schedule_after_s / 2,
+        lead_s=(s.schedule_after_s or 60.0) / 2,
+        # Well within the done markers' lifetime and any sane retention (schedule.py).
+        repark_after_s=min(s.once_done_ttl_s / 4, 24 * 3600.0),
         gap_wait_s=s.gap_wait_s,
     )
 

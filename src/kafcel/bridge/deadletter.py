@@ -107,7 +107,12 @@ class DeadLetters:
             self._settled(tp, offset, slot, task_id)
 
         self._writer.write(
-            letter, value=msg.value(), key=msg.key(), headers=header_list(msg), on_written=written
+            letter,
+            value=msg.value(),
+            key=msg.key(),
+            headers=header_list(msg),
+            on_written=written,
+            wanted=lambda: self._assignment.current(tp, fence),
         )
 
     def item(self, item: Dispatch, exc: RecordRejected, *, error_class: str | None = None) -> None:

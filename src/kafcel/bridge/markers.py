@@ -14,34 +14,32 @@ from .tracker import TP
 
 __all__ = ["CommittedMarkers"]
 
-# Task ids remembered while their offsets wait for a commit (a stuck head can hold many
-# settled records behind it): past this, a marker simply stays whole until its TTL.
-_LIMIT = 200_000
+# Task ids remembered per partition while their offsets wait for a commit (a stuck head
+# can hold many settled records behind it): past this, a marker of that partition simply
+# stays whole until its TTL; the other partitions' markers still shrink.
+_LIMIT_PER_PARTITION = 50_000
 
 
 class CommittedMarkers:
-    def __init__(self, *, limit: int = _LIMIT) -> None:
-        self._limit = limit
+    def __init__(self, *, limit_per_partition: int = _LIMIT_PER_PARTITION) -> None:
+        self._limit = limit_per_partition
         self._settled: dict[TP, list[tuple[int, str]]] = {}
-        self._count = 0
         self._ready: list[str] = []
 
     def settled(self, tp: TP, offset: int, task_id: str) -> None:
-        if self._count >= self._limit:
-            return
-        heapq.heappush(self._settled.setdefault(tp, []), (offset, task_id))
-        self._count += 1
+        heap = self._settled.setdefault(tp, [])
+        if len(heap) < self._limit:
+            heapq.heappush(heap, (offset, task_id))
 
     def committed(self, tp: TP, offset: int) -> None:
         """``tp`` is committed up to ``offset`` (exclusive)."""
         heap = self._settled.get(tp)
         while heap and heap[0][0] < offset:
             self._ready.append(heapq.heappop(heap)[1])
-            self._count -= 1
 
     def forget(self, tps: Iterable[TP]) -> None:
         for tp in tps:
-            self._count -= len(self._settled.pop(tp, ()))
+            self._settled.pop(tp, None)
 
     def take(self) -> list[str]:
         ready, self._ready = self._ready, []

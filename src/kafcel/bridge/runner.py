@@ -51,10 +51,11 @@ from .markers import CommittedMarkers
 from .offsets import Offsets
 from .ordering import OrderingGate
 from .outcomes import OutcomeReader
+from .parking import Scheduling
 from .presence import BridgeStats, Presence, eta_held, log_report, positions
 from .publish import Publisher, batch_length
 from .redispatch import Redispatcher, backend_state
-from .schedule import Parked, Parker, ScheduledReader
+from .schedule import Parked, Parker
 from .sequence import SequenceGuard, position, put_back, seek_to
 from .tracker import TP, OffsetTracker
 
@@ -117,8 +118,7 @@ class Bridge:
         self._offsets = Offsets(tracker=self._tracker, markers=markers, settings=settings)
         self._publisher: Publisher | None = None
         self._presence = Presence(client=client, group=settings.group_id)
-        parking = settings.schedule_after_s > 0
-        self._assignment = Assignment(scheduled_topic=settings.scheduled_topic if parking else None)
+        self._assignment = Assignment(scheduled_topic=settings.scheduled_topic)
         self._joined = False
         self._assignment_changed = False
         app.loader.import_default_modules()
@@ -131,8 +131,7 @@ class Bridge:
         self._producer_conf = producer_config(settings.bootstrap_servers, settings.librdkafka())
         self._consumer: Consumer | None = None
         self._results: OutcomeReader | None = None
-        self._scheduled: ScheduledReader | None = None
-        self._parker: Parker | None = None
+        self._scheduling: Scheduling
         self._producer: Producer | None = None
         self._dead: DeadLetters
 
@@ -188,9 +187,17 @@ class Bridge:
                 settled=self._dead_lettered,
             )
             self._results = c.outcomes(self._base_conf, s)
-            if s.schedule_after_s > 0:
-                self._scheduled = c.scheduled(self._base_conf, s)
-                self._parker = Parker(producer=self._producer, topic=s.scheduled_topic)
+            # Followed even with parking off: tasks parked before must still run.
+            self._scheduling = Scheduling(
+                reader=c.scheduled(self._base_conf, s),
+                parker=Parker(producer=self._producer, topic=s.scheduled_topic),
+                tracker=self._tracker,
+                assignment=self._assignment,
+                settings=s,
+                admit=self._admit,
+                settle=lambda tp, offset: self._settle(tp, offset, None),
+                due=self._handle_parked,
+            )
             self._consumer = c.consumer(self._consumer_conf)
             self._consumer.subscribe(
                 [s.topic],
@@ -220,8 +227,7 @@ class Bridge:
         self._consumer.close()
         if self._results is not None:
             self._results.close()
-        if self._scheduled is not None:
-            self._scheduled.close()
+        self._scheduling.close()
         self._producer.flush(10)
         self._presence.leave()
         log.info("bridge stopped: %s", self.stats.as_dict())
@@ -288,12 +294,11 @@ class Bridge:
             # Paused: consume() still serves rebalance callbacks and heartbeats.
             self._consumer.consume(1, timeout=_POLL_S)
         self._read_outcomes()
-        self._read_scheduled()
+        self._scheduling.turn(self._consumer)
         self._redispatch_lost()
         self._producer.poll(0)
         self._dead.retry_due()
-        if self._parker is not None:
-            self._parker.retry_due()
+        self._scheduling.retry_due()
         # Outcomes, orphans and DLQ acknowledgements release keys' next records: they
         # leave in this turn, before a consume() can revoke their partitions.
         self._flush_outbox()
@@ -310,7 +315,8 @@ class Bridge:
         self.stats.waiting = self._gate.waiting
         self.stats.held = len(self._held)
         self.stats.dlq = self._dead.written
-        self.stats.scheduled = 0 if self._scheduled is None else len(self._scheduled)
+        self.stats.scheduled = len(self._scheduling)
+        self.stats.parked = self._scheduling.parked
         self.stats.gaps_reseeked = self._seq.reseeks + (
             self._results.reseeks if self._results is not None else 0
         )
@@ -340,8 +346,13 @@ class Bridge:
         slot = self._gate.slot_for(tp, msg.key())
         fence = self._assignment.fence(tp)
         item = make_dispatch(msg, envelope, tp, offset, slot, self.settings, fence=fence)
-        if item.wait_s() > self.settings.schedule_after_s > 0 and self._park(item):
-            return
+        if item.wait_s() > self.settings.schedule_after_s > 0:
+            self._scheduling.park(item)
+        else:
+            self._admit(item)
+
+    def _admit(self, item: Dispatch) -> None:
+        """To Celery in this turn, or behind its key's running task."""
         if self._gate.admit(item.slot, item):
             self._outbox.append(item)
 
@@ -357,26 +368,6 @@ class Bridge:
             return None
         return envelope
 
-    def _park(self, item: Dispatch) -> bool:
-        """Due later: the task waits in the scheduled topic (schedule.py), not here."""
-        assert self._parker is not None
-
-        def written() -> None:
-            if self._assignment.current(item.tp, item.fence):
-                self.stats.parked += 1
-                self._settle(item.tp, item.offset, None)
-
-        return self._parker.park(item.msg, item.parked(), written)
-
-    def _read_scheduled(self) -> None:
-        if self._scheduled is None:
-            return
-        for msg in self._scheduled.read():
-            # Tracked for their commit, not counted in flight: they wait in Kafka.
-            self._tracker.add(*position(msg), counted=False)
-        for msg in self._scheduled.due():
-            self._handle_parked(msg)
-
     def _handle_parked(self, msg: Message) -> None:
         tp, offset = position(msg)
         envelope = self._valid(msg, parked=True)
@@ -385,6 +376,7 @@ class Bridge:
             return
         if (parked.topic, parked.partition) not in self._assignment.owned:
             return  # its task partition was revoked this turn: the next owner has it
+        self._scheduling.counted(msg)
         # Ordered and fenced with the records of the task partition it came from.
         origin_tp = (parked.topic, parked.partition)
         slot = self._gate.slot_for(origin_tp, msg.key())
@@ -392,8 +384,7 @@ class Bridge:
         item = make_dispatch(
             msg, envelope, tp, offset, slot, self.settings, fence=fence, parked=parked
         )
-        if self._gate.admit(item.slot, item):
-            self._outbox.append(item)
+        self._admit(item)
 
     def _flush_outbox(self) -> None:
         # A refusal dead-letters its record, which may release the key's next one into
@@ -557,24 +548,16 @@ class Bridge:
         self._assignment.assign(tps)
         assert self._results is not None
         self._results.follow(p for _, p in tps)
-        scheduled = self._assignment.parked(tps)
-        asked = [*partitions, *(TopicPartition(*tp) for tp in scheduled)]
+        self._scheduling.follow(consumer, tps)
         try:
-            committed = consumer.committed(asked, timeout=10)
+            committed = consumer.committed(partitions, timeout=10)
         except KafkaException as exc:
-            # Parked tasks are then read from the start: those already run are absorbed.
             log.warning("could not read committed offsets on assign: %s", exc)
-            committed = [TopicPartition(*tp) for tp in scheduled]
-        starts: dict[int, int] = {}
+            return
         for p in committed:
-            if (p.topic, p.partition) in scheduled:
-                starts[p.partition] = max(p.offset, 0)
-                continue
             self._assignment.owned[(p.topic, p.partition)] = p.offset
             if p.offset >= 0:
                 self._seq.expect((p.topic, p.partition), p.offset)
-        if self._scheduled is not None:
-            self._scheduled.follow(starts)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -599,8 +582,7 @@ class Bridge:
         self._offsets.markers.forget(gone)
         if self._results is not None:
             self._results.unfollow(p for t, p in gone if t == self.settings.topic)
-        if self._scheduled is not None:
-            self._scheduled.unfollow(p for t, p in gone if t == self.settings.scheduled_topic)
+        self._scheduling.forget(gone, self.settings.scheduled_topic)
         for tp in tps:
             self._tracker.revoke(tp)
             self._seq.forget(tp)

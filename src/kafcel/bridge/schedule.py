@@ -22,12 +22,14 @@ import heapq
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError as RdKafkaError
 
 from ..admin import fetch_config
 from ..replay import header_list
@@ -43,7 +45,11 @@ _ORIGIN = _PREFIX + "origin"
 _ETA_MS = _PREFIX + "eta_ms"
 _EXPIRES_MS = _PREFIX + "expires_ms"
 _RETRY_AFTER_S = 1.0
-_FETCH_TIMEOUT_S = 10.0
+# Reading due records again waits at most this long per loop turn; what is missing then
+# is looked for again a few seconds later.
+_FETCH_TIMEOUT_S = 2.0
+_RETRY_MISSING_MS = 5000
+_STALE_CHECK_EVERY_S = 10.0
 # Due offsets closer than this are read as one run rather than seeking to each.
 _RUN_GAP = 64
 
@@ -104,34 +110,69 @@ class Parked:
             return None
 
 
+# (partition, offset, due ms, parked at ms)
+Entry = tuple[int, int, int, int]
+
+
 class ParkedIndex:
-    """Parked tasks by due time: (due ms, partition, offset), no payload."""
+    """Parked tasks waiting in followed partitions: by due time (a heap of due ms,
+    partition, offset) and by age (offsets in log order with their park time), never
+    their payload. An entry handed out leaves both."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, int]] = []
+        # (partition, offset) -> (due ms, parked at ms)
+        self._live: dict[tuple[int, int], tuple[int, int]] = {}
+        self._by_age: dict[int, deque[int]] = {}
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._live)
 
-    def add(self, partition: int, offset: int, due_ms: int) -> None:
+    def add(self, partition: int, offset: int, due_ms: int, parked_ms: int) -> None:
         heapq.heappush(self._heap, (due_ms, partition, offset))
+        self._live[(partition, offset)] = (due_ms, parked_ms)
+        self._by_age.setdefault(partition, deque()).append(offset)
 
-    def due(self, until_ms: int) -> list[tuple[int, int]]:
-        """(partition, offset) of every task due at or before ``until_ms``, earliest first."""
-        out = []
-        while self._heap and self._heap[0][0] <= until_ms:
+    def due(self, until_ms: int, limit: int) -> list[Entry]:
+        """Up to ``limit`` entries due at or before ``until_ms``, earliest first."""
+        out: list[Entry] = []
+        while self._heap and self._heap[0][0] <= until_ms and len(out) < limit:
             _, partition, offset = heapq.heappop(self._heap)
-            out.append((partition, offset))
+            times = self._live.pop((partition, offset), None)
+            if times is not None:
+                out.append((partition, offset, *times))
+        return out
+
+    def parked_before(self, before_ms: int, limit: int) -> list[Entry]:
+        """Up to ``limit`` entries still waiting that were parked before ``before_ms``:
+        the oldest of each partition, the ones holding its commit back."""
+        out: list[Entry] = []
+        for partition, offsets in self._by_age.items():
+            while offsets and len(out) < limit:
+                key = (partition, offsets[0])
+                times = self._live.get(key)
+                if times is None:
+                    offsets.popleft()  # handed out already
+                elif times[1] < before_ms:
+                    offsets.popleft()
+                    del self._live[key]  # its heap entry goes stale
+                    out.append((*key, *times))
+                else:
+                    break
         return out
 
     def drop(self, partitions: Iterable[int]) -> None:
         gone = set(partitions)
         self._heap = [entry for entry in self._heap if entry[1] not in gone]
         heapq.heapify(self._heap)
+        self._live = {k: v for k, v in self._live.items() if k[0] not in gone}
+        for partition in gone:
+            self._by_age.pop(partition, None)
 
 
 class ScheduledReader:
-    """Follows scheduled partitions: indexes what is parked, fetches what falls due."""
+    """Follows scheduled partitions: indexes what is parked, fetches what falls due, and
+    what has waited long enough to be parked again."""
 
     def __init__(
         self,
@@ -140,11 +181,14 @@ class ScheduledReader:
         group_id: str,
         topic: str,
         lead_s: float,
+        repark_after_s: float,
         gap_wait_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.topic = topic
         self._lead_ms = int(lead_s * 1000)
+        self._repark_after_ms = int(repark_after_s * 1000)
+        self._next_stale_check = 0.0
         self._clock = clock
         self._index = ParkedIndex()
         conf = {
@@ -184,7 +228,7 @@ class ScheduledReader:
 
     def read(self) -> list[Message]:
         """Parked records newly read, now in the index; records that are not parked
-        tasks are returned too (the bridge dead-letters them)."""
+        tasks are returned too (the bridge dead-letters them when they come due: now)."""
         seen: list[Message] = []
         while True:
             msgs = self._tail.consume(500, timeout=0)
@@ -193,34 +237,65 @@ class ScheduledReader:
             for msg in msgs:
                 if msg.error() is not None or not self._seq.admit(*position(msg)):
                     continue
-                parked = Parked.from_headers(header_list(msg))
-                due_ms = 0 if parked is None else _ms(parked.eta)
-                self._index.add(msg.partition() or 0, msg.offset() or 0, due_ms)
+                self._index_record(msg)
                 seen.append(msg)
 
-    def due(self) -> list[Message]:
-        """The parked records due within the lead, read again from Kafka, earliest first."""
-        wanted = self._index.due(int(self._clock() * 1000) + self._lead_ms)
-        if not wanted:
+    def _index_record(self, msg: Message) -> None:
+        parked = Parked.from_headers(header_list(msg))
+        due_ms = 0 if parked is None else _ms(parked.eta)
+        _, stamp = msg.timestamp()
+        now_ms = int(self._clock() * 1000)
+        parked_ms = stamp if 0 < stamp <= now_ms else now_ms
+        self._index.add(msg.partition() or 0, msg.offset() or 0, due_ms, parked_ms)
+
+    def again(self, msgs: Iterable[Message]) -> None:
+        """Handed out but not taken (no room in flight): back in the index."""
+        for msg in msgs:
+            self._index_record(msg)
+
+    def due(self, *, limit: int) -> list[Message]:
+        """Up to ``limit`` parked records due within the lead, read again from Kafka,
+        earliest first."""
+        now_ms = int(self._clock() * 1000)
+        return self._records(self._index.due(now_ms + self._lead_ms, limit))
+
+    def stale(self, *, limit: int = 100) -> list[Message]:
+        """Parked records that have waited ``repark_after_s``, read again: the bridge
+        parks each anew and settles the old copy, so a partition's commit never lags a
+        long wait behind (past it, tasks already run would run again once their done
+        markers expire), and the topic never needs to keep a record for long."""
+        now = self._clock()
+        if now < self._next_stale_check:
             return []
+        self._next_stale_check = now + _STALE_CHECK_EVERY_S
+        before_ms = int(now * 1000) - self._repark_after_ms
+        return self._records(self._index.parked_before(before_ms, limit))
+
+    def _records(self, entries: list[Entry]) -> list[Message]:
+        if not entries:
+            return []
+        wanted = [(partition, offset) for partition, offset, _, _ in entries]
         by_partition: dict[int, list[int]] = {}
         for partition, offset in wanted:
             by_partition.setdefault(partition, []).append(offset)
+        deadline = time.monotonic() + _FETCH_TIMEOUT_S
         found: dict[tuple[int, int], Message] = {}
         for partition, offsets in by_partition.items():
-            found.update(self._read_offsets(partition, sorted(offsets)))
+            found.update(self._read_offsets(partition, sorted(offsets), deadline))
         missing = [w for w in wanted if w not in found]
         if missing:
-            # Retention took them (the scheduled topic must keep records longer than the
-            # longest schedule: kafcel creates it with retention.ms=-1), or Kafka is away:
-            # index them again and try once more later.
+            # Kafka is slow or away (or retention took them): look again in a while,
+            # rather than hold the bridge's loop here.
             log.warning("could not read %d parked record(s) again; retrying", len(missing))
-            retry_ms = int(self._clock() * 1000) + 1000
-            for partition, offset in missing:
-                self._index.add(partition, offset, retry_ms)
+            retry_ms = int(self._clock() * 1000) + _RETRY_MISSING_MS
+            for partition, offset, due_ms, parked_ms in entries:
+                if (partition, offset) not in found:
+                    self._index.add(partition, offset, max(due_ms, retry_ms), parked_ms)
         return [found[w] for w in wanted if w in found]
 
-    def _read_offsets(self, partition: int, offsets: list[int]) -> dict[tuple[int, int], Message]:
+    def _read_offsets(
+        self, partition: int, offsets: list[int], deadline: float
+    ) -> dict[tuple[int, int], Message]:
         runs: list[list[int]] = []
         for offset in offsets:
             if runs and offset - runs[-1][-1] <= _RUN_GAP:
@@ -232,7 +307,6 @@ class ScheduledReader:
             for run in runs:
                 want = set(run)
                 self._fetch.assign([TopicPartition(self.topic, partition, run[0])])
-                deadline = time.monotonic() + _FETCH_TIMEOUT_S
                 while want and time.monotonic() < deadline:
                     for msg in self._fetch.consume(500, timeout=0.1):
                         offset = msg.offset() or 0
@@ -241,10 +315,9 @@ class ScheduledReader:
                             out[(partition, offset)] = msg
                         elif msg.error() is None and offset > run[-1]:
                             want.clear()  # past the run: what is missing is gone
+            self._fetch.unassign()
         except KafkaException as exc:
             log.warning("reading parked records of %s[%d] failed: %s", self.topic, partition, exc)
-        finally:
-            self._fetch.unassign()
         return out
 
     def close(self) -> None:
@@ -255,53 +328,77 @@ class ScheduledReader:
 Written = Callable[[], None]
 
 
+@dataclass
+class _Parking:
+    msg: Message
+    parked: Parked
+    written: Written
+    refused: Written
+    wanted: Callable[[], bool]
+
+
 class Parker:
-    """Writes parked copies; ``on_written`` runs once Kafka has one. A write that fails is
-    tried again (never dropped: the original stays unsettled meanwhile)."""
+    """Writes parked copies; ``written`` runs once Kafka has one, ``refused`` if it never
+    will (larger than the producer or the topic takes: the bridge keeps the task in
+    flight instead). Other failures are tried again while ``wanted()``."""
 
     def __init__(self, *, producer: Producer, topic: str) -> None:
         self._producer = producer
         self.topic = topic
-        self._retry: list[tuple[Message, Parked, Written]] = []
+        self._retry: list[_Parking] = []
         self._retry_at = 0.0
 
-    def park(self, msg: Message, parked: Parked, on_written: Written) -> bool:
-        """Queue the parked copy of ``msg``; False if it can never be written (larger than
-        the producer may send): the caller dispatches the task directly instead."""
-        original = [(n, v) for n, v in header_list(msg) if not n.startswith(_PREFIX)]
+    def park(
+        self,
+        msg: Message,
+        parked: Parked,
+        *,
+        written: Written,
+        refused: Written,
+        wanted: Callable[[], bool],
+    ) -> None:
+        self._send(_Parking(msg, parked, written, refused, wanted))
+
+    def _send(self, job: _Parking) -> None:
+        original = [(n, v) for n, v in header_list(job.msg) if not n.startswith(_PREFIX)]
 
         def delivered(err: Any, _: Any) -> None:
             if err is None:
-                on_written()
-                return
-            log.warning("parking a scheduled task failed (%s); retrying", err)
-            self._retry.append((msg, parked, on_written))
-            self._retry_at = time.monotonic() + _RETRY_AFTER_S
+                job.written()
+            elif err.code() == RdKafkaError.MSG_SIZE_TOO_LARGE:
+                job.refused()
+            else:
+                log.warning("parking a scheduled task failed (%s); retrying", err)
+                self._later(job)
 
         while True:
             try:
                 self._producer.produce(
                     self.topic,
-                    value=msg.value(),
-                    key=msg.key(),
-                    partition=parked.partition,
-                    headers=[*original, *parked.headers()],
+                    value=job.msg.value(),
+                    key=job.msg.key(),
+                    partition=job.parked.partition,
+                    headers=[*original, *job.parked.headers()],
                     on_delivery=delivered,
                 )
-                return True
+                return
             except BufferError:
                 self._producer.poll(0.1)
             except KafkaException as exc:
                 if "MSG_SIZE_TOO_LARGE" in str(exc):
-                    return False
-                log.warning("parking a scheduled task failed (%s); retrying", exc)
-                self._retry.append((msg, parked, on_written))
-                self._retry_at = time.monotonic() + _RETRY_AFTER_S
-                return True
+                    job.refused()
+                else:
+                    log.warning("parking a scheduled task failed (%s); retrying", exc)
+                    self._later(job)
+                return
+
+    def _later(self, job: _Parking) -> None:
+        self._retry.append(job)
+        self._retry_at = time.monotonic() + _RETRY_AFTER_S
 
     def retry_due(self) -> None:
         if self._retry and time.monotonic() >= self._retry_at:
             retry, self._retry = self._retry, []
-            for msg, parked, on_written in retry:
-                if not self.park(msg, parked, on_written):
-                    log.error("a parked copy became too large to write; it stays unsettled")
+            for job in retry:
+                if job.wanted():
+                    self._send(job)

@@ -26,20 +26,20 @@ TP: TypeAlias = tuple[str, int]
 
 # Compaction slack: tiny deques are not worth rebuilding even if mostly settled.
 _COMPACT_SLACK = 64
+_UNCOUNTED = -1
 
 
 class _Partition:
     """Tracking state of one assigned partition (since its last assignment)."""
 
-    __slots__ = ("committed", "counted", "high", "order", "unsettled")
+    __slots__ = ("committed", "high", "order", "unsettled")
 
-    def __init__(self, *, counted: bool = True) -> None:
-        # Whether its records count in the tracker's in-flight totals (backpressure).
-        self.counted = counted
+    def __init__(self) -> None:
         # Added offsets in increasing order. Settled entries behind the head are removed
         # lazily; the head itself is always unsettled, so it is the commit limit.
         self.order: deque[int] = deque()
-        # Unsettled offsets and the bytes each record holds in memory.
+        # Unsettled offsets and the bytes each record holds in memory; _UNCOUNTED for one
+        # left out of the in-flight totals (a parked task, waiting in Kafka).
         self.unsettled: dict[int, int] = {}
         self.high = -1
         self.committed = -1
@@ -88,9 +88,9 @@ class OffsetTracker:
     def add(self, tp: TP, offset: int, size: int = 0, *, counted: bool = True) -> bool:
         """Track a fetched record; return ``False`` and change nothing if it must be skipped.
 
-        ``size`` is what the record holds in memory while in flight (its bytes). A
-        partition whose records are not ``counted`` (parked scheduled tasks, which wait in
-        Kafka, not in memory) is tracked and committed alike but left out of the totals.
+        ``size`` is what the record holds in memory while in flight (its bytes). A record
+        not ``counted`` (a parked task, which waits in Kafka, not in memory) is tracked and
+        committed alike but left out of the totals until :meth:`count`.
         A record is skipped when its offset is at or below the highest offset already added
         for ``tp`` (a re-fetch after a seek: the record is in flight or settled) or below the
         offset last recorded by :meth:`mark_committed`. After :meth:`revoke` a partition starts
@@ -100,16 +100,24 @@ class OffsetTracker:
             raise ValueError(f"offset must be >= 0, got {offset}")
         part = self._parts.get(tp)
         if part is None:
-            part = self._parts[tp] = _Partition(counted=counted)
+            part = self._parts[tp] = _Partition()
         elif offset <= part.high or offset < part.committed:
             return False
         part.order.append(offset)
-        part.unsettled[offset] = size
+        part.unsettled[offset] = size if counted else _UNCOUNTED
         part.high = offset
-        if part.counted:
+        if counted:
             self._in_flight += 1
             self._in_flight_bytes += size
         return True
+
+    def count(self, tp: TP, offset: int, size: int) -> None:
+        """An uncounted record now holds ``size`` bytes here (a parked task fell due)."""
+        part = self._parts.get(tp)
+        if part is not None and part.unsettled.get(offset) == _UNCOUNTED:
+            part.unsettled[offset] = size
+            self._in_flight += 1
+            self._in_flight_bytes += size
 
     def settle(self, tp: TP, offset: int) -> bool:
         """Mark a record final; ``True`` only the first time for an offset in flight.
@@ -121,7 +129,7 @@ class OffsetTracker:
         if part is None or offset not in part.unsettled:
             return False
         size = part.unsettled.pop(offset)
-        if part.counted:
+        if size != _UNCOUNTED:
             self._in_flight_bytes -= size
             self._in_flight -= 1
         if part.order[0] == offset:
@@ -169,9 +177,9 @@ class OffsetTracker:
         part = self._parts.pop(tp, None)
         if part is None:
             return None
-        if part.counted:
-            self._in_flight -= len(part.unsettled)
-            self._in_flight_bytes -= sum(part.unsettled.values())
+        counted = [size for size in part.unsettled.values() if size != _UNCOUNTED]
+        self._in_flight -= len(counted)
+        self._in_flight_bytes -= sum(counted)
         return part.committable()
 
     def in_flight(self, tp: TP | None = None) -> int:

@@ -32,7 +32,7 @@ _FULL, _NO_VALUE, _NO_HEADERS, _NO_KEY = 0, 1, 2, 3
 _FRAMING_BYTES = 512
 _PER_HEADER_BYTES = 12
 # librdkafka's message.max.bytes when the producer's configuration does not set it.
-DEFAULT_MAX_BYTES = 1_000_000
+_PRODUCER_MAX_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ class _Pending:
     key: bytes | None
     headers: Headers
     on_written: Written
+    wanted: Callable[[], bool] | None = None
     level: int = _FULL
     too_large: bool = False  # the last refusal was for size: shed one level further
 
@@ -116,13 +117,9 @@ class DeadLetterWriter:
     def __init__(self, *, producer: Producer, topic: str, config: dict[str, Any]) -> None:
         self._producer = producer
         self._topic = topic
-        self._max_bytes = int(config.get("message.max.bytes", DEFAULT_MAX_BYTES))
+        self._max_bytes = int(config.get("message.max.bytes", _PRODUCER_MAX_BYTES))
         self._retry: list[_Pending] = []
         self._retry_at = 0.0
-
-    @property
-    def retrying(self) -> int:
-        return len(self._retry)
 
     def write(
         self,
@@ -132,9 +129,12 @@ class DeadLetterWriter:
         key: bytes | None,
         headers: Headers,
         on_written: Written,
+        wanted: Callable[[], bool] | None = None,
     ) -> None:
-        """Queue the dead letter; ``on_written()`` runs in ``poll()`` once it is on Kafka."""
-        self._send(_Pending(letter, value, key, headers, on_written))
+        """Queue the dead letter; ``on_written()`` runs in ``poll()`` once it is on Kafka.
+        A failed write is tried again while ``wanted()`` (a record whose partition moved
+        to another bridge is that bridge's to dead-letter)."""
+        self._send(_Pending(letter, value, key, headers, on_written, wanted))
 
     def _send(self, job: _Pending) -> None:
         value, key, headers, level = fit(
@@ -183,7 +183,8 @@ class DeadLetterWriter:
         if self._retry and (now or time.monotonic() >= self._retry_at):
             retry, self._retry = self._retry, []
             for job in retry:
-                self._send(job)
+                if job.wanted is None or job.wanted():
+                    self._send(job)
 
     def write_and_wait(
         self,
