@@ -128,10 +128,9 @@ def ensure_topics(
     *,
     extra: Mapping[str, str] | None = None,
     timeout_s: float = 30.0,
-    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, int]:
-    """Create the missing topics with the given partition counts (and topic ``configs``);
-    existing ones stay. Returns each topic's partition count as the broker lists it."""
+    """Create the missing topics with the given partition counts; existing ones stay.
+    Returns each topic's partition count as the broker now lists it."""
     for topic, n in topics.items():
         if not topic or isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"topic {topic!r}: need a name and >= 1 partitions, got {n!r}")
@@ -141,15 +140,7 @@ def ensure_topics(
     missing = [name for name in topics if name not in _topic_partitions(admin, timeout_s)]
     if missing:
         # -1: the broker's default.replication.factor, so production clusters replicate.
-        new = [
-            NewTopic(
-                n,
-                num_partitions=topics[n],
-                replication_factor=-1,
-                config=dict((configs or {}).get(n, {})),
-            )
-            for n in missing
-        ]
+        new = [NewTopic(n, num_partitions=topics[n], replication_factor=-1) for n in missing]
         for name, future in admin.create_topics(new, request_timeout=timeout_s).items():
             try:
                 future.result()

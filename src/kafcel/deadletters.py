@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
-from .dlq import DLQ_HEADER_PREFIX, parse_dlq_headers
+from .dlq import DLQ_HEADER_PREFIX, KNOWN_FIELDS, parse_dlq_headers
 from .errors import BrokerError, ConfigError
 from .once import OnceGuard
 from .replay import (
@@ -51,26 +51,6 @@ __all__ = [
 
 _REPLAYED = "kafcel:dlq:replayed:"
 # The kafcel.* headers this version writes (kafcel.dlq.DeadLetter, the DLQ writer).
-_KNOWN_META = frozenset(
-    {
-        "error.class",
-        "error.message",
-        "error.field",
-        "origin.topic",
-        "origin.partition",
-        "origin.offset",
-        "stage",
-        "task",
-        "task_id",
-        "attempts",
-        "replays",
-        "traceback",
-        "failed_at",
-        "value_dropped_bytes",
-        "headers_dropped",
-        "key_dropped_bytes",
-    }
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,7 +187,7 @@ class DeadLetterRecord:
             }
             out["value_dropped_bytes"] = self.meta.get("value_dropped_bytes")
             # Diagnostics a newer writer added: shown as they came, never an error.
-            out["extra"] = {k: v for k, v in self.meta.items() if k not in _KNOWN_META}
+            out["extra"] = {k: v for k, v in self.meta.items() if k not in KNOWN_FIELDS}
         return out
 
 

@@ -12,7 +12,12 @@ from datetime import UTC, datetime
 
 __all__ = [
     "DLQ_HEADER_PREFIX",
+    "HEADERS_DROPPED",
+    "KEY_DROPPED",
+    "KNOWN_FIELDS",
+    "LETTER_FIELDS",
     "MAX_TEXT_CHARS",
+    "VALUE_DROPPED",
     "DeadLetter",
     "clip",
     "dlq_headers",
@@ -22,6 +27,30 @@ __all__ = [
 DLQ_HEADER_PREFIX = "kafcel."
 
 KafkaHeaders = Sequence[tuple[str, bytes | str | None]]
+
+# The kafcel.* headers a dead letter may carry, without the prefix: what it says of the
+# failure (DeadLetter.headers), and what the writer shed to make it fit.
+LETTER_FIELDS = (
+    "error.class",
+    "error.message",
+    "origin.topic",
+    "origin.partition",
+    "origin.offset",
+    "stage",
+    "task",
+    "task_id",
+    "attempts",
+    "replays",
+    "error.field",
+    "traceback",
+    "failed_at",
+)
+VALUE_DROPPED, HEADERS_DROPPED, KEY_DROPPED = (
+    "value_dropped_bytes",
+    "headers_dropped",
+    "key_dropped_bytes",
+)
+KNOWN_FIELDS = frozenset({*LETTER_FIELDS, VALUE_DROPPED, HEADERS_DROPPED, KEY_DROPPED})
 
 # A header text is cut past this many characters (a 5 MB exception message must not make
 # its dead letter larger than Kafka takes); the traceback keeps its end, the rest their start.
@@ -55,21 +84,27 @@ class DeadLetter:
     failed_at: str = ""
 
     def headers(self) -> list[tuple[str, str | bytes | None]]:
-        values: dict[str, object] = {
-            "error.class": clip(self.error_class, limit=256),
-            "error.message": clip(self.error_message),
-            "origin.topic": self.origin_topic,
-            "origin.partition": self.origin_partition,
-            "origin.offset": self.origin_offset,
-            "stage": self.stage,
-            "task": self.task,
-            "task_id": self.task_id,
-            "attempts": self.attempts,
-            "replays": self.replays,
-            "error.field": None if self.field is None else clip(self.field, limit=256),
-            "traceback": None if self.traceback is None else clip(self.traceback, keep_end=True),
-            "failed_at": self.failed_at or datetime.now(UTC).isoformat(),
-        }
+        values: dict[str, object] = dict(
+            zip(
+                LETTER_FIELDS,
+                (
+                    clip(self.error_class, limit=256),
+                    clip(self.error_message),
+                    self.origin_topic,
+                    self.origin_partition,
+                    self.origin_offset,
+                    self.stage,
+                    self.task,
+                    self.task_id,
+                    self.attempts,
+                    self.replays,
+                    None if self.field is None else clip(self.field, limit=256),
+                    None if self.traceback is None else clip(self.traceback, keep_end=True),
+                    self.failed_at or datetime.now(UTC).isoformat(),
+                ),
+                strict=True,
+            )
+        )
         return [
             (DLQ_HEADER_PREFIX + name, str(value).encode())
             for name, value in values.items()

@@ -7,13 +7,15 @@ record: it writes it, unchanged, to the scheduled topic (the same partition numb
 key, its own headers plus ``kafcel.parked.*`` naming its task id, due time and origin),
 and settles the original once Kafka has the copy.
 
-The bridge owning task partition ``p`` follows scheduled partition ``p``. It reads it to
-the end and keeps an index entry per parked task (due time and offset, never the
-payload); when a task is due within ``schedule_after_s / 2`` it reads that one record
-again and dispatches it like any other, with its eta, so Celery's own ETA timer starts
-it on time. A parked record settles when its task does; the scheduled partition's commit
-waits for the earliest unsettled parked task and holds no other record back. A bridge
-that restarts reads the partition again from that commit and rebuilds the index.
+The bridge owning task partition ``p`` follows scheduled partition ``p`` (parking.py). It
+reads it to the end and keeps an index entry per parked task (due time, offset and when it
+was parked, never the payload); when a task is due within ``schedule_after_s / 2`` it
+reads that one record again and dispatches it like any other, with its eta, so Celery's
+own ETA timer starts it on time. A parked record settles when its task does; the
+scheduled partition's commit waits for the earliest unsettled parked task, and a task
+that has waited long is parked anew at the end so that commit never lags far (tasks run
+past it are deduplicated by their done markers only while those live). A bridge that
+restarts reads the partition again from that commit and rebuilds the index.
 """
 
 from __future__ import annotations

@@ -11,7 +11,14 @@ from typing import Any
 from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import KafkaException, Producer
 
-from ..dlq import DeadLetter, dlq_headers
+from ..dlq import (
+    DLQ_HEADER_PREFIX,
+    HEADERS_DROPPED,
+    KEY_DROPPED,
+    VALUE_DROPPED,
+    DeadLetter,
+    dlq_headers,
+)
 from ..errors import DeliveryError
 
 __all__ = ["DeadLetterWriter", "fit"]
@@ -22,9 +29,9 @@ Headers = list[tuple[str, str | bytes | None]]
 OutHeaders = list[tuple[str, str | bytes | None]]
 
 _RETRY_AFTER_S = 1.0
-_DROPPED = "kafcel.value_dropped_bytes"
-_HEADERS_DROPPED = "kafcel.headers_dropped"
-_KEY_DROPPED = "kafcel.key_dropped_bytes"
+_DROPPED = DLQ_HEADER_PREFIX + VALUE_DROPPED
+_HEADERS_DROPPED = DLQ_HEADER_PREFIX + HEADERS_DROPPED
+_KEY_DROPPED = DLQ_HEADER_PREFIX + KEY_DROPPED
 # What is shed, in order: the value, then the record's own headers, then its key.
 _FULL, _NO_VALUE, _NO_HEADERS, _NO_KEY = 0, 1, 2, 3
 # librdkafka's own limit check counts the record's framing besides key, value and
