@@ -49,7 +49,7 @@ def client(stack: DevStack) -> redis.Redis:
 def _item(envelope: Envelope, *, eta: datetime | None = None) -> Dispatch:
     origin = Origin(topic="t", partition=0, offset=1, key="user-1", results_topic="r")
     return Dispatch(
-        envelope=envelope.without_payload(),
+        envelope=envelope,
         task_id=str(uuid.uuid4()),
         origin=origin,
         tp=("t", 0),
