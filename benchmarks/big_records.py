@@ -11,6 +11,7 @@ Run: ``.venv/bin/python -m benchmarks.big_records``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -25,6 +26,7 @@ from rich.table import Table
 from kafcel.envelope import Envelope
 from kafcel.producer import Producer
 
+from .measure import wait_count
 from .rig import BenchRig, peak_rss_mb
 from .tasks import counter_key
 
@@ -58,12 +60,8 @@ def drain(
     started = time.monotonic()
     draining = progress.add_task("draining through the bridge", total=records)
     try:
-        while (done := int(rig.tally.get(counter_key(run)) or 0)) < records:
-            progress.update(draining, completed=done)
-            if time.monotonic() - started > 1800:
-                raise SystemExit("not drained within 30 minutes")
-            time.sleep(0.2)
-        progress.update(draining, completed=records)
+        tick = functools.partial(progress.update, draining)
+        wait_count(rig, counter_key(run), records, lambda n: tick(completed=n), timeout_s=1800)
         peak = peak_rss_mb(bridge.pid)
     finally:
         rig.stop(bridge)

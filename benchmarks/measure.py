@@ -190,7 +190,7 @@ class Workers:
         send_tasks(self.app, self.queue, run, n)
 
 
-def _wait_count(rig: BenchRig, key: str, n: int, tick: Tick, *, timeout_s: float) -> float:
+def wait_count(rig: BenchRig, key: str, n: int, tick: Tick, *, timeout_s: float) -> float:
     tally = rig.tally
 
     def done() -> bool:
@@ -221,7 +221,7 @@ def e2e_rate(
     before = cpu_s(procs)
     started = time.monotonic()
     send(run, n)
-    finished = _wait_count(rig, counter_key(run), n, tick, timeout_s=1800)
+    finished = wait_count(rig, counter_key(run), n, tick, timeout_s=1800)
     if cpu is not None:
         after = cpu_s(procs)
         cpu.clear()
@@ -315,7 +315,7 @@ def memory(
     started = time.monotonic()
     try:
         # VmHWM is the kernel's own peak: no sampling to miss a spike.
-        finished = _wait_count(rig, counter_key(run), backlog, tick, timeout_s=3600)
+        finished = wait_count(rig, counter_key(run), backlog, tick, timeout_s=3600)
         peak = peak_rss_mb(bridge.pid)
     finally:
         rig.stop(bridge)

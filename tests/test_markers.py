@@ -9,7 +9,6 @@ with which status.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -25,14 +24,8 @@ from .test_bridge_loop import app
 pytestmark = [pytest.mark.timeout(60)]
 
 
-@pytest.fixture()
-def client(stack: DevStack) -> Iterator[redis.Redis[bytes]]:
-    c: redis.Redis[bytes] = redis.Redis.from_url(stack.redis_url)
-    yield c
-    c.close()
-
-
-def test_a_compacted_marker_still_deduplicates(client: redis.Redis[bytes]) -> None:
+def test_a_compacted_marker_still_deduplicates(stack: DevStack) -> None:
+    client: redis.Redis[bytes] = redis.Redis.from_url(stack.redis_url)
     prefix = f"kafcel:test-markers:{uuid.uuid4().hex[:8]}:"
     guard = OnceGuard(client=client, lease_s=30, done_ttl_s=3600, prefix=prefix)
     big = Outcome(
@@ -63,9 +56,8 @@ def test_a_compacted_marker_still_deduplicates(client: redis.Redis[bytes]) -> No
     client.delete(prefix + "a")
 
 
-def test_the_bridge_compacts_the_markers_of_what_it_committed(
-    stack: DevStack, client: redis.Redis[bytes]
-) -> None:
+def test_the_bridge_compacts_the_markers_of_what_it_committed(stack: DevStack) -> None:
+    client: redis.Redis[bytes] = redis.Redis.from_url(stack.redis_url)
     run = uuid.uuid4().hex[:8]
     settings = Settings(bootstrap_servers="fake:9092", redis_url=stack.redis_url, topic=run)
     h = BridgeHarness(app=app, settings=settings)

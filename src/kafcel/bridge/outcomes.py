@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from ..admin import fetch_config
 from ..errors import KafcelError
 from ..results import Outcome
-from .sequence import SequenceGuard, position, seek_to
+from .sequence import SequenceGuard, follow, position, seek_to, unfollow
 
 __all__ = ["OutcomeReader"]
 
@@ -65,7 +65,7 @@ class OutcomeReader:
 
     def follow(self, partitions: Iterable[int]) -> None:
         """Read these results partitions too (their task partitions were assigned)."""
-        start = []
+        starts: dict[int, int] = {}
         for p in sorted(set(partitions)):
             try:
                 low, high = self._consumer.get_watermark_offsets(
@@ -80,22 +80,12 @@ class OutcomeReader:
                     "cannot read the end of %s[%d] (%s): reading it whole", self._topic, p, exc
                 )
                 offset = 0
-            start.append(TopicPartition(self._topic, p, offset))
-        if not start:
-            return
-        self._consumer.incremental_assign(start)
-        for tp in start:
-            self._seq.expect((self._topic, tp.partition), tp.offset)
+            starts[p] = offset
+        follow(self._consumer, self._seq, self._topic, starts)
 
     def unfollow(self, partitions: Iterable[int]) -> None:
         """Stop reading these results partitions (their task partitions were revoked)."""
-        owned = {tp.partition for tp in self._consumer.assignment()}
-        gone = sorted(set(partitions) & owned)
-        if not gone:
-            return
-        self._consumer.incremental_unassign([TopicPartition(self._topic, p) for p in gone])
-        for p in gone:
-            self._seq.forget((self._topic, p))
+        unfollow(self._consumer, self._seq, self._topic, partitions)
 
     def _new_consumer(self) -> Consumer:
         return Consumer(
@@ -142,7 +132,7 @@ class OutcomeReader:
         )
         self._consumer.close()
         self._consumer = self._new_consumer()
-        self._consumer.assign(positions)
+        self._consumer.incremental_assign(positions)
 
     def _resume_at(self, tp: TopicPartition) -> int:
         """The next offset to read: the sequence guard's, else the consumer's position."""

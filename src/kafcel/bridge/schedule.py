@@ -35,7 +35,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 
 from ..admin import fetch_config
 from ..replay import header_list
-from .sequence import SequenceGuard, position, seek_to
+from .sequence import SequenceGuard, follow, position, seek_to, unfollow
 
 __all__ = ["Parked", "ParkedIndex", "Parker", "ScheduledReader"]
 
@@ -211,22 +211,10 @@ class ScheduledReader:
 
     def follow(self, starts: dict[int, int]) -> None:
         """Read these partitions from these offsets (their task partitions were assigned)."""
-        if not starts:
-            return
-        parts = [TopicPartition(self.topic, p, max(off, 0)) for p, off in sorted(starts.items())]
-        self._tail.incremental_assign(parts)
-        for part in parts:
-            self._seq.expect((self.topic, part.partition), part.offset)
+        follow(self._tail, self._seq, self.topic, {p: max(o, 0) for p, o in starts.items()})
 
     def unfollow(self, partitions: Iterable[int]) -> None:
-        owned = {tp.partition for tp in self._tail.assignment()}
-        gone = sorted(set(partitions) & owned)
-        if not gone:
-            return
-        self._tail.incremental_unassign([TopicPartition(self.topic, p) for p in gone])
-        for p in gone:
-            self._seq.forget((self.topic, p))
-        self._index.drop(gone)
+        self._index.drop(unfollow(self._tail, self._seq, self.topic, partitions))
 
     def read(self) -> list[Message]:
         """Parked records newly read, now in the index; records that are not parked

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from .tracker import TP
 
-__all__ = ["SequenceGuard", "position", "put_back", "seek_to"]
+__all__ = ["SequenceGuard", "follow", "position", "put_back", "seek_to", "unfollow"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -114,6 +114,30 @@ def seek_to(consumer: Consumer | None, tp: TP, offset: int) -> None:
         consumer.seek(TopicPartition(tp[0], tp[1], offset))
     except KafkaException as exc:
         log.warning("seek %s[%d] to %d failed: %s", tp[0], tp[1], offset, exc)
+
+
+def follow(consumer: Consumer, seq: SequenceGuard, topic: str, starts: dict[int, int]) -> None:
+    """Add these partitions of ``topic`` to ``consumer``'s manual assignment, each read
+    from its offset, which ``seq`` then expects first."""
+    if not starts:
+        return
+    parts = [TopicPartition(topic, p, offset) for p, offset in sorted(starts.items())]
+    consumer.incremental_assign(parts)
+    for part in parts:
+        seq.expect((topic, part.partition), part.offset)
+
+
+def unfollow(
+    consumer: Consumer, seq: SequenceGuard, topic: str, partitions: Iterable[int]
+) -> list[int]:
+    """Take these partitions of ``topic`` out of ``consumer``'s assignment; those it had."""
+    owned = {tp.partition for tp in consumer.assignment()}
+    gone = sorted(set(partitions) & owned)
+    if gone:
+        consumer.incremental_unassign([TopicPartition(topic, p) for p in gone])
+        for p in gone:
+            seq.forget((topic, p))
+    return gone
 
 
 def put_back(consumer: Consumer | None, seq: SequenceGuard, msgs: list[Message]) -> None:
