@@ -14,7 +14,6 @@ import argparse
 import functools
 import json
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,8 @@ from rich.table import Table
 from kafcel.envelope import Envelope
 from kafcel.producer import Producer
 
-from .measure import wait_count
-from .rig import BenchRig, peak_rss_mb
-from .tasks import counter_key
+from .measure import memory
+from .rig import BenchRig
 
 MIB = 1 << 20
 
@@ -46,33 +44,24 @@ def drain(
         for i in range(records):
             producer.send(Envelope(task="bench.blob", args=(run, i, payload)), key=f"k{i}")
             progress.advance(sending)
-    queue = f"bench-big-{run}"
-    # The bridge alone first: nothing settles, so it takes records until its budget
-    # stops it (or the backlog is all in flight), then the workers drain it.
-    bridge = rig.bridge(settings, queue)
-    filling = time.monotonic()
-    while int(rig.broker.llen(queue)) < records and time.monotonic() - filling < 20:
-        if "paused:" in bridge.tail():
-            break
-        time.sleep(0.2)
-    held = int(rig.broker.llen(queue))
-    worker = rig.worker(settings, queue, concurrency=4)
-    started = time.monotonic()
     draining = progress.add_task("draining through the bridge", total=records)
-    try:
-        tick = functools.partial(progress.update, draining)
-        wait_count(rig, counter_key(run), records, lambda n: tick(completed=n), timeout_s=1800)
-        peak = peak_rss_mb(bridge.pid)
-    finally:
-        rig.stop(bridge)
-        rig.stop(worker)
+    tick = functools.partial(progress.update, draining)
+    drained = memory(
+        rig,
+        run,
+        settings,
+        records,
+        concurrency=4,
+        tick=lambda n: tick(completed=n),
+        bridge_alone_first=True,
+    )
     return {
         "records": records,
         "record_bytes": size,
         "budget_mb": budget / MIB,
-        "dispatched_before_workers": held,
-        "bridge_peak_rss_mb": round(peak, 1),
-        "drain_s": round(time.monotonic() - started, 1),
+        "dispatched_before_workers": drained["dispatched_before_workers"],
+        "bridge_peak_rss_mb": round(drained["bridge_peak_rss_mb"], 1),
+        "drain_s": round(drained["drain_s"], 1),
     }
 
 

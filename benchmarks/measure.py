@@ -190,7 +190,7 @@ class Workers:
         send_tasks(self.app, self.queue, run, n)
 
 
-def wait_count(rig: BenchRig, key: str, n: int, tick: Tick, *, timeout_s: float) -> float:
+def _wait_count(rig: BenchRig, key: str, n: int, tick: Tick, *, timeout_s: float) -> float:
     tally = rig.tally
 
     def done() -> bool:
@@ -221,7 +221,7 @@ def e2e_rate(
     before = cpu_s(procs)
     started = time.monotonic()
     send(run, n)
-    finished = wait_count(rig, counter_key(run), n, tick, timeout_s=1800)
+    finished = _wait_count(rig, counter_key(run), n, tick, timeout_s=1800)
     if cpu is not None:
         after = cpu_s(procs)
         cpu.clear()
@@ -305,17 +305,32 @@ def memory(
     *,
     concurrency: int,
     tick: Tick = _nothing,
+    bridge_alone_first: bool = False,
 ) -> dict[str, Any]:
     """Bridge peak RSS while a ``backlog`` written by :func:`fill` for ``run`` drains
     through W workers, the bridge at its default settings (``max_in_flight`` bounds its
-    memory)."""
+    memory). With ``bridge_alone_first`` the bridge runs alone until it stops taking
+    records (its limits pause it, or the whole backlog is in Celery's queue), so the peak
+    shows all its limits allow; then the workers start."""
     queue = f"bench-memory-{run}"
-    worker = rig.worker(settings, queue, concurrency=concurrency)
-    bridge = rig.bridge(settings, queue)
+    taken: int | None = None
+    if bridge_alone_first:
+        bridge = rig.bridge(settings, queue)
+        wait_for(
+            lambda: rig.broker.llen(queue) >= backlog or "paused:" in bridge.tail(),
+            timeout_s=60,
+            what="the bridge to stop taking records",
+            every_s=0.2,
+        )
+        taken = int(rig.broker.llen(queue))
+        worker = rig.worker(settings, queue, concurrency=concurrency)
+    else:
+        worker = rig.worker(settings, queue, concurrency=concurrency)
+        bridge = rig.bridge(settings, queue)
     started = time.monotonic()
     try:
         # VmHWM is the kernel's own peak: no sampling to miss a spike.
-        finished = wait_count(rig, counter_key(run), backlog, tick, timeout_s=3600)
+        finished = _wait_count(rig, counter_key(run), backlog, tick, timeout_s=3600)
         peak = peak_rss_mb(bridge.pid)
     finally:
         rig.stop(bridge)
@@ -326,6 +341,8 @@ def memory(
         "drain_s": finished - started,
         "drain_rate": backlog / (finished - started),
         "max_in_flight": settings.max_in_flight,
+        "max_in_flight_bytes": settings.max_in_flight_bytes,
+        "dispatched_before_workers": taken,
     }
 
 

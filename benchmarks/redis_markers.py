@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import tempfile
-import time
 import uuid
 from typing import Any
 
@@ -24,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from kafcel.devstack import free_ports
+from kafcel.devstack import DevStack, free_ports
 from kafcel.once import OnceGuard
 from kafcel.results import SUCCESS, Outcome
 
@@ -83,32 +80,19 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     console = Console(stderr=args.json)
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server not found: run `make setup`")
-    (port,) = free_ports(1)
+    kafka_port, redis_port = free_ports(2)
     with tempfile.TemporaryDirectory(prefix="kafcel-markers-") as tmp:
-        server = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
-            stdout=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
+        # A Redis of its own, started as the local stack starts one (and ready when up).
+        stack = DevStack(
+            kafka_port=kafka_port, redis_port=redis_port, state_dir=tmp, services=("redis",)
         )
+        stack.up()
         try:
-            client: redis.Redis[bytes] = redis.Redis(port=port)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+            client: redis.Redis[bytes] = redis.Redis.from_url(stack.redis_url)
             with Progress(console=console, transient=True) as progress:
                 rows = [measure(client, args.tasks, size, progress) for size in (16, 2000)]
         finally:
-            server.terminate()
-            server.wait(10)
+            stack.down()
     table = Table(title=f"once-guard markers in Redis per {args.tasks:,} finished tasks")
     for column in ("result", "keys", "whole MB", "compacted MB", "B/task after"):
         table.add_column(column, justify="right")

@@ -169,3 +169,11 @@ def stamp(name: str, item: Any) -> None:
     ledger().hset(f"{name}:started", str(item), repr(time.time()))
     _record(name, item, 0)
     ledger().hincrby(f"{name}:effects", str(item), 1)
+
+
+@app.task(max_retries=0)
+def fails_loudly(name: str, item: Any, message_bytes: int = 0, payload: str = "") -> None:
+    """Fails for good, with an exception message of ``message_bytes`` (and a request as
+    large as ``payload`` makes it)."""
+    _record(name, item, 0)
+    raise ValueError("m" * message_bytes or f"{item} fails")

@@ -243,8 +243,12 @@ class FakeProducer:
         return len(reports)
 
     def flush(self, timeout: float = -1) -> int:
-        if self.auto:
-            for where, value, key, headers, cb in self.waiting:
+        """As librdkafka's: until nothing waits, records produced by the delivery
+        callbacks it serves included."""
+        self.poll()
+        while self.auto and self.waiting:
+            batch, self.waiting = self.waiting, []
+            for where, value, key, headers, cb in batch:
                 topic = where[0]
                 code = self.verdict(topic)
                 if code is None:
@@ -253,8 +257,7 @@ class FakeProducer:
                 else:
                     failed = Message(topic=topic, value=value, key=key, headers=headers)
                     self._reports.append((cb, RdKafkaError(code), failed))
-            self.waiting = []
-        self.poll()
+            self.poll()
         return len(self.waiting)
 
     def __len__(self) -> int:
@@ -328,7 +331,7 @@ class FakePublisher:
         out: list[DispatchRefused | DispatchHeld | None] = []
         for item in items:
             if self.down:
-                out.append(DispatchHeld("Celery broker unavailable: connection refused"))
+                out.append(DispatchHeld("Celery broker unavailable: refused", broker_down=True))
             elif (held := self.hold(item)) is not None:
                 out.append(DispatchHeld(held))
             elif (reason := self.refuse(item)) is not None:

@@ -14,6 +14,7 @@ from kafcel.bridge.markers import CommittedMarkers
 from kafcel.bridge.schedule import Parked, ParkedIndex, Parker
 from kafcel.bridge.tracker import OffsetTracker
 from kafcel.deadletter import DeadLetterWriter
+from kafcel.delivery import Writes
 from kafcel.dlq import DeadLetter
 
 from .bridge_harness import FakeKafka, FakeProducer
@@ -88,7 +89,7 @@ def _parked() -> Parked:
 
 def test_a_record_too_large_to_park_is_refused_not_retried_forever() -> None:
     producer = FakeProducer(FakeKafka(), {"message.max.bytes": 1000})
-    parker = Parker(producer=producer, topic="t.scheduled")  # type: ignore[arg-type]
+    parker = Parker(writes=Writes(producer=producer), topic="t.scheduled")  # type: ignore[arg-type]
     said: list[str] = []
     kw = {"wanted": lambda: True, "written": lambda: said.append("written")}
     parker.park(_msg(b"x" * 2000), _parked(), refused=lambda: said.append("local"), **kw)
@@ -100,7 +101,8 @@ def test_a_record_too_large_to_park_is_refused_not_retried_forever() -> None:
 
 def test_failed_writes_are_retried_only_while_still_wanted() -> None:
     producer = FakeProducer(FakeKafka(), {})
-    writer = DeadLetterWriter(producer=producer, topic="t.dlq", config={})  # type: ignore[arg-type]
+    writes = Writes(producer=producer)  # type: ignore[arg-type]
+    writer = DeadLetterWriter(writes=writes, topic="t.dlq", config={})
     letter = DeadLetter(
         error_class="X",
         error_message="m",
@@ -121,5 +123,5 @@ def test_failed_writes_are_retried_only_while_still_wanted() -> None:
     producer.fail(RdKafkaError._MSG_TIMED_OUT)
     producer.poll()
     wanted[0] = False  # the partition moved to another bridge: its dead letter is theirs
-    writer.retry_due(now=True)
+    writes.retry_due(now=True)
     assert producer.waiting == []

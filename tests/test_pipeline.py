@@ -244,3 +244,39 @@ def test_task_allowed_by_pattern_but_unknown_to_the_worker_is_dead_lettered(
     assert outcomes[after].status == "SUCCESS"
     assert counts(client, f"{name}:effects") == {"after": 1}
     wait_until(pipeline.fully_committed, 30, "offsets committed")
+
+
+def test_a_failure_near_kafkas_size_limits_still_leaves_its_dead_letter(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    """On the real path, with Kafka's own limits: a failing task whose request is 1 MiB
+    (its rebuilt copy is more than the producer's message.max.bytes) and one whose
+    exception message is 5 MB each leave a dead letter, and their records settle."""
+    name, _ = ledger
+    pipeline.start_bridge()
+    payload = "x" * ((1 << 20) - 400)  # with its envelope, just under kafcel's 1 MiB limit
+    # A producer's default message.max.bytes (1,000,000) is below kafcel's record limit.
+    with Producer(settings=pipeline.settings, config={"message.max.bytes": 2 << 20}) as producer:
+        big_request = producer.submit(
+            "tests.app.fails_loudly", args=[name, "request"], kwargs={"payload": payload}, key="a"
+        )
+        big_message = producer.submit(
+            "tests.app.fails_loudly",
+            args=[name, "message"],
+            kwargs={"message_bytes": 5 << 20},
+            key="b",
+        )
+    letters = {
+        parse_dlq_headers(m.headers())["task_id"]: m
+        for m in pipeline.read(pipeline.settings.dlq_topic, until=lambda got: len(got) >= 2)
+    }
+    shed = letters[big_request]
+    h = parse_dlq_headers(shed.headers())
+    assert shed.value() is None and int(h["value_dropped_bytes"]) > 1_000_000
+    assert h["error.class"] == "ValueError" and h["stage"] == "worker"
+    clipped = letters[big_message]
+    h = parse_dlq_headers(clipped.headers())
+    assert clipped.value() is not None and len(h["error.message"]) < 8192 + 100
+    outcomes = outcomes_for(pipeline, 2)
+    assert {outcomes[t].status for t in (big_request, big_message)} == {"FAILURE"}
+    wait_until(pipeline.fully_committed, 60, "both records settled and committed")

@@ -233,11 +233,8 @@ def _guard(task: Task, state: WorkerProcess) -> None:
             if claim.dead_letter_pending:
                 # The failed attempt stopped before Kafka had its dead letter (a crash, a
                 # failed write): write it now, from this copy of the request.
-                value = _rebuild(task.name, args, kwargs, request, origin)
-                _dead_letter_or_requeue(
-                    state, origin, value, _letter(task.name, origin, claim.done)
-                )
-                state.dead_letter_written(request.id)
+                letter = _letter(task.name, origin, claim.done)
+                _dead_letter_or_requeue(state, origin, letter, args, kwargs, request)
             _publish_or_requeue(state, origin, claim.done.announced_for(origin))
             raise Ignore()
         if not claim.acquired:
@@ -351,11 +348,7 @@ def _finish(
         _publish_or_requeue(state, origin, outcome, wait=not recorded)
         return
     letter = _letter(task.name, origin, outcome, "".join(traceback.format_exception(exc)))
-    # The worker no longer has the original bytes: the DLQ value is the request rebuilt.
-    value = _rebuild(task.name, args, kwargs, request, origin)
-    _dead_letter_or_requeue(state, origin, value, letter)
-    if recorded:
-        state.dead_letter_written(request.id)
+    _dead_letter_or_requeue(state, origin, letter, args, kwargs, request)
     _publish_or_requeue(state, origin, outcome)
     if state.metrics is not None:
         state.metrics.dead_lettered(task.name, letter.error_class)
@@ -378,11 +371,32 @@ def _letter(task: str, origin: Origin, outcome: Outcome, trace: str | None = Non
     )
 
 
+def _write_dead_letter(
+    state: WorkerProcess,
+    origin: Origin,
+    letter: DeadLetter,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    request: Any,
+) -> None:
+    """Write a failure's dead letter and clear the marker's flag; raise KafcelError if
+    Kafka does not take it. The worker no longer has the original bytes: the value is
+    the request rebuilt."""
+    assert letter.task is not None
+    value = _rebuild(letter.task, args, kwargs, request, origin)
+    state.write_dead_letter(origin, value, letter)
+
+
 def _dead_letter_or_requeue(
-    state: WorkerProcess, origin: Origin, value: bytes, letter: DeadLetter
+    state: WorkerProcess,
+    origin: Origin,
+    letter: DeadLetter,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    request: Any,
 ) -> None:
     try:
-        state.write_dead_letter(origin, value, letter)
+        _write_dead_letter(state, origin, letter, args, kwargs, request)
     except KafcelError as exc:
         # The marker says the dead letter is pending: the requeued copy writes it.
         log.warning("kafcel: %s; requeueing %s", exc, letter.task_id)
@@ -456,9 +470,8 @@ def _never_ran(
                 # it goes first, or this announcement would settle the record without it.
                 args = tuple(getattr(request, "args", None) or ())
                 kwargs = dict(getattr(request, "kwargs", None) or {})
-                value = _rebuild(task, args, kwargs, request, origin)
-                state.write_dead_letter(origin, value, _letter(task, origin, current.done))
-                state.dead_letter_written(task_id)
+                letter = _letter(task, origin, current.done)
+                _write_dead_letter(state, origin, letter, args, kwargs, request)
             state.publish(origin, current.done.announced_for(origin))
         elif killed:
             # The lease belongs to the process just terminated: it will never announce.

@@ -112,6 +112,11 @@ class DispatchHeld(BrokerError):
     broker being down. The bridge keeps the record and sends it again later: dead-lettering
     it would drain a whole topic into the DLQ over one bad deploy."""
 
+    def __init__(self, message: str, *, broker_down: bool = False) -> None:
+        # Down: nothing is published until a probe reaches the broker again.
+        self.broker_down = broker_down
+        super().__init__(message)
+
 
 class TaskLost(KafcelError):
     """A task's worker died under it (killed, crashed, ``os._exit``) too many times.

@@ -36,6 +36,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import Producer as KafkaProducer
 
 from .admin import offset_bounds, open_consumer, partitions_of, producer_config
+from .delivery import produce
 from .envelope import Envelope, task_id_for
 from .errors import ConfigError, DeliveryError, KafkaError, RecordRejected
 from .settings import Settings
@@ -341,16 +342,17 @@ class Republisher:
                 self._errors.append(str(err))
                 self.failed.append(tag)
 
-        while True:
-            try:
-                self._producer.produce(
-                    self.topic, value=value, key=key, headers=headers, on_delivery=delivered
-                )
-                break
-            except BufferError:
-                self._producer.poll(0.1)
-            except KafkaException as exc:
-                raise DeliveryError(f"cannot write to {self.topic}: {exc}") from exc
+        try:
+            produce(
+                self._producer,
+                self.topic,
+                value=value,
+                key=key,
+                headers=headers,
+                on_delivery=delivered,
+            )
+        except KafkaException as exc:
+            raise DeliveryError(f"cannot write to {self.topic}: {exc}") from exc
         self.sent += 1
         self._producer.poll(0)
 

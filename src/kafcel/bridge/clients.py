@@ -48,9 +48,9 @@ def consumer_config(s: Settings, on_commit: Callable[..., None]) -> dict[str, An
 
 
 def _topics(s: Settings) -> None:
-    """Create what is missing; the results and DLQ topics get the task topic's partition
-    count, and the results topic must have at least as many (each outcome goes to the
-    partition of its request)."""
+    """Create what is missing; the results, DLQ and scheduled topics get the task topic's
+    partition count, and the results and scheduled topics must have at least as many
+    (outcomes and parked tasks go to the partition numbered like their request's)."""
     extra = s.librdkafka()
     tasks = ensure_topics(s.bootstrap_servers, {s.topic: s.partitions}, extra=extra)[s.topic]
     known = ensure_topics(

@@ -127,6 +127,3 @@ class DeadLetters:
             trace_id=item.envelope.trace_id,
             origin=item.origin,
         )
-
-    def retry_due(self) -> None:
-        self._writer.retry_due()

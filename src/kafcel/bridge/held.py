@@ -32,28 +32,34 @@ class HeldDispatches:
         self._items: list[Dispatch] = []
         self._retry_at = 0.0
         self._backoff_s = _FIRST_RETRY_S
-        self.reason: str | None = None
-        self.broker_down = False
+        self._why: DispatchHeld | None = None
 
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def reason(self) -> str | None:
+        return None if self._why is None else str(self._why)
+
+    @property
+    def broker_down(self) -> bool:
+        return self._why is not None and self._why.broker_down
+
     def hold_all(self, items: list[Dispatch]) -> None:
         """The broker is known to be down: these wait too, without a publish (each one
         would wait seconds on kombu's connection retries) until the probe finds it back."""
+        assert self._why is not None
         for item in items:
-            self.hold(item, DispatchHeld(self.reason or "Celery broker unavailable"))
+            self.hold(item, self._why)
 
     def back(self) -> None:
-        """The probe reached the broker: publish again."""
-        self.broker_down = False
+        """The probe reached the broker: publish again (a failure holds anew)."""
+        self._why = None
 
     def hold(self, item: Dispatch, why: DispatchHeld) -> None:
-        reason = str(why)
-        if reason != self.reason:
-            log.error("%s; holding %s and retrying (not the record's fault)", reason, item.task_id)
-        self.reason = reason
-        self.broker_down = reason.startswith("Celery broker unavailable")
+        if str(why) != self.reason:
+            log.error("%s; holding %s and retrying (not the record's fault)", why, item.task_id)
+        self._why = why
         if not self._items:
             self._retry_at = self._clock() + self._backoff_s
         self._items.append(item)
@@ -75,10 +81,9 @@ class HeldDispatches:
     def cleared(self) -> None:
         """A send went through with nothing held back: start over with short retries."""
         if not self._items:
-            if self.reason is not None:
+            if self._why is not None:
                 log.info("Celery takes the held tasks again")
-            self.reason = None
-            self.broker_down = False
+            self._why = None
             self._backoff_s = _FIRST_RETRY_S
 
     def partitions(self) -> dict[TP, str]:

@@ -105,14 +105,12 @@ class Scheduling:
             if self._tracker.in_flight_bytes() >= self._max_bytes:
                 reader.again(due[index:])
                 break
+            # Handed out: it holds its bytes in the bridge now.
+            tp, offset = position(msg)
+            self._tracker.count(tp, offset, len(msg.value() or b"") + len(msg.key() or b""))
             self._due(msg)
         for msg in reader.stale():
             self._repark(msg)
-
-    def counted(self, msg: Message) -> None:
-        """A due record handed out now holds its bytes in the bridge."""
-        tp, offset = position(msg)
-        self._tracker.count(tp, offset, len(msg.value() or b"") + len(msg.key() or b""))
 
     def _repark(self, msg: Message) -> None:
         """Parked long ago: parked anew at the end, and this copy settles."""
@@ -136,9 +134,6 @@ class Scheduling:
             reader.again([msg])
             return
         self._parker.park(msg, parked, written=written, refused=refused, wanted=current)
-
-    def retry_due(self) -> None:
-        self._parker.retry_due()
 
     def close(self) -> None:
         self._reader.close()

@@ -141,7 +141,7 @@ class Publisher:
         try:
             failed = self._send(prepared)
         except self._retryable as exc:
-            down = DispatchHeld(f"Celery broker unavailable: {exc}")
+            down = DispatchHeld(f"Celery broker unavailable: {exc}", broker_down=True)
             for index, *_ in prepared:
                 answers[index] = down
             return answers
@@ -175,7 +175,9 @@ class Publisher:
         """Celery's message for ``item`` and the options ``send_task_message`` takes."""
         envelope = item.payload()
         args, kwargs = list(envelope.args), dict(envelope.kwargs)
-        origin = dataclasses.replace(item.origin, headers=dict(envelope.headers))
+        origin = item.origin
+        if envelope.headers:  # most envelopes have none: no copy of the origin then
+            origin = dataclasses.replace(origin, headers=dict(envelope.headers))
         options: dict[str, Any] = dict(self._task_options(envelope.task))
         # The envelope's own expiry (or none) wins over the task's, as an explicit
         # send_task(expires=...) does; time limits go into the message headers.

@@ -27,6 +27,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 
 from ..admin import client_config, producer_config
 from ..deadletter import DeadLetterWriter
+from ..delivery import Writes
 from ..envelope import Envelope
 from ..errors import (
     ConfigError,
@@ -134,6 +135,7 @@ class Bridge:
         self._scheduling: Scheduling
         self._producer: Producer | None = None
         self._dead: DeadLetters
+        self._writes: Writes
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -177,8 +179,9 @@ class Bridge:
             self.events.metrics = start_bridge_metrics(port=s.metrics_port)
         try:
             self._producer = c.producer(self._producer_conf)
+            self._writes = Writes(producer=self._producer)
             writer = DeadLetterWriter(
-                producer=self._producer, topic=s.dlq_topic, config=self._producer_conf
+                writes=self._writes, topic=s.dlq_topic, config=self._producer_conf
             )
             self._dead = DeadLetters(
                 writer=writer,
@@ -190,7 +193,7 @@ class Bridge:
             # Followed even with parking off: tasks parked before must still run.
             self._scheduling = Scheduling(
                 reader=c.scheduled(self._base_conf, s),
-                parker=Parker(producer=self._producer, topic=s.scheduled_topic),
+                parker=Parker(writes=self._writes, topic=s.scheduled_topic),
                 tracker=self._tracker,
                 assignment=self._assignment,
                 settings=s,
@@ -297,8 +300,8 @@ class Bridge:
         self._scheduling.turn(self._consumer)
         self._redispatch_lost()
         self._producer.poll(0)
-        self._dead.retry_due()
-        self._scheduling.retry_due()
+        # Dead letters and parked copies Kafka refused, while still wanted.
+        self._writes.retry_due()
         # Outcomes, orphans and DLQ acknowledgements release keys' next records: they
         # leave in this turn, before a consume() can revoke their partitions.
         self._flush_outbox()
@@ -356,11 +359,9 @@ class Bridge:
         if self._gate.admit(item.slot, item):
             self._outbox.append(item)
 
-    def _valid(self, msg: Message, *, parked: bool = False) -> Envelope | None:
+    def _valid(self, msg: Message) -> Envelope | None:
         """The record's envelope if it may become a task; else it goes to the DLQ."""
         try:
-            if parked and Parked.from_headers(header_list(msg)) is None:
-                raise RecordRejected("not a task kafcel parked (no kafcel.parked.* headers)")
             envelope = Envelope.decode(msg.value(), max_bytes=self.settings.max_record_bytes)
             self._filter.check(envelope.task)
         except RecordRejected as exc:
@@ -370,15 +371,19 @@ class Bridge:
 
     def _handle_parked(self, msg: Message) -> None:
         tp, offset = position(msg)
-        envelope = self._valid(msg, parked=True)
         parked = Parked.from_headers(header_list(msg))
-        if envelope is None or parked is None:
+        if parked is None:
+            self._dead.record(
+                msg, RecordRejected("not a task kafcel parked (no kafcel.parked.* headers)")
+            )
             return
-        if (parked.topic, parked.partition) not in self._assignment.owned:
-            return  # its task partition was revoked this turn: the next owner has it
-        self._scheduling.counted(msg)
-        # Ordered and fenced with the records of the task partition it came from.
         origin_tp = (parked.topic, parked.partition)
+        if origin_tp not in self._assignment.owned:
+            return  # its task partition was revoked this turn: the next owner has it
+        envelope = self._valid(msg)
+        if envelope is None:
+            return
+        # Ordered and fenced with the records of the task partition it came from.
         slot = self._gate.slot_for(origin_tp, msg.key())
         fence = self._assignment.fence(tp)
         item = make_dispatch(

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from ..admin import fetch_config
+from ..delivery import Write, Writes
 from ..replay import header_list
 from .sequence import SequenceGuard, follow, position, seek_to, unfollow
 
@@ -46,7 +46,6 @@ _TASK_ID = _PREFIX + "task_id"
 _ORIGIN = _PREFIX + "origin"
 _ETA_MS = _PREFIX + "eta_ms"
 _EXPIRES_MS = _PREFIX + "expires_ms"
-_RETRY_AFTER_S = 1.0
 # Reading due records again waits at most this long per loop turn; what is missing then
 # is looked for again a few seconds later.
 _FETCH_TIMEOUT_S = 2.0
@@ -315,80 +314,35 @@ class ScheduledReader:
         self._fetch.close()
 
 
-Written = Callable[[], None]
-
-
-@dataclass
-class _Parking:
-    msg: Message
-    parked: Parked
-    written: Written
-    refused: Written
-    wanted: Callable[[], bool]
-
-
 class Parker:
-    """Writes parked copies; ``written`` runs once Kafka has one, ``refused`` if it never
-    will (larger than the producer or the topic takes: the bridge keeps the task in
-    flight instead). Other failures are tried again while ``wanted()``."""
+    """Writes parked copies to ``topic`` through ``writes``: ``written`` runs once Kafka
+    has one, ``refused`` if it never will (larger than the producer or the topic takes:
+    the bridge keeps the task in flight instead); other failures are tried again while
+    ``wanted()``."""
 
-    def __init__(self, *, producer: Producer, topic: str) -> None:
-        self._producer = producer
+    def __init__(self, *, writes: Writes, topic: str) -> None:
+        self._writes = writes
         self.topic = topic
-        self._retry: list[_Parking] = []
-        self._retry_at = 0.0
 
     def park(
         self,
         msg: Message,
         parked: Parked,
         *,
-        written: Written,
-        refused: Written,
+        written: Callable[[], None],
+        refused: Callable[[], None],
         wanted: Callable[[], bool],
     ) -> None:
-        self._send(_Parking(msg, parked, written, refused, wanted))
-
-    def _send(self, job: _Parking) -> None:
-        original = [(n, v) for n, v in header_list(job.msg) if not n.startswith(_PREFIX)]
-
-        def delivered(err: Any, _: Any) -> None:
-            if err is None:
-                job.written()
-            elif err.code() == RdKafkaError.MSG_SIZE_TOO_LARGE:
-                job.refused()
-            else:
-                log.warning("parking a scheduled task failed (%s); retrying", err)
-                self._later(job)
-
-        while True:
-            try:
-                self._producer.produce(
-                    self.topic,
-                    value=job.msg.value(),
-                    key=job.msg.key(),
-                    partition=job.parked.partition,
-                    headers=[*original, *job.parked.headers()],
-                    on_delivery=delivered,
-                )
-                return
-            except BufferError:
-                self._producer.poll(0.1)
-            except KafkaException as exc:
-                if "MSG_SIZE_TOO_LARGE" in str(exc):
-                    job.refused()
-                else:
-                    log.warning("parking a scheduled task failed (%s); retrying", exc)
-                    self._later(job)
-                return
-
-    def _later(self, job: _Parking) -> None:
-        self._retry.append(job)
-        self._retry_at = time.monotonic() + _RETRY_AFTER_S
-
-    def retry_due(self) -> None:
-        if self._retry and time.monotonic() >= self._retry_at:
-            retry, self._retry = self._retry, []
-            for job in retry:
-                if job.wanted():
-                    self._send(job)
+        original = [(n, v) for n, v in header_list(msg) if not n.startswith(_PREFIX)]
+        self._writes.send(
+            Write(
+                topic=self.topic,
+                value=msg.value(),
+                key=msg.key(),
+                headers=[*original, *parked.headers()],
+                partition=parked.partition,
+                written=written,
+                too_large=refused,
+                wanted=wanted,
+            )
+        )

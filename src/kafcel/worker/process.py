@@ -20,6 +20,7 @@ from redis.retry import Retry as RedisRetry
 
 from ..admin import client_config
 from ..deadletter import DeadLetterWriter
+from ..delivery import Writes
 from ..dlq import DeadLetter
 from ..errors import ConfigError, DeliveryError, KafcelError
 from ..lease import LeaseKeeper
@@ -191,7 +192,8 @@ class WorkerProcess:
             log.warning("kafcel: dead letter of %s written, marker not updated: %s", task_id, exc)
 
     def write_dead_letter(self, origin: Origin, value: bytes, letter: DeadLetter) -> None:
-        """Write the dead letter and wait until Kafka has it; raise DeliveryError if not.
+        """Write the dead letter and wait until Kafka has it, then clear the done marker's
+        pending flag; raise DeliveryError if Kafka did not take it.
 
         The same writer as the bridge's: a copy too large for the producer sheds its
         value, then its headers, then its key, so a record near the size limit still
@@ -202,10 +204,12 @@ class WorkerProcess:
         writer = self._dead_letters.get(topic)
         if writer is None:
             writer = self._dead_letters[topic] = DeadLetterWriter(
-                producer=producer, topic=topic, config=self._producer_config
+                writes=Writes(producer=producer), topic=topic, config=self._producer_config
             )
         key = origin.key.encode("utf-8", "surrogateescape") if origin.key is not None else None
         writer.write_and_wait(letter, value=value, key=key, headers=[], timeout_s=30)
+        if letter.task_id is not None:
+            self.dead_letter_written(letter.task_id)
 
     def publish(self, origin: Origin, outcome: Outcome, *, wait: bool = True) -> None:
         """Write the outcome; raise DeliveryError on failure.
