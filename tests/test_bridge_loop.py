@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from celery import Celery
 
-from kafcel.devstack import DevStack
+from kafcel.dev import DevStack
 from kafcel.results import SUCCESS, Outcome
 from kafcel.settings import Settings
 

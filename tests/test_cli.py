@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kafcel.devstack import DevStack
+from kafcel.dev import DevStack
 
 from .conftest import ROOT, Pipeline, base_env, wait_until
 

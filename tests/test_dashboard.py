@@ -24,7 +24,7 @@ import redis
 from confluent_kafka import Producer as KafkaProducer
 
 from kafcel import Producer
-from kafcel.devstack import DevStack, free_ports
+from kafcel.dev import DevStack, free_ports
 from kafcel.dlq import parse_dlq_headers
 from kafcel.procs import ManagedProcess
 from kafcel.settings import Settings

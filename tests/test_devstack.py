@@ -1,4 +1,4 @@
-"""DevStack: argument checks, pid-file hygiene, and real Tansu + Redis round trips.
+"""DevStack: argument checks, pid-file hygiene, and real Apache Kafka, Tansu and Redis round trips.
 
 The integration tests run their own services on free ports with a tmp state dir, so they
 never touch a Kafka or Redis the machine already runs on 9092 / 6379.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,9 +19,10 @@ from typing import Any
 
 import pytest
 import redis
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from kafcel.devstack import DevStack, ServiceStatus, tansu_binary
+from kafcel.dev import DevStack, KafkaRuntime, ServiceStatus, tansu_binary
 from kafcel.errors import ConfigError, DevStackError
 
 from .conftest import free_ports, wait_until
@@ -43,10 +45,16 @@ needs_stack = pytest.mark.skipif(not _have_stack(), reason="needs Tansu and redi
 
 
 # Named apart from conftest's session-wide `stack`: each test here needs a fresh one.
-@pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[DevStack]:
-    kafka_port, redis_port = free_ports(2)
-    dev = DevStack(kafka_port=kafka_port, redis_port=redis_port, state_dir=tmp_path / "stack")
+@pytest.fixture(params=["kafka", "tansu"])
+def own_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DevStack]:
+    kafka_port, controller_port, redis_port = free_ports(3)
+    dev = DevStack(
+        kafka_port=kafka_port,
+        kafka_ports=[kafka_port, controller_port] if request.param == "kafka" else [],
+        redis_port=redis_port,
+        state_dir=tmp_path / "stack",
+        broker=request.param,
+    )
     try:
         yield dev
     finally:
@@ -68,6 +76,11 @@ def own_stack(tmp_path: Path) -> Iterator[DevStack]:
         {"start_timeout_s": math.nan},
         {"start_timeout_s": math.inf},
         {"start_timeout_s": "30"},
+        {"broker": "redpanda"},
+        {"brokers": 2},
+        {"broker": "tansu", "brokers": 3},
+        {"kafka_ports": [9092]},
+        {"kafka_ports": [9092, 9092]},
     ],
 )
 def test_bad_arguments_raise_config_error(kwargs: dict[str, Any]) -> None:
@@ -104,15 +117,16 @@ def test_stale_pid_files_are_removed_and_nothing_is_killed(own_stack: DevStack) 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     own_stack.state_dir.mkdir(parents=True)
-    kafka_pid = own_stack.state_dir / "kafka.pid"
+    kafka_pid = own_stack.state_dir / f"{own_stack.service_names[0]}.pid"
     redis_pid = own_stack.state_dir / "redis.pid"
     kafka_pid.write_text(f"{gone.pid}\n")
     # A live PID that is not redis-server: what a recycled PID looks like.
     redis_pid.write_text(f"{os.getpid()}\n")
 
     statuses = {s.name: s for s in own_stack.status()}
-    assert statuses["kafka"] == ServiceStatus(
-        "kafka", own_stack.bootstrap_servers, running=False, managed=False, pid=None
+    name = own_stack.service_names[0]
+    assert statuses[name] == ServiceStatus(
+        name, own_stack.bootstrap_servers, running=False, managed=False, pid=None
     )
     assert not statuses["redis"].managed
     assert not kafka_pid.exists()
@@ -130,13 +144,17 @@ def test_stale_pid_files_are_removed_and_nothing_is_killed(own_stack: DevStack) 
 @pytest.mark.timeout(120)
 def test_up_status_topics_down(own_stack: DevStack) -> None:
     ports = [own_stack.kafka_port, own_stack.redis_port]
-    assert own_stack.up() == ["kafka", "redis"]
+    names = own_stack.service_names
+    assert own_stack.up() == names
 
     statuses = own_stack.status()
-    assert [s.name for s in statuses] == ["kafka", "redis"]
+    assert [s.name for s in statuses] == names
     for status, port in zip(statuses, ports, strict=True):
         assert status.address == f"127.0.0.1:{port}"
         assert status.running and status.managed and status.pid
+    broker = "apache-kafka" if own_stack.broker == "kafka" else "tansu"
+    assert re.fullmatch(rf"{broker} \d+\.\d+\.\d+", statuses[0].version)
+    assert own_stack.broker_label() == statuses[0].version
     assert redis.Redis.from_url(own_stack.redis_url).ping()
 
     own_stack.ensure_topics({"t1": 3})
@@ -148,7 +166,7 @@ def test_up_status_topics_down(own_stack: DevStack) -> None:
 
     assert own_stack.up() == []
 
-    assert own_stack.down() == ["kafka", "redis"]
+    assert own_stack.down() == names
     assert all(_port_free(port) for port in ports)
     assert not any(s.running or s.managed for s in own_stack.status())
     assert not list(own_stack.state_dir.glob("*.pid"))
@@ -169,12 +187,12 @@ def test_service_already_running_is_reused_and_left_alone(own_stack: DevStack) -
     try:
         client = redis.Redis.from_url(own_stack.redis_url)
         wait_until(lambda: _answers(client), 10, "the external redis-server to start", 0.1)
-        assert own_stack.up() == ["kafka"]
+        assert own_stack.up() == own_stack.service_names[:1]
         redis_status = {s.name: s for s in own_stack.status()}["redis"]
         assert redis_status.running and not redis_status.managed
         assert redis_status.pid is None
 
-        own_stack.stop_started(["kafka", "redis"])
+        own_stack.stop_started(own_stack.service_names)
         assert _port_free(own_stack.kafka_port)
         assert client.ping()  # the Redis we did not start still runs
         assert external.poll() is None
@@ -202,3 +220,72 @@ def _answers(client: redis.Redis[bytes]) -> bool:
         return bool(client.ping())
     except redis.ConnectionError:
         return False
+
+
+def _produce(bootstrap: str, topic: str, n: int) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for i in range(n):
+        producer.produce(topic, key=str(i).encode(), value=b"v")
+    assert producer.flush(30) == 0
+
+
+def _count(bootstrap: str, topic: str, partitions: int) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "count"})
+    try:
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        )
+    finally:
+        consumer.close()
+
+
+@needs_stack
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_a_killed_kafka_node_restarts_from_its_log_directory(tmp_path: Path) -> None:
+    ports = free_ports(3)
+    dev = DevStack(kafka_ports=ports[:2], redis_port=ports[2], state_dir=tmp_path / "s")
+    try:
+        dev.up()
+        dev.ensure_topics({"kept": 2})
+        _produce(dev.bootstrap_servers, "kept", 100)
+        dev.kill("kafka")
+        dev.start("kafka")
+        assert _count(dev.bootstrap_servers, "kept", 2) == 100
+        assert list((tmp_path / "s").glob("kafka-1-data/kept-*"))
+    finally:
+        dev.down()
+
+
+@needs_stack
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_three_kafka_nodes_replicate_and_survive_one_down(tmp_path: Path) -> None:
+    ports = free_ports(7)
+    dev = DevStack(kafka_ports=ports[:6], redis_port=ports[6], brokers=3, state_dir=tmp_path / "s")
+    try:
+        assert dev.up() == ["kafka", "kafka-2", "kafka-3", "redis"]
+        dev.ensure_topics({"rep": 3})
+        admin = AdminClient({"bootstrap.servers": dev.bootstrap_servers})
+        meta = admin.list_topics(topic="rep", timeout=10).topics["rep"]
+        assert all(len(p.replicas) == 3 for p in meta.partitions.values())
+        _produce(dev.bootstrap_servers, "rep", 50)
+        dev.kill("kafka-2")
+        # min.insync.replicas=2: with one node of three down, acks=all writes still succeed.
+        _produce(dev.bootstrap_servers, "rep", 50)
+        dev.start("kafka-2")
+        assert _count(dev.bootstrap_servers, "rep", 3) == 100
+    finally:
+        dev.down()
+
+
+def test_the_pinned_jars_are_fetched_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = KafkaRuntime(cache_dir=Path(".kafcel/kafka"))
+    if not runtime.fetched():
+        pytest.skip("the jars are fetched by the first integration test")
+    # Without Maven on PATH a second fetch must still succeed: it downloads nothing.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert runtime.ensure() == runtime.lib_dir
+    assert runtime.jar_version() == runtime.version
+    assert (runtime.lib_dir / f"kafka_2.13-{runtime.version}.jar").is_file()

@@ -22,7 +22,7 @@ from kafcel.procs import ManagedProcess, worker_argv
 from .conftest import ROOT, TEST_APP, Pipeline, wait_until
 from .test_pipeline import Ledger, counts, outcomes_for
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.tansu]
 
 
 @pytest.fixture()

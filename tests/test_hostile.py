@@ -28,6 +28,7 @@ from .conftest import Pipeline, wait_until
 from .hostile_corpus import CANARY, DENY, HOSTILE_LEDGER, MAX_RECORD_BYTES, Hostile, corpus
 
 Ledger = tuple[str, "redis.Redis[bytes]"]
+pytestmark = [pytest.mark.tansu]
 
 LABEL = "origin-app"
 KEYS = [b"k0", b"k1", b"k2", b"k3"]
@@ -288,7 +289,8 @@ def test_hostile_corpus_is_dead_lettered_and_nothing_reaches_celery(
     if ran != set(valid):
         reached = sorted(hostile_ids.get(t, t) for t in ran - set(valid))
         problems.append(f"outcomes: hostile {reached}, valid missing {sorted(set(valid) - ran)}")
-    worker_log = (pipeline.logs_dir / "worker.log").read_text(errors="replace")
+    worker_log_path = pipeline.logs_dir / f"worker-{pipeline.stack.broker}.log"
+    worker_log = worker_log_path.read_text(errors="replace")
     if not any(task_id in worker_log for task_id in valid):
         problems.append("no valid task id in the worker log: the worker log check is blind")
     for task_id, label in hostile_ids.items():

@@ -24,7 +24,7 @@ import redis
 
 from kafcel.admin import ensure_topics
 from kafcel.celery import HEADER
-from kafcel.devstack import DevStack
+from kafcel.dev import DevStack
 from kafcel.lease import LeaseKeeper
 from kafcel.once import OnceGuard
 from kafcel.procs import ManagedProcess, worker_argv

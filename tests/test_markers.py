@@ -13,7 +13,7 @@ import uuid
 import pytest
 import redis
 
-from kafcel.devstack import DevStack
+from kafcel.dev import DevStack
 from kafcel.once import OnceGuard
 from kafcel.results import FAILURE, SUCCESS, Outcome
 from kafcel.settings import Settings

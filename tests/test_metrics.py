@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kafcel import Envelope, Producer
 from kafcel.bridge.events import INVALID_TASK
 from kafcel.celery import HEADER
-from kafcel.devstack import DevStack, free_ports
+from kafcel.dev import DevStack, free_ports
 from kafcel.errors import ConfigError
 from kafcel.metrics import BridgeMetrics, WorkerMetrics, start_bridge_metrics
 from kafcel.procs import ManagedProcess, worker_argv

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kafcel.bridge.redispatch import BackendState, Redispatcher
-from kafcel.devstack import DevStack
+from kafcel.dev import DevStack
 from kafcel.once import OnceGuard
 from kafcel.results import Outcome
 

@@ -15,7 +15,7 @@ from confluent_kafka import Producer
 
 from kafcel.admin import client_config, ensure_topics
 from kafcel.bridge.outcomes import OutcomeReader
-from kafcel.devstack import DevStack
+from kafcel.dev import DevStack
 from kafcel.results import SUCCESS, Outcome
 
 from .conftest import wait_until

@@ -16,7 +16,7 @@ from kafcel.dlq import parse_dlq_headers
 
 from .conftest import Pipeline, wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.tansu, pytest.mark.timeout(180)]
 
 Ledger = tuple[str, "redis.Redis[bytes]"]
 

@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from kafcel import ConfigError, DeliveryError, Envelope, Producer, SchemaViolation
 from kafcel.admin import ensure_topics
-from kafcel.devstack import DevStack
+from kafcel.dev import DevStack
 from kafcel.settings import Settings
 
 from .conftest import wait_until

@@ -23,7 +23,7 @@ from confluent_kafka import Message
 from kafcel.bridge.dispatch import Dispatch
 from kafcel.bridge.publish import Publisher
 from kafcel.celery import HEADER
-from kafcel.devstack import DevStack, free_ports
+from kafcel.dev import DevStack, free_ports
 from kafcel.envelope import Envelope
 from kafcel.errors import DispatchHeld, DispatchRefused
 from kafcel.results import Origin

@@ -21,7 +21,7 @@ from celery.exceptions import Ignore, Reject
 from confluent_kafka import KafkaError as RdKafkaError
 
 from kafcel.celery import _guard, _never_ran
-from kafcel.devstack import DevStack
+from kafcel.dev import DevStack
 from kafcel.dlq import MAX_TEXT_CHARS, parse_dlq_headers
 from kafcel.replay import header_list
 from kafcel.results import FAILURE, MAX_OUTCOME_BYTES, Origin, Outcome

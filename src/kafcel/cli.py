@@ -321,29 +321,61 @@ def dashboard(host: str, port: int, log_level: str, **options: Any) -> None:
 
 @cli.group()
 def dev() -> None:
-    """The local stack: Tansu (Kafka) and Redis."""
+    """The local stack: Apache Kafka (or Tansu) and Redis."""
 
 
-def _stack(kafka_port: int, redis_port: int) -> Any:
-    from .devstack import DevStack
+_STATE_DIR = Path(".kafcel/devstack")
 
+
+def _stack(kafka_port: int, redis_port: int, broker: str | None, brokers: int | None) -> Any:
+    from .dev import DevStack
+
+    # down and status act on what the last `up` started, unless told otherwise.
+    remembered_file = _STATE_DIR / "broker"
+    remembered = remembered_file.read_text().split() if remembered_file.exists() else []
+    if broker is None:
+        broker = remembered[0] if remembered else "kafka"
+    if brokers is None:
+        brokers = int(remembered[1]) if len(remembered) > 1 and broker == remembered[0] else 1
     return DevStack(
-        kafka_port=kafka_port, redis_port=redis_port, state_dir=Path(".kafcel/devstack")
+        kafka_port=kafka_port,
+        redis_port=redis_port,
+        state_dir=_STATE_DIR,
+        broker=broker,
+        brokers=brokers,
     )
 
 
 _kafka_port = click.option("--kafka-port", type=int, default=9092, show_default=True)
 _redis_port = click.option("--redis-port", type=int, default=6379, show_default=True)
+_broker = click.option(
+    "--broker",
+    type=click.Choice(["kafka", "tansu"]),
+    default=None,
+    help="Apache Kafka (default) or Tansu; down/status: what the last up started",
+)
+_brokers = click.option(
+    "--brokers",
+    type=click.IntRange(1, 3),
+    default=None,
+    help="Apache Kafka nodes: 1, or 3 (replication 3, min.insync.replicas=2)",
+)
 
 
 @dev.command("up")
 @_kafka_port
 @_redis_port
-def dev_up(kafka_port: int, redis_port: int) -> None:
+@_broker
+@_brokers
+def dev_up(kafka_port: int, redis_port: int, broker: str | None, brokers: int | None) -> None:
     """Start what is not running."""
-    stack = _stack(kafka_port, redis_port)
+    stack = _stack(kafka_port, redis_port, broker or "kafka", brokers or 1)
+    if not stack.runtime.fetched() and stack.broker == "kafka":
+        click.echo(f"fetching Apache Kafka {stack.runtime.version} from Maven Central (once)")
     started = stack.up()
+    stack.state_dir.joinpath("broker").write_text(f"{stack.broker} {stack.kafka.size}\n")
     click.echo(f"started: {', '.join(started) or 'nothing (all running)'}")
+    click.echo(f"broker: {stack.broker_label()}")
     click.echo(f"KAFCEL_BOOTSTRAP_SERVERS={stack.bootstrap_servers}")
     click.echo(f"KAFCEL_REDIS_URL={stack.redis_url}")
 
@@ -353,19 +385,22 @@ def dev_up(kafka_port: int, redis_port: int) -> None:
 @_redis_port
 def dev_down(kafka_port: int, redis_port: int) -> None:
     """Stop what `kafcel dev up` started (never services it found running)."""
-    stopped = _stack(kafka_port, redis_port).down()
+    stopped = _stack(kafka_port, redis_port, None, None).down()
     click.echo(f"stopped: {', '.join(stopped) or 'nothing'}")
 
 
 @dev.command("status")
 @_kafka_port
 @_redis_port
-def dev_status(kafka_port: int, redis_port: int) -> None:
-    """Show whether Kafka and Redis answer, and who started them."""
-    for s in _stack(kafka_port, redis_port).status():
+@_broker
+@_brokers
+def dev_status(kafka_port: int, redis_port: int, broker: str | None, brokers: int | None) -> None:
+    """Show whether the broker and Redis answer, their versions, and who started them."""
+    for s in _stack(kafka_port, redis_port, broker, brokers).status():
         state = "running" if s.running else "down"
         owner = f"started by kafcel (pid {s.pid})" if s.managed else "external"
-        click.echo(f"{s.name:6} {s.address:22} {state:8} {owner if s.running else ''}")
+        detail = f"{s.version:20} {owner}" if s.running else ""
+        click.echo(f"{s.name:8} {s.address:22} {state:8} {detail}".rstrip())
 
 
 @cli.command()

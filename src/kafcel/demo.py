@@ -32,7 +32,7 @@ from .admin import (
 )
 from .deadletters import read_dead_letters
 from .demo_tasks import fails_once
-from .devstack import DevStack
+from .dev import DevStack
 from .envelope import Envelope
 from .errors import KafcelError
 from .procs import ManagedProcess, bridge_argv, worker_argv

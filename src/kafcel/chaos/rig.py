@@ -1,7 +1,7 @@
 """The processes a chaos scenario runs and hurts: its own Redis, Tansu, workers, bridges.
 
 :class:`ChaosStack` owns the services (Tansu and the Celery/once-guard Redis through a
-:class:`~kafcel.devstack.DevStack` on free ports, plus a second Redis for the ledger that
+:class:`~kafcel.dev.DevStack` on free ports, plus a second Redis for the ledger that
 no fault touches). :class:`KafcelRig` runs one scenario's workers and bridges on that
 stack, each a subprocess this process started and stops by PID.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from ..devstack import DevStack, free_ports
+from ..dev import DevStack, free_ports
 from ..procs import ManagedProcess, bridge_argv, worker_argv
 from ..settings import Settings
 from .tasks import LEDGER_ENV
