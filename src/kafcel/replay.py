@@ -48,6 +48,7 @@ __all__ = [
     "REPLAY_ORIGINAL_ID",
     "RangeReplay",
     "Republisher",
+    "ScanStats",
     "header_list",
     "parse_time",
     "read_one",
@@ -184,6 +185,14 @@ def _with_id_as_json(value: bytes, task_id: str | None) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
+@dataclass
+class ScanStats:
+    """What a scan read: ``read`` counts the records it went through, in the time range
+    or not (what a fetch brought past the scan's last offset is dropped unread)."""
+
+    read: int = 0
+
+
 def scan_topic(
     settings: Settings,
     topic: str,
@@ -193,6 +202,7 @@ def scan_topic(
     tail: int | None = None,
     bounds: Mapping[tuple[str, int], tuple[int, int]] | None = None,
     on_progress: Progress | None = None,
+    stats: ScanStats | None = None,
 ) -> Iterator[Message]:
     """Every record of ``topic`` stamped within [since, until], partition by partition in
     offset order, up to the end offsets seen when the scan starts (with ``tail``, only
@@ -269,6 +279,8 @@ def scan_topic(
                     continue
                 idle_since = time.monotonic()
                 done += 1
+                if stats is not None:
+                    stats.read += 1
                 if offset + 1 >= ends[partition]:
                     finished(partition)
                 kind, stamp = msg.timestamp()
@@ -378,6 +390,8 @@ class RangeReplay:
     since: str
     until: str | None
     scanned: int = 0
+    # Every record taken from the topic, in the range or not: what the scan cost.
+    read: int = 0
     per_task: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     submitted: int = 0
@@ -389,6 +403,7 @@ class RangeReplay:
             "since": self.since,
             "until": self.until,
             "scanned": self.scanned,
+            "read": self.read,
             "matched": sum(self.per_task.values()),
             "per_task": dict(sorted(self.per_task.items())),
             "skipped": dict(self.skipped),
@@ -423,8 +438,9 @@ def replay_range(
     )
     out = None if dry_run else Republisher(settings=settings)
     want_key = key.encode("utf-8", "surrogateescape") if key is not None else None
+    stats = ScanStats()
     for msg in scan_topic(
-        settings, settings.topic, since=since, until=until, on_progress=on_progress
+        settings, settings.topic, since=since, until=until, on_progress=on_progress, stats=stats
     ):
         report.scanned += 1
         if want_key is not None and msg.key() != want_key:
@@ -462,6 +478,7 @@ def replay_range(
             ),
         )
         report.task_ids.append(task_id)
+    report.read = stats.read
     if out is not None:
         out.flush()
         report.submitted = out.sent
