@@ -224,7 +224,8 @@ class Bridge:
         left = self._tracker.in_flight()
         if left:
             log.warning("drain timeout: %d task(s) unsettled; they will be re-read", left)
-        self._commit(asynchronous=False)
+        self._offsets.commit_before_leaving(self._consumer, within_s=s.session_timeout_s)
+        self.stats.commits = self._offsets.commits
         self._finish_joining()
         # close() leaves the group; the revoke callback commits once more, synchronously.
         self._consumer.close()
