@@ -4,12 +4,17 @@ protocols run on the real stack in tests/test_bridge_lifecycle.py."""
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer
 
 from kafcel.bridge.clients import consumer_config
+from kafcel.bridge.group import prepare_group
 from kafcel.cli import cli
+from kafcel.dev import DevStack
 from kafcel.errors import ConfigError
 from kafcel.settings import Settings
 
@@ -53,3 +58,21 @@ def test_librdkafka_takes_the_bridges_consumer_config(protocol: str) -> None:
         assert not set(REFUSED_UNDER_KIP_848) & set(conf)
     # librdkafka checks the combination when the consumer is made, before any connection.
     Consumer(conf).close()
+
+
+@pytest.mark.integration
+def test_a_session_timeout_the_broker_refuses_leaves_the_brokers_with_a_warning(
+    stack: DevStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The test broker allows 2 s to 60 s (group.consumer.min/max.session.timeout.ms).
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    base = Settings(
+        bootstrap_servers=stack.bootstrap_servers, group_id=group, group_protocol="consumer"
+    )
+    with caplog.at_level(logging.INFO, logger="kafcel.bridge"):
+        prepare_group(base.replace(session_timeout_s=7.0))
+        prepare_group(base.replace(session_timeout_s=1.0))
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"group {group}: consumer.session.timeout.ms=7000 (consumer protocol)" in lines
+    (refused,) = [line for line in lines if "could not set" in line]
+    assert "2000 to 60000" in refused and "the broker's session timeout applies" in refused
