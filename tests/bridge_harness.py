@@ -88,6 +88,8 @@ class FakeConsumer:
         self.commits: list[dict[TP, int]] = []
         self.closed = False
         self.polls = 0  # consume() calls: what keeps a member in its group
+        # The group rebalances: synchronous commits are refused until this many polls.
+        self.rebalancing_until_poll = 0
 
     # -- what the test orders -------------------------------------------------------
 
@@ -155,6 +157,8 @@ class FakeConsumer:
         ]
 
     def commit(self, *, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
+        if not asynchronous and self.polls < self.rebalancing_until_poll:
+            raise KafkaException(RdKafkaError(RdKafkaError.REBALANCE_IN_PROGRESS))
         done = {(p.topic, p.partition): p.offset for p in offsets}
         self.kafka.committed.update(done)
         self.commits.append(done)

@@ -280,3 +280,25 @@ def test_a_record_fetched_before_its_partition_was_revoked_is_dropped(
     h.c.assign([tp])
     h.turn()
     assert h.publisher.offsets()[6:] == [3, 4, 5, 6], "re-read from the commit, none skipped"
+
+
+def test_a_shutdown_commit_met_by_a_rebalance_is_sent_again_once_rejoined(
+    harness: BridgeHarness,
+) -> None:
+    """SIGTERM while another bridge joins (the cooperative protocol's second round): the
+    group refuses the shutdown commit until this member has rejoined; the settled offsets
+    must still be committed, not left for the next owner to read again."""
+    h = harness
+    tp = (h.settings.topic, 0)
+    for i in range(3):
+        h.kafka.append(tp, envelope("harness.echo", i), key=f"k{i}".encode())
+    h.c.assign([tp])
+    h.turn()
+    for item in h.publisher.sent:
+        h.answer(item)
+    h.turn()
+    assert h.in_flight(tp) == 0
+    h.c.rebalancing_until_poll = h.c.polls + 5
+    h.bridge._drain()
+    assert h.kafka.committed[tp] == 3
+    assert h.c.closed

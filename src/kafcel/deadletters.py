@@ -29,6 +29,7 @@ from .errors import BrokerError, ConfigError
 from .once import OnceGuard
 from .replay import (
     Republisher,
+    ScanStats,
     header_list,
     parse_time,
     read_one,
@@ -245,16 +246,21 @@ def _replayed(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def read_dead_letters(
-    settings: Settings, flt: DlqFilter | None = None, *, limit: int | None = None
+    settings: Settings,
+    flt: DlqFilter | None = None,
+    *,
+    limit: int | None = None,
+    stats: ScanStats | None = None,
 ) -> list[DeadLetterRecord]:
-    """Dead letters matching ``flt``, oldest first; with ``limit``, the newest ``limit``."""
+    """Dead letters matching ``flt``, oldest first; with ``limit``, the newest ``limit``.
+    ``stats`` counts what the scan of the DLQ topic read."""
     flt = flt or DlqFilter()
     replayed = _replayed(settings)
     # With a limit only the newest ``limit`` are kept while scanning: a DLQ of millions
     # of records must not be held in memory to show fifty.
     found: list[tuple[Any, int, DeadLetterRecord]] = []
     for n, msg in enumerate(
-        scan_topic(settings, settings.dlq_topic, since=flt.since, until=flt.until)
+        scan_topic(settings, settings.dlq_topic, since=flt.since, until=flt.until, stats=stats)
     ):
         record = DeadLetterRecord.from_message(msg)
         if not flt.matches(record):

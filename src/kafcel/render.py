@@ -107,7 +107,8 @@ def render_range_replay(report: RangeReplay) -> None:
     console = wide_console()
     verb = "would submit" if report.dry_run else "submitted"
     table = Table(
-        title=f"{report.since} .. {report.until or 'now'}: {report.scanned} record(s) read"
+        title=f"{report.since} .. {report.until or 'now'}: {report.scanned} record(s) in "
+        f"range, {report.read} read"
     )
     table.add_column("task")
     table.add_column(verb, justify="right")

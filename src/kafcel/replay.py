@@ -7,9 +7,13 @@ from (``kafcel-replay-of``), when (``kafcel-replay-at``), under which id it ran 
 (``kafcel-replay-count``); if it fails again, its DLQ record carries that count.
 
 Times: ISO 8601 (a time without a zone is local time), ``now``, or a relative ``-90s``,
-``-15m``, ``-2h``, ``-1d``. Offsets are looked up by time (``offsets_for_times``), and each
-record's own timestamp is checked too, because some brokers (Tansu) answer that lookup
-with the first offset whatever the time.
+``-15m``, ``-2h``, ``-1d``. A time range is found by the broker's time index
+(``offsets_for_times``): it runs from the first record stamped at or after its start to
+the first stamped after its end, as Kafka's own tools seek by time, and nothing outside
+it is read (a producer whose clock runs behind can still put an older stamp inside it).
+Tansu answers that lookup with the first offset whatever the time (docs/design-notes.md),
+so on a broker that needs the Tansu handling (:func:`kafcel.broker.detect`) the lookup is
+a starting hint only and each record's own timestamp is checked: a full scan there.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
     KafkaException,
     Message,
     TopicPartition,
@@ -36,6 +41,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import Producer as KafkaProducer
 
 from .admin import offset_bounds, open_consumer, partitions_of, producer_config
+from .broker import detect
 from .delivery import produce
 from .envelope import Envelope, task_id_for
 from .errors import ConfigError, DeliveryError, KafkaError, RecordRejected
@@ -48,6 +54,7 @@ __all__ = [
     "REPLAY_ORIGINAL_ID",
     "RangeReplay",
     "Republisher",
+    "ScanStats",
     "header_list",
     "parse_time",
     "read_one",
@@ -184,6 +191,14 @@ def _with_id_as_json(value: bytes, task_id: str | None) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
+@dataclass
+class ScanStats:
+    """What a scan read: ``read`` counts the records it went through, in the time range
+    or not (what a fetch brought past the scan's last offset is dropped unread)."""
+
+    read: int = 0
+
+
 def scan_topic(
     settings: Settings,
     topic: str,
@@ -193,6 +208,7 @@ def scan_topic(
     tail: int | None = None,
     bounds: Mapping[tuple[str, int], tuple[int, int]] | None = None,
     on_progress: Progress | None = None,
+    stats: ScanStats | None = None,
 ) -> Iterator[Message]:
     """Every record of ``topic`` stamped within [since, until], partition by partition in
     offset order, up to the end offsets seen when the scan starts (with ``tail``, only
@@ -219,17 +235,11 @@ def scan_topic(
     )
     try:
         starts = {p: bounds[(topic, p)][0] for p in parts}
-        if since_ms is not None:
-            found = consumer.offsets_for_times(
-                [TopicPartition(topic, p, since_ms) for p in parts], timeout=10
-            )
-            for tp in found:
-                if tp.error is not None:
-                    continue  # no hint: read the partition from its start
-                end = bounds[(topic, tp.partition)][1]
-                hint = end if tp.offset < 0 else tp.offset
-                starts[tp.partition] = min(max(hint, starts[tp.partition]), end)
         ends = {p: bounds[(topic, p)][1] for p in parts}
+        unsure: set[int] = set()
+        if since_ms is not None or until_ms is not None:
+            trusted = not detect(bootstrap, extra).needs_tansu_handling
+            unsure = _by_time(consumer, topic, starts, ends, since_ms, until_ms, trusted=trusted)
         if tail is not None:
             each = max(tail // len(parts), 1)
             starts = {p: max(starts[p], ends[p] - each) for p in parts}
@@ -269,13 +279,11 @@ def scan_topic(
                     continue
                 idle_since = time.monotonic()
                 done += 1
+                if stats is not None:
+                    stats.read += 1
                 if offset + 1 >= ends[partition]:
                     finished(partition)
-                kind, stamp = msg.timestamp()
-                if kind != TIMESTAMP_NOT_AVAILABLE and (
-                    (since_ms is not None and stamp < since_ms)
-                    or (until_ms is not None and stamp > until_ms)
-                ):
+                if partition in unsure and not _stamped_within(msg, since_ms, until_ms):
                     continue
                 yield msg
             if on_progress and msgs:
@@ -284,6 +292,53 @@ def scan_topic(
         raise KafkaError(f"cannot read {topic}: {exc}") from exc
     finally:
         consumer.close()
+
+
+def _by_time(
+    consumer: Consumer,
+    topic: str,
+    starts: dict[int, int],
+    ends: dict[int, int],
+    since_ms: int | None,
+    until_ms: int | None,
+    *,
+    trusted: bool,
+) -> set[int]:
+    """Narrow each partition's [start, end) to the time range by the broker's time index;
+    return the partitions whose records must still be checked one by one: every one
+    where the index is not ``trusted``, else those the broker had no answer for."""
+    parts = sorted(starts)
+    unsure = set() if trusted else set(parts)
+    if since_ms is not None:
+        for p, offset in _first_stamped(consumer, topic, parts, since_ms).items():
+            if offset is None:
+                unsure.add(p)  # read from the partition's start
+            else:
+                starts[p] = min(max(ends[p] if offset < 0 else offset, starts[p]), ends[p])
+    if until_ms is not None and trusted:
+        # The first record stamped after the range is where it ends.
+        for p, offset in _first_stamped(consumer, topic, parts, until_ms + 1).items():
+            if offset is None:
+                unsure.add(p)
+            elif offset >= 0:
+                ends[p] = max(min(offset, ends[p]), starts[p])
+    return unsure
+
+
+def _first_stamped(
+    consumer: Consumer, topic: str, parts: list[int], at_ms: int
+) -> dict[int, int | None]:
+    """Per partition, the first offset stamped at or after ``at_ms`` (-1: none is), or
+    None where the broker could not say."""
+    found = consumer.offsets_for_times([TopicPartition(topic, p, at_ms) for p in parts], timeout=10)
+    return {tp.partition: None if tp.error is not None else tp.offset for tp in found}
+
+
+def _stamped_within(msg: Message, since_ms: int | None, until_ms: int | None) -> bool:
+    kind, stamp = msg.timestamp()
+    if kind == TIMESTAMP_NOT_AVAILABLE:
+        return True
+    return (since_ms is None or stamp >= since_ms) and (until_ms is None or stamp <= until_ms)
 
 
 def read_one(settings: Settings, topic: str, partition: int, offset: int) -> Message | None:
@@ -378,6 +433,8 @@ class RangeReplay:
     since: str
     until: str | None
     scanned: int = 0
+    # Every record taken from the topic, in the range or not: what the scan cost.
+    read: int = 0
     per_task: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     submitted: int = 0
@@ -389,6 +446,7 @@ class RangeReplay:
             "since": self.since,
             "until": self.until,
             "scanned": self.scanned,
+            "read": self.read,
             "matched": sum(self.per_task.values()),
             "per_task": dict(sorted(self.per_task.items())),
             "skipped": dict(self.skipped),
@@ -423,8 +481,9 @@ def replay_range(
     )
     out = None if dry_run else Republisher(settings=settings)
     want_key = key.encode("utf-8", "surrogateescape") if key is not None else None
+    stats = ScanStats()
     for msg in scan_topic(
-        settings, settings.topic, since=since, until=until, on_progress=on_progress
+        settings, settings.topic, since=since, until=until, on_progress=on_progress, stats=stats
     ):
         report.scanned += 1
         if want_key is not None and msg.key() != want_key:
@@ -462,6 +521,7 @@ def replay_range(
             ),
         )
         report.task_ids.append(task_id)
+    report.read = stats.read
     if out is not None:
         out.flush()
         report.submitted = out.sent

@@ -19,6 +19,7 @@ __all__ = ["ENV_PREFIX", "Settings"]
 ENV_PREFIX = "KAFCEL_"
 
 _ORDERINGS = ("key", "partition", "none")
+_GROUP_PROTOCOLS = ("classic", "consumer")
 _LOG_FORMATS = ("text", "json")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -73,6 +74,13 @@ class Settings:
     )
     session_timeout_s: float = field(
         default=10.0, metadata={"help": "consumer group session timeout"}
+    )
+    group_protocol: str = field(
+        default="classic",
+        metadata={
+            "help": "classic (cooperative-sticky: every broker) | consumer (KIP-848: Apache "
+            "Kafka 4.0+)"
+        },
     )
     ordering: str = field(
         default="key",
@@ -193,9 +201,20 @@ class Settings:
             raise ConfigError(
                 f"ordering must be one of {', '.join(_ORDERINGS)}, got {self.ordering!r}"
             )
+        if self.group_protocol not in _GROUP_PROTOCOLS:
+            raise ConfigError(
+                f"group_protocol must be one of {', '.join(_GROUP_PROTOCOLS)}, "
+                f"got {self.group_protocol!r}"
+            )
         for item in self.kafka_config:
             if "=" not in item:
                 raise ConfigError(f"kafka_config entry {item!r} is not key=value")
+            if item.split("=", 1)[0].strip() == "group.protocol":
+                # The bridge's consumer config differs by protocol, not just this key.
+                raise ConfigError(
+                    "set the group protocol with group_protocol (KAFCEL_GROUP_PROTOCOL), "
+                    "not kafka_config"
+                )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

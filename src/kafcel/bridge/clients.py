@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer
 from ..admin import client_config, ensure_topics, fetch_config
 from ..errors import ConfigError
 from ..settings import Settings
+from .group import membership_config, prepare_group
 from .outcomes import OutcomeReader
 from .publish import Publisher
 from .schedule import ScheduledReader
@@ -37,9 +38,7 @@ def consumer_config(s: Settings, on_commit: Callable[..., None]) -> dict[str, An
         "group.id": s.group_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "session.timeout.ms": int(s.session_timeout_s * 1000),
-        "heartbeat.interval.ms": max(int(s.session_timeout_s * 1000 / 10), 100),
+        **membership_config(s),
         "on_commit": on_commit,
     }
     if s.group_instance_id:
@@ -99,6 +98,7 @@ class BridgeClients:
     """Factories of the bridge's clients; the defaults are the real ones."""
 
     ensure_topics: Callable[[Settings], None] = _topics
+    prepare_group: Callable[[Settings], None] = prepare_group
     consumer: Callable[[dict[str, Any]], Consumer] = Consumer
     producer: Callable[[dict[str, Any]], Producer] = Producer
     outcomes: Callable[[dict[str, Any], Settings], OutcomeReader] = _outcomes

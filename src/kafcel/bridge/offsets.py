@@ -9,9 +9,11 @@ and pauses the bridge's partitions while records or bytes in flight reach their 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaError as RdKafkaError
 
 from ..settings import Settings
 from .markers import CommittedMarkers
@@ -20,6 +22,17 @@ from .tracker import TP, OffsetTracker
 __all__ = ["Offsets"]
 
 log = logging.getLogger("kafcel.bridge")
+
+# A synchronous commit sent while the group rebalances gets one of these; it succeeds once
+# this member has rejoined, which its next consume() calls bring about.
+_REJOINING = frozenset(
+    {
+        RdKafkaError.REBALANCE_IN_PROGRESS,
+        RdKafkaError.ILLEGAL_GENERATION,
+        RdKafkaError.STALE_MEMBER_EPOCH,
+    }
+)
+_REJOIN_POLL_S = 0.02
 
 
 class Offsets:
@@ -35,7 +48,9 @@ class Offsets:
 
     def commit(
         self, consumer: Consumer, *, asynchronous: bool, only: list[TP] | None = None
-    ) -> None:
+    ) -> bool:
+        """Commit what is settled; False only when the group was rebalancing, so the same
+        commit succeeds after this member rejoins."""
         tracker = self.tracker
         if asynchronous:
             # Marked committed only when the broker confirms (in on_commit).
@@ -51,7 +66,7 @@ class Offsets:
         if only is not None:
             offsets = {tp: off for tp, off in offsets.items() if tp in only}
         if not offsets:
-            return
+            return True
         batch = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
         try:
             if asynchronous:
@@ -62,11 +77,22 @@ class Offsets:
             # A failed commit loses nothing: the records are re-read and the once-guard
             # absorbs the overlap. Log and go on.
             log.warning("commit failed: %s", exc)
-            return
+            error = exc.args[0] if exc.args else None
+            return not (isinstance(error, RdKafkaError) and error.code() in _REJOINING)
         self.commits += 1
         if not asynchronous:
             for tp, off in offsets.items():
                 self._committed(tp, off)
+        return True
+
+    def commit_before_leaving(self, consumer: Consumer, *, within_s: float) -> None:
+        """The shutdown commit, tried again while the group rebalances: a bridge stopped
+        as another joins (the cooperative protocol's second round) would otherwise leave
+        its settled records to be read again by their next owner. Its partitions are
+        paused, and a revoke meanwhile commits them in the callback."""
+        deadline = time.monotonic() + within_s
+        while not self.commit(consumer, asynchronous=False) and time.monotonic() < deadline:
+            consumer.consume(1, timeout=_REJOIN_POLL_S)
 
     def on_commit(self, err: Any, partitions: list[TopicPartition]) -> None:
         """librdkafka's report of an asynchronous commit."""

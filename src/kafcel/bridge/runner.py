@@ -47,6 +47,7 @@ from .deadletter import DeadLetters
 from .dispatch import Dispatch, declare_queues, make_dispatch
 from .events import BridgeEvents
 from .filter import TaskFilter
+from .group import CONSUMER
 from .held import HeldDispatches
 from .markers import CommittedMarkers
 from .offsets import Offsets
@@ -172,6 +173,7 @@ class Bridge:
     def _open(self) -> None:
         s = self.settings
         c = self._clients
+        c.prepare_group(s)
         c.ensure_topics(s)
         if s.metrics_port:
             from ..metrics import start_bridge_metrics
@@ -224,7 +226,8 @@ class Bridge:
         left = self._tracker.in_flight()
         if left:
             log.warning("drain timeout: %d task(s) unsettled; they will be re-read", left)
-        self._commit(asynchronous=False)
+        self._offsets.commit_before_leaving(self._consumer, within_s=s.session_timeout_s)
+        self.stats.commits = self._offsets.commits
         self._finish_joining()
         # close() leaves the group; the revoke callback commits once more, synchronously.
         self._consumer.close()
@@ -255,9 +258,12 @@ class Bridge:
 
         Tansu never completes a rebalance whose joining member left before its JoinGroup
         was answered: every later member waits forever (docs/design-notes.md). A bridge
-        stopped seconds after it started therefore joins first, then leaves.
+        stopped seconds after it started therefore joins first, then leaves. The consumer
+        protocol (KIP-848, refused on Tansu) has no JoinGroup to wait for.
         """
         assert self._consumer is not None
+        if self.settings.group_protocol == CONSUMER:
+            return
         deadline = time.monotonic() + 2 * self.settings.session_timeout_s + 10
         if not self._joined:
             log.info("waiting for the group join to complete before leaving")
