@@ -1,10 +1,11 @@
 """Apache Kafka for the local stack: pinned jars from Maven Central, KRaft combined nodes.
 
 The broker's runtime classpath is copied once by Maven into ``.kafcel/kafka/`` (the
-versions are pinned in ``kafka-pom.xml`` next to this module; a second run finds the
-copy and downloads nothing). Each node is one JVM running broker and controller together
-(``process.roles=broker,controller``), its log directory on disk under the stack's state
-directory, so a killed node restarts from its data. One node uses a dynamic quorum
+versions are pinned in ``kafka-pom.xml`` next to this module, every jar's SHA-256 in
+``kafka-jars.sha256``; a second run finds the copy and downloads nothing). Each node is
+one JVM running broker and controller together (``process.roles=broker,controller``),
+its log directory on disk under the stack's state directory, so a killed node restarts
+from its data. One node uses a dynamic quorum
 formatted ``--standalone``; three nodes a static ``controller.quorum.voters`` list.
 Class names and JVM options follow Kafka's own ``bin/kafka-server-start.sh``,
 ``bin/kafka-run-class.sh`` and ``bin/kafka-storage.sh``.
@@ -67,8 +68,25 @@ logger.server.level = INFO
 _POM = "{http://maven.apache.org/POM/4.0.0}"
 
 
-def _pom_text() -> str:
-    return resources.files(__package__).joinpath("kafka-pom.xml").read_text()
+def _resource(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text()
+
+
+def _verify(lib: Path) -> None:
+    """Every jar of the copy is one the repository pins, with the pinned SHA-256."""
+    pinned = dict(line.split()[::-1] for line in _resource("kafka-jars.sha256").splitlines())
+    found = {jar.name: jar for jar in lib.glob("*.jar")}
+    wrong = sorted(set(found) ^ set(pinned))
+    wrong += [
+        name
+        for name, jar in sorted(found.items())
+        if name in pinned and hashlib.sha256(jar.read_bytes()).hexdigest() != pinned[name]
+    ]
+    if wrong:
+        raise DevStackError(
+            f"Apache Kafka's jars differ from kafka-jars.sha256 ({', '.join(wrong[:5])}): "
+            "not started; check the Maven repository this machine uses"
+        )
 
 
 def _java() -> str:
@@ -98,7 +116,7 @@ class KafkaRuntime:
 
     def __init__(self, *, cache_dir: Path) -> None:
         self.cache_dir = cache_dir.expanduser().resolve()
-        self._pom = _pom_text()
+        self._pom = _resource("kafka-pom.xml")
 
     @cached_property
     def version(self) -> str:
@@ -111,8 +129,9 @@ class KafkaRuntime:
 
     @property
     def lib_dir(self) -> Path:
-        # The POM's hash in the name: changing a pinned version fetches a fresh copy.
-        digest = hashlib.sha256(self._pom.encode()).hexdigest()[:10]
+        # The pins' hash in the name: changing a pinned version fetches a fresh copy.
+        pins = self._pom + _resource("kafka-jars.sha256")
+        digest = hashlib.sha256(pins.encode()).hexdigest()[:10]
         return self.cache_dir / f"{self.version}-{digest}" / "lib"
 
     @property
@@ -140,8 +159,9 @@ class KafkaRuntime:
             pom.write_text(self._pom)
             out = Path(tmp) / "lib"
             argv = [
-                mvn, "-B", "-q", "-f", str(pom), f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
-                "-DincludeScope=runtime", f"-DoutputDirectory={out}",
+                mvn, "-B", "-q", "--strict-checksums", "-f", str(pom),
+                f"{_DEPENDENCY_PLUGIN}:copy-dependencies", "-DincludeScope=runtime",
+                f"-DoutputDirectory={out}",
             ]  # fmt: skip
             done = subprocess.run(argv, capture_output=True, text=True)
             if done.returncode != 0 or not any(out.glob("kafka_2.13-*.jar")):
@@ -149,6 +169,7 @@ class KafkaRuntime:
                 raise DevStackError(
                     f"Maven could not fetch Apache Kafka {self.version}'s jars: {tail}"
                 )
+            _verify(out)
             try:
                 out.rename(self.lib_dir)
             except OSError:
