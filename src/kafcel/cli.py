@@ -432,7 +432,14 @@ def demo(n_tasks: int, as_json: bool, kafka_port: int, redis_port: int, timeout_
 @click.option("--only", multiple=True, help="run only this scenario (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="end with one JSON summary line")
 @click.option("--seed", type=int, default=1, show_default=True)
-def chaos(n_tasks: int, only: tuple[str, ...], as_json: bool, seed: int) -> None:
+@click.option(
+    "--broker",
+    type=click.Choice(["kafka", "tansu"]),
+    default="kafka",
+    show_default=True,
+    help="the suite's own broker: Apache Kafka (one KRaft node) or Tansu",
+)
+def chaos(n_tasks: int, only: tuple[str, ...], as_json: bool, seed: int, broker: str) -> None:
     """Inject faults into a running pipeline; count lost, duplicate and out-of-order effects."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -471,7 +478,7 @@ def chaos(n_tasks: int, only: tuple[str, ...], as_json: bool, seed: int) -> None
         cancel = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: cancel.set())
-        results = run_suite(
+        suite = run_suite(
             n_tasks=n_tasks,
             scenarios=scenarios,
             on_progress=on_progress,
@@ -479,11 +486,13 @@ def chaos(n_tasks: int, only: tuple[str, ...], as_json: bool, seed: int) -> None
             seed=seed,
             cancel=cancel,
             keep_logs=Path(".kafcel/chaos-logs"),
+            broker=broker,
+            on_broker=lambda label: progress.console.print(f"broker: {label}"),
         )
-    render(results, console, n_tasks=n_tasks)
+    render(suite, console, n_tasks=n_tasks)
     if as_json:
-        click.echo(json_line(results))
-    if not all(r.passed for r in results if r.system == "kafcel"):
+        click.echo(json_line(suite))
+    if not all(r.passed for r in suite.results if r.system == "kafcel"):
         sys.exit(1)
 
 

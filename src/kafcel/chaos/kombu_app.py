@@ -22,6 +22,7 @@ from .tasks import register
 
 __all__ = [
     "ASSIGNED_LOG",
+    "BOOTSTRAP_ENV",
     "BROKER_ENV",
     "QUEUE",
     "QUEUE_ENV",
@@ -31,11 +32,14 @@ __all__ = [
 ]
 
 BROKER_ENV = "KAFCEL_CHAOS_KOMBU_BROKER"
+# kombu's URL names one broker; the whole cluster's list reaches librdkafka through this.
+BOOTSTRAP_ENV = "KAFCEL_BOOTSTRAP_SERVERS"
 REDIS_ENV = "KAFCEL_REDIS_URL"
 QUEUE_ENV = "KAFCEL_CHAOS_QUEUE"
 QUEUE = "kombu-chaos"
 # Logged by the worker when its consumer holds partitions: Celery's "ready" comes before
-# kombu has even subscribed, and Tansu's DescribeGroups lists no members to look at.
+# kombu has even subscribed. The consumer's own statistics say so on any broker, where
+# DescribeGroups would not (Tansu lists no members).
 ASSIGNED_LOG = "kombu-kafka consumer assigned"
 
 log = logging.getLogger("kafcel.chaos.kombu")
@@ -68,8 +72,9 @@ def _required(name: str) -> str:
     return value
 
 
-def transport_options() -> dict[str, Any]:
-    """``broker_transport_options`` of kombu's confluentkafka transport, for any client."""
+def transport_options(bootstrap_servers: str | None = None) -> dict[str, Any]:
+    """``broker_transport_options`` of kombu's confluentkafka transport, for any client;
+    ``bootstrap_servers`` (every broker of the cluster) overrides the URL's one."""
     consumer: dict[str, Any] = {
         # A SIGKILLed worker never leaves its group: until the coordinator times it
         # out, the restarted worker is not assigned the partition (librdkafka: 45 s).
@@ -78,10 +83,12 @@ def transport_options() -> dict[str, Any]:
         "statistics.interval.ms": 500,
         "stats_cb": _AssignmentLog(),
     }
-    return {
-        # kombu's default for a created topic, spelt out: Tansu is one broker.
+    options: dict[str, Any] = {
+        # kombu's one partition per queue, spelt out. Its replication default is 1, which
+        # a 3-node cluster would hold on one node only: -1 takes the broker's
+        # default.replication.factor (Tansu accepts it too).
         "num_partitions": 1,
-        "replication_factor": 1,
+        "replication_factor": -1,
         # The transport polls each consumed topic in turn for up to this long, so an
         # idle one delays the next poll of the task topic by as much.
         "wait_time_seconds": 1,
@@ -91,6 +98,9 @@ def transport_options() -> dict[str, Any]:
         "polling_interval": 0.01,
         "kafka_consumer_config": consumer,
     }
+    if bootstrap_servers:
+        options["kafka_common_config"] = {"bootstrap.servers": bootstrap_servers}
+    return options
 
 
 class _LazyConfig:
@@ -108,7 +118,7 @@ class _LazyConfig:
 
     @property
     def broker_transport_options(self) -> dict[str, Any]:
-        return transport_options()
+        return transport_options(os.environ.get(BOOTSTRAP_ENV, "").strip() or None)
 
     task_serializer = "json"
     result_serializer = "json"

@@ -32,7 +32,14 @@ from kombu.exceptions import KombuError
 from ..admin import KAFKA_LOG
 from ..errors import BrokerError, ConfigError, KafcelError
 from ..procs import ManagedProcess, worker_argv
-from .kombu_app import ASSIGNED_LOG, BROKER_ENV, QUEUE_ENV, REDIS_ENV, transport_options
+from .kombu_app import (
+    ASSIGNED_LOG,
+    BOOTSTRAP_ENV,
+    BROKER_ENV,
+    QUEUE_ENV,
+    REDIS_ENV,
+    transport_options,
+)
 from .tasks import LEDGER_ENV
 
 __all__ = ["KombuKafka"]
@@ -52,16 +59,23 @@ _STOP_TIMEOUT_S = 30.0
 _DELIVERY_TIMEOUT_MS = 30_000
 
 
-def _host_port(bootstrap_servers: object) -> tuple[str, int]:
-    if not isinstance(bootstrap_servers, str):
+def _brokers(bootstrap_servers: object) -> list[tuple[str, int]]:
+    """``host:port[,host:port...]`` as pairs, each checked."""
+    if not isinstance(bootstrap_servers, str) or not bootstrap_servers.strip():
         raise ConfigError(f"bootstrap_servers must be 'host:port', got {bootstrap_servers!r}")
-    host, sep, port = bootstrap_servers.strip().rpartition(":")
-    # kombu's URL names one broker, so a list of them cannot be passed on.
-    if not sep or not host or "," in host or "/" in host or not port.isdigit():
-        raise ConfigError(f"bootstrap_servers must be one 'host:port', got {bootstrap_servers!r}")
-    if not 1 <= int(port) <= 65535:
-        raise ConfigError(f"bootstrap_servers port must be 1 to 65535, got {bootstrap_servers!r}")
-    return host, int(port)
+    brokers = []
+    for item in bootstrap_servers.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or "/" in host or not port.isdigit():
+            raise ConfigError(
+                f"bootstrap_servers must be 'host:port[,host:port...]', got {bootstrap_servers!r}"
+            )
+        if not 1 <= int(port) <= 65535:
+            raise ConfigError(
+                f"bootstrap_servers port must be 1 to 65535, got {bootstrap_servers!r}"
+            )
+        brokers.append((host, int(port)))
+    return brokers
 
 
 def _redis_server(label: str, url: object) -> tuple[str, str]:
@@ -89,7 +103,7 @@ class KombuKafka:
         concurrency: int = 2,
         worker_app: str = APP,
     ) -> None:
-        host, port = _host_port(bootstrap_servers)
+        brokers = _brokers(bootstrap_servers)
         results = _redis_server("redis_url", redis_url)
         # FLUSHALL empties every database of a server, so a ledger sharing the result
         # backend's server would lose the evidence to the fault it is meant to record.
@@ -108,7 +122,9 @@ class KombuKafka:
             raise ConfigError(f"log_dir {log_path} exists and is not a directory")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be a positive integer, got {concurrency!r}")
-        self.bootstrap_servers = f"{host}:{port}"
+        self.bootstrap_servers = ",".join(f"{host}:{port}" for host, port in brokers)
+        # kombu's URL names one broker; transport_options() hands librdkafka them all.
+        host, port = brokers[0]
         self.broker_url = f"confluentkafka://{host}:{port}"
         self.redis_url = redis_url
         self.ledger_url = ledger_url
@@ -141,6 +157,7 @@ class KombuKafka:
         env = {
             **os.environ,
             BROKER_ENV: self.broker_url,
+            BOOTSTRAP_ENV: self.bootstrap_servers,
             REDIS_ENV: self.redis_url,
             QUEUE_ENV: self.queue,
             LEDGER_ENV: self.ledger_url,
@@ -189,9 +206,12 @@ class KombuKafka:
 
     def _client(self) -> Celery:
         if self._app is None:
-            options = transport_options()
+            options = transport_options(self.bootstrap_servers)
             # librdkafka's lines go through logging, as from every other kafcel client.
-            options["kafka_common_config"] = {"logger": KAFKA_LOG}
+            options["kafka_common_config"] = {
+                **options.get("kafka_common_config", {}),
+                "logger": KAFKA_LOG,
+            }
             options["kafka_producer_config"] = {
                 "message.timeout.ms": _DELIVERY_TIMEOUT_MS,
                 # kombu flushes after every message and never looks at the outcome, so

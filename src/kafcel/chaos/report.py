@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .runner import ScenarioResult
+from .runner import Suite
 
 __all__ = ["json_line", "render"]
 
@@ -27,12 +27,12 @@ _COLUMNS = (
 )
 
 
-def render(results: list[ScenarioResult], console: Console, *, n_tasks: int) -> None:
-    table = Table(title=f"kafcel chaos — {n_tasks:,} tasks per scenario")
+def render(suite: Suite, console: Console, *, n_tasks: int) -> None:
+    table = Table(title=f"kafcel chaos — {n_tasks:,} tasks per scenario, on {suite.broker}")
     for title, _ in _COLUMNS:
         table.add_column(title, justify="left" if title in ("scenario", "system") else "right")
     table.add_column("verdict")
-    for r in results:
+    for r in suite.results:
         row = r.row()
         cells = ["-" if row[k] is None else str(row[k]) for _, k in _COLUMNS]
         verdict = "[green]pass[/]" if r.passed else f"[red]FAIL[/] {r.note}".rstrip()
@@ -46,6 +46,6 @@ def render(results: list[ScenarioResult], console: Console, *, n_tasks: int) -> 
     )
 
 
-def json_line(results: list[ScenarioResult]) -> str:
-    scenarios: list[dict[str, Any]] = [r.row() for r in results]
-    return json.dumps({"scenarios": scenarios})
+def json_line(suite: Suite) -> str:
+    scenarios: list[dict[str, Any]] = [r.row() for r in suite.results]
+    return json.dumps({"broker": suite.broker, "scenarios": scenarios})

@@ -1,6 +1,7 @@
-"""The processes a chaos scenario runs and hurts: its own Redis, Tansu, workers, bridges.
+"""The processes a chaos scenario runs and hurts: its own broker, Redis, workers, bridges.
 
-:class:`ChaosStack` owns the services (Tansu and the Celery/once-guard Redis through a
+:class:`ChaosStack` owns the services (the Kafka broker — Apache Kafka, or Tansu with
+``broker="tansu"`` — and the Celery/once-guard Redis through a
 :class:`~kafcel.dev.DevStack` on free ports, plus a second Redis for the ledger that
 no fault touches). :class:`KafcelRig` runs one scenario's workers and bridges on that
 stack, each a subprocess this process started and stops by PID.
@@ -25,15 +26,32 @@ APP = "kafcel.chaos.app:app"
 
 
 class ChaosStack:
-    def __init__(self, *, state_dir: Path) -> None:
+    """``broker``: ``kafka`` (Apache Kafka, one KRaft node) or ``tansu``. Apache Kafka's
+    jars are taken from ``cache_dir`` (fetched there once when absent)."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        broker: str = "kafka",
+        cache_dir: Path | str = ".kafcel/kafka",
+    ) -> None:
         self.state_dir = state_dir
-        kafka_port, redis_port, ledger_port = free_ports(3)
+        # Every port picked free at once: Apache Kafka's controller port must not be
+        # guessed next to the client port, where another service may already listen.
+        kafka_port, controller_port, redis_port, ledger_port = free_ports(4)
+        kafka_ports = [kafka_port, controller_port]
         self.devstack = DevStack(
-            kafka_port=kafka_port, redis_port=redis_port, state_dir=state_dir / "stack"
+            broker=broker,
+            kafka_port=kafka_port,
+            kafka_ports=kafka_ports if broker == "kafka" else (),
+            redis_port=redis_port,
+            state_dir=state_dir / "stack",
+            cache_dir=cache_dir,
         )
         # Its own Redis: no fault of the suite touches the evidence.
         self.ledger = DevStack(
-            kafka_port=kafka_port,
+            kafka_ports=kafka_ports,
             redis_port=ledger_port,
             state_dir=state_dir / "ledger",
             services=("redis",),
@@ -50,6 +68,15 @@ class ChaosStack:
     @property
     def ledger_url(self) -> str:
         return self.ledger.redis_url
+
+    @property
+    def broker(self) -> str:
+        """``kafka`` or ``tansu``, as :class:`~kafcel.dev.DevStack` names them."""
+        return self.devstack.broker
+
+    def broker_label(self) -> str:
+        """What the running broker is, e.g. ``apache-kafka 4.4.0`` or ``tansu 0.6.0``."""
+        return self.devstack.broker_label()
 
     def up(self) -> None:
         self.devstack.up()

@@ -1,6 +1,7 @@
 """``kafcel chaos``: run the scenarios, measure each one, report.
 
-Per scenario: a fresh topic, group, Celery queue and ledger run on the suite's own stack;
+Per scenario: a fresh topic, group, Celery queue and ledger run on the suite's own stack
+(Apache Kafka by default, or Tansu);
 the workload is submitted, the fault injected while it drains, and the measurement loop
 samples progress until every order has its effect, the DLQ holds every planted record
 and the lag is 0, or until nothing has moved for ``stall_s`` (then the row shows what
@@ -31,7 +32,7 @@ from .rig import ChaosStack, KafcelRig
 from .scenarios import SCENARIOS, Scenario
 from .workload import Workload, make_workload, submit
 
-__all__ = ["ScenarioResult", "run_suite", "select"]
+__all__ = ["ScenarioResult", "Suite", "run_suite", "select"]
 
 _PARTITIONS = 4
 _WORK_MS = 2.0
@@ -71,6 +72,14 @@ class ScenarioResult:
         if self.note:
             out["note"] = self.note
         return out
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A run's rows and the broker they ran on, as it reported itself."""
+
+    broker: str  # e.g. "apache-kafka 4.4.0", "tansu 0.6.0"
+    results: list[ScenarioResult]
 
 
 def select(only: tuple[str, ...]) -> list[Scenario]:
@@ -116,8 +125,12 @@ def run_suite(
     stall_s: float = 90.0,
     cancel: threading.Event | None = None,
     keep_logs: Path | None = None,
-) -> list[ScenarioResult]:
-    """Run ``scenarios`` in order; ``cancel`` ends the run (KeyboardInterrupt) cleanly.
+    broker: str = "kafka",
+    on_broker: Callable[[str], None] | None = None,
+) -> Suite:
+    """Run ``scenarios`` in order on ``broker`` (``kafka`` or ``tansu``); ``cancel`` ends
+    the run (KeyboardInterrupt) cleanly. ``on_broker`` hears the broker's label once it
+    runs.
 
     The logs of a scenario that fails are copied to ``keep_logs``, if given.
     """
@@ -126,9 +139,12 @@ def run_suite(
     cancel = cancel or threading.Event()
     results: list[ScenarioResult] = []
     with tempfile.TemporaryDirectory(prefix="kafcel-chaos-") as tmp:
-        stack = ChaosStack(state_dir=Path(tmp))
+        stack = ChaosStack(state_dir=Path(tmp), broker=broker)
         try:
             stack.up()
+            label = stack.broker_label()
+            if on_broker:
+                on_broker(label)
             for i, scenario in enumerate(scenarios):
                 log_dir = Path(tmp) / f"{i:02d}-{scenario.system}-{scenario.name}"
                 result = run_scenario(
@@ -150,7 +166,7 @@ def run_suite(
                     on_result(result)
         finally:
             stack.down()
-    return results
+    return Suite(broker=label, results=results)
 
 
 def run_scenario(
@@ -200,6 +216,7 @@ def run_scenario(
             workload=workload,
             ledger=ledger,
             cancel=cancel,
+            reread_dlq=stack.broker == "tansu",
         )
         result = drive(
             scenario,
@@ -299,8 +316,10 @@ class Watch:
         workload: Workload,
         ledger: Ledger,
         cancel: threading.Event | None = None,
+        reread_dlq: bool = False,
     ) -> None:
         self.cancel = cancel or threading.Event()
+        self._reread_dlq = reread_dlq
         self.bootstrap_servers = bootstrap_servers
         self.group_id = group_id
         self.topic = topic
@@ -316,8 +335,9 @@ class Watch:
         self._open_dlq()
 
     def _open_dlq(self) -> None:
-        """(Re)read the DLQ from its start: a fresh reader catches a record Tansu showed
-        late (several producers write the DLQ; see design-notes on out-of-order offsets)."""
+        """(Re)read the DLQ from its start. On Tansu a fresh reader catches a record shown
+        late (several producers write the DLQ; see design-notes on out-of-order offsets);
+        Apache Kafka shows every record in offset order, so one reader is enough there."""
         if self._dlq_topic is None:
             return
         if self._dlq is not None:
@@ -338,9 +358,8 @@ class Watch:
         return self.applied / max(len(self.workload.orders), 1)
 
     def _sample(self) -> tuple[int, int, int]:
-        if len(self._dlq_seen) < self.workload.dlq_expected and (
-            time.monotonic() - self._rescanned > 15
-        ):
+        behind = len(self._dlq_seen) < self.workload.dlq_expected
+        if self._reread_dlq and behind and time.monotonic() - self._rescanned > 15:
             self._open_dlq()
         for msg in self._dlq.consume(1000, timeout=0.1) if self._dlq is not None else ():
             if msg.error() is not None:
