@@ -1,11 +1,13 @@
 """``make bench``: kafcel against plain Celery and Celery's Kafka transport, one run.
 
 Every figure is the median of ``--repeat`` runs made here, on one machine, against the
-bench's own Tansu and Redis; the ratios compare figures of this same run. ``--quick``
-is a small run, ``--scale`` multiplies every task count (the test suite's smoke run
-uses a tiny one), ``--json`` ends the output with one JSON line holding everything.
+bench's own broker (Apache Kafka; ``--broker tansu`` for Tansu) and Redis; the ratios
+compare figures of this same run. ``--quick`` is a small run, ``--scale`` multiplies
+every task count (the test suite's smoke run uses a tiny one), ``--json`` ends the
+output with one JSON line holding everything, the broker's name and version included.
 
     .venv/bin/python -m benchmarks.bench [--quick] [--json] [--repeat N] [--scale F]
+        [--broker kafka|tansu]
 """
 
 from __future__ import annotations
@@ -95,6 +97,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backlog", type=int, help="records in the memory run's backlog")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
     parser.add_argument(
+        "--broker",
+        choices=("kafka", "tansu"),
+        default="kafka",
+        help="the bench's own broker: Apache Kafka (default, one KRaft node) or Tansu",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="profile the bridge in one dispatch run"
     )
     parser.add_argument(
@@ -163,7 +171,7 @@ def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> None
         "repeat": args.repeat,
     }
     state = Path(tempfile.mkdtemp(prefix="kafcel-bench-"))
-    rig = BenchRig(state_dir=state)
+    rig = BenchRig(state_dir=state, broker=args.broker)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -174,6 +182,8 @@ def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> None
         r = Runner(progress, args.repeat)
         progress.console.print(f"[dim]bench stack in {state}[/]")
         rig.up()
+        out["broker"] = rig.broker_label
+        progress.console.print(f"broker: {rig.broker_label}")
         from .app import app
 
         try:
@@ -194,17 +204,30 @@ def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> None
                     sizes.submit,
                     lambda t: measure.submit_rate(rig, sizes.submit, t),
                 ),
+                "raw_produce": r.rate(
+                    "enqueue: raw confluent-kafka produce",
+                    sizes.submit,
+                    lambda t: measure.raw_produce_rate(rig, sizes.submit, t),
+                ),
             }
             out["enqueue"] = enqueue
             # -- dispatch: Kafka to the Celery broker, no worker ------------------------
+            # The last run's messages, pushed again by a bare pipelined LPUSH loop.
+            dispatched: list[bytes] = []
             out["dispatch"] = {
                 "kafcel_bridge": r.rate(
                     "dispatch: kafcel bridge, no worker",
                     sizes.dispatch,
-                    lambda t: measure.dispatch_rate(rig, sizes.dispatch, tick=t),
+                    lambda t: measure.dispatch_rate(rig, sizes.dispatch, tick=t, keep=dispatched),
+                ),
+                "raw_lpush": r.rate(
+                    "dispatch: raw Redis LPUSH, pipelined",
+                    sizes.dispatch,
+                    lambda t: measure.raw_lpush_rate(rig, dispatched, t),
                 ),
                 "send_task": enqueue["send_task"],
             }
+            del dispatched[:]
             if args.profile:
                 path = args.out / "bridge-dispatch-profile.txt"
                 r.once(

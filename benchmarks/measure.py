@@ -11,17 +11,21 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 from celery import Celery
 from confluent_kafka import Consumer
+from confluent_kafka import Producer as KafkaProducer
 
 from kafcel import Producer
 from kafcel.admin import client_config
 from kafcel.chaos.kombu_kafka import KombuKafka
+from kafcel.envelope import Envelope
 from kafcel.procs import ManagedProcess
+from kafcel.producer import _DEFAULTS as PRODUCER_DEFAULTS
 from kafcel.settings import Settings
 
 from .rig import BenchRig, cpu_s, peak_rss_mb, processes, wait_for
@@ -37,6 +41,8 @@ __all__ = [
     "latency",
     "memory",
     "raw_consume_rate",
+    "raw_lpush_rate",
+    "raw_produce_rate",
     "send_task_rate",
     "send_tasks",
     "submit_rate",
@@ -104,6 +110,43 @@ def submit_rate(rig: BenchRig, n: int, tick: Tick = _nothing) -> float:
     return n / (time.perf_counter() - started)
 
 
+def raw_produce_rate(rig: BenchRig, n: int, tick: Tick = _nothing) -> float:
+    """A bare confluent-kafka produce loop: what :func:`submit_rate` costs without kafcel.
+
+    The same records (each envelope as ``submit`` encodes it, encoded before the clock
+    starts), the same keys and the same producer settings as :class:`kafcel.Producer`'s;
+    served delivery reports as often, until Kafka has them all.
+    """
+    run = _run()
+    settings = rig.settings(run)
+    stamp = datetime.now().astimezone().isoformat()
+    values = [
+        Envelope(task="bench.noop", args=(run, i), id=str(uuid.uuid4()), created_at=stamp).encode()
+        for i in range(n)
+    ]
+    keys = [f"user-{i % 1000}".encode() for i in range(n)]
+    conf = {**client_config(settings.bootstrap_servers), **PRODUCER_DEFAULTS}
+    producer = KafkaProducer({**conf, **settings.librdkafka()})
+    topic = settings.topic
+    producer.produce(topic, value=values[0], key=keys[0])  # connects and learns the topic
+    producer.flush(30)
+    started = time.perf_counter()
+    for i in range(n):
+        while True:
+            try:
+                producer.produce(topic, value=values[i], key=keys[i])
+                break
+            except BufferError:
+                producer.poll(0.1)
+        if i % 64 == 0:
+            producer.poll(0)
+        if i % 5000 == 0:
+            tick(i)
+    if producer.flush(60):
+        raise RuntimeError("the raw producer's records were not all delivered")
+    return n / (time.perf_counter() - started)
+
+
 def fill(rig: BenchRig, run: str, n: int, *, tick: Tick = _nothing) -> Settings:
     """Write ``n`` task records to a new topic before anything consumes it."""
     settings = rig.settings(run)
@@ -112,13 +155,19 @@ def fill(rig: BenchRig, run: str, n: int, *, tick: Tick = _nothing) -> Settings:
 
 
 def dispatch_rate(
-    rig: BenchRig, n: int, *, profile: Path | None = None, tick: Tick = _nothing
+    rig: BenchRig,
+    n: int,
+    *,
+    profile: Path | None = None,
+    tick: Tick = _nothing,
+    keep: list[bytes] | None = None,
 ) -> float:
     """The bridge alone: a backlog of ``n`` records into Celery's Redis queue, no worker.
 
     Timed from the bridge holding its partitions to the ``n``-th message in the queue,
     so the group join is not counted; every record has its own key, so none waits
-    behind another.
+    behind another. ``keep`` receives the messages the bridge wrote, in the order it
+    wrote them (for :func:`raw_lpush_rate`).
     """
     run = _run()
     queue = f"bench-dispatch-{run}"
@@ -137,12 +186,42 @@ def dispatch_rate(
             return count >= n
 
         last = wait_for(done, timeout_s=600, what=f"{n} dispatches")
+        if keep is not None:
+            # LPUSH puts each message at the head: the list reads newest first.
+            keep[:] = reversed(broker.lrange(queue, 0, -1))
     finally:
         # SIGTERM: with no worker nothing settles, so the drain gives up after 1 s; a
         # profiled bridge must exit by itself to write its report.
         rig.stop(bridge)
         broker.delete(queue)
     return n / max(last - started, 1e-6)
+
+
+# The bridge fetches up to this many records a turn and writes them in one request.
+_LPUSH_BATCH = 500
+
+
+def raw_lpush_rate(rig: BenchRig, messages: list[bytes], tick: Tick = _nothing) -> float:
+    """The Redis writes of a dispatch alone: the bridge's own Celery messages pushed
+    again, one LPUSH each, pipelined ``_LPUSH_BATCH`` to a request, no Kafka, no bridge.
+    """
+    if not messages:
+        raise RuntimeError("no dispatched messages to push: run dispatch_rate(keep=...) first")
+    queue = f"bench-lpush-{_run()}"
+    broker = rig.broker
+    started = time.perf_counter()
+    for at in range(0, len(messages), _LPUSH_BATCH):
+        pipe = broker.pipeline(transaction=False)
+        for message in messages[at : at + _LPUSH_BATCH]:
+            pipe.lpush(queue, message)
+        pipe.execute()
+        tick(at)
+    elapsed = time.perf_counter() - started
+    pushed = int(broker.llen(queue))
+    broker.delete(queue)
+    if pushed != len(messages):
+        raise RuntimeError(f"pushed {len(messages)} messages, the list holds {pushed}")
+    return len(messages) / elapsed
 
 
 @dataclass

@@ -1,9 +1,9 @@
-"""The processes a benchmark runs: its own Tansu and Redis, workers and bridges.
+"""The processes a benchmark runs: its own broker and Redis, workers and bridges.
 
-Everything runs on one :class:`~kafcel.chaos.rig.ChaosStack` (Tansu and the Celery
-Redis on free ports, plus a second Redis the tasks report to), so the bench never
-touches a Redis or Kafka it did not start. Each measurement gets its own topic, group,
-Celery queue and tally keys.
+Everything runs on one :class:`~kafcel.chaos.rig.ChaosStack` (Apache Kafka, or Tansu,
+and the Celery Redis on free ports, plus a second Redis the tasks report to), so the
+bench never touches a Redis or Kafka it did not start. Each measurement gets its own
+topic, group, Celery queue and tally keys.
 """
 
 from __future__ import annotations
@@ -64,11 +64,17 @@ def processes(rig: BenchRig, **named: ManagedProcess | None) -> dict[str, psutil
             found[name] = main
             for i, child in enumerate(main.children(recursive=True)):
                 found[f"{name} child {i}"] = child
-    # The stack's own services, by the PIDs it started them with.
-    roles = {"kafka": "tansu", "redis": "redis (broker)"}
+    # The stack's own services, by the PIDs it started them with. The Kafka broker's row
+    # is named by what it is ("apache-kafka", "tansu"), a node past the first by its name.
+    kind = rig.broker_label.split()[0]
     for service in rig.stack.devstack.status():
-        if service.pid is not None:
-            found[roles[service.name]] = psutil.Process(service.pid)
+        if service.pid is None:
+            continue
+        if service.name == "redis":
+            role = "redis (broker)"
+        else:
+            role = kind if service.name in ("kafka", "tansu") else f"{kind} {service.name}"
+        found[role] = psutil.Process(service.pid)
     for service in rig.stack.ledger.status():
         if service.pid is not None:
             found["redis (tally)"] = psutil.Process(service.pid)
@@ -96,15 +102,20 @@ def peak_rss_mb(pid: int) -> float:
 
 
 class BenchRig:
-    def __init__(self, *, state_dir: Path) -> None:
+    """``broker``: ``kafka`` (Apache Kafka, one KRaft node) or ``tansu``."""
+
+    def __init__(self, *, state_dir: Path, broker: str = "kafka") -> None:
         self.state_dir = state_dir
         self.log_dir = state_dir / "logs"
-        self.stack = ChaosStack(state_dir=state_dir)
+        self.stack = ChaosStack(state_dir=state_dir, broker=broker)
+        self.broker_label = ""
         self._procs: list[ManagedProcess] = []
         self._kombu: list[KombuKafka] = []
 
     def up(self) -> None:
         self.stack.up()
+        # e.g. "apache-kafka 4.4.0": read from the running broker's jar or binary.
+        self.broker_label = self.stack.broker_label()
         # Workers import benchmarks.* from the source tree.
         os.environ["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
