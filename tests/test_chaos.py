@@ -1,4 +1,5 @@
-"""The chaos suite's fast subset (N = 1,000) through the real command: ``kafcel chaos``.
+"""The chaos suite's fast subset (N = 1,000) through the real command: ``kafcel chaos``,
+on its own Apache Kafka and again on its own Tansu.
 
 The full suite (N = 10,000, every scenario, the kombu-kafka rows) is ``make chaos``.
 """
@@ -6,6 +7,7 @@ The full suite (N = 10,000, every scenario, the kombu-kafka rows) is ``make chao
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -20,11 +22,14 @@ from .conftest import ROOT
 pytestmark = [pytest.mark.integration]
 
 
+# The suite starts its own broker: `broker` only says which (tansu-marked: both).
+@pytest.mark.tansu
 @pytest.mark.timeout(900)
-def test_fast_subset_loses_nothing_duplicates_nothing_and_keeps_key_order() -> None:
+def test_fast_subset_loses_nothing_duplicates_nothing_and_keeps_key_order(broker: str) -> None:
     only = [arg for name in FAST for arg in ("--only", f"kafcel:{name}")]
+    argv = ["chaos", "--tasks", "1000", "--json", "--broker", broker, *only]
     proc = subprocess.run(
-        [sys.executable, "-m", "kafcel", "chaos", "--tasks", "1000", "--json", *only],
+        [sys.executable, "-m", "kafcel", *argv],
         capture_output=True,
         text=True,
         timeout=880,
@@ -34,6 +39,9 @@ def test_fast_subset_loses_nothing_duplicates_nothing_and_keeps_key_order() -> N
     lines = proc.stdout.strip().splitlines()
     assert lines, f"no output; stderr:\n{proc.stderr[-3000:]}"
     report = json.loads(lines[-1])
+    # Named as the running broker reports itself: "apache-kafka 4.4.0", "tansu 0.6.0".
+    kind = {"kafka": "apache-kafka", "tansu": "tansu"}[broker]
+    assert re.fullmatch(rf"{kind} \d+\.\d+\.\d+", report["broker"]), report["broker"]
     rows = {row["name"]: row for row in report["scenarios"]}
     assert set(rows) == set(FAST)
     for row in rows.values():

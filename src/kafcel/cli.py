@@ -409,7 +409,16 @@ def dev_status(kafka_port: int, redis_port: int, broker: str | None, brokers: in
 @click.option("--kafka-port", type=int, default=9092, show_default=True)
 @click.option("--redis-port", type=int, default=6379, show_default=True)
 @click.option("--timeout-s", type=float, default=600.0, show_default=True)
-def demo(n_tasks: int, as_json: bool, kafka_port: int, redis_port: int, timeout_s: float) -> None:
+@click.option(
+    "--broker",
+    type=click.Choice(["kafka", "tansu"]),
+    default="kafka",
+    show_default=True,
+    help="the broker to run on (started when absent): Apache Kafka or Tansu",
+)
+def demo(
+    n_tasks: int, as_json: bool, kafka_port: int, redis_port: int, timeout_s: float, broker: str
+) -> None:
     """Run the whole pipeline on the local stack and show what happened."""
     from .demo import run_demo
 
@@ -420,6 +429,7 @@ def demo(n_tasks: int, as_json: bool, kafka_port: int, redis_port: int, timeout_
         kafka_port=kafka_port,
         redis_port=redis_port,
         timeout_s=timeout_s,
+        broker=broker,
     )
     if as_json:
         click.echo(json.dumps(summary))
