@@ -67,13 +67,15 @@ test: test-setup lint
 demo: setup
 	$(BIN)/kafcel demo $(DEMO_ARGS)
 
-# Faults injected into a running pipeline (own Tansu and Redis on free ports); N=10,000
-# per scenario by default. Example: make chaos CHAOS_ARGS="--tasks 1000 --only poison"
+# Faults injected into a running pipeline (own Apache Kafka and Redis on free ports;
+# --broker tansu for Tansu); N=10,000 per scenario by default.
+# Example: make chaos CHAOS_ARGS="--tasks 1000 --only poison"
 chaos: setup
 	$(BIN)/kafcel chaos $(CHAOS_ARGS)
 
-# kafcel against plain Celery and Celery's Kafka transport, on its own Tansu and Redis
-# (docs/benchmarks.md). Examples: make bench BENCH_ARGS="--quick"; BENCH_ARGS="--json --docs"
+# kafcel against plain Celery and Celery's Kafka transport, on its own Apache Kafka (or
+# --broker tansu) and Redis (docs/benchmarks.md).
+# Examples: make bench BENCH_ARGS="--quick"; BENCH_ARGS="--json --docs"
 bench: setup
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 

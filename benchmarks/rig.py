@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -129,6 +130,10 @@ class BenchRig:
         for proc in reversed(self._procs):
             proc.stop(timeout_s=20)
         self.stack.down()
+        # Apache Kafka keeps every record on disk, over a GB after a full run: the state
+        # directory keeps the logs, not the brokers' data (kafka-<node>-data).
+        for data in (self.state_dir / "stack").glob("*-data"):
+            shutil.rmtree(data, ignore_errors=True)
 
     @functools.cached_property
     def tally(self) -> redis.Redis:
