@@ -447,9 +447,18 @@ def demo(
     type=click.Choice(["kafka", "tansu"]),
     default="kafka",
     show_default=True,
-    help="the suite's own broker: Apache Kafka (one KRaft node) or Tansu",
+    help="the suite's own broker: Apache Kafka or Tansu",
 )
-def chaos(n_tasks: int, only: tuple[str, ...], as_json: bool, seed: int, broker: str) -> None:
+@click.option(
+    "--brokers",
+    type=click.Choice(["1", "3"]),
+    default="1",
+    show_default=True,
+    help="Apache Kafka nodes (3: replication 3, min.insync.replicas=2)",
+)
+def chaos(
+    n_tasks: int, only: tuple[str, ...], as_json: bool, seed: int, broker: str, brokers: str
+) -> None:
     """Inject faults into a running pipeline; count lost, duplicate and out-of-order effects."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -497,6 +506,7 @@ def chaos(n_tasks: int, only: tuple[str, ...], as_json: bool, seed: int, broker:
             cancel=cancel,
             keep_logs=Path(".kafcel/chaos-logs"),
             broker=broker,
+            brokers=int(brokers),
             on_broker=lambda label: progress.console.print(f"broker: {label}"),
         )
     render(suite, console, n_tasks=n_tasks)

@@ -26,24 +26,26 @@ APP = "kafcel.chaos.app:app"
 
 
 class ChaosStack:
-    """``broker``: ``kafka`` (Apache Kafka, one KRaft node) or ``tansu``. Apache Kafka's
-    jars are taken from ``cache_dir`` (fetched there once when absent)."""
+    """``broker``: ``kafka`` (Apache Kafka, ``brokers`` KRaft nodes: 1, or 3 with
+    replication 3 and ``min.insync.replicas=2``) or ``tansu``. Apache Kafka's jars are
+    taken from ``cache_dir`` (fetched there once when absent)."""
 
     def __init__(
         self,
         *,
         state_dir: Path,
         broker: str = "kafka",
+        brokers: int = 1,
         cache_dir: Path | str = ".kafcel/kafka",
     ) -> None:
         self.state_dir = state_dir
-        # Every port picked free at once: Apache Kafka's controller port must not be
+        # Every port picked free at once: Apache Kafka's controller ports must not be
         # guessed next to the client port, where another service may already listen.
-        kafka_port, controller_port, redis_port, ledger_port = free_ports(4)
-        kafka_ports = [kafka_port, controller_port]
+        redis_port, ledger_port, *kafka_ports = free_ports(2 + 2 * brokers)
         self.devstack = DevStack(
             broker=broker,
-            kafka_port=kafka_port,
+            brokers=brokers,
+            kafka_port=kafka_ports[0],
             kafka_ports=kafka_ports if broker == "kafka" else (),
             redis_port=redis_port,
             state_dir=state_dir / "stack",
@@ -51,7 +53,7 @@ class ChaosStack:
         )
         # Its own Redis: no fault of the suite touches the evidence.
         self.ledger = DevStack(
-            kafka_ports=kafka_ports,
+            kafka_ports=kafka_ports[:2],
             redis_port=ledger_port,
             state_dir=state_dir / "ledger",
             services=("redis",),

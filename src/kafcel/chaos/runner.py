@@ -126,6 +126,7 @@ def run_suite(
     cancel: threading.Event | None = None,
     keep_logs: Path | None = None,
     broker: str = "kafka",
+    brokers: int = 1,
     on_broker: Callable[[str], None] | None = None,
 ) -> Suite:
     """Run ``scenarios`` in order on ``broker`` (``kafka`` or ``tansu``); ``cancel`` ends
@@ -139,7 +140,7 @@ def run_suite(
     cancel = cancel or threading.Event()
     results: list[ScenarioResult] = []
     with tempfile.TemporaryDirectory(prefix="kafcel-chaos-") as tmp:
-        stack = ChaosStack(state_dir=Path(tmp), broker=broker)
+        stack = ChaosStack(state_dir=Path(tmp), broker=broker, brokers=brokers)
         try:
             stack.up()
             label = stack.broker_label()

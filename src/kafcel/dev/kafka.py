@@ -234,7 +234,8 @@ class KafkaCluster:
         return ",".join(f"{self.host}:{n.port}" for n in self.nodes)
 
     def label(self) -> str:
-        return f"apache-kafka {self.runtime.jar_version()}"
+        nodes = f" ({self.size} nodes)" if self.size > 1 else ""
+        return f"apache-kafka {self.runtime.jar_version()}{nodes}"
 
     def services(self) -> list[Service]:
         return [self._service(node) for node in self.nodes]
