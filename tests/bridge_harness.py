@@ -32,6 +32,7 @@ from kafcel.bridge.clients import BridgeClients
 from kafcel.bridge.dispatch import Dispatch
 from kafcel.bridge.held import HeldDispatches
 from kafcel.bridge.runner import Bridge
+from kafcel.bridge.sequence import SequenceGuard
 from kafcel.errors import DispatchHeld, DispatchRefused
 from kafcel.results import Outcome
 from kafcel.settings import Settings
@@ -267,7 +268,7 @@ class FakeProducer:
 class FakeOutcomes:
     def __init__(self) -> None:
         self.queue: list[Outcome] = []
-        self.reseeks = 0
+        self.sequence = SequenceGuard(seek=lambda tp, offset: None, gap_wait_s=0)
         self.followed: set[int] = set()
 
     def follow(self, partitions: Iterable[int]) -> None:
@@ -289,6 +290,9 @@ class FakeOutcomes:
 
 class FakeScheduled:
     """No parked tasks here: scheduling runs on the real stack (test_schedule.py)."""
+
+    def __init__(self) -> None:
+        self.sequence = SequenceGuard(seek=lambda tp, offset: None, gap_wait_s=0)
 
     def __len__(self) -> int:
         return 0

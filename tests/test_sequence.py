@@ -85,3 +85,22 @@ def test_first_record_after_forget_sets_the_sequence() -> None:
 def test_negative_wait_is_refused() -> None:
     with pytest.raises(ValueError):
         SequenceGuard(seek=lambda tp, off: None, gap_wait_s=-1)
+
+
+def test_the_time_partitions_wait_on_gaps_is_counted() -> None:
+    guard, _, clock = make(wait_s=1.0)
+    guard.expect(TP, 0)
+    guard.expect(("t", 1), 0)
+    assert not guard.admit(TP, 2)
+    clock.now += 0.25
+    assert guard.waited_s == pytest.approx(0.25)  # an open gap counts as it goes
+    assert guard.admit(TP, 0)  # the missing record showed up
+    assert not guard.admit(("t", 1), 5)
+    clock.now += 1.0
+    assert guard.admit(("t", 1), 5)  # taken as legitimate after the wait
+    clock.now += 3.0
+    assert guard.waited_s == pytest.approx(1.25)
+    assert not guard.admit(TP, 9)
+    clock.now += 0.5
+    guard.forget(TP)  # revoked while waiting: the wait still counted
+    assert guard.waited_s == pytest.approx(1.75)

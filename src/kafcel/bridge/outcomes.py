@@ -143,8 +143,8 @@ class OutcomeReader:
         return int(expected)
 
     @property
-    def reseeks(self) -> int:
-        return self._seq.reseeks
+    def sequence(self) -> SequenceGuard:
+        return self._seq
 
     def read(self) -> list[Outcome]:
         """Outcomes available now, without waiting."""

@@ -248,7 +248,9 @@ class Bridge:
         )
         self._presence.publish(self.stats.as_dict(), sorted(self._assignment.owned), samples)
         lag = {tp: n for tp, r in samples.items() if (n := r.lag) is not None}
-        self.events.gauges(in_flight=self.stats.in_flight, lag=lag)
+        self.events.gauges(
+            in_flight=self.stats.in_flight, lag=lag, gap_wait_s=self.stats.gap_wait_s
+        )
 
     def _finish_joining(self) -> None:
         """Before leaving the group, let a join in progress complete.
@@ -320,8 +322,9 @@ class Bridge:
         self.stats.dlq = self._dead.written
         self.stats.scheduled = len(self._scheduling)
         self.stats.parked = self._scheduling.parked
-        self.stats.gaps_reseeked = self._seq.reseeks + (
-            self._results.reseeks if self._results is not None else 0
+        self.stats.count_gaps(
+            [self._seq, self._scheduling.sequence]
+            + ([self._results.sequence] if self._results is not None else [])
         )
 
     def _handle(self, msg: Message) -> None:

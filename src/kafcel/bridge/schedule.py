@@ -208,6 +208,10 @@ class ScheduledReader:
     def __len__(self) -> int:
         return len(self._index)
 
+    @property
+    def sequence(self) -> SequenceGuard:
+        return self._seq
+
     def follow(self, starts: dict[int, int]) -> None:
         """Read these partitions from these offsets (their task partitions were assigned)."""
         follow(self._tail, self._seq, self.topic, {p: max(o, 0) for p, o in starts.items()})

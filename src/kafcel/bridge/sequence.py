@@ -56,11 +56,24 @@ class SequenceGuard:
         self._gaps: dict[TP, _Gap] = {}
         self.gaps_accepted = 0
         self.reseeks = 0
+        self._waited_s = 0.0
+
+    @property
+    def waited_s(self) -> float:
+        """Seconds partitions were held back on gaps, summed over partitions, open gaps
+        included: what looking for records that are not visible yet has cost."""
+        now = self._clock()
+        return self._waited_s + sum(now - gap.since for gap in self._gaps.values())
+
+    def _close(self, tp: TP) -> None:
+        gap = self._gaps.pop(tp, None)
+        if gap is not None:
+            self._waited_s += self._clock() - gap.since
 
     def expect(self, tp: TP, offset: int) -> None:
         """The next record of ``tp`` must be ``offset`` (after assign or seek)."""
         self._expected[tp] = offset
-        self._gaps.pop(tp, None)
+        self._close(tp)
 
     def expected(self, tp: TP) -> int | None:
         """The next offset ``tp`` must deliver, if known."""
@@ -68,20 +81,21 @@ class SequenceGuard:
 
     def forget(self, tp: TP) -> None:
         self._expected.pop(tp, None)
-        self._gaps.pop(tp, None)
+        self._close(tp)
 
     def admit(self, tp: TP, offset: int) -> bool:
         """True if this record is next in line and may be processed."""
         expected = self._expected.get(tp)
         if expected is None or offset == expected:
             self._expected[tp] = offset + 1
-            self._gaps.pop(tp, None)
+            self._close(tp)
             return True
         if offset < expected:
             return False  # fetched before our seek took effect: already handled
         now = self._clock()
         gap = self._gaps.get(tp)
         if gap is None or gap.expected != expected:
+            self._close(tp)
             gap = self._gaps[tp] = _Gap(expected, now, now)
             self._reseek(tp, expected)
             return False
@@ -95,7 +109,7 @@ class SequenceGuard:
             )
             self.gaps_accepted += 1
             self._expected[tp] = offset + 1
-            del self._gaps[tp]
+            self._close(tp)
             return True
         if now - gap.last_seek >= _RESEEK_EVERY_S:
             gap.last_seek = now
