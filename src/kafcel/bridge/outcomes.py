@@ -149,6 +149,7 @@ class OutcomeReader:
     def read(self) -> list[Outcome]:
         """Outcomes available now, without waiting."""
         outcomes: list[Outcome] = []
+        self._seq.tick()
         for _ in range(_MAX_BATCHES):
             msgs = self._consumer.consume(_BATCH, timeout=0)
             if not msgs:

@@ -272,6 +272,7 @@ class Bridge:
         assert self._consumer is not None and self._producer is not None
         self._retry_held()
         if fetch:
+            self._seq.tick()
             # Never fetch past max_in_flight by more than one record.
             room = self.settings.max_in_flight - self._tracker.in_flight()
             # consume(n, timeout) waits for n records or the timeout: wait for the first

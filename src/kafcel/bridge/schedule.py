@@ -223,6 +223,7 @@ class ScheduledReader:
         """Parked records newly read, now in the index; records that are not parked
         tasks are returned too (the bridge dead-letters them when they come due: now)."""
         seen: list[Message] = []
+        self._seq.tick()
         while True:
             msgs = self._tail.consume(500, timeout=0)
             if not msgs:
