@@ -33,6 +33,7 @@ from kafcel.bridge.dispatch import Dispatch
 from kafcel.bridge.held import HeldDispatches
 from kafcel.bridge.runner import Bridge
 from kafcel.bridge.sequence import SequenceGuard
+from kafcel.broker import APACHE_KAFKA, BrokerKind
 from kafcel.errors import DispatchHeld, DispatchRefused
 from kafcel.results import Outcome
 from kafcel.settings import Settings
@@ -376,9 +377,10 @@ class BridgeHarness:
             ensure_topics=lambda s: None,
             consumer=consumer,  # type: ignore[arg-type]
             producer=producer,  # type: ignore[arg-type]
-            outcomes=lambda conf, s: self.outcomes,  # type: ignore[arg-type,return-value]
+            broker=lambda s: BrokerKind(APACHE_KAFKA),
+            outcomes=lambda conf, s, kind: self.outcomes,  # type: ignore[arg-type,return-value]
             publisher=lambda app: self.publisher,  # type: ignore[arg-type,return-value]
-            scheduled=lambda conf, s: FakeScheduled(),  # type: ignore[arg-type,return-value]
+            scheduled=lambda conf, s, kind: FakeScheduled(),  # type: ignore[arg-type,return-value]
         )
         self.bridge = Bridge(app=app, settings=settings, clients=clients)
         self.now = 0.0  # the clock of the bridge's retries, moved by the test

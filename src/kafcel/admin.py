@@ -56,17 +56,20 @@ class PartitionLag:
 KAFKA_LOG = logging.getLogger("kafcel.kafka")
 
 
-def fetch_config(wait_ms: int) -> dict[str, Any]:
+def fetch_config(wait_ms: int, *, tansu: bool) -> dict[str, Any]:
     """Fetch settings of the bridge's consumers, to go before the user's own settings.
 
-    Tansu answers a fetch only when ``fetch.wait.max.ms`` runs out, even when records
-    arrive meanwhile (librdkafka's 500 ms default meant 150 ms of median latency), so the
-    wait is short; a high ``fetch.min.bytes`` makes every fetch last that long, so a busy
-    consumer sends a bounded number of fetches a second instead of one per few records
-    (the broker's CPU). 8 MB of prefetch bounds memory (librdkafka's default is 64 MB).
-    On Apache Kafka, which answers as soon as records arrive, ``KAFCEL_KAFKA_CONFIG`` may
-    set ``fetch.wait.max.ms=500,fetch.min.bytes=1``.
+    Apache Kafka answers a fetch as soon as a record arrives: ``fetch.min.bytes=1`` with
+    librdkafka's usual 500 ms wait, which only bounds an idle consumer's requests.
+    Tansu (``tansu``: the broker needs its handling) answers only when
+    ``fetch.wait.max.ms`` runs out, even when records arrive meanwhile (500 ms meant
+    150 ms of median latency), so the wait is ``wait_ms``; a high ``fetch.min.bytes``
+    makes every fetch last that long, so a busy consumer sends a bounded number of
+    fetches a second instead of one per few records (the broker's CPU). Either way 8 MB
+    of prefetch bounds memory (librdkafka's default is 64 MB).
     """
+    if not tansu:
+        return {"fetch.wait.max.ms": 500, "fetch.min.bytes": 1, "queued.max.messages.kbytes": 8192}
     return {
         "fetch.wait.max.ms": wait_ms,
         "fetch.min.bytes": 1 << 20,
