@@ -2,7 +2,8 @@
 
 End offsets need care on Tansu: its high watermark is the base offset of the last batch
 plus one, so it can be low by up to one batch. :func:`end_offsets` reads that last batch
-to find the true end; on Apache Kafka the read returns nothing new and costs one fetch.
+there to find the true end; on Apache Kafka the high watermark is the end, and nothing is
+read (``broker.detect`` tells which).
 """
 
 from __future__ import annotations
@@ -189,7 +190,8 @@ def end_offsets(
     extra: Mapping[str, str] | None = None,
     settle_s: float = 0.3,
 ) -> dict[TP, int]:
-    """The offset after the last record of each partition (see the module note on Tansu)."""
+    """The offset after the last record of each partition: Kafka's high watermark (on
+    Tansu, corrected by reading the last batch: the module note)."""
     return {tp: end for tp, (_, end) in _bounds(bootstrap_servers, tps, extra, settle_s).items()}
 
 
@@ -203,6 +205,10 @@ def _bounds(
     tps = list(tps)
     if not tps:
         return {}
+    # Here, not at the top: broker.py builds its client with this module's client_config.
+    from .broker import detect
+
+    tansu = detect(bootstrap_servers, extra).needs_tansu_handling
     consumer = open_consumer(bootstrap_servers, None, extra, more={"fetch.wait.max.ms": 50})
     try:
         lows: dict[TP, int] = {}
@@ -212,7 +218,7 @@ def _bounds(
             lows[(t, p)] = max(low, 0)
             ends[(t, p)] = max(high, 0)
         tail = [TopicPartition(t, p, ends[(t, p)] - 1) for t, p in tps if ends[(t, p)] > 0]
-        if tail:
+        if tail and tansu:
             consumer.assign(tail)
             quiet_since = time.monotonic()
             while time.monotonic() - quiet_since < settle_s:
