@@ -32,6 +32,8 @@ from kafcel.bridge.clients import BridgeClients
 from kafcel.bridge.dispatch import Dispatch
 from kafcel.bridge.held import HeldDispatches
 from kafcel.bridge.runner import Bridge
+from kafcel.bridge.sequence import SequenceGuard
+from kafcel.broker import APACHE_KAFKA, BrokerKind
 from kafcel.errors import DispatchHeld, DispatchRefused
 from kafcel.results import Outcome
 from kafcel.settings import Settings
@@ -271,7 +273,7 @@ class FakeProducer:
 class FakeOutcomes:
     def __init__(self) -> None:
         self.queue: list[Outcome] = []
-        self.reseeks = 0
+        self.sequence = SequenceGuard(seek=lambda tp, offset: None, gap_wait_s=0)
         self.followed: set[int] = set()
 
     def follow(self, partitions: Iterable[int]) -> None:
@@ -293,6 +295,9 @@ class FakeOutcomes:
 
 class FakeScheduled:
     """No parked tasks here: scheduling runs on the real stack (test_schedule.py)."""
+
+    def __init__(self) -> None:
+        self.sequence = SequenceGuard(seek=lambda tp, offset: None, gap_wait_s=0)
 
     def __len__(self) -> int:
         return 0
@@ -376,9 +381,10 @@ class BridgeHarness:
             ensure_topics=lambda s: None,
             consumer=consumer,  # type: ignore[arg-type]
             producer=producer,  # type: ignore[arg-type]
-            outcomes=lambda conf, s: self.outcomes,  # type: ignore[arg-type,return-value]
+            broker=lambda s: BrokerKind(APACHE_KAFKA),
+            outcomes=lambda conf, s, kind: self.outcomes,  # type: ignore[arg-type,return-value]
             publisher=lambda app: self.publisher,  # type: ignore[arg-type,return-value]
-            scheduled=lambda conf, s: FakeScheduled(),  # type: ignore[arg-type,return-value]
+            scheduled=lambda conf, s, kind: FakeScheduled(),  # type: ignore[arg-type,return-value]
         )
         self.bridge = Bridge(app=app, settings=settings, clients=clients)
         self.now = 0.0  # the clock of the bridge's retries, moved by the test

@@ -52,12 +52,47 @@ def test_a_gap_that_never_fills_is_accepted_after_the_wait() -> None:
     assert not guard.admit(TP, 2)
     for _ in range(5):
         clock.now += 0.1
+        guard.tick()  # sent back every 50 ms, from the loop
         assert not guard.admit(TP, 2)
     assert len(seeks) == 6
     clock.now += 1.0
+    guard.tick()
     assert guard.admit(TP, 2)
     assert guard.gaps_accepted == 1
     assert guard.admit(TP, 3)
+
+
+def test_after_the_wait_only_the_first_record_after_a_seek_is_taken() -> None:
+    """Records fetched since the last seek back are not the first visible past the gap:
+    taking one of them would step over the records between."""
+    guard, _, clock = make(wait_s=1.0)
+    guard.expect(TP, 0)
+    assert not guard.admit(TP, 2)
+    clock.now += 0.5
+    guard.tick()
+    assert [guard.admit(TP, o) for o in (2, 3, 4)] == [False, False, False]
+    clock.now += 1.0  # the wait is over, but 5 is not the first record past the gap
+    assert not guard.admit(TP, 5)
+    guard.tick()
+    assert guard.admit(TP, 2)
+    assert [guard.admit(TP, o) for o in (3, 4, 5)] == [True, True, True]
+
+
+def test_a_quiet_partition_is_sent_back_by_the_loop() -> None:
+    """Nothing more to deliver: the loop's tick, not a new record, looks again."""
+    guard, seeks, clock = make(wait_s=1.0)
+    guard.expect(TP, 0)
+    assert not guard.admit(TP, 2)
+    assert seeks == [(TP, 0)]
+    guard.tick()  # within 50 ms of the last seek
+    assert seeks == [(TP, 0)]
+    clock.now += 0.06
+    guard.tick()
+    assert seeks == [(TP, 0), (TP, 0)]
+    assert guard.admit(TP, 0)  # it showed up
+    clock.now += 1.0
+    guard.tick()
+    assert len(seeks) == 2
 
 
 def test_records_before_the_expected_offset_are_dropped() -> None:
@@ -67,11 +102,19 @@ def test_records_before_the_expected_offset_are_dropped() -> None:
     assert guard.admit(TP, 5)
 
 
-def test_zero_wait_accepts_gaps_at_once_on_the_next_look() -> None:
-    guard, _, _ = make(wait_s=0.0)
+def test_zero_wait_takes_gaps_at_once_without_a_seek() -> None:
+    """Apache Kafka: a jump is a gap that holds no record (transaction markers,
+    compaction); nothing is held back and nothing re-read."""
+    guard, seeks, _ = make(wait_s=0.0)
     guard.expect(TP, 0)
-    assert not guard.admit(TP, 3)
     assert guard.admit(TP, 3)
+    assert guard.admit(TP, 4)
+    assert guard.admit(TP, 9)
+    guard.tick()
+    assert seeks == []
+    assert guard.gaps_accepted == 2
+    assert guard.waited_s == 0
+    assert not guard.admit(TP, 4)  # still never twice
 
 
 def test_first_record_after_forget_sets_the_sequence() -> None:
@@ -85,3 +128,23 @@ def test_first_record_after_forget_sets_the_sequence() -> None:
 def test_negative_wait_is_refused() -> None:
     with pytest.raises(ValueError):
         SequenceGuard(seek=lambda tp, off: None, gap_wait_s=-1)
+
+
+def test_the_time_partitions_wait_on_gaps_is_counted() -> None:
+    guard, _, clock = make(wait_s=1.0)
+    guard.expect(TP, 0)
+    guard.expect(("t", 1), 0)
+    assert not guard.admit(TP, 2)
+    clock.now += 0.25
+    assert guard.waited_s == pytest.approx(0.25)  # an open gap counts as it goes
+    assert guard.admit(TP, 0)  # the missing record showed up
+    assert not guard.admit(("t", 1), 5)
+    clock.now += 1.0
+    guard.tick()
+    assert guard.admit(("t", 1), 5)  # taken as legitimate after the wait
+    clock.now += 3.0
+    assert guard.waited_s == pytest.approx(1.25)
+    assert not guard.admit(TP, 9)
+    clock.now += 0.5
+    guard.forget(TP)  # revoked while waiting: the wait still counted
+    assert guard.waited_s == pytest.approx(1.75)

@@ -464,3 +464,24 @@ TrackerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_tracker_machine = TrackerMachine.TestCase
+
+
+def test_skip_to_lets_the_commit_pass_offsets_that_hold_no_record() -> None:
+    """Apache Kafka's transaction markers and aborted records are never delivered: the
+    consumer's position past them is where the commit may go."""
+    t = OffsetTracker()
+    tp0 = ("t", 0)
+    t.add(tp0, 0)
+    t.add(tp0, 1)
+    t.skip_to(tp0, 5)  # 2 is a commit marker, 3..4 an aborted transaction
+    assert t.committable(tp0) == 0
+    t.settle(tp0, 0)
+    t.settle(tp0, 1)
+    assert t.committable(tp0) == 5
+    assert not t.add(tp0, 4)
+    assert t.add(tp0, 5)
+    t.skip_to(tp0, 3)  # behind what was added: nothing changes
+    assert t.committable(tp0) == 5
+    other = ("t", 9)
+    t.skip_to(other, 7)  # only markers since the assignment
+    assert t.committable(other) == 7 and t.in_flight(other) == 0

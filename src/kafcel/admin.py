@@ -2,7 +2,8 @@
 
 End offsets need care on Tansu: its high watermark is the base offset of the last batch
 plus one, so it can be low by up to one batch. :func:`end_offsets` reads that last batch
-to find the true end; on Apache Kafka the read returns nothing new and costs one fetch.
+there to find the true end; on Apache Kafka the high watermark is the end, and nothing is
+read (``broker.detect`` tells which).
 """
 
 from __future__ import annotations
@@ -56,17 +57,20 @@ class PartitionLag:
 KAFKA_LOG = logging.getLogger("kafcel.kafka")
 
 
-def fetch_config(wait_ms: int) -> dict[str, Any]:
+def fetch_config(wait_ms: int, *, tansu: bool) -> dict[str, Any]:
     """Fetch settings of the bridge's consumers, to go before the user's own settings.
 
-    Tansu answers a fetch only when ``fetch.wait.max.ms`` runs out, even when records
-    arrive meanwhile (librdkafka's 500 ms default meant 150 ms of median latency), so the
-    wait is short; a high ``fetch.min.bytes`` makes every fetch last that long, so a busy
-    consumer sends a bounded number of fetches a second instead of one per few records
-    (the broker's CPU). 8 MB of prefetch bounds memory (librdkafka's default is 64 MB).
-    On Apache Kafka, which answers as soon as records arrive, ``KAFCEL_KAFKA_CONFIG`` may
-    set ``fetch.wait.max.ms=500,fetch.min.bytes=1``.
+    Apache Kafka answers a fetch as soon as a record arrives: ``fetch.min.bytes=1`` with
+    librdkafka's usual 500 ms wait, which only bounds an idle consumer's requests.
+    Tansu (``tansu``: the broker needs its handling) answers only when
+    ``fetch.wait.max.ms`` runs out, even when records arrive meanwhile (500 ms meant
+    150 ms of median latency), so the wait is ``wait_ms``; a high ``fetch.min.bytes``
+    makes every fetch last that long, so a busy consumer sends a bounded number of
+    fetches a second instead of one per few records (the broker's CPU). Either way 8 MB
+    of prefetch bounds memory (librdkafka's default is 64 MB).
     """
+    if not tansu:
+        return {"fetch.wait.max.ms": 500, "fetch.min.bytes": 1, "queued.max.messages.kbytes": 8192}
     return {
         "fetch.wait.max.ms": wait_ms,
         "fetch.min.bytes": 1 << 20,
@@ -186,7 +190,8 @@ def end_offsets(
     extra: Mapping[str, str] | None = None,
     settle_s: float = 0.3,
 ) -> dict[TP, int]:
-    """The offset after the last record of each partition (see the module note on Tansu)."""
+    """The offset after the last record of each partition: Kafka's high watermark (on
+    Tansu, corrected by reading the last batch: the module note)."""
     return {tp: end for tp, (_, end) in _bounds(bootstrap_servers, tps, extra, settle_s).items()}
 
 
@@ -200,6 +205,10 @@ def _bounds(
     tps = list(tps)
     if not tps:
         return {}
+    # Here, not at the top: broker.py builds its client with this module's client_config.
+    from .broker import detect
+
+    tansu = detect(bootstrap_servers, extra).needs_tansu_handling
     consumer = open_consumer(bootstrap_servers, None, extra, more={"fetch.wait.max.ms": 50})
     try:
         lows: dict[TP, int] = {}
@@ -209,7 +218,7 @@ def _bounds(
             lows[(t, p)] = max(low, 0)
             ends[(t, p)] = max(high, 0)
         tail = [TopicPartition(t, p, ends[(t, p)] - 1) for t, p in tps if ends[(t, p)] > 0]
-        if tail:
+        if tail and tansu:
             consumer.assign(tail)
             quiet_since = time.monotonic()
             while time.monotonic() - quiet_since < settle_s:

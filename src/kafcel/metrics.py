@@ -172,6 +172,13 @@ class BridgeMetrics:
                 registry=r,
             )
         )
+        self._gap_wait = Counter(
+            "kafcel_offset_gap_wait_seconds",
+            "Seconds partitions were held back looking for offsets not visible yet (on "
+            "brokers that need the Tansu handling; never on Apache Kafka).",
+            registry=r,
+        )
+        self._gap_wait_seen = 0.0
         # The bridge's CPU, memory and file descriptors, named under kafcel_ like the rest.
         ProcessCollector(namespace="kafcel_bridge", registry=r)
         self._lag_shown: set[tuple[str, str]] = set()
@@ -209,6 +216,12 @@ class BridgeMetrics:
         for labels, n in shown.items():
             self._lag.get(*labels).set(n)
         self._lag_shown = set(shown)
+
+    def gap_wait(self, total_s: float) -> None:
+        # The bridge keeps a running total; a counter takes increments.
+        if total_s > self._gap_wait_seen:
+            self._gap_wait.inc(total_s - self._gap_wait_seen)
+            self._gap_wait_seen = total_s
 
     def close(self) -> None:
         """Stop serving ``/metrics`` (embedders and tests; the bridge just exits)."""

@@ -88,7 +88,10 @@ class Settings:
     )
     gap_wait_s: float = field(
         default=2.0,
-        metadata={"help": "how long a missing offset is waited for before it counts as a gap"},
+        metadata={
+            "help": "how long a missing offset is waited for before it counts as a gap "
+            "(on Tansu only: Apache Kafka never waits)"
+        },
     )
     allow: tuple[str, ...] = field(
         default=(), metadata={"help": "glob patterns of task names allowed (comma separated)"}

@@ -17,6 +17,7 @@ from celery import Celery
 from confluent_kafka import Consumer, Producer
 
 from ..admin import client_config, ensure_topics, fetch_config
+from ..broker import BrokerKind, detect
 from ..errors import ConfigError
 from ..settings import Settings
 from .group import membership_config, prepare_group
@@ -26,24 +27,31 @@ from .schedule import ScheduledReader
 
 __all__ = ["BridgeClients", "consumer_config"]
 
-# Task records should start soon: 200 fetches a second at most (admin.fetch_config).
+# Task records should start soon: on Tansu, 200 fetches a second at most (admin.fetch_config).
 _FETCH_WAIT_MS = 5
 
 
-def consumer_config(s: Settings, on_commit: Callable[..., None]) -> dict[str, Any]:
-    """The bridge's group consumer of the task topic."""
+def consumer_config(s: Settings, on_commit: Callable[..., None], *, tansu: bool) -> dict[str, Any]:
+    """The bridge's group consumer of the task topic (``tansu``: the broker needs the
+    Tansu handling)."""
     conf: dict[str, Any] = {
-        **fetch_config(_FETCH_WAIT_MS),
+        **fetch_config(_FETCH_WAIT_MS, tansu=tansu),
         **client_config(s.bootstrap_servers, s.librdkafka()),
         "group.id": s.group_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         **membership_config(s),
         "on_commit": on_commit,
+        # Over the user's settings: a record of an aborted transaction must never run.
+        "isolation.level": "read_committed",
     }
     if s.group_instance_id:
         conf["group.instance.id"] = s.group_instance_id
     return conf
+
+
+def _broker(s: Settings) -> BrokerKind:
+    return detect(s.bootstrap_servers, s.librdkafka())
 
 
 def _topics(s: Settings) -> None:
@@ -71,13 +79,17 @@ def _co_partitioned(s: Settings, topic: str, partitions: int, tasks: int) -> Non
         )
 
 
-def _outcomes(config: dict[str, Any], s: Settings) -> OutcomeReader:
+def _outcomes(config: dict[str, Any], s: Settings, kind: BrokerKind) -> OutcomeReader:
     return OutcomeReader(
-        config=config, group_id=s.group_id, topic=s.results_topic, gap_wait_s=s.gap_wait_s
+        config=config,
+        group_id=s.group_id,
+        topic=s.results_topic,
+        gap_wait_s=s.gap_wait_s,
+        tansu=kind.needs_tansu_handling,
     )
 
 
-def _scheduled(config: dict[str, Any], s: Settings) -> ScheduledReader:
+def _scheduled(config: dict[str, Any], s: Settings, kind: BrokerKind) -> ScheduledReader:
     return ScheduledReader(
         config=config,
         group_id=s.group_id,
@@ -86,6 +98,7 @@ def _scheduled(config: dict[str, Any], s: Settings) -> ScheduledReader:
         # Well within the done markers' lifetime and any sane retention (schedule.py).
         repark_after_s=min(s.once_done_ttl_s / 4, 24 * 3600.0),
         gap_wait_s=s.gap_wait_s,
+        tansu=kind.needs_tansu_handling,
     )
 
 
@@ -99,8 +112,10 @@ class BridgeClients:
 
     ensure_topics: Callable[[Settings], None] = _topics
     prepare_group: Callable[[Settings], None] = prepare_group
+    # What the broker is: the Tansu handling is chosen by it (broker.py).
+    broker: Callable[[Settings], BrokerKind] = _broker
     consumer: Callable[[dict[str, Any]], Consumer] = Consumer
     producer: Callable[[dict[str, Any]], Producer] = Producer
-    outcomes: Callable[[dict[str, Any], Settings], OutcomeReader] = _outcomes
+    outcomes: Callable[[dict[str, Any], Settings, BrokerKind], OutcomeReader] = _outcomes
     publisher: Callable[[Celery], Publisher] = _publisher
-    scheduled: Callable[[dict[str, Any], Settings], ScheduledReader] = _scheduled
+    scheduled: Callable[[dict[str, Any], Settings, BrokerKind], ScheduledReader] = _scheduled

@@ -46,6 +46,8 @@ class MetricsSink(Protocol):
 
     def lags(self, lag: Mapping[tuple[str, int], int]) -> None: ...
 
+    def gap_wait(self, total_s: float) -> None: ...
+
 
 def _record_age_s(msg: Message) -> float | None:
     """Seconds since Kafka stamped the record (its submit time for CreateTime topics)."""
@@ -126,11 +128,14 @@ class BridgeEvents:
             },
         )
 
-    def gauges(self, *, in_flight: int, lag: dict[tuple[str, int], int]) -> None:
+    def gauges(
+        self, *, in_flight: int, lag: dict[tuple[str, int], int], gap_wait_s: float = 0.0
+    ) -> None:
         if self.metrics is None:
             return
         self.metrics.in_flight(in_flight)
         self.metrics.lags(lag)
+        self.metrics.gap_wait(gap_wait_s)
 
     @staticmethod
     def _fields(event: str, item: Dispatch, latency_s: float | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -93,6 +94,28 @@ class Offsets:
         deadline = time.monotonic() + within_s
         while not self.commit(consumer, asynchronous=False) and time.monotonic() < deadline:
             consumer.consume(1, timeout=_REJOIN_POLL_S)
+
+    def skip_markers(self, consumer: Consumer, tps: Iterable[TP]) -> None:
+        """Let the commit follow the consumer's position past transaction markers and
+        aborted records, which are never delivered: behind a transactional producer's
+        last marker the lag would otherwise never reach 0.
+
+        Apache Kafka only, and only right after a turn that handled every record it
+        fetched: librdkafka moves the position past a marker in order with the records,
+        so nothing below it is a record the bridge has not seen (a seek clears it). On
+        Tansu a record below it may still become visible (design-notes.md).
+        """
+        parts = [TopicPartition(t, p) for t, p in tps]
+        if not parts:
+            return
+        try:
+            found = consumer.position(parts)
+        except KafkaException as exc:
+            log.warning("cannot read the consumer's positions: %s", exc)
+            return
+        for part in found:
+            if part.offset >= 0:
+                self.tracker.skip_to((part.topic, part.partition), part.offset)
 
     def on_commit(self, err: Any, partitions: list[TopicPartition]) -> None:
         """librdkafka's report of an asynchronous commit."""

@@ -11,9 +11,10 @@ once-guard), and never past a missing offset.
 Tansu answers a fetch when ``fetch.wait.max.ms`` runs out, and finding the fetch offset
 costs it time in proportion to the partition's batches; once that exceeds the wait, every
 answer is empty and the reader would starve (seen at about 60,000 outcome batches with a
-10 ms wait). So the reader starts with a short wait (outcomes settle quickly) and, when
-it gets nothing while the partition's end is ahead of it, starts again with four times
-the wait, up to 1 s.
+10 ms wait). So with the Tansu handling (``tansu``) the reader starts with a short wait
+(outcomes settle quickly) and, when it gets nothing while the partition's end is ahead of
+it, starts again with four times the wait, up to 1 s. Apache Kafka answers as soon as an
+outcome arrives: none of that applies there.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from ..admin import fetch_config
 from ..errors import KafcelError
 from ..results import Outcome
-from .sequence import SequenceGuard, follow, position, seek_to, unfollow
+from .sequence import SequenceGuard, follow, guard, position, unfollow
 
 __all__ = ["OutcomeReader"]
 
@@ -48,16 +49,21 @@ _UNREADABLE_WINDOW_S = 60.0
 
 class OutcomeReader:
     def __init__(
-        self, *, config: dict[str, Any], group_id: str, topic: str, gap_wait_s: float
+        self,
+        *,
+        config: dict[str, Any],
+        group_id: str,
+        topic: str,
+        gap_wait_s: float,
+        tansu: bool,
     ) -> None:
         self._config = config
         self._group_id = group_id
         self._topic = topic
+        self._tansu = tansu
         self._wait_ms = _FIRST_WAIT_MS
         self._consumer = self._new_consumer()
-        self._seq = SequenceGuard(
-            seek=lambda tp, off: seek_to(self._consumer, tp, off), gap_wait_s=gap_wait_s
-        )
+        self._seq = guard(lambda: self._consumer, gap_wait_s=gap_wait_s, tansu=tansu)
         self._last_read = time.monotonic()
         self.unreadable = 0
         self._unreadable_window = 0.0
@@ -73,7 +79,7 @@ class OutcomeReader:
                 )
                 # Tansu's watermark may be low by a batch: re-reading a few old outcomes
                 # is harmless.
-                offset = max(high - 1, low, 0)
+                offset = max(high - 1 if self._tansu else high, low, 0)
             except KafkaException as exc:
                 # Never start past an outcome that may be awaited: read it all instead.
                 log.warning(
@@ -90,7 +96,7 @@ class OutcomeReader:
     def _new_consumer(self) -> Consumer:
         return Consumer(
             {
-                **fetch_config(self._wait_ms),
+                **fetch_config(self._wait_ms, tansu=self._tansu),
                 **self._config,
                 "group.id": f"{self._group_id}.results.{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
@@ -103,7 +109,7 @@ class OutcomeReader:
         """Call with ``expecting`` when outcomes are awaited: a reader that reads nothing
         while its partitions' ends are ahead of it starts again with a longer wait."""
         now = time.monotonic()
-        if not expecting or self._wait_ms >= _MAX_WAIT_MS:
+        if not expecting or not self._tansu or self._wait_ms >= _MAX_WAIT_MS:
             self._last_read = now
             return
         if now - self._last_read < _STARVED_AFTER_S:
@@ -143,12 +149,13 @@ class OutcomeReader:
         return int(expected)
 
     @property
-    def reseeks(self) -> int:
-        return self._seq.reseeks
+    def sequence(self) -> SequenceGuard:
+        return self._seq
 
     def read(self) -> list[Outcome]:
         """Outcomes available now, without waiting."""
         outcomes: list[Outcome] = []
+        self._seq.tick()
         for _ in range(_MAX_BATCHES):
             msgs = self._consumer.consume(_BATCH, timeout=0)
             if not msgs:

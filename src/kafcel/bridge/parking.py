@@ -14,7 +14,7 @@ from ..settings import Settings
 from .assignment import Assignment
 from .dispatch import Dispatch
 from .schedule import Parked, Parker, ScheduledReader
-from .sequence import position
+from .sequence import SequenceGuard, position
 from .tracker import TP, OffsetTracker
 
 __all__ = ["Scheduling"]
@@ -50,6 +50,10 @@ class Scheduling:
 
     def __len__(self) -> int:
         return len(self._reader)
+
+    @property
+    def sequence(self) -> SequenceGuard:
+        return self._reader.sequence
 
     def park(self, item: Dispatch) -> None:
         """Due later: the task waits in the scheduled topic, and its record settles."""

@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from ..health import Report, record_samples
 from .dispatch import Dispatch
+from .sequence import SequenceGuard
 from .tracker import TP, OffsetTracker
 
 __all__ = ["BridgeStats", "Presence", "eta_held", "log_report", "positions", "read_presence"]
@@ -49,10 +50,21 @@ class BridgeStats:
     parked: int = 0  # tasks due later written to the scheduled topic
     scheduled: int = 0  # parked tasks this bridge's partitions hold, waiting to be due
     gaps_reseeked: int = 0
+    gaps: int = 0  # offset jumps taken as legitimate (transaction markers, compaction)
+    # Seconds partitions were held back looking for offsets not visible yet (the Tansu
+    # handling); it stays 0 on Apache Kafka.
+    gap_wait_s: float = 0.0
     paused: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def count_gaps(self, guards: Iterable[SequenceGuard]) -> None:
+        """Sum the gap counters of the bridge's readers (tasks, outcomes, scheduled)."""
+        guards = list(guards)
+        self.gaps_reseeked = sum(g.reseeks for g in guards)
+        self.gaps = sum(g.gaps_accepted for g in guards)
+        self.gap_wait_s = round(sum(g.waited_s for g in guards), 3)
 
 
 class Presence:

@@ -40,14 +40,13 @@ from ..once import OnceGuard
 from ..replay import header_list
 from ..results import REVOKED, REVOKED_BY_OPERATOR, Outcome
 from ..settings import Settings
-from .assignment import Assignment
+from .assignment import Assignment, finish_joining
 from .chores import RedisChores
 from .clients import BridgeClients, consumer_config
 from .deadletter import DeadLetters
 from .dispatch import Dispatch, declare_queues, make_dispatch
 from .events import BridgeEvents
 from .filter import TaskFilter
-from .group import CONSUMER
 from .held import HeldDispatches
 from .markers import CommittedMarkers
 from .offsets import Offsets
@@ -58,7 +57,7 @@ from .presence import BridgeStats, Presence, eta_held, log_report, positions
 from .publish import Publisher, batch_length
 from .redispatch import Redispatcher, backend_state
 from .schedule import Parked, Parker
-from .sequence import SequenceGuard, position, put_back, seek_to
+from .sequence import SequenceGuard, guard, position, put_back
 from .tracker import TP, OffsetTracker
 
 __all__ = ["Bridge"]
@@ -96,9 +95,9 @@ class Bridge:
         # task id -> records waiting for its outcome; two records may share an explicit id.
         self._pending: dict[str, list[Dispatch]] = {}
         self._gate: OrderingGate[Dispatch] = OrderingGate(mode=settings.ordering)
-        self._seq = SequenceGuard(
-            seek=lambda tp, off: seek_to(self._consumer, tp, off), gap_wait_s=settings.gap_wait_s
-        )
+        # Set by _open once the broker said what it is (broker.py).
+        self._tansu = True
+        self._seq: SequenceGuard
         client: redis.Redis[bytes] = redis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=5
         )
@@ -129,7 +128,6 @@ class Bridge:
             registered=list(app.tasks.keys()), allow=settings.allow, deny=settings.deny
         )
         self._base_conf = client_config(settings.bootstrap_servers, settings.librdkafka())
-        self._consumer_conf = consumer_config(settings, self._offsets.on_commit)
         self._producer_conf = producer_config(settings.bootstrap_servers, settings.librdkafka())
         self._consumer: Consumer | None = None
         self._results: OutcomeReader | None = None
@@ -175,6 +173,10 @@ class Bridge:
         c = self._clients
         c.prepare_group(s)
         c.ensure_topics(s)
+        kind = c.broker(s)
+        self._tansu = kind.needs_tansu_handling
+        log.info("broker: %s%s", kind.name, ", with the Tansu handling" if self._tansu else "")
+        self._seq = guard(lambda: self._consumer, gap_wait_s=s.gap_wait_s, tansu=self._tansu)
         if s.metrics_port:
             from ..metrics import start_bridge_metrics
 
@@ -191,10 +193,10 @@ class Bridge:
                 events=self.events,
                 settled=self._dead_lettered,
             )
-            self._results = c.outcomes(self._base_conf, s)
+            self._results = c.outcomes(self._base_conf, s, kind)
             # Followed even with parking off: tasks parked before must still run.
             self._scheduling = Scheduling(
-                reader=c.scheduled(self._base_conf, s),
+                reader=c.scheduled(self._base_conf, s, kind),
                 parker=Parker(writes=self._writes, topic=s.scheduled_topic),
                 tracker=self._tracker,
                 assignment=self._assignment,
@@ -203,7 +205,8 @@ class Bridge:
                 settle=lambda tp, offset: self._settle(tp, offset, None),
                 due=self._handle_parked,
             )
-            self._consumer = c.consumer(self._consumer_conf)
+            conf = consumer_config(s, self._offsets.on_commit, tansu=self._tansu)
+            self._consumer = c.consumer(conf)
             self._consumer.subscribe(
                 [s.topic],
                 on_assign=self._on_assign,
@@ -228,7 +231,10 @@ class Bridge:
             log.warning("drain timeout: %d task(s) unsettled; they will be re-read", left)
         self._offsets.commit_before_leaving(self._consumer, within_s=s.session_timeout_s)
         self.stats.commits = self._offsets.commits
-        self._finish_joining()
+        if self._tansu:
+            finish_joining(
+                self._consumer, lambda: self._joined, timeout_s=2 * s.session_timeout_s + 10
+            )
         # close() leaves the group; the revoke callback commits once more, synchronously.
         self._consumer.close()
         if self._results is not None:
@@ -251,24 +257,9 @@ class Bridge:
         )
         self._presence.publish(self.stats.as_dict(), sorted(self._assignment.owned), samples)
         lag = {tp: n for tp, r in samples.items() if (n := r.lag) is not None}
-        self.events.gauges(in_flight=self.stats.in_flight, lag=lag)
-
-    def _finish_joining(self) -> None:
-        """Before leaving the group, let a join in progress complete.
-
-        Tansu never completes a rebalance whose joining member left before its JoinGroup
-        was answered: every later member waits forever (docs/design-notes.md). A bridge
-        stopped seconds after it started therefore joins first, then leaves. The consumer
-        protocol (KIP-848, refused on Tansu) has no JoinGroup to wait for.
-        """
-        assert self._consumer is not None
-        if self.settings.group_protocol == CONSUMER:
-            return
-        deadline = time.monotonic() + 2 * self.settings.session_timeout_s + 10
-        if not self._joined:
-            log.info("waiting for the group join to complete before leaving")
-        while not self._joined and time.monotonic() < deadline:
-            self._consumer.consume(1, timeout=_POLL_S)
+        self.events.gauges(
+            in_flight=self.stats.in_flight, lag=lag, gap_wait_s=self.stats.gap_wait_s
+        )
 
     # -- the loop ------------------------------------------------------------------
 
@@ -276,6 +267,7 @@ class Bridge:
         assert self._consumer is not None and self._producer is not None
         self._retry_held()
         if fetch:
+            self._seq.tick()
             # Never fetch past max_in_flight by more than one record.
             room = self.settings.max_in_flight - self._tracker.in_flight()
             # consume(n, timeout) waits for n records or the timeout: wait for the first
@@ -326,8 +318,9 @@ class Bridge:
         self.stats.dlq = self._dead.written
         self.stats.scheduled = len(self._scheduling)
         self.stats.parked = self._scheduling.parked
-        self.stats.gaps_reseeked = self._seq.reseeks + (
-            self._results.reseeks if self._results is not None else 0
+        self.stats.count_gaps(
+            [self._seq, self._scheduling.sequence]
+            + ([self._results.sequence] if self._results is not None else [])
         )
 
     def _handle(self, msg: Message) -> None:
@@ -541,6 +534,9 @@ class Bridge:
 
     def _commit(self, *, asynchronous: bool, only: list[TP] | None = None) -> None:
         assert self._consumer is not None
+        if asynchronous and not self._tansu:
+            # Called between fetching turns only: past what the last turn handled.
+            self._offsets.skip_markers(self._consumer, self._assignment.owned)
         self._offsets.commit(self._consumer, asynchronous=asynchronous, only=only)
         self.stats.commits = self._offsets.commits
 

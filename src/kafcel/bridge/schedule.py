@@ -35,7 +35,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from ..admin import fetch_config
 from ..delivery import Write, Writes
 from ..replay import header_list
-from .sequence import SequenceGuard, follow, position, seek_to, unfollow
+from .sequence import SequenceGuard, follow, guard, position, unfollow
 
 __all__ = ["Parked", "ParkedIndex", "Parker", "ScheduledReader"]
 
@@ -184,6 +184,7 @@ class ScheduledReader:
         lead_s: float,
         repark_after_s: float,
         gap_wait_s: float,
+        tansu: bool,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.topic = topic
@@ -193,7 +194,7 @@ class ScheduledReader:
         self._clock = clock
         self._index = ParkedIndex()
         conf = {
-            **fetch_config(50),
+            **fetch_config(50, tansu=tansu),
             **config,
             "group.id": f"{group_id}.scheduled.{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
@@ -201,12 +202,14 @@ class ScheduledReader:
         }
         self._tail = Consumer(conf)
         self._fetch = Consumer(conf)
-        self._seq = SequenceGuard(
-            seek=lambda tp, off: seek_to(self._tail, tp, off), gap_wait_s=gap_wait_s
-        )
+        self._seq = guard(lambda: self._tail, gap_wait_s=gap_wait_s, tansu=tansu)
 
     def __len__(self) -> int:
         return len(self._index)
+
+    @property
+    def sequence(self) -> SequenceGuard:
+        return self._seq
 
     def follow(self, starts: dict[int, int]) -> None:
         """Read these partitions from these offsets (their task partitions were assigned)."""
@@ -219,6 +222,7 @@ class ScheduledReader:
         """Parked records newly read, now in the index; records that are not parked
         tasks are returned too (the bridge dead-letters them when they come due: now)."""
         seen: list[Message] = []
+        self._seq.tick()
         while True:
             msgs = self._tail.consume(500, timeout=0)
             if not msgs:

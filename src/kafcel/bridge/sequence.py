@@ -1,15 +1,20 @@
 """Offset-gap detection: never step over a record that is not visible yet.
 
 Apache Kafka only exposes records below the high watermark, so a consumer sees every
-offset of a partition in order. Tansu's memory storage does not: with two producers
-writing one partition, offset N+1 can become readable before N (measured here: one
-record in a thousand skipped by a tailing consumer). A skipped task record would be
-committed past without running; a skipped outcome would stall its partition.
+offset of a partition in order, and a jump in offsets is a gap that holds no record:
+transaction markers, aborted transactions (read_committed), compaction. Tansu's memory
+storage does not: with two producers writing one partition, offset N+1 can become
+readable before N (measured here: one record in a thousand skipped by a tailing
+consumer). A skipped task record would be committed past without running; a skipped
+outcome would stall its partition.
 
-So when a fetched offset jumps ahead of the next expected one, the consumer is sent back
-to the missing offset and the jump is discarded, until the record appears or
-``gap_wait_s`` passes. Then the gap is taken as legitimate: transaction markers and
-compaction leave such gaps on Apache Kafka.
+So on a broker that needs the Tansu handling (``broker.detect``), a fetched offset that
+jumps ahead of the next expected one is discarded and the consumer sent back to the
+missing offset, every 50 ms (:meth:`SequenceGuard.tick`, so a partition with nothing new
+to deliver is looked at again too), until the record appears or ``gap_wait_s`` passes.
+Then the gap is taken as legitimate, at the first record delivered after a seek back: the
+first visible past the gap, so nothing between is stepped over. With no wait (Apache
+Kafka) a jump is taken at once: no seek, no record held back.
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from .tracker import TP
 
-__all__ = ["SequenceGuard", "follow", "position", "put_back", "seek_to", "unfollow"]
+__all__ = [
+    "SequenceGuard",
+    "follow",
+    "guard",
+    "position",
+    "put_back",
+    "seek_to",
+    "unfollow",
+]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -35,10 +48,17 @@ class _Gap:
     expected: int
     since: float
     last_seek: float
+    # Sent back by tick() and nothing delivered since: the next record of the partition
+    # is the first visible at or past the missing offset.
+    fresh: bool = False
 
 
 class SequenceGuard:
-    """Per partition: the next offset that must be seen before any later one."""
+    """Per partition: the next offset that must be seen before any later one.
+
+    ``gap_wait_s`` 0 takes every jump at once (Apache Kafka, where nothing is ever
+    visible out of order); otherwise a jump is looked into for that long.
+    """
 
     def __init__(
         self,
@@ -56,11 +76,24 @@ class SequenceGuard:
         self._gaps: dict[TP, _Gap] = {}
         self.gaps_accepted = 0
         self.reseeks = 0
+        self._waited_s = 0.0
+
+    @property
+    def waited_s(self) -> float:
+        """Seconds partitions were held back on gaps, summed over partitions, open gaps
+        included: what looking for records that are not visible yet has cost."""
+        now = self._clock()
+        return self._waited_s + sum(now - gap.since for gap in self._gaps.values())
+
+    def _close(self, tp: TP) -> None:
+        gap = self._gaps.pop(tp, None)
+        if gap is not None:
+            self._waited_s += self._clock() - gap.since
 
     def expect(self, tp: TP, offset: int) -> None:
         """The next record of ``tp`` must be ``offset`` (after assign or seek)."""
         self._expected[tp] = offset
-        self._gaps.pop(tp, None)
+        self._close(tp)
 
     def expected(self, tp: TP) -> int | None:
         """The next offset ``tp`` must deliver, if known."""
@@ -68,24 +101,30 @@ class SequenceGuard:
 
     def forget(self, tp: TP) -> None:
         self._expected.pop(tp, None)
-        self._gaps.pop(tp, None)
+        self._close(tp)
 
     def admit(self, tp: TP, offset: int) -> bool:
         """True if this record is next in line and may be processed."""
         expected = self._expected.get(tp)
         if expected is None or offset == expected:
             self._expected[tp] = offset + 1
-            self._gaps.pop(tp, None)
+            self._close(tp)
             return True
         if offset < expected:
             return False  # fetched before our seek took effect: already handled
+        if self._wait_s == 0:
+            self.gaps_accepted += 1
+            self._expected[tp] = offset + 1
+            return True
         now = self._clock()
         gap = self._gaps.get(tp)
         if gap is None or gap.expected != expected:
-            gap = self._gaps[tp] = _Gap(expected, now, now)
+            self._close(tp)
+            self._gaps[tp] = _Gap(expected, now, now)
             self._reseek(tp, expected)
             return False
-        if now - gap.since >= self._wait_s:
+        first, gap.fresh = gap.fresh, False
+        if first and now - gap.since >= self._wait_s:
             log.warning(
                 "offsets %d..%d of %s[%d] never appeared; taking the gap as legitimate",
                 expected,
@@ -95,16 +134,35 @@ class SequenceGuard:
             )
             self.gaps_accepted += 1
             self._expected[tp] = offset + 1
-            del self._gaps[tp]
+            self._close(tp)
             return True
-        if now - gap.last_seek >= _RESEEK_EVERY_S:
-            gap.last_seek = now
-            self._reseek(tp, expected)
         return False
+
+    def tick(self) -> None:
+        """Send each partition held on a gap back to its missing offset again, at most
+        every 50 ms: call once per fetch loop, between consume() calls."""
+        if not self._gaps:
+            return
+        now = self._clock()
+        for tp, gap in self._gaps.items():
+            if now - gap.last_seek >= _RESEEK_EVERY_S:
+                gap.last_seek = now
+                gap.fresh = True
+                self._reseek(tp, gap.expected)
 
     def _reseek(self, tp: TP, offset: int) -> None:
         self.reseeks += 1
         self._seek(tp, offset)
+
+
+def guard(
+    consumer: Callable[[], Consumer | None], *, gap_wait_s: float, tansu: bool
+) -> SequenceGuard:
+    """The sequence guard of the consumer ``consumer()`` returns (it may be replaced):
+    the gap wait is Tansu handling, and on Apache Kafka a jump is taken at once."""
+    return SequenceGuard(
+        seek=lambda tp, off: seek_to(consumer(), tp, off), gap_wait_s=gap_wait_s if tansu else 0.0
+    )
 
 
 def seek_to(consumer: Consumer | None, tp: TP, offset: int) -> None:

@@ -167,6 +167,16 @@ class OffsetTracker:
         if part is not None and offset > part.committed:
             part.committed = offset
 
+    def skip_to(self, tp: TP, offset: int) -> None:
+        """Nothing below ``offset`` of ``tp`` is a record still to come: the offsets past
+        the highest added hold no record (transaction markers, aborted transactions), so
+        the commit may reach ``offset`` once what is in flight below it settles."""
+        part = self._parts.get(tp)
+        if part is None:
+            part = self._parts[tp] = _Partition()
+        if offset - 1 > part.high:
+            part.high = offset - 1
+
     def committed(self, tp: TP) -> int | None:
         """The highest offset recorded by :meth:`mark_committed` since the last revoke."""
         part = self._parts.get(tp)
