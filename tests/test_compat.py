@@ -74,6 +74,9 @@ def test_an_outcome_from_a_newer_worker_settles_its_record(
             task_id = f"{name}-newer"
             envelope = Envelope(task="tests.app.record", args=(name, 1), id=task_id, queue=queue)
             producer.send(envelope, key="k")
+        # An outcome is for a dispatched task: one read before the dispatch answers nothing.
+        celery_redis = redis.Redis.from_url(pipeline.settings.redis_url)
+        wait_until(lambda: celery_redis.llen(queue) == 1, 30, "the task to be dispatched")
         raw = KafkaProducer({"bootstrap.servers": pipeline.settings.bootstrap_servers})
         raw.produce(pipeline.settings.results_topic, b"garbage, not an outcome", key=b"k")
         raw.produce(

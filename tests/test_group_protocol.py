@@ -48,7 +48,7 @@ def test_the_bridge_has_a_flag_for_it() -> None:
 @pytest.mark.parametrize("protocol", ["classic", "consumer"])
 def test_librdkafka_takes_the_bridges_consumer_config(protocol: str) -> None:
     settings = Settings(group_protocol=protocol, session_timeout_s=6.0)
-    conf = consumer_config(settings, lambda *_: None)
+    conf = consumer_config(settings, lambda *_: None, tansu=False)
     if protocol == "classic":
         assert conf["partition.assignment.strategy"] == "cooperative-sticky"
         assert conf["session.timeout.ms"] == 6000
