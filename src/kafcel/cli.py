@@ -348,18 +348,30 @@ def _stack(kafka_port: int, redis_port: int, broker: str | None, brokers: int | 
 
 _kafka_port = click.option("--kafka-port", type=int, default=9092, show_default=True)
 _redis_port = click.option("--redis-port", type=int, default=6379, show_default=True)
-_broker = click.option(
-    "--broker",
-    type=click.Choice(["kafka", "tansu"]),
-    default=None,
-    help="Apache Kafka (default) or Tansu; down/status: what the last up started",
-)
-_brokers = click.option(
-    "--brokers",
-    type=click.IntRange(1, 3),
-    default=None,
-    help="Apache Kafka nodes: 1, or 3 (replication 3, min.insync.replicas=2)",
-)
+
+
+def _broker_option(default: str | None, help_text: str) -> Callable[[F], F]:
+    return click.option(
+        "--broker",
+        type=click.Choice(["kafka", "tansu"]),
+        default=default,
+        show_default=default is not None,
+        help=help_text,
+    )
+
+
+def _brokers_option(default: str | None) -> Callable[[F], F]:
+    return click.option(
+        "--brokers",
+        type=click.Choice(["1", "3"]),
+        default=default,
+        show_default=default is not None,
+        help="Apache Kafka nodes: 1, or 3 (replication 3, min.insync.replicas=2)",
+    )
+
+
+_broker = _broker_option(None, "Apache Kafka (default) or Tansu; status: what the last up started")
+_brokers = _brokers_option(None)
 
 
 @dev.command("up")
@@ -367,9 +379,9 @@ _brokers = click.option(
 @_redis_port
 @_broker
 @_brokers
-def dev_up(kafka_port: int, redis_port: int, broker: str | None, brokers: int | None) -> None:
+def dev_up(kafka_port: int, redis_port: int, broker: str | None, brokers: str | None) -> None:
     """Start what is not running."""
-    stack = _stack(kafka_port, redis_port, broker or "kafka", brokers or 1)
+    stack = _stack(kafka_port, redis_port, broker or "kafka", int(brokers or 1))
     if not stack.runtime.fetched() and stack.broker == "kafka":
         click.echo(f"fetching Apache Kafka {stack.runtime.version} from Maven Central (once)")
     started = stack.up()
@@ -394,9 +406,10 @@ def dev_down(kafka_port: int, redis_port: int) -> None:
 @_redis_port
 @_broker
 @_brokers
-def dev_status(kafka_port: int, redis_port: int, broker: str | None, brokers: int | None) -> None:
+def dev_status(kafka_port: int, redis_port: int, broker: str | None, brokers: str | None) -> None:
     """Show whether the broker and Redis answer, their versions, and who started them."""
-    for s in _stack(kafka_port, redis_port, broker, brokers).status():
+    count = int(brokers) if brokers else None
+    for s in _stack(kafka_port, redis_port, broker, count).status():
         state = "running" if s.running else "down"
         owner = f"started by kafcel (pid {s.pid})" if s.managed else "external"
         detail = f"{s.version:20} {owner}" if s.running else ""
@@ -409,13 +422,7 @@ def dev_status(kafka_port: int, redis_port: int, broker: str | None, brokers: in
 @click.option("--kafka-port", type=int, default=9092, show_default=True)
 @click.option("--redis-port", type=int, default=6379, show_default=True)
 @click.option("--timeout-s", type=float, default=600.0, show_default=True)
-@click.option(
-    "--broker",
-    type=click.Choice(["kafka", "tansu"]),
-    default="kafka",
-    show_default=True,
-    help="the broker to run on (started when absent): Apache Kafka or Tansu",
-)
+@_broker_option("kafka", "the broker to run on (started when absent): Apache Kafka or Tansu")
 def demo(
     n_tasks: int, as_json: bool, kafka_port: int, redis_port: int, timeout_s: float, broker: str
 ) -> None:
@@ -442,20 +449,8 @@ def demo(
 @click.option("--only", multiple=True, help="run only this scenario (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="end with one JSON summary line")
 @click.option("--seed", type=int, default=1, show_default=True)
-@click.option(
-    "--broker",
-    type=click.Choice(["kafka", "tansu"]),
-    default="kafka",
-    show_default=True,
-    help="the suite's own broker: Apache Kafka or Tansu",
-)
-@click.option(
-    "--brokers",
-    type=click.Choice(["1", "3"]),
-    default="1",
-    show_default=True,
-    help="Apache Kafka nodes (3: replication 3, min.insync.replicas=2)",
-)
+@_broker_option("kafka", "the suite's own broker: Apache Kafka or Tansu")
+@_brokers_option("1")
 def chaos(
     n_tasks: int, only: tuple[str, ...], as_json: bool, seed: int, broker: str, brokers: str
 ) -> None:
