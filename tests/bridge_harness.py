@@ -273,7 +273,7 @@ class FakeProducer:
 class FakeOutcomes:
     def __init__(self) -> None:
         self.queue: list[Outcome] = []
-        self.sequence = SequenceGuard(seek=lambda tp, offset: None, gap_wait_s=0)
+        self.sequence = SequenceGuard(seek=lambda tp, offset: True, gap_wait_s=0)
         self.followed: set[int] = set()
 
     def follow(self, partitions: Iterable[int]) -> None:
@@ -297,7 +297,7 @@ class FakeScheduled:
     """No parked tasks here: scheduling runs on the real stack (test_schedule.py)."""
 
     def __init__(self) -> None:
-        self.sequence = SequenceGuard(seek=lambda tp, offset: None, gap_wait_s=0)
+        self.sequence = SequenceGuard(seek=lambda tp, offset: True, gap_wait_s=0)
 
     def __len__(self) -> int:
         return 0

@@ -21,7 +21,7 @@ def make(wait_s: float = 1.0) -> tuple[SequenceGuard, list[tuple[tuple[str, int]
     seeks: list[tuple[tuple[str, int], int]] = []
     clock = Clock()
     guard = SequenceGuard(
-        seek=lambda tp, off: seeks.append((tp, off)), gap_wait_s=wait_s, clock=clock
+        seek=lambda tp, off: seeks.append((tp, off)) or True, gap_wait_s=wait_s, clock=clock
     )
     return guard, seeks, clock
 
@@ -148,3 +148,50 @@ def test_the_time_partitions_wait_on_gaps_is_counted() -> None:
     clock.now += 0.5
     guard.forget(TP)  # revoked while waiting: the wait still counted
     assert guard.waited_s == pytest.approx(1.75)
+
+
+def test_after_a_failed_reseek_the_next_record_is_not_taken_as_past_the_gap() -> None:
+    seeks_ok = [True]
+    clock = Clock()
+    guard = SequenceGuard(seek=lambda tp, off: seeks_ok[0], gap_wait_s=1.0, clock=clock)
+    guard.expect(TP, 0)
+    assert not guard.admit(TP, 2)
+    clock.now += 2.0
+    seeks_ok[0] = False
+    guard.tick()
+    # Offset 5 may be a record fetched beyond the gap before the failed seek: 2..4 were
+    # never seen, so it must not be taken.
+    assert not guard.admit(TP, 5)
+    seeks_ok[0] = True
+    clock.now += 0.1
+    guard.tick()
+    assert guard.admit(TP, 2)
+
+
+def test_a_put_back_whose_seek_fails_stops_the_bridge() -> None:
+    from confluent_kafka import KafkaException, Message
+
+    from kafcel.bridge.sequence import put_back
+    from kafcel.errors import KafkaError
+
+    class Refusing:
+        def seek(self, part: object) -> None:
+            raise KafkaException("Local: Erroneous state")
+
+    class Fetched:
+        def error(self) -> None:
+            return None
+
+        def topic(self) -> str:
+            return TP[0]
+
+        def partition(self) -> int:
+            return TP[1]
+
+        def offset(self) -> int:
+            return 7
+
+    guard = SequenceGuard(seek=lambda tp, off: True, gap_wait_s=0)
+    msgs: list[Message] = [Fetched()]  # type: ignore[list-item]
+    with pytest.raises(KafkaError, match=r"t\[0\] again from offset 7"):
+        put_back(Refusing(), guard, msgs)  # type: ignore[arg-type]

@@ -10,7 +10,8 @@ Times: ISO 8601 (a time without a zone is local time), ``now``, or a relative ``
 ``-15m``, ``-2h``, ``-1d``. A time range is found by the broker's time index
 (``offsets_for_times``): it runs from the first record stamped at or after its start to
 the first stamped after its end, as Kafka's own tools seek by time, and nothing outside
-it is read (a producer whose clock runs behind can still put an older stamp inside it).
+it is read; each record read is checked against its own timestamp too, which costs no
+read and keeps out an older stamp a producer whose clock runs behind put inside it.
 Tansu answers that lookup with the first offset whatever the time (docs/design-notes.md),
 so on a broker that needs the Tansu handling (:func:`kafcel.broker.detect`) the lookup is
 a starting hint only and each record's own timestamp is checked: a full scan there.
@@ -236,10 +237,9 @@ def scan_topic(
     try:
         starts = {p: bounds[(topic, p)][0] for p in parts}
         ends = {p: bounds[(topic, p)][1] for p in parts}
-        unsure: set[int] = set()
         if since_ms is not None or until_ms is not None:
             trusted = not detect(bootstrap, extra).needs_tansu_handling
-            unsure = _by_time(consumer, topic, starts, ends, since_ms, until_ms, trusted=trusted)
+            _by_time(consumer, topic, starts, ends, since_ms, until_ms, trusted=trusted)
         if tail is not None:
             each = max(tail // len(parts), 1)
             starts = {p: max(starts[p], ends[p] - each) for p in parts}
@@ -283,7 +283,9 @@ def scan_topic(
                     stats.read += 1
                 if offset + 1 >= ends[partition]:
                     finished(partition)
-                if partition in unsure and not _stamped_within(msg, since_ms, until_ms):
+                # Also within the sought offsets: a producer whose clock lags stamps a
+                # record out of order, and the range is the records' own times.
+                if not _stamped_within(msg, since_ms, until_ms):
                     continue
                 yield msg
             if on_progress and msgs:

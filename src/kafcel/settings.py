@@ -20,6 +20,10 @@ ENV_PREFIX = "KAFCEL_"
 
 _ORDERINGS = ("key", "partition", "none")
 _GROUP_PROTOCOLS = ("classic", "consumer")
+# Consumer settings of the classic protocol that librdkafka refuses under KIP-848.
+_CLASSIC_ONLY = frozenset(
+    {"session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"}
+)
 _LOG_FORMATS = ("text", "json")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -212,11 +216,18 @@ class Settings:
         for item in self.kafka_config:
             if "=" not in item:
                 raise ConfigError(f"kafka_config entry {item!r} is not key=value")
-            if item.split("=", 1)[0].strip() == "group.protocol":
+            key = item.split("=", 1)[0].strip()
+            if key == "group.protocol":
                 # The bridge's consumer config differs by protocol, not just this key.
                 raise ConfigError(
                     "set the group protocol with group_protocol (KAFCEL_GROUP_PROTOCOL), "
                     "not kafka_config"
+                )
+            if self.group_protocol == "consumer" and key in _CLASSIC_ONLY:
+                # librdkafka refuses them with KIP-848 only when the consumer is created.
+                raise ConfigError(
+                    f"kafka_config sets {key}, which group_protocol=consumer does not take: "
+                    "the broker assigns partitions and sets the session (session_timeout_s)"
                 )
 
     @classmethod

@@ -9,15 +9,12 @@ partition's scheduled partition (``bridge/schedule.py``) shares its fence.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import Callable, Iterable
-
-from confluent_kafka import Consumer
+from collections.abc import Iterable
 
 from .tracker import TP
 
-__all__ = ["Assignment", "finish_joining"]
+__all__ = ["Assignment"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -56,19 +53,3 @@ class Assignment:
     def current(self, tp: TP, fence: str) -> bool:
         """Whether ``fence`` is ``tp``'s current assignment's."""
         return tp in self._fences and self._fences[tp] == fence
-
-
-def finish_joining(consumer: Consumer, joined: Callable[[], bool], *, timeout_s: float) -> None:
-    """Before leaving the group, let a join in progress complete (``joined()`` turns true
-    in the assign callback, which librdkafka runs inside consume()).
-
-    Tansu never completes a rebalance whose joining member left before its JoinGroup was
-    answered: every later member waits forever (docs/design-notes.md). A bridge stopped
-    seconds after it started on Tansu therefore joins first, then leaves; Apache Kafka
-    takes the leave as it comes.
-    """
-    deadline = time.monotonic() + timeout_s
-    if not joined():
-        log.info("waiting for the group join to complete before leaving")
-    while not joined() and time.monotonic() < deadline:
-        consumer.consume(1, timeout=0.02)

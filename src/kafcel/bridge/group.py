@@ -20,9 +20,11 @@ under both protocols, so the bridge handles them alike.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
@@ -36,7 +38,7 @@ from ..broker import TANSU, detect
 from ..errors import ConfigError
 from ..settings import Settings
 
-__all__ = ["CLASSIC", "CONSUMER", "membership_config", "prepare_group"]
+__all__ = ["CLASSIC", "CONSUMER", "finish_joining", "membership_config", "prepare_group"]
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -94,3 +96,19 @@ def prepare_group(s: Settings) -> None:
         )
         return
     log.info("group %s: %s=%s (consumer protocol)", s.group_id, _SESSION, session_ms)
+
+
+def finish_joining(consumer: Consumer, joined: Callable[[], bool], *, timeout_s: float) -> None:
+    """Before leaving the group, let a join in progress complete (``joined()`` turns true
+    in the assign callback, which librdkafka runs inside consume()).
+
+    Tansu never completes a rebalance whose joining member left before its JoinGroup was
+    answered: every later member waits forever (docs/design-notes.md). A bridge stopped
+    seconds after it started on Tansu therefore joins first, then leaves; Apache Kafka
+    takes the leave as it comes.
+    """
+    deadline = time.monotonic() + timeout_s
+    if not joined():
+        log.info("waiting for the group join to complete before leaving")
+    while not joined() and time.monotonic() < deadline:
+        consumer.consume(1, timeout=0.02)

@@ -48,7 +48,12 @@ class Offsets:
         self.paused = False
 
     def commit(
-        self, consumer: Consumer, *, asynchronous: bool, only: list[TP] | None = None
+        self,
+        consumer: Consumer,
+        *,
+        asynchronous: bool,
+        only: list[TP] | None = None,
+        quiet: bool = False,
     ) -> bool:
         """Commit what is settled; False only when the group was rebalancing, so the same
         commit succeeds after this member rejoins."""
@@ -77,7 +82,7 @@ class Offsets:
         except KafkaException as exc:
             # A failed commit loses nothing: the records are re-read and the once-guard
             # absorbs the overlap. Log and go on.
-            log.warning("commit failed: %s", exc)
+            log.log(logging.DEBUG if quiet else logging.WARNING, "commit failed: %s", exc)
             error = exc.args[0] if exc.args else None
             return not (isinstance(error, RdKafkaError) and error.code() in _REJOINING)
         self.commits += 1
@@ -92,8 +97,14 @@ class Offsets:
         its settled records to be read again by their next owner. Its partitions are
         paused, and a revoke meanwhile commits them in the callback."""
         deadline = time.monotonic() + within_s
-        while not self.commit(consumer, asynchronous=False) and time.monotonic() < deadline:
+        tries = 1
+        # Logged once: the retries while the group settles would be one line per poll.
+        while not self.commit(consumer, asynchronous=False, quiet=tries > 1):
+            if time.monotonic() >= deadline:
+                log.warning("the shutdown commit was refused %d times; left to re-read", tries)
+                return
             consumer.consume(1, timeout=_REJOIN_POLL_S)
+            tries += 1
 
     def skip_markers(self, consumer: Consumer, tps: Iterable[TP]) -> None:
         """Let the commit follow the consumer's position past transaction markers and

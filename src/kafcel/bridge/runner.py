@@ -40,13 +40,14 @@ from ..once import OnceGuard
 from ..replay import header_list
 from ..results import REVOKED, REVOKED_BY_OPERATOR, Outcome
 from ..settings import Settings
-from .assignment import Assignment, finish_joining
+from .assignment import Assignment
 from .chores import RedisChores
 from .clients import BridgeClients, consumer_config
 from .deadletter import DeadLetters
 from .dispatch import Dispatch, declare_queues, make_dispatch
 from .events import BridgeEvents
 from .filter import TaskFilter
+from .group import finish_joining
 from .held import HeldDispatches
 from .markers import CommittedMarkers
 from .offsets import Offsets
@@ -171,9 +172,12 @@ class Bridge:
     def _open(self) -> None:
         s = self.settings
         c = self._clients
-        c.prepare_group(s)
-        c.ensure_topics(s)
-        kind = c.broker(s)
+        try:
+            c.prepare_group(s)
+            c.ensure_topics(s)
+            kind = c.broker(s)
+        except KafkaException as exc:
+            raise KafkaError(f"cannot start the bridge: {exc}") from exc
         self._tansu = kind.needs_tansu_handling
         log.info("broker: %s%s", kind.name, ", with the Tansu handling" if self._tansu else "")
         self._seq = guard(lambda: self._consumer, gap_wait_s=s.gap_wait_s, tansu=self._tansu)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from ..errors import KafkaError
 from .tracker import TP
 
 __all__ = [
@@ -63,7 +64,7 @@ class SequenceGuard:
     def __init__(
         self,
         *,
-        seek: Callable[[TP, int], None],
+        seek: Callable[[TP, int], bool],
         gap_wait_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -147,12 +148,13 @@ class SequenceGuard:
         for tp, gap in self._gaps.items():
             if now - gap.last_seek >= _RESEEK_EVERY_S:
                 gap.last_seek = now
-                gap.fresh = True
-                self._reseek(tp, gap.expected)
+                # Only a seek that took makes the next record the first visible past the
+                # gap; after a failed one it may be a record fetched beyond it.
+                gap.fresh = self._reseek(tp, gap.expected)
 
-    def _reseek(self, tp: TP, offset: int) -> None:
+    def _reseek(self, tp: TP, offset: int) -> bool:
         self.reseeks += 1
-        self._seek(tp, offset)
+        return self._seek(tp, offset)
 
 
 def guard(
@@ -165,13 +167,15 @@ def guard(
     )
 
 
-def seek_to(consumer: Consumer | None, tp: TP, offset: int) -> None:
-    """Send ``consumer`` back to ``offset`` of ``tp`` (the sequence guard's gap repair)."""
+def seek_to(consumer: Consumer | None, tp: TP, offset: int) -> bool:
+    """Send ``consumer`` back to ``offset`` of ``tp``; False if the seek failed."""
     assert consumer is not None
     try:
         consumer.seek(TopicPartition(tp[0], tp[1], offset))
     except KafkaException as exc:
         log.warning("seek %s[%d] to %d failed: %s", tp[0], tp[1], offset, exc)
+        return False
+    return True
 
 
 def follow(consumer: Consumer, seq: SequenceGuard, topic: str, starts: dict[int, int]) -> None:
@@ -200,14 +204,20 @@ def unfollow(
 
 def put_back(consumer: Consumer | None, seq: SequenceGuard, msgs: list[Message]) -> None:
     """Fetched but not taken: ``consumer`` reads these again from the first of each
-    partition, and ``seq`` expects them there."""
+    partition, and ``seq`` expects them there.
+
+    A seek that fails stops the bridge (KafkaError): the consumer would go on past
+    records nobody handled, and on Apache Kafka the jump would be taken as a gap and
+    committed past. Stopped, the partition's next owner reads from the last commit.
+    """
     first: dict[TP, int] = {}
     for msg in msgs:
         if msg.error() is None:
             tp, offset = position(msg)
             first.setdefault(tp, offset)
     for tp, offset in first.items():
-        seek_to(consumer, tp, offset)
+        if not seek_to(consumer, tp, offset):
+            raise KafkaError(f"cannot read {tp[0]}[{tp[1]}] again from offset {offset}")
         seq.expect(tp, offset)
 
 

@@ -14,6 +14,7 @@ Class names and JVM options follow Kafka's own ``bin/kafka-server-start.sh``,
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -335,8 +336,9 @@ class KafkaCluster:
         if (self._log_dir(node) / "meta.properties").exists():
             return
         id_file = self.state_dir / "kafka-cluster-id"
-        if not id_file.exists():
-            id_file.write_text(_cluster_id())
+        # Created exclusively: nodes formatted by two racing `up`s share one cluster id.
+        with contextlib.suppress(FileExistsError), id_file.open("x") as out:
+            out.write(_cluster_id())
         args = ["format", "-c", str(props), "-t", id_file.read_text().strip()]
         if self.size == 1:
             args.append("--standalone")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import DevStackError
 
-__all__ = ["Service", "ServiceStatus", "Supervisor", "free_ports", "port_open"]
+__all__ = ["PROBE_TIMEOUT_S", "Service", "ServiceStatus", "Supervisor", "free_ports", "port_open"]
 
 _POLL_S = 0.1
 _STOP_TIMEOUT_S = 20.0
@@ -163,8 +163,10 @@ class Supervisor:
             return False, None
         pid = self.managed_pid(service)
         if pid is not None:
-            # An own process that does not answer yet may still be starting (a concurrent
-            # `up`), so it gets the same grace as a fresh one.
+            # An own process that does not answer yet may still be starting, or be stopped
+            # (SIGSTOP, a fault test): resumed, it gets the same grace as a fresh one.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
             return False, pid
         service.prepare()
         return True, self._spawn(service)

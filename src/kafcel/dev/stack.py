@@ -7,6 +7,7 @@ second broker (``broker="tansu"``), the one kafcel's Tansu handling is checked a
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import signal
@@ -135,6 +136,11 @@ class DevStack:
     def up(self) -> list[str]:
         """Start every service not already answering; return the names started now."""
         started: list[str] = []
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # One `up` at a time per state directory: two would both spawn a service (its
+        # pid file naming only one) and race the jar fetch and the storage format.
+        lock = (self.state_dir / "up.lock").open("w")
+        fcntl.flock(lock, fcntl.LOCK_EX)
         # On any failure stop what this call started, so a failed up leaves no half stack.
         try:
             waiting: list[tuple[Service, int]] = []
@@ -149,6 +155,8 @@ class DevStack:
         except BaseException:
             self.stop_started(started)
             raise
+        finally:
+            lock.close()  # releases the lock
         return started
 
     def down(self) -> list[str]:

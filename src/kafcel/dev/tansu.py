@@ -56,7 +56,8 @@ def tansu_service(*, host: str, port: int, answers: Callable[[], bool]) -> Servi
         name="tansu",
         host=host,
         port=port,
-        markers=("tansu", f"{host}:{port}"),
+        # No port: `dev down` must find the Tansu an `up` on any port started.
+        markers=("tansu", "--listener-url"),
         command=command,
         answers=answers,
         version=_version,
