@@ -29,15 +29,18 @@ def ratios_of(out: dict[str, Any]) -> dict[str, float]:
 
 
 def targets_of(ratios: dict[str, float]) -> dict[str, tuple[str, bool]]:
-    """Issue 4's targets, each with whether this run met it (the ratios against the bare
-    clients have none: they say how far from its floor each step is)."""
+    """The targets, each with whether this run met it: issue 4's, and issue 12's for Apache
+    Kafka (end to end, added latency, submit against the bare client), which replace
+    issue 4's end-to-end and latency ones. ``dispatch_vs_raw_lpush`` has none: it says how
+    far from its floor the dispatch is."""
     r = ratios
     return {
         "submit_vs_send_task": (">= 50", r["submit_vs_send_task"] >= 50),
+        "submit_vs_raw_produce": (">= 0.5", r["submit_vs_raw_produce"] >= 0.5),
         "dispatch_vs_send_task": (">= 20", r["dispatch_vs_send_task"] >= 20),
-        "e2e_vs_celery": (">= 0.95", r["e2e_vs_celery"] >= 0.95),
+        "e2e_vs_celery": (">= 0.9", r["e2e_vs_celery"] >= 0.9),
         "e2e_vs_kombu_kafka": (">= 2", r["e2e_vs_kombu_kafka"] >= 2),
-        "p99_added_ms": ("<= 25", r["p99_added_ms"] <= 25),
+        "p99_added_ms": ("<= 10", r["p99_added_ms"] <= 10),
         "bridge_rss_mb": ("<= 150", r["bridge_rss_mb"] <= 150),
     }
 
