@@ -54,6 +54,7 @@ from .offsets import Offsets
 from .ordering import OrderingGate
 from .outcomes import OutcomeReader
 from .parking import Scheduling
+from .pending import Pending
 from .presence import BridgeStats, Presence, eta_held, log_report, positions
 from .publish import Publisher, batch_length
 from .redispatch import Redispatcher, backend_state
@@ -93,8 +94,7 @@ class Bridge:
         self._on_ready = on_ready
         self._stop = threading.Event()
         self._tracker = OffsetTracker()
-        # task id -> records waiting for its outcome; two records may share an explicit id.
-        self._pending: dict[str, list[Dispatch]] = {}
+        self._pending = Pending()
         self._gate: OrderingGate[Dispatch] = OrderingGate(mode=settings.ordering)
         # Set by _open once the broker said what it is (broker.py).
         self._tansu = True
@@ -250,7 +250,7 @@ class Bridge:
 
     def _publish_presence(self) -> None:
         assert self._consumer is not None
-        held = eta_held(self._tracker, self._pending.values())
+        held = eta_held(self._tracker, self._pending.lists())
         samples = positions(
             self._consumer,
             self._tracker,
@@ -412,7 +412,7 @@ class Bridge:
                     # Retrying would stall the partition: the record goes to the DLQ.
                     self._dead.item(item, refused)
                     continue
-                self._pending.setdefault(item.task_id, []).append(item)
+                self._pending.add(item)
                 self._redispatch.dispatched(item.task_id, not_before_s=item.wait_s())
                 self._chores.queued(item.task_id)
                 self.stats.dispatched += 1
@@ -428,8 +428,7 @@ class Bridge:
             "unsettled task is checked again in %.0fs",
             self.settings.once_lease_s,
         )
-        queues = {item.envelope.queue for items in self._pending.values() for item in items}
-        declare_queues(self.app, queues)
+        declare_queues(self.app, self._pending.queues())
         self._redispatch.recheck_all(after_s=self.settings.once_lease_s)
 
     def _redispatch_lost(self) -> None:
@@ -495,16 +494,11 @@ class Bridge:
         self._results.watch_starvation(expecting=bool(self._pending))
 
     def _on_outcome(self, outcome: Outcome) -> None:
-        found = self._pending.pop(outcome.task_id, None)
-        if found is None:
+        answered = self._pending.answer(outcome)
+        if answered is None:
             return
-        items = [item for item in found if outcome.answers(item.fence)]
-        stale = [item for item in found if not outcome.answers(item.fence)]
-        if stale:
-            # An answer to an earlier assignment's dispatch: the copy sent under the
-            # current fence re-announces the outcome (the once-guard knows it is done).
-            self._pending[outcome.task_id] = stale
-        else:
+        items, finished = answered
+        if finished:
             self._redispatch.settled([outcome.task_id])
         if outcome.duplicate:
             self.stats.duplicates += 1
@@ -600,10 +594,4 @@ class Bridge:
         self._assignment.revoke(tps)
         self._gate.drop(tps)
         # The next owner re-reads these records; our outcomes for them no longer matter.
-        for task_id, items in list(self._pending.items()):
-            kept = [item for item in items if item.tp not in gone]
-            if kept:
-                self._pending[task_id] = kept
-            else:
-                del self._pending[task_id]
-                self._redispatch.settled([task_id])
+        self._redispatch.settled(self._pending.forget(gone))
