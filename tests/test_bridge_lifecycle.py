@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
-from pathlib import Path
 
 import pytest
 import redis
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from kafcel import Producer
-from kafcel.dev import DevStack
-from kafcel.procs import ManagedProcess, bridge_argv
 from kafcel.settings import Settings
 
-from .conftest import ROOT, TEST_APP, Pipeline, base_env, wait_until
+from .conftest import Pipeline, wait_until
 from .test_pipeline import counts, outcomes_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -105,40 +101,21 @@ def test_a_killed_bridges_partitions_move_to_the_other_and_each_task_runs_once(
 
 @pytest.mark.tansu
 def test_the_consumer_protocol_runs_on_apache_kafka_and_is_refused_on_tansu(
-    stack: DevStack, broker: str, logs_dir: Path
+    pipeline: Pipeline, broker: str
 ) -> None:
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        bootstrap_servers=stack.bootstrap_servers,
-        redis_url=stack.redis_url,
-        topic=f"t-{run}",
-        group_id=f"g-{run}",
-        partitions=2,
-        session_timeout_s=6.0,
-        group_protocol="consumer",
-    )
-    proc = ManagedProcess(
-        name="bridge",
-        argv=bridge_argv(TEST_APP),
-        env={**base_env(stack), **settings.as_env()},
-        log_path=logs_dir / f"{settings.topic}-bridge.log",
-        cwd=ROOT,
-    ).start()
-    try:
-        if broker == "kafka":
-            proc.wait_for_log("assigned:", timeout_s=60)
-            assert group_session_ms(settings) == "6000"
-            assert proc.stop(timeout_s=30) == 0
-            return
-        assert proc.proc is not None
-        assert proc.proc.wait(60) == 1
-        errors = [line for line in proc.tail(50).splitlines() if "error" in line.lower()]
-        assert len(errors) == 1, proc.tail(50)
-        assert errors[0].startswith("kafcel: error: group_protocol=consumer")
-        assert "Tansu" in errors[0] and "KAFCEL_GROUP_PROTOCOL=classic" in errors[0]
-        assert "Traceback" not in proc.tail(50)
-    finally:
-        proc.stop(timeout_s=30)
+    proc = pipeline.start_bridge(wait_assigned=False, group_protocol="consumer")
+    if broker == "kafka":
+        proc.wait_for_log("assigned:", timeout_s=60)
+        assert group_session_ms(pipeline.settings) == "6000"
+        assert proc.stop(timeout_s=30) == 0
+        return
+    assert proc.proc is not None
+    assert proc.proc.wait(60) == 1
+    errors = [line for line in proc.tail(50).splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, proc.tail(50)
+    assert errors[0].startswith("kafcel: error: group_protocol=consumer")
+    assert "Tansu" in errors[0] and "KAFCEL_GROUP_PROTOCOL=classic" in errors[0]
+    assert "Traceback" not in proc.tail(50)
 
 
 def test_sigterm_drains_in_flight_tasks_commits_and_exits_0(
