@@ -38,7 +38,7 @@ def measure(stack: ChaosStack, mode: str, n_tasks: int, work_ms: float, log_dir:
         rig.start_worker(concurrency=8)
         rig.start_bridge()
         started = time.monotonic()
-        submit(settings, workload, work_ms=work_ms)
+        submit(settings, workload, work_ms=work_ms, ledger=ledger)
         deadline = started + 600
         while ledger.counts().applied_orders < n_tasks:
             if time.monotonic() > deadline:

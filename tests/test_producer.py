@@ -48,6 +48,16 @@ def test_undeliverable_records_raise_delivery_error_naming_the_count() -> None:
     assert len(info.value.failures) == 3
 
 
+def test_a_failed_submit_is_named_by_the_task_id_submit_returned() -> None:
+    # The caller keeps the ids submit() returned; a failure must say which of them failed.
+    producer = Producer(settings=UNREACHABLE, config={"message.timeout.ms": 300})
+    ids = [producer.submit("a.task", args=[i], key="same-key") for i in range(3)]
+    with pytest.raises(DeliveryError) as info:
+        producer.flush(5)
+    assert sorted(task_id for task_id, _ in info.value.failures) == sorted(ids)
+    assert all("timed out" in error.lower() for _, error in info.value.failures)
+
+
 def test_context_manager_flushes_and_surfaces_failures() -> None:
     with (
         pytest.raises(DeliveryError),

@@ -461,7 +461,7 @@ def chaos(
     from .chaos.runner import run_suite, select
     from .render import wide_console
 
-    scenarios = select(only)
+    scenarios = select(only, broker=broker)
     console = wide_console(stderr=as_json)
     with Progress(
         "[progress.description]{task.description}",

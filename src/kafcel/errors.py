@@ -95,7 +95,7 @@ class KafkaError(KafcelError):
 
 
 class DeliveryError(KafkaError):
-    """The producer could not deliver some records."""
+    """The producer could not deliver some records; ``failures``: ``(task_id, error)``."""
 
     def __init__(self, message: str, *, failures: list[tuple[str, str]] | None = None) -> None:
         self.failures = failures or []

@@ -13,6 +13,7 @@ raises :class:`DeliveryError` naming every record Kafka refused.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -159,12 +160,16 @@ class Producer:
     def _on_delivery(self, err: Any, msg: Message) -> None:
         with self._lock:
             if err is not None:
-                self._failures.append((str(msg.key()), str(err)))
+                self._failures.append((_task_id(msg.value()), str(err)))
             else:
                 self.delivered += 1
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        """Wait until every queued record is delivered; raise DeliveryError otherwise."""
+        """Wait until every queued record is delivered; raise DeliveryError otherwise.
+
+        Its ``failures`` are ``(task_id, error)`` pairs, the ids :meth:`submit` returned:
+        those tasks were not acknowledged and may not run; submit them again if they must.
+        A "still queued" error has no failures: flush again to wait on."""
         remaining = self._producer.flush(timeout_s)
         with self._lock:
             failures, self._failures = self._failures, []
@@ -195,3 +200,12 @@ class Producer:
     ) -> None:
         # Flush even on error: tasks already submitted must not be silently dropped.
         self.flush()
+
+
+def _task_id(value: bytes | str | None) -> str:
+    """The task id inside a record this producer wrote (an encoded envelope)."""
+    try:
+        doc = json.loads(value or b"")
+    except ValueError:
+        return "?"
+    return str(doc.get("id", "?")) if isinstance(doc, dict) else "?"

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .history import OK, SENT
 from .kombu_kafka import KombuKafka
 from .ledger import Ledger
 from .rig import ChaosStack
@@ -81,7 +82,7 @@ def run_kombu(
             stack,
             _Rig(system),
             watch,
-            lambda: _submit(system, calls),
+            lambda: _submit(system, calls, ledger, [order for order, _, _ in workload.orders]),
             seed=seed,
             stop=stop,
             stall_s=stall_s,
@@ -92,5 +93,9 @@ def run_kombu(
         system.stop()
 
 
-def _submit(system: KombuKafka, calls: list[tuple[str, tuple[Any, ...]]]) -> None:
-    system.submit(calls)
+def _submit(
+    system: KombuKafka, calls: list[tuple[str, tuple[Any, ...]]], ledger: Ledger, orders: list[str]
+) -> None:
+    ledger.record_submits(orders, SENT)
+    system.submit(calls)  # raises at the first message kombu did not deliver
+    ledger.record_submits(orders, OK)

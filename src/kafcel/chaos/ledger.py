@@ -10,14 +10,19 @@ does not touch the evidence. Per run it keeps:
   above one per order is a **rerun**, what a task *without* that inbox would have done
   twice (a worker killed between the effect and the once-guard's done marker);
 - ``last``: key -> highest sequence number applied, and ``ooo``: keys that saw a lower
-  sequence after a higher one (an out-of-order effect).
+  sequence after a higher one (an out-of-order effect);
+- ``submits`` and ``effects``: the histories :mod:`.history` checks afterwards, apart
+  from the counters above.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
+
+from .history import FAIL, Effect, History, check
 
 __all__ = ["Ledger", "LedgerCounts"]
 
@@ -27,6 +32,7 @@ if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
     return 0
 end
 redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+redis.call('RPUSH', KEYS[6], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
 local seq = tonumber(ARGV[4])
 if seq >= 0 then
     local last = tonumber(redis.call('HGET', KEYS[4], ARGV[3]) or '-1')
@@ -39,7 +45,7 @@ end
 return 1
 """
 
-_SUFFIXES = ("runs", "inbox", "applied", "last", "ooo", "attempts")
+_SUFFIXES = ("runs", "inbox", "applied", "last", "ooo", "effects", "attempts", "submits", "failed")
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,34 @@ class Ledger:
 
     def apply(self, *, task_id: str, order: str, key: str, seq: int) -> bool:
         """Apply one order's effect once per task id; True if it was applied now."""
-        keys = [self._key(s) for s in ("runs", "inbox", "applied", "last", "ooo")]
+        keys = [self._key(s) for s in ("runs", "inbox", "applied", "last", "ooo", "effects")]
         return bool(self._apply(keys=keys, args=[task_id, order, key, seq]))
+
+    def record_submits(self, orders: Iterable[str], answer: str) -> None:
+        """Write the submitter's answer for ``orders``: ``sent`` before they are queued,
+        then ``ok`` (acknowledged by flush) or ``fail`` (reported as not delivered)."""
+        mapping = dict.fromkeys(orders, answer)
+        if not mapping:
+            return
+        pipe = self._redis.pipeline()
+        pipe.hset(self._key("submits"), mapping=mapping)  # type: ignore[arg-type]
+        if answer == FAIL:
+            pipe.sadd(self._key("failed"), *mapping)
+        pipe.execute()
+
+    def failed_submits(self) -> frozenset[str]:
+        return frozenset(o.decode() for o in self._redis.smembers(self._key("failed")))
+
+    def history(self) -> History:
+        """The submit and effect histories, checked (see :mod:`.history`)."""
+        submits = {
+            k.decode(): v.decode() for k, v in self._redis.hgetall(self._key("submits")).items()
+        }
+        effects = []
+        for raw in self._redis.lrange(self._key("effects"), 0, -1):
+            order, key, seq = raw.decode().rsplit("|", 2)
+            effects.append(Effect(order=order, key=key, seq=int(seq)))
+        return check(submits, effects)
 
     def attempt(self, order: str) -> int:
         """Count an attempt of ``order`` (whatever its outcome); return the count so far."""

@@ -15,22 +15,26 @@ __all__ = ["json_line", "render"]
 _COLUMNS = (
     ("scenario", "name"),
     ("system", "system"),
+    ("nodes", "nodes"),
     ("lost", "lost"),
     ("dup effects", "duplicates"),
     ("out of order", "out_of_order"),
+    ("unexp.", "unexpected"),
+    ("submit failed", "submit_failed"),
     ("DLQ exp.", "dlq_expected"),
     ("DLQ", "dlq"),
     ("peak lag", "peak_lag"),
     ("drain s", "drain_s"),
     ("reruns", "reruns"),
-    ("redispatched", "redispatched"),
+    ("redisp.", "redispatched"),
 )
 
 
 def render(suite: Suite, console: Console, *, n_tasks: int) -> None:
     table = Table(title=f"kafcel chaos — {n_tasks:,} tasks per scenario, on {suite.broker}")
     for title, _ in _COLUMNS:
-        table.add_column(title, justify="left" if title in ("scenario", "system") else "right")
+        left = title in ("scenario", "system")
+        table.add_column(title, justify="left" if left else "right", no_wrap=left)
     table.add_column("verdict")
     for r in suite.results:
         row = r.row()
@@ -42,7 +46,11 @@ def render(suite: Suite, console: Console, *, n_tasks: int) -> None:
         "[dim]dup effects: an order's effect applied twice, the effect written through an "
         "inbox keyed by the task id (docs/reliability.md). reruns: task bodies that "
         "completed twice, i.e. what a task without that inbox would have applied twice "
-        "(a worker killed between its effect and the once-guard's done marker).[/]"
+        "(a worker killed between its effect and the once-guard's done marker). "
+        "lost, dup effects, out of order and unexp. (unexpected: an effect of a task never "
+        "submitted) are read twice, from counters kept as effects arrive and from the "
+        "submit and effect histories checked afterwards; lost counts acknowledged "
+        "submits only, submit failed those the producer reported not delivered.[/]"
     )
 
 

@@ -15,15 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .brokerfaults import broker_pause, kafka_kill_9, leader_kill
 from .rig import ChaosStack, KafcelRig
+from .timing import Progress, moments, reach
 
 __all__ = ["FAST", "SCENARIOS", "Scenario"]
 
-Progress = Callable[[], float]
 Fault = Callable[[ChaosStack, KafcelRig, random.Random, threading.Event, Progress], None]
-
-# A fault waits at most this long for its moment: a stalled run must still end.
-_MOMENT_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -36,28 +34,18 @@ class Scenario:
     workers: int = 1
     # Spread submission over this many seconds (the bounce scenario needs a long run).
     submit_over_s: float = 0.0
+    # Apache Kafka nodes the scenario needs (3: replication 3, min.insync.replicas=2).
+    brokers: int = 1
+    # A fault of Apache Kafka's own processes: not run on Tansu.
+    kafka_only: bool = False
     description: str = ""
-
-
-def moments(rng: random.Random, n: int, low: float = 0.05, high: float = 0.85) -> list[float]:
-    """``n`` random points of progress, in order."""
-    return sorted(rng.uniform(low, high) for _ in range(n))
-
-
-def _reach(progress: Progress, target: float, stop: threading.Event) -> bool:
-    """Wait until the run has progressed to ``target``; False if the scenario ended."""
-    deadline = time.monotonic() + _MOMENT_TIMEOUT_S
-    while progress() < target and time.monotonic() < deadline:
-        if stop.wait(0.05):
-            return False
-    return not stop.is_set()
 
 
 def _five_times(
     p: Progress, rng: random.Random, stop: threading.Event, hurt: Callable[[], None]
 ) -> None:
     for at in moments(rng, 5):
-        if not _reach(p, at, stop):
+        if not reach(p, at, stop):
             return
         hurt()
 
@@ -92,7 +80,7 @@ def _once_midway(hurt: Callable[[ChaosStack], None]) -> Fault:
     def fault(
         stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
     ) -> None:
-        if _reach(p, rng.uniform(0.2, 0.6), stop):
+        if reach(p, rng.uniform(0.2, 0.6), stop):
             hurt(stack)
 
     return fault
@@ -144,6 +132,40 @@ SCENARIOS: list[Scenario] = [
         description="2 bridges, one stopped/started every 10 s for 2 min",
     ),
     Scenario(
+        "kafka-kill-9",
+        "kafcel",
+        kafka_kill_9,
+        kafka_only=True,
+        description="kill -9 the Kafka node 3 times, restarted from its log directory",
+    ),
+    Scenario(
+        "leader-kill",
+        "kafcel",
+        leader_kill,
+        brokers=3,
+        kafka_only=True,
+        description="3 nodes: kill -9 the busiest leader (twice), then the active "
+        "controller; each restarted 15 s later",
+    ),
+    Scenario(
+        "broker-pause",
+        "kafcel",
+        broker_pause,
+        brokers=3,
+        kafka_only=True,
+        description="3 nodes: SIGSTOP the busiest leader for 20 s, then SIGCONT",
+    ),
+    Scenario(
+        "submit-during-failover",
+        "kafcel",
+        leader_kill,
+        brokers=3,
+        kafka_only=True,
+        submit_over_s=75.0,
+        description="leader-kill while the submitter keeps submitting; every "
+        "acknowledged submit runs, every failed one is reported",
+    ),
+    Scenario(
         "poison",
         "kafcel",
         poison_ratio=0.10,
@@ -155,4 +177,4 @@ SCENARIOS: list[Scenario] = [
 ]
 
 # The subset `make test` runs with a small N.
-FAST = ("control", "bridge-kill-9", "redis-flushall", "poison")
+FAST = ("control", "bridge-kill-9", "redis-flushall", "poison", "kafka-kill-9")

@@ -21,6 +21,8 @@ from ..envelope import Envelope
 from ..errors import DeliveryError
 from ..producer import Producer
 from ..settings import Settings
+from .history import FAIL, OK, SENT
+from .ledger import Ledger
 
 __all__ = ["POISON_KINDS", "Workload", "make_workload", "submit"]
 
@@ -73,15 +75,33 @@ def make_workload(*, run: str, n_tasks: int, poison_ratio: float, seed: int) -> 
     return w
 
 
-def submit(settings: Settings, workload: Workload, *, work_ms: float, pace_s: float = 0.0) -> None:
-    """Write the workload to the task topic (``pace_s`` between records spreads it out)."""
+def submit(
+    settings: Settings,
+    workload: Workload,
+    *,
+    work_ms: float,
+    ledger: Ledger,
+    pace_s: float = 0.0,
+    batch: int = 500,
+) -> None:
+    """Write the workload to the task topic (``pace_s`` between records spreads it out),
+    flushing every ``batch`` records as a caller that needs to know would, and write
+    each order's answer to ``ledger``'s submit history: ``ok`` once a flush acknowledged
+    it, ``fail`` when the producer reported it not delivered."""
     raw = KafkaProducer({**client_config(settings.bootstrap_servers), "linger.ms": 5})
     run = workload.run
+    queued: dict[str, str] = {}  # task id -> order, since the last flush
+    # "sent" first: an effect of a submit that never got its answer (the submitter died)
+    # is then an open question in the history, not an unexpected effect.
+    ledger.record_submits((order for order, _, _ in workload.orders), SENT)
     with Producer(settings=settings) as producer:
         for n, (what, index) in enumerate(workload.sequence):
             if what == "order":
                 order, key, seq = workload.orders[index]
-                producer.submit("chaos.apply", args=[run, order, key, seq, work_ms], key=key)
+                task_id = producer.submit(
+                    "chaos.apply", args=[run, order, key, seq, work_ms], key=key
+                )
+                queued[task_id] = order
             else:
                 kind, key = workload.poison[index]
                 if kind == "always-fail":
@@ -91,7 +111,26 @@ def submit(settings: Settings, workload: Workload, *, work_ms: float, pace_s: fl
                 else:
                     raw.produce(settings.topic, POISON_KINDS[kind], key=key.encode())
                     raw.poll(0)
+            if len(queued) >= batch:
+                _answer(producer, queued, ledger)
             if pace_s and n % 10 == 9:
                 time.sleep(pace_s * 10)
+        _answer(producer, queued, ledger)
     if raw.flush(30):
         raise DeliveryError("poison records not delivered within 30 s")
+
+
+def _answer(producer: Producer, queued: dict[str, str], ledger: Ledger) -> None:
+    """Flush until every queued record has its answer; write the answers; clear."""
+    failed: set[str] = set()
+    while True:
+        try:
+            producer.flush(60)
+            break
+        except DeliveryError as exc:
+            # Without failures it is "still queued": the producer is retrying (a leader
+            # is moving); wait on, as acks=all delivery has no other answer to give.
+            failed.update(queued[t] for t, _ in exc.failures if t in queued)
+    ledger.record_submits(failed, FAIL)
+    ledger.record_submits(set(queued.values()) - failed, OK)
+    queued.clear()

@@ -245,6 +245,25 @@ class KafkaCluster:
     def service_name(node_id: int) -> str:
         return "kafka" if node_id == 1 else f"kafka-{node_id}"
 
+    def active_controller(self, *, timeout_s: float = 30.0) -> int:
+        """The node id of the KRaft quorum's leader, as ``kafka-metadata-quorum.sh
+        describe --status`` reports it. A broker's own cluster metadata names any live
+        node as "controller" (KIP-919), so the quorum itself is asked."""
+        argv = self.runtime.java_argv(
+            "org.apache.kafka.tools.MetadataQuorumCommand",
+            "--bootstrap-server", self.bootstrap_servers, "describe", "--status",
+            jvm=["-Xmx128m"],
+        )  # fmt: skip
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise DevStackError(f"kafka-metadata-quorum gave no answer in {timeout_s:g}s") from exc
+        found = re.search(r"^LeaderId:\s+(\d+)", done.stdout, re.MULTILINE)
+        if done.returncode != 0 or found is None:
+            tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+            raise DevStackError(f"kafka-metadata-quorum could not name the leader: {tail}")
+        return int(found.group(1))
+
     def _service(self, node: _Node) -> Service:
         props = self._props_path(node)
 

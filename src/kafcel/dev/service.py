@@ -26,6 +26,7 @@ __all__ = ["PROBE_TIMEOUT_S", "Service", "ServiceStatus", "Supervisor", "free_po
 
 _POLL_S = 0.1
 _STOP_TIMEOUT_S = 20.0
+_GONE_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 1.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -216,11 +217,19 @@ class Supervisor:
             time.sleep(_POLL_S)
 
     def signal(self, service: Service, sig: signal.Signals) -> int:
-        """Send ``sig`` to our process of ``service``; return its pid."""
+        """Send ``sig`` to our process of ``service``; return its pid. After SIGKILL,
+        return once the process is gone: a dying node may still answer for a moment,
+        and a ``start`` right after would then take it for a running one."""
         pid = self.managed_pid(service)
         if pid is None:
             raise DevStackError(f"{service.name} is not running as ours")
         os.kill(pid, sig)
+        if sig == signal.SIGKILL:
+            deadline = time.monotonic() + _GONE_TIMEOUT_S
+            while self.is_ours(service, pid):
+                if time.monotonic() > deadline:
+                    raise DevStackError(f"{service.name} (pid {pid}) outlived SIGKILL")
+                time.sleep(0.01)
         return pid
 
     def stop(self, service: Service) -> bool:

@@ -186,6 +186,14 @@ class DevStack:
         """Start service ``name`` again (a killed Kafka node restarts from its log directory)."""
         self._supervisor.start(self._service(name))
 
+    def active_controller(self) -> str:
+        """The service name of the Kafka node leading the KRaft quorum."""
+        return self.kafka.service_name(self.kafka.active_controller())
+
+    def node_name(self, node_id: int) -> str:
+        """The service name of Kafka node ``node_id`` (as metadata names leaders)."""
+        return self.kafka.service_name(node_id)
+
     def _service(self, name: str) -> Service:
         service = self._services.get(name)
         if service is None:
