@@ -126,8 +126,10 @@ class FakeConsumer:
             else:
                 self._callbacks["on_revoke" if kind == "revoke" else "on_lost"](self, parts)
                 for tp in tps:
+                    # The pause flag stays: librdkafka keeps a partition's pause across a
+                    # revoke or loss and a later re-assignment (librdkafka #1849,
+                    # confluent-kafka-go #193); only resume() clears it.
                     self._positions.pop(tp, None)
-                    self._paused.discard(tp)
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
         self.polls += 1

@@ -282,6 +282,35 @@ def test_a_record_fetched_before_its_partition_was_revoked_is_dropped(
     assert h.publisher.offsets()[6:] == [3, 4, 5, 6], "re-read from the commit, none skipped"
 
 
+@pytest.mark.parametrize("how", ["lost", "revoked"])
+def test_partitions_taken_while_paused_are_consumed_again_when_they_come_back(
+    harness: BridgeHarness, how: str
+) -> None:
+    """Paused at max_in_flight, then the session times out (a broker holding the group
+    coordinator was killed): the partitions are lost, the in-flight records forgotten,
+    and the group hands the same partitions back. librdkafka keeps their pause across
+    that, so a bridge that only resumes what it owns at the time would never fetch
+    them again: a stalled partition with lag and no error (found by `leader-kill`)."""
+    limit = 10
+    h = BridgeHarness(app=app, settings=harness.settings.replace(max_in_flight=limit))
+    tp = (h.settings.topic, 0)
+    for i in range(limit + 20):
+        h.kafka.append(tp, envelope("harness.echo", i), key=f"k{i}".encode())
+    h.c.assign([tp])
+    h.turn(3)
+    assert h.bridge._offsets.paused, "max_in_flight reached: the bridge pauses"
+    (h.c.lose if how == "lost" else h.c.revoke)([tp])
+    h.turn()
+    h.c.assign([tp])
+    answered = 0
+    for _ in range(20):
+        h.turn()
+        for item in h.publisher.sent[answered:]:
+            h.answer(item)
+        answered = len(h.publisher.sent)
+    assert max(h.publisher.offsets()) == limit + 19, "the partition is read to its end"
+
+
 def test_a_shutdown_commit_met_by_a_rebalance_is_sent_again_once_rejoined(
     harness: BridgeHarness,
 ) -> None:

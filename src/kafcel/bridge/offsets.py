@@ -141,6 +141,19 @@ class Offsets:
         self.tracker.mark_committed(tp, offset)
         self.markers.committed(tp, offset)
 
+    def unpause_leaving(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Clear the pause of partitions being revoked or lost. librdkafka keeps a
+        partition's pause into its next assignment (librdkafka #1849), and
+        :meth:`backpressure` only resumes what is assigned when it resumes: a partition
+        that left paused and came back would never be fetched again. Partitions assigned
+        while the bridge is paused are paused again on assignment."""
+        if not partitions:
+            return
+        try:
+            consumer.resume(partitions)
+        except KafkaException as exc:
+            log.warning("could not clear the pause of leaving partitions: %s", exc)
+
     def backpressure(self, consumer: Consumer, *, assignment_changed: bool) -> None:
         """Pause every partition at ``max_in_flight`` records or ``max_in_flight_bytes``;
         resume at half of both."""

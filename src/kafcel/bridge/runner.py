@@ -570,12 +570,14 @@ class Bridge:
         self._joined = False  # a rejoin follows; leaving during it would wedge Tansu
         tps += self._assignment.parked(tps)
         self._commit(asynchronous=False, only=tps)
+        self._offsets.unpause_leaving(consumer, partitions)
         self._forget(tps)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         log.warning("lost without commit: %s", tps)
         self._joined = False
+        self._offsets.unpause_leaving(consumer, partitions)
         self._forget(tps + self._assignment.parked(tps))
 
     def _forget(self, tps: list[TP]) -> None:
