@@ -45,7 +45,9 @@ def kafka_kill_9(
         if not reach(p, at, stop):
             return
         stack.devstack.kill("kafka", signal.SIGKILL)
+        stack.note("SIGKILL kafka")
         stack.devstack.start("kafka")
+        stack.note("kafka restarted")
 
 
 def leader_kill(
@@ -57,10 +59,15 @@ def leader_kill(
         _wait_in_sync(stack, stop)
         if stop.is_set():
             return
-        victim = stack.devstack.active_controller() if n == 2 else _busiest(stack, rig)
+        if n == 2:
+            victim, why = stack.devstack.active_controller(), "the active controller"
+        else:
+            victim, why = _busiest(stack, rig)
         stack.devstack.kill(victim, signal.SIGKILL)
+        stack.note(f"SIGKILL {victim}, {why}")
         stop.wait(_DOWN_FOR_S)  # restarted even when the run ends meanwhile
         stack.devstack.start(victim)
+        stack.note(f"{victim} restarted")
 
 
 def broker_pause(
@@ -71,20 +78,22 @@ def broker_pause(
     _wait_in_sync(stack, stop)
     if stop.is_set():
         return
-    victim = _busiest(stack, rig)
+    victim, why = _busiest(stack, rig)
     stack.devstack.kill(victim, signal.SIGSTOP)
+    stack.note(f"SIGSTOP {victim}, {why}")
     try:
         stop.wait(_PAUSED_FOR_S)
     finally:
         stack.devstack.kill(victim, signal.SIGCONT)
+        stack.note(f"SIGCONT {victim}")
 
 
 def _admin(stack: ChaosStack) -> AdminClient:
     return AdminClient(client_config(stack.bootstrap_servers))
 
 
-def _busiest(stack: ChaosStack, rig: KafcelRig) -> str:
-    """The node leading most partitions of the scenario's task topic."""
+def _busiest(stack: ChaosStack, rig: KafcelRig) -> tuple[str, str]:
+    """The node leading most partitions of the scenario's task topic, and that count."""
     topic = rig.settings.topic
     try:
         meta = _admin(stack).list_topics(topic, timeout=10)
@@ -93,7 +102,9 @@ def _busiest(stack: ChaosStack, rig: KafcelRig) -> str:
     leaders = Counter(p.leader for p in meta.topics[topic].partitions.values() if p.leader >= 0)
     if not leaders:
         raise DevStackError(f"{topic} has no partition leader")
-    return stack.devstack.node_name(leaders.most_common(1)[0][0])
+    node, count = leaders.most_common(1)[0]
+    total = len(meta.topics[topic].partitions)
+    return stack.devstack.node_name(node), f"leader of {count} of {total} task partitions"
 
 
 def _wait_in_sync(stack: ChaosStack, stop: threading.Event) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import redis
@@ -51,6 +52,8 @@ class ChaosStack:
             state_dir=state_dir / "stack",
             cache_dir=cache_dir,
         )
+        self.faults: list[str] = []
+        self._since = time.monotonic()
         # Its own Redis: no fault of the suite touches the evidence.
         self.ledger = DevStack(
             kafka_ports=kafka_ports[:2],
@@ -83,6 +86,16 @@ class ChaosStack:
     def up(self) -> None:
         self.devstack.up()
         self.ledger.up()
+
+    def note(self, event: str) -> None:
+        """Log a fault as it is injected, with the seconds since the scenario started:
+        the row shows what struck and when, so a pass is seen to have been tested."""
+        self.faults.append(f"{time.monotonic() - self._since:.1f}s {event}")
+
+    def begin(self) -> None:
+        """A scenario starts: its fault log starts empty, its clock at 0."""
+        self.faults = []
+        self._since = time.monotonic()
 
     def env(self, settings: Settings) -> dict[str, str]:
         """The environment of a worker or bridge on this stack: ``settings`` as

@@ -54,6 +54,7 @@ class ScenarioResult:
     unexpected: int = 0
     submit_failed: int = 0
     nodes: int = 1
+    faults: list[str] = field(default_factory=list)  # what struck and when
     note: str = ""
     passed: bool = field(init=False)
 
@@ -76,6 +77,8 @@ class ScenarioResult:
         out.update(peak_lag=self.peak_lag, drain_s=round(self.drain_s, 1))
         out.update(reruns=self.reruns, redispatched=self.redispatched)
         out["passed"] = self.passed
+        if self.faults:
+            out["faults"] = self.faults
         if self.note:
             out["note"] = self.note
         return out
@@ -182,6 +185,7 @@ def run_suite(
                         cancel=cancel,
                     )
                     result.nodes = size
+                    result.faults = list(stack.faults)
                     if not result.passed and keep_logs is not None:
                         target = keep_logs / f"{scenario.system}-{scenario.name}"
                         shutil.rmtree(target, ignore_errors=True)
@@ -209,6 +213,7 @@ def run_scenario(
     cancel: threading.Event | None = None,
 ) -> ScenarioResult:
     run = uuid.uuid4().hex[:8]
+    stack.begin()
     settings = chaos_settings(stack, run)
     workload = make_workload(
         run=run, n_tasks=n_tasks, poison_ratio=scenario.poison_ratio, seed=seed
