@@ -276,6 +276,19 @@ def test_three_kafka_nodes_replicate_and_survive_one_down(tmp_path: Path) -> Non
         _produce(dev.bootstrap_servers, "rep", 50)
         dev.start("kafka-2")
         assert _count(dev.bootstrap_servers, "rep", 3) == 100
+        # The quorum's leader, as kafka-metadata-quorum names it; killed, another leads.
+        controller = dev.active_controller()
+        assert controller in ("kafka", "kafka-2", "kafka-3")
+        dev.kill(controller)
+
+        def another_leads() -> bool:
+            try:
+                return dev.active_controller() != controller
+            except DevStackError:  # no leader while the quorum elects one
+                return False
+
+        wait_until(another_leads, 60, "a new quorum leader")
+        dev.start(controller)
     finally:
         dev.down()
 
