@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .netfaults import partition_bridge, partition_worker
 from .rig import ChaosStack, KafcelRig
 
 __all__ = ["FAST", "SCENARIOS", "Scenario"]
@@ -37,6 +38,8 @@ class Scenario:
     # Spread submission over this many seconds (the bounce scenario needs a long run).
     submit_over_s: float = 0.0
     description: str = ""
+    # Each worker and bridge in a network namespace of its own (chaos/netlab.py; root).
+    netns: bool = False
 
 
 def moments(rng: random.Random, n: int, low: float = 0.05, high: float = 0.85) -> list[float]:
@@ -142,6 +145,22 @@ SCENARIOS: list[Scenario] = [
         bridges=2,
         submit_over_s=110.0,
         description="2 bridges, one stopped/started every 10 s for 2 min",
+    ),
+    Scenario(
+        "bridge-partition",
+        "kafcel",
+        partition_bridge,
+        bridges=2,
+        netns=True,
+        description="2 bridges, one cut off from Kafka for 30 s while it holds tasks",
+    ),
+    Scenario(
+        "worker-partition",
+        "kafcel",
+        partition_worker,
+        workers=2,
+        netns=True,
+        description="2 workers, one cut off from Celery's Redis for 30 s while its tasks run",
     ),
     Scenario(
         "poison",

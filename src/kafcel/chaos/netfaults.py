@@ -1,0 +1,75 @@
+"""Network partitions: a bridge cut off from Kafka, a worker cut off from Celery's Redis.
+
+Every process of these scenarios runs in a namespace of its own (chaos/netlab.py); the
+fault drops, in one process's namespace, its packets to and from some of the services'
+ports, for ``CUT_FOR_S``, then heals. Unlike SIGSTOP the process keeps running: its
+timers fire, it acts on what it last knew, and its kernel retransmits into the void.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import TYPE_CHECKING
+
+from .netlab import Netns
+from .rig import ChaosStack, KafcelRig
+
+if TYPE_CHECKING:
+    from .scenarios import Progress
+
+__all__ = ["CUT_FOR_S", "kafka_client_ports", "partition_bridge", "partition_worker"]
+
+log = logging.getLogger("kafcel.chaos")
+
+# Five times the chaos settings' 6 s session and ten 3 s leases: long enough that the
+# group and the once-guard give the cut-off process up, not a blip they ride out.
+CUT_FOR_S = 30.0
+
+
+def kafka_client_ports(stack: ChaosStack) -> list[int]:
+    """The port clients reach each Kafka node on (not the KRaft controller ports)."""
+    devstack = stack.devstack
+    if devstack.broker == "kafka":
+        return [node.port for node in devstack.kafka.nodes]
+    return [devstack.kafka_port]
+
+
+def _cut_at_random_moment(
+    netns: Netns,
+    ports: list[int],
+    rng: random.Random,
+    stop: threading.Event,
+    p: Progress,
+) -> None:
+    # Imported here: scenarios.py lists these faults, so it imports this module.
+    from .scenarios import _reach, moments
+
+    (at,) = moments(rng, 1, 0.2, 0.6)
+    if not _reach(p, at, stop):
+        return
+    log.info("cutting %s off from ports %s for %.0fs", netns.label, ports, CUT_FOR_S)
+    netns.cut(ports)
+    try:
+        # The measurement waits for this thread, so stop is set early only on Ctrl-C.
+        stop.wait(CUT_FOR_S)
+    finally:
+        netns.heal()
+
+
+def partition_bridge(
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
+) -> None:
+    """Bridge 1 loses Kafka (every client port, both ways) for ``CUT_FOR_S``; it still
+    reaches Redis. Its partitions move to bridge 0 meanwhile."""
+    _cut_at_random_moment(rig.netns[("bridge", 1)], kafka_client_ports(stack), rng, stop, p)
+
+
+def partition_worker(
+    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
+) -> None:
+    """One worker loses Celery's Redis (broker, backend and once-guard; not the ledger)
+    for ``CUT_FOR_S`` while its tasks run: their leases lapse and they run elsewhere."""
+    index = rng.randrange(len(rig.workers))
+    _cut_at_random_moment(rig.netns[("worker", index)], [stack.devstack.redis_port], rng, stop, p)
