@@ -9,10 +9,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import redis
 
 from kafcel.chaos.netlab import NetLab, NetLabError, Netns
+from kafcel.dev import DevStack, free_ports
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -130,3 +133,22 @@ def test_a_failing_command_is_named_in_the_error(lab: NetLab) -> None:
     broken = Netns(name="kafcel-nonexistent", label="x", service_address=lab.address, timeout_s=5)
     with pytest.raises(NetLabError, match="ip netns exec kafcel-nonexistent"):
         broken.cut([1])
+
+
+def test_the_dev_redis_answers_clients_on_the_lab_address(lab: NetLab, tmp_path: Path) -> None:
+    """Redis's protected mode refuses every client but 127.0.0.1 when no password is set:
+    the stack bound to another address must still serve the chaos processes."""
+    redis_port, *kafka_ports = free_ports(3)
+    stack = DevStack(
+        host=lab.address,
+        redis_port=redis_port,
+        kafka_ports=kafka_ports,
+        state_dir=tmp_path,
+        services=("redis",),
+        start_timeout_s=15,
+    )
+    try:
+        stack.up()
+        assert redis.Redis.from_url(stack.redis_url, socket_timeout=2).ping()
+    finally:
+        stack.down()
