@@ -26,6 +26,12 @@ log = logging.getLogger("kafcel.chaos")
 # Five times the chaos settings' 6 s session and ten 3 s leases: long enough that the
 # group and the once-guard give the cut-off process up, not a blip they ride out.
 CUT_FOR_S = 30.0
+# After the heal the fault stays busy this long, so the measurement ends only once the
+# returning process has acted on its stale state (late commits, late outcomes): more
+# than two sessions and several leases and commit intervals.
+_AFTER_HEAL_S = 15.0
+# How long the returning bridge may take to rejoin its group.
+_REJOIN_TIMEOUT_S = 60.0
 
 
 def kafka_client_ports(stack: ChaosStack) -> list[int]:
@@ -42,13 +48,15 @@ def _cut_at_random_moment(
     rng: random.Random,
     stop: threading.Event,
     p: Progress,
-) -> None:
+) -> bool:
+    """Cut ``netns`` off from ``ports`` at a random moment of progress for ``CUT_FOR_S``;
+    False if the run ended before that moment."""
     # Imported here: scenarios.py lists these faults, so it imports this module.
     from .scenarios import _reach, moments
 
     (at,) = moments(rng, 1, 0.2, 0.6)
     if not _reach(p, at, stop):
-        return
+        return False
     log.info("cutting %s off from ports %s for %.0fs", netns.label, ports, CUT_FOR_S)
     netns.cut(ports)
     try:
@@ -56,6 +64,7 @@ def _cut_at_random_moment(
         stop.wait(CUT_FOR_S)
     finally:
         netns.heal()
+    return not stop.is_set()
 
 
 def partition_bridge(
@@ -63,7 +72,16 @@ def partition_bridge(
 ) -> None:
     """Bridge 1 loses Kafka (every client port, both ways) for ``CUT_FOR_S``; it still
     reaches Redis. Its partitions move to bridge 0 meanwhile."""
-    _cut_at_random_moment(rig.netns[("bridge", 1)], kafka_client_ports(stack), rng, stop, p)
+    bridge = rig.bridges[1]
+    mark = bridge.log_size()
+    if not _cut_at_random_moment(rig.netns[("bridge", 1)], kafka_client_ports(stack), rng, stop, p):
+        return
+    # Back in the group (its partitions were lost, so the rejoin assigns afresh), then
+    # time for whatever it would commit or settle from before the cut.
+    bridge.wait_for_log("lost without commit", timeout_s=1, after=mark)
+    healed = bridge.log_size()
+    bridge.wait_for_log("assigned:", timeout_s=_REJOIN_TIMEOUT_S, after=healed)
+    stop.wait(_AFTER_HEAL_S)
 
 
 def partition_worker(
@@ -72,4 +90,6 @@ def partition_worker(
     """One worker loses Celery's Redis (broker, backend and once-guard; not the ledger)
     for ``CUT_FOR_S`` while its tasks run: their leases lapse and they run elsewhere."""
     index = rng.randrange(len(rig.workers))
-    _cut_at_random_moment(rig.netns[("worker", index)], [stack.devstack.redis_port], rng, stop, p)
+    netns = rig.netns[("worker", index)]
+    if _cut_at_random_moment(netns, [stack.devstack.redis_port], rng, stop, p):
+        stop.wait(_AFTER_HEAL_S)
