@@ -32,26 +32,23 @@ except OSError:
 _CONNECTED, _TIMED_OUT = 0, 3
 
 
-def _why_not() -> str | None:
+@pytest.fixture(scope="module")
+def kernel() -> None:
+    """Skip (saying why) where the kernel's network namespaces are out of reach; probed
+    with ip itself, so a NetLab bug fails its test instead of skipping it."""
     if os.geteuid() != 0:
-        return f"needs root for ip netns, veth and nft (uid {os.geteuid()})"
+        pytest.skip(f"needs root for ip netns, veth and nft (running as uid {os.geteuid()})")
     if shutil.which("ip") is None or shutil.which("nft") is None:
-        return "needs ip (iproute2) and nft (nftables)"
-    try:
-        with NetLab() as lab:
-            lab.namespace("probe")
-    except NetLabError as exc:
-        return f"network namespaces unavailable here: {exc}"
-    return None
-
-
-_SKIP = _why_not()
-if _SKIP is not None:
-    pytestmark = [pytestmark, pytest.mark.skip(reason=_SKIP)]  # type: ignore[list-item]
+        pytest.skip("needs ip (iproute2) and nft (nftables)")
+    probe = f"kafcel-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"network namespaces unavailable here: {made.stderr.strip()}")
+    subprocess.run(["ip", "netns", "del", probe], check=True)
 
 
 @pytest.fixture()
-def lab() -> Iterator[NetLab]:
+def lab(kernel: None) -> Iterator[NetLab]:
     with NetLab() as lab:
         yield lab
 
@@ -152,3 +149,20 @@ def test_the_dev_redis_answers_clients_on_the_lab_address(lab: NetLab, tmp_path:
         assert redis.Redis.from_url(stack.redis_url, socket_timeout=2).ping()
     finally:
         stack.down()
+
+
+def test_without_root_the_scenario_row_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kafcel.chaos import netlab
+    from kafcel.chaos.runner import _not_run, _open_netlab
+    from kafcel.chaos.scenarios import SCENARIOS
+
+    monkeypatch.setattr(netlab.os, "geteuid", lambda: 1000)
+    with pytest.raises(NetLabError, match=r"need root .* uid 1000"):
+        NetLab()
+    partitions = [s for s in SCENARIOS if s.netns]
+    assert {s.name for s in partitions} == {"bridge-partition", "worker-partition"}
+    lab, why = _open_netlab(partitions)
+    assert lab is None and "need root" in why
+    assert _open_netlab([s for s in SCENARIOS if not s.netns]) == (None, "")
+    row = _not_run(partitions[0], why).row()
+    assert row["passed"] is False and "need root" in row["note"]
