@@ -16,6 +16,7 @@ import redis
 
 from kafcel.chaos.netlab import NetLab, NetLabError, Netns
 from kafcel.dev import DevStack, free_ports
+from kafcel.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -125,8 +126,12 @@ def test_close_leaves_no_namespace_veth_or_address(lab: NetLab) -> None:
 
 def test_a_failing_command_is_named_in_the_error(lab: NetLab) -> None:
     ns = lab.namespace("worker 1")
-    with pytest.raises(NetLabError, match="ports"):
+    with pytest.raises(ConfigError, match="ports"):
         ns.cut([])
+    with pytest.raises(ConfigError, match="label"):
+        lab.namespace(" ")
+    with pytest.raises(ConfigError, match="timeout_s"):
+        NetLab(timeout_s=float("nan"))
     broken = Netns(name="kafcel-nonexistent", label="x", service_address=lab.address, timeout_s=5)
     with pytest.raises(NetLabError, match="ip netns exec kafcel-nonexistent"):
         broken.cut([1])

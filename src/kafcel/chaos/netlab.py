@@ -20,7 +20,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 
-from ..errors import DevStackError
+from ..errors import ConfigError, DevStackError
 
 __all__ = ["NetLab", "NetLabError", "Netns"]
 
@@ -69,7 +69,7 @@ class Netns:
         address, both ways, until :meth:`heal`."""
         wanted = tuple(sorted(set(ports)))
         if not wanted or any(not 0 < p < 65536 for p in wanted):
-            raise NetLabError(f"cut needs TCP ports from 1 to 65535, got {wanted!r}")
+            raise ConfigError(f"cut needs TCP ports from 1 to 65535, got {wanted!r}")
         self.heal()
         listed = ", ".join(str(p) for p in wanted)
         addr = self.service_address
@@ -99,8 +99,10 @@ class NetLab:
     :meth:`close` in ``finally`` (after stopping the processes inside)."""
 
     def __init__(self, *, timeout_s: float = 10.0, rng: random.Random | None = None) -> None:
-        if not isinstance(timeout_s, int | float) or not 0 < timeout_s < 600:
-            raise NetLabError(
+        number = isinstance(timeout_s, int | float) and not isinstance(timeout_s, bool)
+        # The chained comparison is False for NaN, so NaN is rejected too.
+        if not number or not 0 < timeout_s < 600:
+            raise ConfigError(
                 f"timeout_s must be a number of seconds in (0, 600), got {timeout_s!r}"
             )
         self._timeout_s = float(timeout_s)
@@ -146,6 +148,8 @@ class NetLab:
 
     def namespace(self, label: str) -> Netns:
         """A new namespace whose default route leads to the host (and the services)."""
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError(f"a namespace needs a label (what runs in it), got {label!r}")
         if not self.address:
             raise NetLabError("this NetLab is closed")
         if self._count >= _MAX_NAMESPACES:
