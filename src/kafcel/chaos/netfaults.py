@@ -91,5 +91,11 @@ def partition_worker(
     for ``CUT_FOR_S`` while its tasks run: their leases lapse and they run elsewhere."""
     index = rng.randrange(len(rig.workers))
     netns = rig.netns[("worker", index)]
-    if _cut_at_random_moment(netns, [stack.devstack.redis_port], rng, stop, p):
-        stop.wait(_AFTER_HEAL_S)
+    if not _cut_at_random_moment(netns, [stack.devstack.redis_port], rng, stop, p):
+        return
+    if not rig.workers[index].alive():
+        # What its supervisor would do (docs/reliability.md, Limits): a worker that gave
+        # up during the cut comes back, in the same namespace.
+        log.warning("worker %d ended during the cut: starting it again", index)
+        rig.start_worker(index)
+    stop.wait(_AFTER_HEAL_S)
