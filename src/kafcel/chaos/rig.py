@@ -19,6 +19,7 @@ import redis
 from ..dev import DevStack, free_ports
 from ..procs import ManagedProcess, bridge_argv, worker_argv
 from ..settings import Settings
+from .netlab import Netns
 from .tasks import LEDGER_ENV
 
 __all__ = ["APP", "ChaosStack", "KafcelRig"]
@@ -29,7 +30,8 @@ APP = "kafcel.chaos.app:app"
 class ChaosStack:
     """``broker``: ``kafka`` (Apache Kafka, ``brokers`` KRaft nodes: 1, or 3 with
     replication 3 and ``min.insync.replicas=2``) or ``tansu``. Apache Kafka's jars are
-    taken from ``cache_dir`` (fetched there once when absent)."""
+    taken from ``cache_dir`` (fetched there once when absent). ``host``: the address
+    every service listens on and advertises (a NetLab's, for network partitions)."""
 
     def __init__(
         self,
@@ -38,12 +40,14 @@ class ChaosStack:
         broker: str = "kafka",
         brokers: int = 1,
         cache_dir: Path | str = ".kafcel/kafka",
+        host: str = "127.0.0.1",
     ) -> None:
         self.state_dir = state_dir
         # Every port picked free at once: Apache Kafka's controller ports must not be
         # guessed next to the client port, where another service may already listen.
         redis_port, ledger_port, *kafka_ports = free_ports(2 + 2 * brokers)
         self.devstack = DevStack(
+            host=host,
             broker=broker,
             brokers=brokers,
             kafka_port=kafka_ports[0],
@@ -56,6 +60,7 @@ class ChaosStack:
         self._since = time.monotonic()
         # Its own Redis: no fault of the suite touches the evidence.
         self.ledger = DevStack(
+            host=host,
             kafka_ports=kafka_ports[:2],
             redis_port=ledger_port,
             state_dir=state_dir / "ledger",
@@ -128,20 +133,35 @@ class KafcelRig:
         self.queue = f"chaos-{settings.topic}"
         self.workers: list[ManagedProcess] = []
         self.bridges: list[ManagedProcess] = []
+        # The namespace each slot runs in, kept by its restarts: ("worker" | "bridge", n).
+        self.netns: dict[tuple[str, int], Netns] = {}
 
     def env(self) -> dict[str, str]:
         return {**self.stack.env(self.settings), "KAFCEL_CHAOS_QUEUE": self.queue}
 
-    def start_worker(self, index: int | None = None, *, concurrency: int = 2) -> ManagedProcess:
+    def start_worker(
+        self, index: int | None = None, *, concurrency: int = 2, netns: Netns | None = None
+    ) -> ManagedProcess:
         n = len(self.workers) if index is None else index
         argv = worker_argv(APP, queue=self.queue, concurrency=concurrency, name=f"chaos{n}")
+        argv = self._placed("worker", n, netns, argv)
         return self._start(self.workers, index, f"worker {n}", argv, f"worker{n}.log", " ready.")
 
-    def start_bridge(self, index: int | None = None) -> ManagedProcess:
+    def start_bridge(
+        self, index: int | None = None, *, netns: Netns | None = None
+    ) -> ManagedProcess:
         n = len(self.bridges) if index is None else index
+        argv = self._placed("bridge", n, netns, bridge_argv(APP))
         return self._start(
-            self.bridges, index, f"bridge {n}", bridge_argv(APP), f"bridge{n}.log", "bridge started"
+            self.bridges, index, f"bridge {n}", argv, f"bridge{n}.log", "bridge started"
         )
+
+    def _placed(self, kind: str, n: int, netns: Netns | None, argv: list[str]) -> list[str]:
+        """``argv`` inside the slot's namespace: ``netns``, else the one it ran in before."""
+        if netns is not None:
+            self.netns[(kind, n)] = netns
+        placed = self.netns.get((kind, n))
+        return argv if placed is None else placed.argv(argv)
 
     def _start(
         self,

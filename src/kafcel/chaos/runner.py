@@ -10,6 +10,7 @@ was lost). The stack is stopped at the end, also on Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from ..dlq import parse_dlq_headers
 from ..errors import KafcelError, KafkaError
 from ..settings import Settings
 from .ledger import Ledger
+from .netlab import NetLab, NetLabError
 from .rig import ChaosStack, KafcelRig
 from .scenarios import SCENARIOS, Scenario
 from .workload import Workload, make_workload, submit
@@ -163,9 +165,19 @@ def run_suite(
     by_size: dict[int, list[int]] = {}
     for i, scenario in enumerate(scenarios):
         by_size.setdefault(max(brokers, scenario.brokers), []).append(i)
-    with tempfile.TemporaryDirectory(prefix="kafcel-chaos-") as tmp:
+    lab, lab_error = _open_netlab(scenarios)
+    host = lab.address if lab is not None else "127.0.0.1"
+    with (
+        contextlib.ExitStack() as cleanup,
+        tempfile.TemporaryDirectory(prefix="kafcel-chaos-") as tmp,
+    ):
+        if lab is not None:
+            # Closed after the stacks are down (the ExitStack unwinds after them).
+            cleanup.callback(lab.close)
         for size, indexes in by_size.items():
-            stack = ChaosStack(state_dir=Path(tmp) / f"{size}-node", broker=broker, brokers=size)
+            stack = ChaosStack(
+                state_dir=Path(tmp) / f"{size}-node", broker=broker, brokers=size, host=host
+            )
             try:
                 stack.up()
                 labels.append(stack.broker_label())
@@ -174,19 +186,26 @@ def run_suite(
                 for i in indexes:
                     scenario = scenarios[i]
                     log_dir = Path(tmp) / f"{i:02d}-{scenario.system}-{scenario.name}"
-                    result = run_scenario(
-                        stack,
-                        scenario,
-                        n_tasks=n_tasks,
-                        log_dir=log_dir,
-                        seed=seed + i,
-                        stall_s=stall_s,
-                        on_progress=on_progress,
-                        cancel=cancel,
-                    )
+                    try:
+                        if scenario.netns and lab is None:
+                            raise NetLabError(lab_error)
+                        result = run_scenario(
+                            stack,
+                            scenario,
+                            n_tasks=n_tasks,
+                            log_dir=log_dir,
+                            seed=seed + i,
+                            stall_s=stall_s,
+                            on_progress=on_progress,
+                            cancel=cancel,
+                            netlab=lab if scenario.netns else None,
+                        )
+                    except NetLabError as exc:
+                        # The row says why (not root, no netns here); the others still run.
+                        result = _not_run(scenario, f"network partition unavailable: {exc}")
                     result.nodes = size
                     result.faults = list(stack.faults)
-                    if not result.passed and keep_logs is not None:
+                    if not result.passed and keep_logs is not None and log_dir.exists():
                         target = keep_logs / f"{scenario.system}-{scenario.name}"
                         shutil.rmtree(target, ignore_errors=True)
                         shutil.copytree(log_dir, target)
@@ -201,6 +220,31 @@ def run_suite(
     )
 
 
+def _open_netlab(scenarios: list[Scenario]) -> tuple[NetLab | None, str]:
+    """The run's NetLab when a scenario needs one, else why there is none."""
+    if not any(s.netns for s in scenarios):
+        return None, ""
+    try:
+        return NetLab(), ""
+    except NetLabError as exc:
+        return None, str(exc)
+
+
+def _not_run(scenario: Scenario, note: str) -> ScenarioResult:
+    return ScenarioResult(
+        name=scenario.name,
+        system=scenario.system,
+        lost=0,
+        duplicates=0,
+        out_of_order=0,
+        dlq_expected=0,
+        dlq=0,
+        peak_lag=None,
+        drain_s=0.0,
+        note=note,
+    )
+
+
 def run_scenario(
     stack: ChaosStack,
     scenario: Scenario,
@@ -211,7 +255,9 @@ def run_scenario(
     stall_s: float,
     on_progress: Callable[[str, int, int], None] | None = None,
     cancel: threading.Event | None = None,
+    netlab: NetLab | None = None,
 ) -> ScenarioResult:
+    """``netlab``: each worker and bridge then runs in a namespace of its own."""
     run = uuid.uuid4().hex[:8]
     stack.begin()
     settings = chaos_settings(stack, run)
@@ -236,10 +282,10 @@ def run_scenario(
     rig = KafcelRig(stack=stack, settings=settings, log_dir=log_dir)
     stop = threading.Event()
     try:
-        for _ in range(scenario.workers):
-            rig.start_worker()
-        for _ in range(scenario.bridges):
-            rig.start_bridge()
+        for i in range(scenario.workers):
+            rig.start_worker(netns=netlab.namespace(f"worker {i}") if netlab else None)
+        for i in range(scenario.bridges):
+            rig.start_bridge(netns=netlab.namespace(f"bridge {i}") if netlab else None)
         pace_s = scenario.submit_over_s / max(n_tasks, 1)
         watch = Watch(
             bootstrap_servers=settings.bootstrap_servers,
@@ -267,6 +313,8 @@ def run_scenario(
     finally:
         stop.set()
         rig.stop()
+        if netlab is not None:
+            netlab.release()
         ledger.clear()
         ledger.close()
 

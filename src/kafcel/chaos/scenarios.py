@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .brokerfaults import broker_pause, kafka_kill_9, leader_kill
+from .netfaults import partition_bridge, partition_worker
 from .rig import ChaosStack, KafcelRig
 from .timing import Progress, moments, reach
 
@@ -39,6 +40,8 @@ class Scenario:
     # A fault of Apache Kafka's own processes: not run on Tansu.
     kafka_only: bool = False
     description: str = ""
+    # Each worker and bridge in a network namespace of its own (chaos/netlab.py; root).
+    netns: bool = False
 
 
 def _five_times(
@@ -130,6 +133,22 @@ SCENARIOS: list[Scenario] = [
         bridges=2,
         submit_over_s=110.0,
         description="2 bridges, one stopped/started every 10 s for 2 min",
+    ),
+    Scenario(
+        "bridge-partition",
+        "kafcel",
+        partition_bridge,
+        bridges=2,
+        netns=True,
+        description="2 bridges, one cut off from Kafka for 30 s while it holds tasks",
+    ),
+    Scenario(
+        "worker-partition",
+        "kafcel",
+        partition_worker,
+        workers=2,
+        netns=True,
+        description="2 workers, one cut off from Celery's Redis for 30 s while its tasks run",
     ),
     Scenario(
         "kafka-kill-9",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,11 +31,25 @@ def _version() -> str:
     return f"redis {word[2:]}"
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname: whatever it resolves to, not only 127.0.0.1
+
+
 def redis_service(*, host: str, port: int, state_dir: Path) -> Service:
     url = f"redis://{host}:{port}/0"
 
     def command() -> list[str]:
         listen = ["--port", str(port), "--bind", host]
+        if not _loopback(host):
+            # Without a password, protected mode answers DENIED to every client that is
+            # not 127.0.0.1 or ::1: bound to another address on purpose (the chaos suite's
+            # network namespaces), the dev Redis must serve that address's clients.
+            listen += ["--protected-mode", "no"]
         # No RDB or AOF files: the dev Redis is disposable.
         disk = ["--save", "", "--appendonly", "no", "--dir", str(state_dir)]
         return [_redis_server(), *listen, *disk, "--daemonize", "no"]
