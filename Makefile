@@ -23,8 +23,8 @@ venv: $(VENV)/.installed
 # System packages, from Debian when absent: redis-server, a JDK (17 or newer) and Maven
 # (Apache Kafka: Maven copies its pinned jars from Maven Central into .kafcel/kafka/ once,
 # on the first `kafcel dev up`), and chromium for the tests only (the browser the dashboard
-# test drives with Playwright; Playwright's own download is not used), and nftables (nft:
-# the chaos suite's network partitions). Tansu, the second broker, comes from the dev extras.
+# test drives with Playwright; Playwright's own download is not used), and nftables and iproute2
+# (nft, ip: the chaos suite's network partitions). Tansu, the second broker, comes from the dev extras.
 CHROMIUM ?= /usr/bin/chromium
 APT_INSTALL = \
 	if [ -n "$$missing" ]; then \
@@ -40,7 +40,8 @@ STACK_PACKAGES = \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	[ "$(JAVA_MAJOR)" -ge 17 ] 2>/dev/null || missing="$$missing default-jdk-headless"; \
 	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
-	{ [ -x /usr/sbin/nft ] || command -v nft >/dev/null 2>&1; } || missing="$$missing nftables";
+	{ [ -x /usr/sbin/nft ] || command -v nft >/dev/null 2>&1; } || missing="$$missing nftables"; \
+	{ [ -x /usr/sbin/ip ] || command -v ip >/dev/null 2>&1; } || missing="$$missing iproute2";
 
 setup: venv
 	@missing=""; \
