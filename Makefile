@@ -22,9 +22,10 @@ venv: $(VENV)/.installed
 
 # System packages, from Debian when absent: redis-server, a JDK (17 or newer) and Maven
 # (Apache Kafka: Maven copies its pinned jars from Maven Central into .kafcel/kafka/ once,
-# on the first `kafcel dev up`), and chromium for the tests only (the browser the dashboard
-# test drives with Playwright; Playwright's own download is not used), and nftables and iproute2
-# (nft, ip: the chaos suite's network partitions). Tansu, the second broker, comes from the dev extras.
+# on the first `kafcel dev up`), chromium for the tests only (the browser the dashboard test
+# drives with Playwright; Playwright's own download is not used), and nftables and iproute2
+# (nft, ip: the chaos suite's network partitions). Tansu, the second broker, comes from the
+# dev extras.
 CHROMIUM ?= /usr/bin/chromium
 APT_INSTALL = \
 	if [ -n "$$missing" ]; then \

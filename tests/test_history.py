@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from kafcel.chaos.history import Effect, History, check
+from kafcel.chaos.ledger import Ledger
+from kafcel.dev import DevStack
 
 pytestmark = [pytest.mark.timeout(10)]
 
@@ -39,6 +43,13 @@ def test_an_effect_twice_is_a_duplicate_and_not_an_ordering_fault() -> None:
     assert (h.duplicated, h.out_of_order) == (1, 0)
 
 
+def test_an_order_applied_twice_still_orders_its_key_by_its_first_effect() -> None:
+    # o2 (seq 2), then o1 (seq 1): out of order, whatever o2 does again afterwards.
+    submits = {"o1": "ok", "o2": "ok"}
+    h = check(submits, _effects(("o2", "a", 2), ("o1", "a", 1), ("o2", "a", 2)))
+    assert (h.duplicated, h.out_of_order) == (1, 1)
+
+
 def test_an_effect_of_a_task_never_submitted_is_unexpected() -> None:
     h = check({"o1": "ok"}, _effects(("o1", "a", 0), ("o9", "a", 1)))
     assert (h.unexpected, h.lost, h.out_of_order) == (1, 0, 0)
@@ -51,3 +62,24 @@ def test_a_lower_sequence_after_a_higher_one_on_a_key_is_out_of_order_once_per_k
         ("o3", "b", 1), ("o4", "b", 0),  # key b: 0 after 1
     )  # fmt: skip
     assert check(submits, effects).out_of_order == 2
+
+
+def test_the_ledgers_counters_and_its_history_agree(stack: DevStack) -> None:
+    """The same effects through the real ledger script: both readings must say the same."""
+    ledger = Ledger(url=stack.redis_url, run=f"h{uuid.uuid4().hex[:8]}")
+    try:
+        ledger.record_submits(["o0", "o1", "o2", "o3"], "sent")
+        ledger.record_submits(["o0", "o1", "o2"], "ok")
+        ledger.record_submits(["o3"], "fail")
+        ledger.apply(task_id="t2", order="o2", key="a", seq=2)
+        ledger.apply(task_id="t1", order="o1", key="a", seq=1)  # out of order on key a
+        ledger.apply(task_id="t1", order="o1", key="a", seq=1)  # a rerun: no effect
+        ledger.apply(task_id="t2b", order="o2", key="a", seq=2)  # a duplicate effect
+        counts, history = ledger.counts(), ledger.history()
+        assert (counts.duplicates, counts.out_of_order, counts.reruns) == (1, 1, 2)
+        assert (history.duplicated, history.out_of_order) == (1, 1)
+        assert (history.lost, history.failed, history.unexpected) == (1, 1, 0)  # o0
+        assert ledger.failed_submits() == {"o3"}
+    finally:
+        ledger.clear()
+        ledger.close()

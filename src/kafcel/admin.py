@@ -17,7 +17,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ClusterMetadata,
+    NewTopic,
+)
 
 from .errors import ConfigError, KafkaError
 
@@ -32,9 +36,11 @@ __all__ = [
     "group_lag",
     "offset_bounds",
     "open_consumer",
+    "partition_leaders",
     "partitions_of",
     "producer_config",
     "topic_depth",
+    "under_replicated",
 ]
 
 TP = tuple[str, int]
@@ -163,14 +169,40 @@ def ensure_topics(
         time.sleep(0.1)
 
 
-def _topic_partitions(admin: AdminClient, timeout_s: float) -> dict[str, list[int]]:
-    """Partition ids of every topic the broker lists (never a request naming a topic:
+def _list_topics(admin: AdminClient, timeout_s: float) -> ClusterMetadata:
+    """Metadata of every topic the broker lists (never a request naming a topic:
     brokers with auto-creation, Tansu among them, would create it)."""
     try:
-        metadata = admin.list_topics(timeout=timeout_s)
+        return admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise KafkaError(f"Kafka is not reachable: {exc}") from exc
+
+
+def _topic_partitions(admin: AdminClient, timeout_s: float) -> dict[str, list[int]]:
+    metadata = _list_topics(admin, timeout_s)
     return {t: sorted(meta.partitions) for t, meta in metadata.topics.items() if not meta.error}
+
+
+def partition_leaders(
+    bootstrap_servers: str, topic: str, *, timeout_s: float = 10.0
+) -> dict[int, int]:
+    """Partition id -> the node id leading it (-1 while it has none), from metadata."""
+    metadata = _list_topics(_admin(bootstrap_servers), timeout_s)
+    meta = metadata.topics.get(topic)
+    if meta is None or meta.error:
+        return {}
+    return {p.id: p.leader for p in meta.partitions.values()}
+
+
+def under_replicated(bootstrap_servers: str, *, timeout_s: float = 10.0) -> list[str]:
+    """``topic/partition`` of every partition with a replica out of sync."""
+    metadata = _list_topics(_admin(bootstrap_servers), timeout_s)
+    return [
+        f"{t.topic}/{p.id}"
+        for t in metadata.topics.values()
+        for p in t.partitions.values()
+        if set(p.isrs) != set(p.replicas)
+    ]
 
 
 def partitions_of(

@@ -37,6 +37,7 @@ __all__ = [
     "InvalidJson",
     "KafcelError",
     "KafkaError",
+    "NetLabError",
     "RecordRejected",
     "RecordTooLarge",
     "SchemaViolation",
@@ -128,3 +129,7 @@ class TaskLost(KafcelError):
 
 class DevStackError(KafcelError):
     """The local development stack could not be started or reached."""
+
+
+class NetLabError(DevStackError):
+    """A network namespace, veth pair, address or nft rule could not be set up."""

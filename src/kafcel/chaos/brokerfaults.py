@@ -23,11 +23,8 @@ import threading
 import time
 from collections import Counter
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
-
-from ..admin import client_config
-from ..errors import DevStackError
+from ..admin import partition_leaders, under_replicated
+from ..errors import DevStackError, KafkaError
 from .rig import ChaosStack, KafcelRig
 from .timing import Progress, moments, reach
 
@@ -88,39 +85,25 @@ def broker_pause(
         stack.note(f"SIGCONT {victim}")
 
 
-def _admin(stack: ChaosStack) -> AdminClient:
-    return AdminClient(client_config(stack.bootstrap_servers))
-
-
 def _busiest(stack: ChaosStack, rig: KafcelRig) -> tuple[str, str]:
     """The node leading most partitions of the scenario's task topic, and that count."""
     topic = rig.settings.topic
-    try:
-        meta = _admin(stack).list_topics(topic, timeout=10)
-    except KafkaException as exc:
-        raise DevStackError(f"no metadata for {topic}: {exc}") from exc
-    leaders = Counter(p.leader for p in meta.topics[topic].partitions.values() if p.leader >= 0)
-    if not leaders:
+    leaders = partition_leaders(stack.bootstrap_servers, topic)
+    led = Counter(node for node in leaders.values() if node >= 0)
+    if not led:
         raise DevStackError(f"{topic} has no partition leader")
-    node, count = leaders.most_common(1)[0]
-    total = len(meta.topics[topic].partitions)
-    return stack.devstack.node_name(node), f"leader of {count} of {total} task partitions"
+    node, count = led.most_common(1)[0]
+    why = f"leader of {count} of {len(leaders)} task partitions"
+    return stack.devstack.node_name(node), why
 
 
 def _wait_in_sync(stack: ChaosStack, stop: threading.Event) -> None:
     """Wait until every partition of every topic has all its replicas in sync."""
-    admin = _admin(stack)
     deadline = time.monotonic() + _IN_SYNC_TIMEOUT_S
     while not stop.is_set():
         try:
-            topics = admin.list_topics(timeout=10).topics.values()
-            behind = [
-                f"{t.topic}/{p.id}"
-                for t in topics
-                for p in t.partitions.values()
-                if set(p.isrs) != set(p.replicas)
-            ]
-        except KafkaException:
+            behind = under_replicated(stack.bootstrap_servers)
+        except KafkaError:
             behind = ["(no metadata)"]
         if not behind:
             return

@@ -45,9 +45,11 @@ def check(submits: Mapping[str, str], effects: Sequence[Effect]) -> History:
     acknowledged = {order for order, answer in submits.items() if answer == OK}
     highest: dict[str, int] = {}
     disordered: set[str] = set()
+    seen: set[str] = set()
     for effect in effects:
-        if effect.order not in submits or per_order[effect.order] > 1:
+        if effect.order not in submits or effect.order in seen:
             continue  # counted as unexpected or duplicated, not as an ordering fault
+        seen.add(effect.order)
         if effect.seq < highest.get(effect.key, -1):
             disordered.add(effect.key)
         highest[effect.key] = max(effect.seq, highest.get(effect.key, -1))

@@ -31,10 +31,11 @@ redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
     return 0
 end
-redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+local effects = redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
 redis.call('RPUSH', KEYS[6], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
 local seq = tonumber(ARGV[4])
-if seq >= 0 then
+-- A duplicate effect is counted as one, not also as an ordering fault (as history.py).
+if seq >= 0 and effects == 1 then
     local last = tonumber(redis.call('HGET', KEYS[4], ARGV[3]) or '-1')
     if seq < last then
         redis.call('SADD', KEYS[5], ARGV[3])

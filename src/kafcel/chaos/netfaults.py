@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections.abc import Callable
 
 from .netlab import Netns
 from .rig import ChaosStack, KafcelRig
@@ -46,9 +47,11 @@ def _cut_at_random_moment(
     rng: random.Random,
     stop: threading.Event,
     p: Progress,
+    before_heal: Callable[[], None] | None = None,
 ) -> bool:
     """Cut ``netns`` off from ``ports`` at a random moment of progress for ``CUT_FOR_S``;
-    False if the run ended before that moment."""
+    False if the run ended before that moment. ``before_heal`` runs just before the
+    heal (to mark a log: what the process writes after it is its return)."""
     (at,) = moments(rng, 1, 0.2, 0.6)
     if not reach(p, at, stop):
         return False
@@ -59,6 +62,8 @@ def _cut_at_random_moment(
         # The measurement waits for this thread, so stop is set early only on Ctrl-C.
         stop.wait(CUT_FOR_S)
     finally:
+        if before_heal is not None:
+            before_heal()
         netns.heal()
         stack.note(f"{netns.label} reconnected")
     return not stop.is_set()
@@ -71,15 +76,18 @@ def partition_bridge(
     reaches Redis. Its partitions move to bridge 0 meanwhile."""
     bridge = rig.bridges[1]
     mark = bridge.log_size()
-    if not _cut_at_random_moment(
-        stack, rig.netns[("bridge", 1)], kafka_client_ports(stack), rng, stop, p
-    ):
+    healed = [mark]
+
+    def before_heal() -> None:
+        healed[0] = bridge.log_size()
+
+    ns = rig.netns[("bridge", 1)]
+    if not _cut_at_random_moment(stack, ns, kafka_client_ports(stack), rng, stop, p, before_heal):
         return
     # Back in the group (its partitions were lost, so the rejoin assigns afresh), then
     # time for whatever it would commit or settle from before the cut.
     bridge.wait_for_log("lost without commit", timeout_s=1, after=mark)
-    healed = bridge.log_size()
-    bridge.wait_for_log("assigned:", timeout_s=_REJOIN_TIMEOUT_S, after=healed)
+    bridge.wait_for_log("assigned:", timeout_s=_REJOIN_TIMEOUT_S, after=healed[0])
     stop.wait(_AFTER_HEAL_S)
 
 

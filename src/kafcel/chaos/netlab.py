@@ -20,7 +20,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 
-from ..errors import ConfigError, DevStackError
+from ..errors import ConfigError, NetLabError
 
 __all__ = ["NetLab", "NetLabError", "Netns"]
 
@@ -28,10 +28,6 @@ _PREFIX = "10.231"
 _TABLE = "kafcel"
 # A namespace gets a /30 of the run's /24; .0/30 holds the service address itself.
 _MAX_NAMESPACES = 63
-
-
-class NetLabError(DevStackError):
-    """A network namespace, veth pair, address or nft rule could not be set up."""
 
 
 def _run(argv: Sequence[str], *, timeout_s: float, stdin: str | None = None) -> str:
@@ -160,9 +156,10 @@ class NetLab:
         host_end, ns_end = f"kc{self._tag}{i}h", f"kc{self._tag}{i}n"
         ns = Netns(name=name, label=label, service_address=self.address, timeout_s=self._timeout_s)
         t = self._timeout_s
-        _run(["ip", "netns", "add", name], timeout_s=t)
-        # Registered before the veth exists: close() removes whatever got created.
+        # Registered first: a command that times out may still have made its part, and
+        # close() removes whatever got created ("No such" is not an error there).
         self._namespaces.append((ns, host_end))
+        _run(["ip", "netns", "add", name], timeout_s=t)
         gateway, inside = self._host(4 * i + 1), self._host(4 * i + 2)
         steps = [
             ["ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end, "netns", name],

@@ -11,6 +11,7 @@ was lost). The stack is stopped at the end, also on Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import shutil
 import tempfile
@@ -32,9 +33,11 @@ from .ledger import Ledger
 from .netlab import NetLab, NetLabError
 from .rig import ChaosStack, KafcelRig
 from .scenarios import SCENARIOS, Scenario
-from .workload import Workload, make_workload, submit
+from .workload import Tally, Workload, make_workload, submit
 
 __all__ = ["ScenarioResult", "Suite", "run_suite", "select"]
+
+log = logging.getLogger("kafcel.chaos")
 
 _PARTITIONS = 4
 _WORK_MS = 2.0
@@ -165,15 +168,15 @@ def run_suite(
     by_size: dict[int, list[int]] = {}
     for i, scenario in enumerate(scenarios):
         by_size.setdefault(max(brokers, scenario.brokers), []).append(i)
-    lab, lab_error = _open_netlab(scenarios)
-    host = lab.address if lab is not None else "127.0.0.1"
     with (
         contextlib.ExitStack() as cleanup,
         tempfile.TemporaryDirectory(prefix="kafcel-chaos-") as tmp,
     ):
+        lab, lab_error = _open_netlab(scenarios)
         if lab is not None:
             # Closed after the stacks are down (the ExitStack unwinds after them).
             cleanup.callback(lab.close)
+        host = lab.address if lab is not None else "127.0.0.1"
         for size, indexes in by_size.items():
             stack = ChaosStack(
                 state_dir=Path(tmp) / f"{size}-node", broker=broker, brokers=size, host=host
@@ -186,6 +189,7 @@ def run_suite(
                 for i in indexes:
                     scenario = scenarios[i]
                     log_dir = Path(tmp) / f"{i:02d}-{scenario.system}-{scenario.name}"
+                    stack.begin()
                     try:
                         if scenario.netns and lab is None:
                             raise NetLabError(lab_error)
@@ -259,7 +263,6 @@ def run_scenario(
 ) -> ScenarioResult:
     """``netlab``: each worker and bridge then runs in a namespace of its own."""
     run = uuid.uuid4().hex[:8]
-    stack.begin()
     settings = chaos_settings(stack, run)
     workload = make_workload(
         run=run, n_tasks=n_tasks, poison_ratio=scenario.poison_ratio, seed=seed
@@ -287,6 +290,7 @@ def run_scenario(
         for i in range(scenario.bridges):
             rig.start_bridge(netns=netlab.namespace(f"bridge {i}") if netlab else None)
         pace_s = scenario.submit_over_s / max(n_tasks, 1)
+        tally = Tally()
         watch = Watch(
             bootstrap_servers=settings.bootstrap_servers,
             group_id=settings.group_id,
@@ -302,21 +306,35 @@ def run_scenario(
             stack,
             rig,
             watch,
-            lambda: submit(settings, workload, work_ms=_WORK_MS, pace_s=pace_s, ledger=ledger),
+            lambda: submit(
+                settings,
+                workload,
+                work_ms=_WORK_MS,
+                pace_s=pace_s,
+                ledger=ledger,
+                stop=stop,
+                tally=tally,
+            ),
             seed=seed,
             stop=stop,
             stall_s=stall_s,
             on_progress=on_progress,
+            submit_progress=lambda: tally.queued / max(len(workload.sequence), 1),
         )
         result.redispatched = _redispatched(rig)
         return result
     finally:
         stop.set()
         rig.stop()
-        if netlab is not None:
-            netlab.release()
-        ledger.clear()
-        ledger.close()
+        try:
+            if netlab is not None:
+                netlab.release()
+        except NetLabError as exc:
+            # Said, not raised: the row is the run's result, a cleanup error is not.
+            log.warning("could not remove the scenario's namespaces: %s", exc)
+        finally:
+            ledger.clear()
+            ledger.close()
 
 
 def drive(
@@ -330,24 +348,46 @@ def drive(
     stop: threading.Event,
     stall_s: float,
     on_progress: Callable[[str, int, int], None] | None,
+    submit_progress: Callable[[], float] | None = None,
 ) -> ScenarioResult:
-    """Submit (in a thread), inject the fault (in another), watch until drained or stalled."""
+    """Submit (in a thread), inject the fault (in another), watch until drained or stalled.
+    The fault strikes by ``submit_progress`` (the share submitted) when the scenario says
+    so, else by the share of effects done."""
     errors: list[BaseException] = []
+    submit_errors: list[BaseException] = []
     started = time.monotonic()
-    submitter = threading.Thread(target=submit_all, name=f"submit-{scenario.name}")
+
+    def submit_then_note() -> None:
+        try:
+            submit_all()
+        except BaseException as exc:  # reported in the row rather than lost in a thread
+            submit_errors.append(exc)
+        else:
+            stack.note("submitter done: every submit answered")
+
+    submitter = threading.Thread(target=submit_then_note, name=f"submit-{scenario.name}")
     submitter.start()
-    fault = _start_fault(scenario, stack, rig, seed, stop, errors, watch.progress)
-    note = watch.until_drained(
-        busy=lambda: submitter.is_alive() or (fault is not None and fault.is_alive()),
-        stall_s=stall_s,
-        on_progress=lambda done, total: on_progress and on_progress(scenario.name, done, total),
-    )
+    progress = watch.progress
+    if scenario.faults_follow_submits and submit_progress is not None:
+        progress = submit_progress
+    fault = _start_fault(scenario, stack, rig, seed, stop, errors, progress)
+    try:
+        note = watch.until_drained(
+            busy=lambda: submitter.is_alive() or (fault is not None and fault.is_alive()),
+            stall_s=stall_s,
+            on_progress=lambda done, total: on_progress and on_progress(scenario.name, done, total),
+        )
+    finally:
+        # Also on Ctrl-C: both threads end before the stack they use goes down (a fault
+        # restarting a node after `down` would leave that node behind).
+        stop.set()
+        submitter.join()
+        if fault is not None:
+            fault.join()
     drain_s = (watch.drained_at or time.monotonic()) - started
-    stop.set()
-    submitter.join()
-    if fault is not None:
-        fault.join()
-    if errors:
+    if submit_errors:
+        note = f"submit failed: {submit_errors[0]}"
+    elif errors:
         note = f"fault failed: {errors[0]}"
     return watch.result(scenario, drain_s, note, redispatched=0)
 
@@ -507,11 +547,11 @@ class Watch:
         # and the history checked afterwards. They must agree.
         by_counters = (lost, counts.duplicates, counts.out_of_order)
         by_history = (history.lost, history.duplicated, history.out_of_order)
+        if history.unanswered and not note:
+            # Before the comparison: the counters count an unanswered submit as lost.
+            note = f"{history.unanswered} submit(s) never got an answer"
         if by_counters != by_history and not note:
             note = f"counters {by_counters} and history {by_history} disagree"
-        unanswered = history.unanswered
-        if unanswered and not note:
-            note = f"{unanswered} submit(s) never got an answer"
         return ScenarioResult(
             name=scenario.name,
             system=scenario.system,

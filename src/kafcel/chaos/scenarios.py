@@ -42,6 +42,9 @@ class Scenario:
     description: str = ""
     # Each worker and bridge in a network namespace of its own (chaos/netlab.py; root).
     netns: bool = False
+    # The fault strikes by the share of the workload submitted, not of effects done: it
+    # must hit the producer while it is still producing.
+    faults_follow_submits: bool = False
 
 
 def _five_times(
@@ -59,6 +62,7 @@ def _restart_bridge_5_times(sig: int) -> Fault:
     ) -> None:
         def hurt() -> None:
             rig.kill_bridge(0, sig=sig)
+            stack.note(f"{signal.Signals(sig).name} bridge 0")
             rig.start_bridge(0)
 
         _five_times(p, rng, stop, hurt)
@@ -72,12 +76,13 @@ def kill_worker(
     def hurt() -> None:
         index = rng.randrange(len(rig.workers))
         rig.kill_worker(index)
+        stack.note(f"SIGKILL worker {index}")
         rig.start_worker(index)
 
     _five_times(p, rng, stop, hurt)
 
 
-def _once_midway(hurt: Callable[[ChaosStack], None]) -> Fault:
+def _once_midway(hurt: Callable[[ChaosStack], None], what: str) -> Fault:
     """Hurt the stack once, somewhere between 20 % and 60 % of the run."""
 
     def fault(
@@ -85,14 +90,15 @@ def _once_midway(hurt: Callable[[ChaosStack], None]) -> Fault:
     ) -> None:
         if reach(p, rng.uniform(0.2, 0.6), stop):
             hurt(stack)
+            stack.note(what)
 
     return fault
 
 
 kill_bridge = _restart_bridge_5_times(signal.SIGKILL)
 term_bridge = _restart_bridge_5_times(signal.SIGTERM)
-flush_redis = _once_midway(ChaosStack.flush_redis)
-restart_redis = _once_midway(ChaosStack.restart_redis)
+flush_redis = _once_midway(ChaosStack.flush_redis, "FLUSHALL on Celery's Redis")
+restart_redis = _once_midway(ChaosStack.restart_redis, "Celery's Redis restarted")
 
 
 def bounce_bridge(
@@ -106,8 +112,10 @@ def bounce_bridge(
             return
         if up:
             rig.kill_bridge(1, sig=signal.SIGTERM)
+            stack.note("SIGTERM bridge 1")
         else:
             rig.start_bridge(1)
+            stack.note("bridge 1 started")
         up = not up
     if not up:
         rig.start_bridge(1)
@@ -181,6 +189,7 @@ SCENARIOS: list[Scenario] = [
         brokers=3,
         kafka_only=True,
         submit_over_s=75.0,
+        faults_follow_submits=True,
         description="leader-kill while the submitter keeps submitting; every "
         "acknowledged submit runs, every failed one is reported",
     ),
