@@ -17,10 +17,11 @@ from .kombu_kafka import KombuKafka
 from .ledger import Ledger
 from .rig import ChaosStack
 from .scenarios import Scenario
+from .watch import Watch
 from .workload import Workload
 
 if TYPE_CHECKING:
-    from .runner import ScenarioResult
+    from .result import ScenarioResult
 
 __all__ = ["run_kombu"]
 
@@ -52,7 +53,7 @@ def run_kombu(
     on_progress: Callable[[str, int, int], None] | None,
     cancel: threading.Event | None = None,
 ) -> ScenarioResult:
-    from .runner import Watch, drive
+    from .runner import drive
 
     system = KombuKafka(
         bootstrap_servers=stack.bootstrap_servers,

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .runner import Suite
+from .result import Suite
 
 __all__ = ["json_line", "render"]
 
