@@ -105,6 +105,11 @@ class Ledger:
         """Count an attempt of ``order`` (whatever its outcome); return the count so far."""
         return int(self._redis.hincrby(self._key("attempts"), order, 1))
 
+    def applied_orders(self) -> frozenset[str]:
+        """The orders whose effect happened: what the measurement loop samples twice a
+        second, without the rest of :meth:`counts`."""
+        return frozenset(o.decode() for o in self._redis.hkeys(self._key("applied")))
+
     def counts(self) -> LedgerCounts:
         applied = {k.decode(): int(v) for k, v in self._redis.hgetall(self._key("applied")).items()}
         runs = {k.decode(): int(v) for k, v in self._redis.hgetall(self._key("runs")).items()}

@@ -96,7 +96,7 @@ class Watch:
         self.peak_lag = max(self.peak_lag, lag)
         # A submit reported as failed is not expected to run (it may: then it is no loss).
         self._failed = self.ledger.failed_submits()
-        self.applied = len(self.ledger.counts().applied_ids - self._failed)
+        self.applied = len(self.ledger.applied_orders() - self._failed)
         return self.applied, len(self._dlq_seen), lag
 
     def _expected_orders(self) -> int:
