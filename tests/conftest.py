@@ -122,6 +122,7 @@ class Pipeline:
     settings: Settings
     logs_dir: Path
     bridges: list[ManagedProcess] = field(default_factory=list)
+    workers: list[ManagedProcess] = field(default_factory=list)
 
     def env(self, **overrides: Any) -> dict[str, str]:
         return {**base_env(self.stack), **self.settings.replace(**overrides).as_env()}
@@ -138,6 +139,34 @@ class Pipeline:
             cwd=ROOT,
         ).start()
         self.bridges.append(proc)
+        if wait_assigned:
+            proc.wait_for_log("assigned:", timeout_s=60)
+        return proc
+
+    def start_consumer(
+        self,
+        *,
+        pool: str = "prefork",
+        concurrency: int = 2,
+        wait_assigned: bool = True,
+        extra: tuple[str, ...] = (),
+        **overrides: Any,
+    ) -> ManagedProcess:
+        """A Celery worker that consumes the test's task topic itself (path B), on a
+        Celery queue of the test's own (where its retries go)."""
+        n = len(self.workers)
+        queue = f"q-{self.settings.topic}"
+        proc = ManagedProcess(
+            name=f"consuming worker {n}",
+            argv=[
+                *worker_argv(TEST_APP, queue=queue, concurrency=concurrency, name=f"c{n}"),
+                *("-P", pool, "--kafcel-consume", *extra),
+            ],
+            env={**self.env(**overrides), "KAFCEL_TESTS_QUEUE": queue},
+            log_path=self.logs_dir / f"{self.settings.topic}-worker{n}.log",
+            cwd=ROOT,
+        ).start()
+        self.workers.append(proc)
         if wait_assigned:
             proc.wait_for_log("assigned:", timeout_s=60)
         return proc
@@ -203,5 +232,5 @@ def pipeline(stack: DevStack, worker: ManagedProcess, logs_dir: Path) -> Iterato
     try:
         yield p
     finally:
-        for proc in p.bridges:
+        for proc in [*p.bridges, *p.workers]:
             proc.stop(timeout_s=30)

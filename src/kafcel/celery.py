@@ -49,6 +49,7 @@ events = logging.getLogger(EVENTS_LOGGER)
 HEADER = "kafcel"
 _WRAPPED = "__kafcel_guarded__"
 _REPLACED = "_kafcel_replaced"
+_CONSUMES = "_kafcel_consume_step"
 # A copy that finds its id running elsewhere comes back after at most this long.
 _MAX_BACKOFF_S = 5.0
 
@@ -143,7 +144,29 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
     task_unknown.connect(on_unknown, weak=False)
     if app.finalized:
         guard_all()
+    _consume_option(app, settings)
     return app
+
+
+def _consume_option(app: Celery, settings: Settings | None) -> None:
+    """The worker flag and consumer bootstep of path B (:mod:`kafcel.worker.consume`)."""
+    # Imported here: the consuming step runs the bridge's loop, which imports this module.
+    import click
+
+    from .worker.consume import CONSUME_FLAG, consume_step
+
+    if getattr(app, _CONSUMES, False):
+        return
+    setattr(app, _CONSUMES, True)
+    app.user_options["worker"].add(
+        click.Option(
+            [CONSUME_FLAG],
+            is_flag=True,
+            default=False,
+            help="kafcel: consume the Kafka task topic in this worker (no bridge needed)",
+        )
+    )
+    app.steps["consumer"].add(consume_step(settings))
 
 
 class _EnvConfig:

@@ -143,6 +143,13 @@ class Settings:
         default=0,
         metadata={"help": "port of a worker's Prometheus /metrics, via install() (0: off)"},
     )
+    worker_consume: bool = field(
+        default=False,
+        metadata={
+            "help": "Celery workers installed with install() consume the task topic "
+            "themselves, no bridge needed (also the worker flag --kafcel-consume)"
+        },
+    )
     dlq_revoked: bool = field(
         default=False,
         metadata={

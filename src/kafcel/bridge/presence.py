@@ -68,8 +68,12 @@ class BridgeStats:
 
 
 class Presence:
-    def __init__(self, *, client: redis.Redis[bytes], group: str, ttl_s: float = 15.0) -> None:
+    def __init__(
+        self, *, client: redis.Redis[bytes], group: str, role: str = "bridge", ttl_s: float = 15.0
+    ) -> None:
         self._redis = client
+        # "bridge", or "worker" for a Celery worker that consumes the task topic itself.
+        self.role = role
         self._ttl_ms = int(ttl_s * 1000)
         self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._key = f"{_PREFIX}{group}:{self.member}"
@@ -87,6 +91,7 @@ class Presence:
         one round trip."""
         record = {
             "member": self.member,
+            "role": self.role,
             "started": self._started,
             "updated": time.time(),
             "partitions": sorted(p for _, p in assignment),

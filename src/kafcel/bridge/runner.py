@@ -74,7 +74,8 @@ _PUBLISH_EVERY_S = 2.0
 
 
 class Bridge:
-    """Runs until :meth:`stop` (or SIGTERM/SIGINT when run in the main thread)."""
+    """Runs until :meth:`stop` (or SIGTERM/SIGINT when run in the main thread); ``role``
+    "worker" when a Celery worker runs it (:mod:`kafcel.worker.consume`)."""
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class Bridge:
         settings: Settings,
         on_ready: Callable[[], None] | None = None,
         clients: BridgeClients | None = None,
+        role: str = "bridge",
     ) -> None:
         if not isinstance(app, Celery):
             raise ConfigError("app must be a Celery app")
@@ -119,7 +121,7 @@ class Bridge:
         )
         self._offsets = Offsets(tracker=self._tracker, markers=markers, settings=settings)
         self._publisher: Publisher | None = None
-        self._presence = Presence(client=client, group=settings.group_id)
+        self._presence = Presence(client=client, group=settings.group_id, role=role)
         self._assignment = Assignment(scheduled_topic=settings.scheduled_topic)
         self._joined = False
         self._assignment_changed = False

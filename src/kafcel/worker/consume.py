@@ -1,0 +1,176 @@
+"""Path B: the Celery worker consumes the task topic itself.
+
+The worker runs the bridge's own loop (:class:`kafcel.bridge.Bridge`: validation and
+DLQ, allow-list, ordering gate, offset tracker, fenced settles, byte budget, scheduled
+tasks, redispatch, commits) in a thread of its own. Only the last step differs: an
+admitted record is not published to Celery's broker but handed to this worker's own
+Celery consumer (:mod:`kafcel.worker.handoff`), which runs it as if the broker had
+delivered it. Records settle as on the bridge path, when their final outcome reaches the
+results topic: a retry goes through Celery's broker to any worker, and its record stays
+open until that attempt's outcome. So bridges and consuming workers may share one
+topic and one group: each settles the partitions it owns, by the same rules.
+
+While Celery's consumer is stopped (its broker is unreachable, or the worker shuts
+down) nothing is handed over: records wait in the loop's held line, the in-flight bound
+pauses the partitions, and the consuming thread keeps polling, so the worker keeps its
+group membership. Requests Celery drops when its broker connection restarts are found
+by the loop's redispatch, as messages a broker lost are on the bridge path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from celery import Celery, bootsteps
+from kombu.utils import json as kombu_json
+
+from ..bridge import Bridge
+from ..bridge.clients import BridgeClients
+from ..bridge.publish import Publisher, _Prepared
+from ..errors import ConfigError
+from ..settings import Settings
+from .handoff import HandOff
+
+__all__ = ["CONSUME_FLAG", "LocalPublisher", "consume_step"]
+
+log = logging.getLogger("kafcel.worker")
+
+# The worker flag (also KAFCEL_WORKER_CONSUME=true).
+CONSUME_FLAG = "--kafcel-consume"
+# At shutdown the pool has drained: outcomes of what ran are on their way; records
+# never started get none and are left to the partition's next owner.
+_SHUTDOWN_DRAIN_S = 10.0
+
+
+class _Detached(ConnectionError):
+    """Celery's consumer is stopped: records wait, as for a broker that is down."""
+
+
+class LocalPublisher(Publisher):
+    """Hands admitted records to this worker instead of publishing them.
+
+    Celery's message is built exactly as for the broker (:class:`Publisher`), so the
+    worker sees the same headers, routing and time limits either way.
+    """
+
+    def __init__(self, *, app: Celery, handoff: HandOff) -> None:
+        super().__init__(app=app)
+        self._handoff = handoff
+
+    def reachable(self, *, timeout_s: float) -> bool:
+        return self._handoff.attached
+
+    def _send(self, prepared: list[_Prepared]) -> dict[int, Any]:
+        if not self._handoff.attached:
+            raise _Detached("the worker's Celery consumer is stopped")
+        messages = []
+        for _, _, task_message, options in prepared:
+            headers, properties, body, _ = task_message
+            headers.update(options["headers"])
+            queue = options["queue"]
+            messages.append(
+                self._handoff.message(
+                    body=_json(body),
+                    headers=headers,
+                    properties={**properties, "priority": options.get("priority")},
+                    queue=queue if isinstance(queue, str) else queue.name,
+                )
+            )
+        self._handoff.put(messages)
+        self.round_trips += 1
+        return {}
+
+
+def _json(body: Any) -> bytes:
+    # kombu's own encoder, as its JSON serializer writes the message body.
+    return str(kombu_json.dumps(body)).encode("utf-8")  # type: ignore[no-untyped-call]
+
+
+class _Consuming:
+    """The consuming thread of one worker process and its hand-off line."""
+
+    def __init__(self, *, app: Celery, settings: Settings) -> None:
+        self.handoff = HandOff()
+        handoff = self.handoff
+        self.bridge = Bridge(
+            app=app,
+            settings=settings,
+            clients=BridgeClients(publisher=lambda a: LocalPublisher(app=a, handoff=handoff)),
+            role="worker",
+        )
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="kafcel-consume", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.bridge.run()
+        except Exception as exc:
+            # The worker must not run on without its records: a warm shutdown.
+            log.critical("kafcel: the worker stops consuming Kafka: %s", exc, exc_info=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def shutdown(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self.bridge.stop()
+        thread.join()
+
+
+def consume_step(settings: Settings | None) -> type[bootsteps.StartStopStep]:
+    """The consumer bootstep that makes a worker consume the task topic, enabled by
+    :data:`CONSUME_FLAG` or ``KAFCEL_WORKER_CONSUME``."""
+
+    class KafkaConsume(bootsteps.StartStopStep):  # type: ignore[misc]
+        """Consumes kafcel's task topic and runs its records in this worker."""
+
+        # The Tasks step builds the strategies the task handler dispatches to.
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+        label = "kafcel"
+
+        def __init__(self, c: Any, kafcel_consume: bool = False, **kwargs: Any) -> None:
+            super().__init__(c, **kwargs)
+            self._settings = settings
+            self.enabled = bool(kafcel_consume) or _setting().worker_consume
+            self._consuming: _Consuming | None = None
+
+        def start(self, c: Any) -> None:
+            if c.hub is None:
+                raise ConfigError(
+                    "kafcel's in-worker consumer needs Celery's event loop: use the prefork, "
+                    "threads or solo pool (not gevent or eventlet)"
+                )
+            if self._consuming is None:
+                self._consuming = _Consuming(app=c.app, settings=self._resolved(c))
+            # Each start: the strategies capture the event dispatcher and the timer.
+            self._consuming.handoff.attach(c.hub, c.create_task_handler())
+            self._consuming.start()
+
+        def stop(self, c: Any) -> None:
+            # Also at every broker reconnect: only stop handing over.
+            if self._consuming is not None:
+                self._consuming.handoff.detach()
+
+        def shutdown(self, c: Any) -> None:
+            if self._consuming is not None:
+                self._consuming.handoff.detach()
+                self._consuming.shutdown()
+                self._consuming = None
+
+        def _resolved(self, c: Any) -> Settings:
+            s = self._settings or _setting()
+            return s.replace(drain_timeout_s=min(s.drain_timeout_s, _SHUTDOWN_DRAIN_S))
+
+    return KafkaConsume
+
+
+def _setting() -> Settings:
+    return Settings.from_env()
