@@ -45,6 +45,10 @@ def wait_until(
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "path" in metafunc.fixturenames:
+        # both_paths: once through a bridge, once through a worker consuming the topic.
+        both = metafunc.definition.get_closest_marker("both_paths") is not None
+        metafunc.parametrize("path", ["bridge", "worker"] if both else ["bridge"], indirect=True)
     if "broker" in metafunc.fixturenames:
         cross_check = metafunc.definition.get_closest_marker("tansu") is not None
         brokers = ["kafka", "tansu"] if cross_check else ["kafka"]
@@ -54,6 +58,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def broker(request: pytest.FixtureRequest) -> str:
     """Which broker the session stack runs: ``kafka`` (Apache Kafka) or ``tansu``."""
+    return str(request.param)
+
+
+@pytest.fixture()
+def path(request: pytest.FixtureRequest) -> str:
+    """Which path runs the test's records: ``bridge`` (path A) or ``worker`` (path B)."""
     return str(request.param)
 
 
@@ -121,6 +131,7 @@ class Pipeline:
     stack: DevStack
     settings: Settings
     logs_dir: Path
+    path: str = "bridge"
     bridges: list[ManagedProcess] = field(default_factory=list)
     workers: list[ManagedProcess] = field(default_factory=list)
 
@@ -142,6 +153,13 @@ class Pipeline:
         if wait_assigned:
             proc.wait_for_log("assigned:", timeout_s=60)
         return proc
+
+    def start(self, **overrides: Any) -> ManagedProcess:
+        """What consumes the task topic on the test's path: a bridge (then the session
+        worker runs the tasks) or a worker consuming it itself."""
+        if self.path == "worker":
+            return self.start_consumer(**overrides)
+        return self.start_bridge(**overrides)
 
     def start_consumer(
         self,
@@ -212,7 +230,9 @@ class Pipeline:
 
 
 @pytest.fixture()
-def pipeline(stack: DevStack, worker: ManagedProcess, logs_dir: Path) -> Iterator[Pipeline]:
+def pipeline(
+    stack: DevStack, worker: ManagedProcess, logs_dir: Path, path: str
+) -> Iterator[Pipeline]:
     run = uuid.uuid4().hex[:8]
     settings = Settings(
         bootstrap_servers=stack.bootstrap_servers,
@@ -228,7 +248,7 @@ def pipeline(stack: DevStack, worker: ManagedProcess, logs_dir: Path) -> Iterato
         settings.bootstrap_servers,
         {settings.topic: 4, settings.results_topic: 4, settings.dlq_topic: 4},
     )
-    p = Pipeline(stack=stack, settings=settings, logs_dir=logs_dir)
+    p = Pipeline(stack=stack, settings=settings, logs_dir=logs_dir, path=path)
     try:
         yield p
     finally:

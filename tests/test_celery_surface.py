@@ -40,11 +40,12 @@ def dlq_depth(pipeline: Pipeline) -> int:
     return sum(pipeline.ends(pipeline.settings.dlq_topic).values())
 
 
+@pytest.mark.both_paths
 def test_envelope_headers_reach_the_task_request_and_cannot_forge_celerys(
     pipeline: Pipeline, ledger: Ledger
 ) -> None:
     name, _ = ledger
-    pipeline.start_bridge()
+    pipeline.start()
     headers = {"traceparent": TRACEPARENT, "tenant": "acme", "id": "evil", "retries": 7}
     with Producer(settings=pipeline.settings) as producer:
         task_id = producer.submit("tests.app.echo_request", args=[name], key="k", headers=headers)
@@ -73,11 +74,12 @@ def test_acks_late_is_per_message_a_plain_delay_keeps_the_apps_acks_early(
     wait_until(pipeline.fully_committed, 30, "offsets committed")
 
 
+@pytest.mark.both_paths
 def test_an_operators_revoke_settles_without_a_dead_letter(
     pipeline: Pipeline, ledger: Ledger, client_app: Celery
 ) -> None:
     name, client = ledger
-    pipeline.start_bridge()
+    pipeline.start()
     task_id = f"{name}-revoked"
     # Revoked before it arrives: the worker discards it on receipt.
     assert client_app.control.revoke(task_id, reply=True, timeout=10)
@@ -93,11 +95,12 @@ def test_an_operators_revoke_settles_without_a_dead_letter(
     assert not client.hexists(f"{name}:effects", "never")
 
 
+@pytest.mark.both_paths
 def test_revoke_terminate_settles_a_running_task_as_revoked(
     pipeline: Pipeline, ledger: Ledger, client_app: Celery
 ) -> None:
     name, client = ledger
-    pipeline.start_bridge()
+    pipeline.start()
     with Producer(settings=pipeline.settings) as producer:
         task_id = producer.submit("tests.app.slow", args=[name, "long", 60.0], key="k")
     wait_until(lambda: client.hexists(f"{name}:started", "long"), 60, "the task to start")
@@ -109,11 +112,12 @@ def test_revoke_terminate_settles_a_running_task_as_revoked(
     assert not client.hexists(f"{name}:effects", "long")
 
 
+@pytest.mark.both_paths
 def test_revoked_tasks_are_dead_lettered_when_configured(
     pipeline: Pipeline, ledger: Ledger, client_app: Celery
 ) -> None:
     name, _ = ledger
-    pipeline.start_bridge(dlq_revoked=True)
+    pipeline.start(dlq_revoked=True)
     task_id = f"{name}-revoked"
     assert client_app.control.revoke(task_id, reply=True, timeout=10)
     with Producer(settings=pipeline.settings) as producer:
@@ -123,11 +127,12 @@ def test_revoked_tasks_are_dead_lettered_when_configured(
     wait_until(pipeline.fully_committed, 30, "offsets committed")
 
 
+@pytest.mark.both_paths
 def test_a_replaced_task_settles_on_its_replacements_outcome(
     pipeline: Pipeline, ledger: Ledger
 ) -> None:
     name, client = ledger
-    pipeline.start_bridge()
+    pipeline.start()
     with Producer(settings=pipeline.settings) as producer:
         task_id = producer.submit("tests.app.replaced", args=[name, "swap"], key="k")
         failing = producer.submit("tests.app.replaced", args=[name, "fail"], key="j")

@@ -59,13 +59,14 @@ def status_json(pipeline: Pipeline) -> dict[str, object]:
     return report
 
 
+@pytest.mark.both_paths
 @pytest.mark.timeout(300)
 def test_key_order_holds_for_200_keys_of_50_across_retries(
     pipeline: Pipeline, ledger: Ledger
 ) -> None:
     name, client = ledger
     keys, per_key = 200, 50
-    pipeline.start_bridge(ordering="key")
+    pipeline.start(ordering="key")
     rng = random.Random(7)
     calls = [(k, seq) for seq in range(per_key) for k in range(keys)]
     with Producer(settings=pipeline.settings) as producer:
@@ -157,12 +158,13 @@ def test_lease_is_renewed_while_running_and_a_dead_workers_task_runs_again(
         second.stop(timeout_s=20)
 
 
+@pytest.mark.both_paths
 @pytest.mark.timeout(180)
 def test_a_task_that_kills_its_worker_is_dead_lettered_after_max_attempts(
     pipeline: Pipeline, ledger: Ledger
 ) -> None:
     name, client = ledger
-    pipeline.start_bridge()
+    pipeline.start()
     with Producer(settings=pipeline.settings) as producer:
         doomed = producer.submit("tests.app.suicide", args=[name, "boom"], key="same")
         # The key's next task waits for the doomed one, then runs: nothing stalls.

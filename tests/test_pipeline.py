@@ -102,11 +102,12 @@ POISON: list[tuple[str, bytes, str]] = [
 ]
 
 
+@pytest.mark.both_paths
 def test_poison_records_go_to_the_dlq_with_their_reason_and_nothing_stalls(
     pipeline: Pipeline, ledger: Ledger
 ) -> None:
     name, client = ledger
-    pipeline.start_bridge(max_record_bytes=2000, deny=("tests.app.slow",))
+    pipeline.start(max_record_bytes=2000, deny=("tests.app.slow",))
     raw = KafkaProducer({"bootstrap.servers": pipeline.settings.bootstrap_servers})
     for label, value, _ in POISON:
         raw.produce(
@@ -134,11 +135,12 @@ def test_poison_records_go_to_the_dlq_with_their_reason_and_nothing_stalls(
     wait_until(pipeline.fully_committed, 30, "offsets committed past the poison")
 
 
+@pytest.mark.both_paths
 def test_retry_shapes_succeed_and_a_task_failing_for_good_lands_in_the_dlq(
     pipeline: Pipeline, ledger: Ledger
 ) -> None:
     name, client = ledger
-    pipeline.start_bridge()
+    pipeline.start()
     with Producer(settings=pipeline.settings) as producer:
         bind_id = producer.submit("tests.app.flaky_bind", args=[name, "bind", 2], key="a")
         auto_id = producer.submit("tests.app.flaky_auto", args=[name, "auto", 2], key="b")
@@ -166,9 +168,10 @@ def test_retry_shapes_succeed_and_a_task_failing_for_good_lands_in_the_dlq(
     wait_until(pipeline.fully_committed, 30, "offsets committed")
 
 
+@pytest.mark.both_paths
 def test_same_id_twice_has_one_effect(pipeline: Pipeline, ledger: Ledger) -> None:
     name, client = ledger
-    pipeline.start_bridge()
+    pipeline.start()
     with Producer(settings=pipeline.settings) as producer:
         for _ in range(3):
             producer.submit("tests.app.record", args=[name, "once"], id=f"{name}-order-1", key="k")
@@ -178,11 +181,12 @@ def test_same_id_twice_has_one_effect(pipeline: Pipeline, ledger: Ledger) -> Non
     assert {json.loads(m.value())["task_id"] for m in outcomes} == {f"{name}-order-1"}
 
 
+@pytest.mark.both_paths
 def test_key_ordering_keeps_each_keys_effects_in_submission_order(
     pipeline: Pipeline, ledger: Ledger
 ) -> None:
     name, client = ledger
-    pipeline.start_bridge(ordering="key")
+    pipeline.start(ordering="key")
     keys, per_key = 12, 8
     with Producer(settings=pipeline.settings) as producer:
         for seq in range(per_key):
@@ -200,11 +204,12 @@ def test_key_ordering_keeps_each_keys_effects_in_submission_order(
     wait_until(pipeline.fully_committed, 30, "offsets committed")
 
 
+@pytest.mark.both_paths
 def test_countdown_is_honoured_and_an_expired_task_settles_through_the_dlq(
     pipeline: Pipeline, ledger: Ledger
 ) -> None:
     name, client = ledger
-    pipeline.start_bridge()
+    pipeline.start()
     before = datetime.now(UTC)
     with Producer(settings=pipeline.settings) as producer:
         later = producer.submit("tests.app.record", args=[name, "later"], key="a", countdown=1.5)
@@ -246,6 +251,7 @@ def test_task_allowed_by_pattern_but_unknown_to_the_worker_is_dead_lettered(
     wait_until(pipeline.fully_committed, 30, "offsets committed")
 
 
+@pytest.mark.both_paths
 def test_a_failure_near_kafkas_size_limits_still_leaves_its_dead_letter(
     pipeline: Pipeline, ledger: Ledger
 ) -> None:
@@ -253,7 +259,7 @@ def test_a_failure_near_kafkas_size_limits_still_leaves_its_dead_letter(
     (its rebuilt copy is more than the producer's message.max.bytes) and one whose
     exception message is 5 MB each leave a dead letter, and their records settle."""
     name, _ = ledger
-    pipeline.start_bridge()
+    pipeline.start()
     payload = "x" * ((1 << 20) - 400)  # with its envelope, just under kafcel's 1 MiB limit
     # A producer's default message.max.bytes (1,000,000) is below kafcel's record limit.
     with Producer(settings=pipeline.settings, config={"message.max.bytes": 2 << 20}) as producer:
