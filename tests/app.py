@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import task_postrun, task_prerun
 
 from kafcel.celery import app_from_env, origin_of
 from kafcel.settings import Settings
@@ -177,3 +179,34 @@ def fails_loudly(name: str, item: Any, message_bytes: int = 0, payload: str = ""
     large as ``payload`` makes it)."""
     _record(name, item, 0)
     raise ValueError("m" * message_bytes or f"{item} fails")
+
+
+@app.task(bind=True, soft_time_limit=1)
+def soft_limited(self: Any, name: str, item: Any) -> str:
+    """Catches its soft time limit and finishes cleanly."""
+    try:
+        time.sleep(10)
+    except SoftTimeLimitExceeded:
+        ledger().hincrby(f"{name}:effects", str(item), 1)
+        return "soft"
+    return "slept"
+
+
+@app.task(time_limit=1)
+def hard_limited(name: str, item: Any) -> None:
+    """Killed by its hard time limit."""
+    _record(name, item, 0)
+    time.sleep(10)
+
+
+def _signalled(signal_name: str) -> Any:
+    def receiver(sender: Any = None, args: Any = None, **_: Any) -> None:
+        # Only the tests that ask for it: the first argument names their ledger.
+        if args and isinstance(args[0], str) and args[0].endswith(":signals"):
+            ledger().rpush(args[0], signal_name)
+
+    return receiver
+
+
+for _signal in (task_prerun, task_postrun):
+    _signal.connect(_signalled(_signal.name), weak=False)

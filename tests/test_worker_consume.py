@@ -3,8 +3,18 @@ task topic itself, no bridge, with the bridge path's guarantees."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 import redis
+from celery import Celery
+from celery.result import AsyncResult
 
 from kafcel import Outcome, Producer
 
@@ -44,3 +54,147 @@ def test_a_consuming_worker_runs_every_record_once_and_commits(
     wait_until(pipeline.fully_committed, 30, "offsets committed to the end")
     effects = counts(client, f"{name}:effects")
     assert len(effects) == n and set(effects.values()) == {1}
+
+
+@pytest.fixture()
+def client_app(pipeline: Pipeline) -> Iterator[Celery]:
+    """A plain Celery client of the tests' broker and result backend."""
+    url = pipeline.settings.redis_url
+    app = Celery("client", broker=url, backend=url)
+    yield app
+    app.close()
+
+
+class Events:
+    """Celery's task events, as Flower receives them, captured in a thread."""
+
+    def __init__(self, app: Celery) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self._conn = app.connection()
+        self._receiver = app.events.Receiver(self._conn, handlers={"*": self.seen.append})
+        self._thread = threading.Thread(target=self._capture, daemon=True)
+        self._thread.start()
+
+    def _capture(self) -> None:
+        with contextlib.suppress(Exception):
+            self._receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def wait_listening(self, app: Celery) -> None:
+        """Until an event of the test's own comes back: the receiver is subscribed."""
+        with app.events.default_dispatcher() as dispatcher:
+
+            def heard() -> bool:
+                dispatcher.send("kafcel-test-ping")
+                return any(e["type"] == "kafcel-test-ping" for e in list(self.seen))
+
+            wait_until(heard, 30, "the event receiver to listen")
+
+    def of(self, task_id: str) -> list[str]:
+        return [e["type"] for e in list(self.seen) if e.get("uuid") == task_id]
+
+    def close(self) -> None:
+        self._receiver.should_stop = True
+        self._thread.join(timeout=10)
+        self._conn.release()
+
+
+def test_events_inspect_signals_and_the_result_backend_see_a_consumed_task(
+    pipeline: Pipeline, ledger: Ledger, client_app: Celery
+) -> None:
+    name, client = ledger
+    signalled = f"{name}:signals"
+    events = Events(client_app)
+    try:
+        events.wait_listening(client_app)
+        pipeline.start_consumer(extra=("-E",))
+        with Producer(settings=pipeline.settings) as producer:
+            slow_id = producer.submit("tests.app.slow", args=[name, "long", 5.0], key="a")
+            quick_id = producer.submit("tests.app.record", args=[signalled, "s"], key="b")
+        wait_until(lambda: client.hexists(f"{name}:started", "long"), 60, "the task to start")
+        # Only the consuming worker, whose one answer ends each call.
+        inspect = client_app.control.inspect([f"c0@{socket.gethostname()}"], timeout=10, limit=1)
+        active = [request for requests in (inspect.active() or {}).values() for request in requests]
+        assert [r["id"] for r in active if r["name"] == "tests.app.slow"] == [slow_id]
+        queried = inspect.query_task(slow_id) or {}
+        assert [state for found in queried.values() for state, _ in found.values()] == ["active"]
+        # The result backend, as AsyncResult.get() reads it.
+        assert AsyncResult(quick_id, app=client_app).get(timeout=30) == "s"
+        assert AsyncResult(slow_id, app=client_app).get(timeout=30) == "long"
+        assert [x.decode() for x in client.lrange(signalled, 0, -1)] == [
+            "task_prerun",
+            "task_postrun",
+        ]
+        wait_until(
+            lambda: {"task-received", "task-started", "task-succeeded"} <= set(events.of(slow_id)),
+            30,
+            "the task's events",
+        )
+        wait_until(pipeline.fully_committed, 30, "offsets committed")
+    finally:
+        events.close()
+        client.delete(
+            signalled, f"{signalled}:attempts", f"{signalled}:effects", f"{signalled}:log"
+        )
+
+
+def test_soft_and_hard_time_limits_on_a_consuming_prefork_worker(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    name, client = ledger
+    pipeline.start_consumer(pool="prefork")
+    with Producer(settings=pipeline.settings) as producer:
+        soft = producer.submit("tests.app.soft_limited", args=[name, "soft"], key="a")
+        hard = producer.submit("tests.app.hard_limited", args=[name, "hard"], key="b")
+    outcomes = outcomes_for(pipeline, 2)
+    assert outcomes[soft].status == "SUCCESS" and outcomes[soft].result == "soft"
+    assert outcomes[hard].status == "FAILURE"
+    assert outcomes[hard].error_class == "TimeLimitExceeded"
+    # Killed by its limit, it is not run again: one attempt, and its record settles.
+    assert counts(client, f"{name}:attempts") == {"hard": 1}
+    wait_until(pipeline.fully_committed, 30, "offsets committed")
+
+
+def test_sigterm_finishes_the_running_tasks_and_the_next_worker_runs_the_rest(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    name, client = ledger
+    first = pipeline.start_consumer(concurrency=2)
+    n = 8
+    with Producer(settings=pipeline.settings) as producer:
+        for i in range(n):
+            producer.submit("tests.app.slow", args=[name, i, 1.5], key=f"k{i}")
+    wait_until(lambda: client.hlen(f"{name}:started") >= 2, 60, "two tasks to start")
+    started = time.monotonic()
+    first.signal(signal.SIGTERM)
+    # Warm shutdown: the running tasks finish, their records are committed, the rest
+    # stays for the partitions' next owner; no drain waits for tasks never started.
+    wait_until(lambda: not first.alive(), 40, "the worker to exit")
+    assert time.monotonic() - started < 30
+    ran = set(counts(client, f"{name}:effects"))
+    assert len(ran) >= 2
+    pipeline.start_consumer(concurrency=2)
+    wait_until(lambda: client.hlen(f"{name}:effects") == n, 90, "every task to run")
+    assert set(counts(client, f"{name}:effects").values()) == {1}
+    # None of the tasks the first worker finished ran again.
+    assert all(client.hget(f"{name}:started", item) == b"1" for item in ran)
+    wait_until(pipeline.fully_committed, 30, "offsets committed")
+
+
+def test_a_killed_consuming_worker_loses_nothing_and_repeats_no_effect(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    name, client = ledger
+    lease_s = 1.5
+    first = pipeline.start_consumer(concurrency=2, once_lease_s=lease_s)
+    n = 6
+    with Producer(settings=pipeline.settings) as producer:
+        for i in range(n):
+            producer.submit("tests.app.slow", args=[name, i, 2.0], key=f"k{i}")
+    wait_until(lambda: client.hlen(f"{name}:started") >= 2, 60, "two tasks to start")
+    # The whole worker at once, main process and pool: nothing committed, leases held.
+    first.signal(signal.SIGKILL, group=True)
+    first.stop(timeout_s=10)
+    pipeline.start_consumer(concurrency=2, once_lease_s=lease_s)
+    wait_until(lambda: client.hlen(f"{name}:effects") == n, 120, "every task to run")
+    assert set(counts(client, f"{name}:effects").values()) == {1}
+    wait_until(pipeline.fully_committed, 30, "offsets committed")
