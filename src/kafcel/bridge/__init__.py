@@ -1,6 +1,6 @@
 """The kafcel bridge: Kafka task topic in, Celery tasks out, offsets committed when settled."""
 
-from ..celery import load_app
+from ..worker import load_app
 from .filter import TaskFilter
 from .presence import BridgeStats
 from .runner import Bridge

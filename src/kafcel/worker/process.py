@@ -18,18 +18,18 @@ from confluent_kafka import KafkaException, Producer
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 
-from ..admin import client_config
 from ..deadletter import DeadLetterWriter
-from ..delivery import Writes
-from ..dlq import DeadLetter
 from ..errors import ConfigError, DeliveryError, KafcelError
-from ..lease import LeaseKeeper
-from ..once import OnceGuard
-from ..results import Origin, Outcome
+from ..guard.lease import LeaseKeeper
+from ..guard.once import OnceGuard
+from ..kafka.config import client_config
+from ..kafka.delivery import Writes
+from ..protocol.deadletter import DeadLetter
+from ..protocol.outcome import Origin, Outcome
 from ..settings import Settings
 
 if TYPE_CHECKING:
-    from ..metrics import WorkerMetrics
+    from ..telemetry.metrics import WorkerMetrics
 
 __all__ = ["WorkerProcess"]
 
@@ -64,7 +64,7 @@ class WorkerProcess:
         port = (self._settings or Settings.from_env()).worker_metrics_port
         if not port:
             return
-        from ..metrics import start_worker_metrics  # only imported when metrics are on
+        from ..telemetry.metrics import start_worker_metrics  # only imported when metrics are on
 
         try:
             self.metrics = start_worker_metrics(port=port)
