@@ -59,6 +59,7 @@ lint: venv
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy --strict src
+	$(BIN)/lint-imports
 
 format: venv
 	$(BIN)/ruff check --fix src tests benchmarks examples

@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from kafcel.envelope import Envelope
 from kafcel.producer import Producer
+from kafcel.protocol.envelope import Envelope
 
 from .measure import memory
 from .rig import BenchRig

@@ -17,11 +17,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from kafcel.admin import ensure_topics
 from kafcel.chaos.ledger import Ledger
 from kafcel.chaos.rig import ChaosStack, KafcelRig
 from kafcel.chaos.runner import chaos_settings
 from kafcel.chaos.workload import make_workload, submit
+from kafcel.kafka.admin import ensure_topics
 
 
 def measure(stack: ChaosStack, mode: str, n_tasks: int, work_ms: float, log_dir: Path) -> float:

@@ -21,11 +21,11 @@ from confluent_kafka import Consumer
 from confluent_kafka import Producer as KafkaProducer
 
 from kafcel import Producer
-from kafcel.admin import client_config
 from kafcel.chaos.kombu_kafka import KombuKafka
-from kafcel.envelope import Envelope
-from kafcel.procs import ManagedProcess
+from kafcel.dev.procs import ManagedProcess
+from kafcel.kafka.config import client_config
 from kafcel.producer import _DEFAULTS as PRODUCER_DEFAULTS
+from kafcel.protocol.envelope import Envelope
 from kafcel.settings import Settings
 
 from .rig import BenchRig, cpu_s, peak_rss_mb, processes, wait_for

@@ -22,8 +22,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from kafcel.dev import DevStack, free_ports
-from kafcel.once import OnceGuard
-from kafcel.results import SUCCESS, Outcome
+from kafcel.guard.once import OnceGuard
+from kafcel.protocol.outcome import SUCCESS, Outcome
 
 _BATCH = 1000
 

@@ -23,7 +23,7 @@ import redis
 from kafcel.chaos.kombu_kafka import KombuKafka
 from kafcel.chaos.rig import ChaosStack
 from kafcel.chaos.tasks import LEDGER_ENV
-from kafcel.procs import ManagedProcess, bridge_argv, worker_argv
+from kafcel.dev.procs import ManagedProcess, bridge_argv, worker_argv
 from kafcel.settings import Settings
 
 __all__ = [

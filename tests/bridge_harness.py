@@ -33,9 +33,9 @@ from kafcel.bridge.dispatch import Dispatch
 from kafcel.bridge.held import HeldDispatches
 from kafcel.bridge.runner import Bridge
 from kafcel.bridge.sequence import SequenceGuard
-from kafcel.broker import APACHE_KAFKA, BrokerKind
 from kafcel.errors import DispatchHeld, DispatchRefused
-from kafcel.results import Outcome
+from kafcel.kafka.broker import APACHE_KAFKA, BrokerKind
+from kafcel.protocol.outcome import Outcome
 from kafcel.settings import Settings
 
 TP = tuple[str, int]

@@ -22,9 +22,9 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from kafcel.admin import committed_offsets, end_offsets, ensure_topics, partitions_of
 from kafcel.dev import DevStack, free_ports
-from kafcel.procs import ManagedProcess, bridge_argv, worker_argv
+from kafcel.dev.procs import ManagedProcess, bridge_argv, worker_argv
+from kafcel.kafka.admin import committed_offsets, end_offsets, ensure_topics, partitions_of
 from kafcel.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

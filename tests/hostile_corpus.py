@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kafcel.envelope import DEFAULT_MAX_BYTES, Envelope
+from kafcel.protocol.envelope import DEFAULT_MAX_BYTES, Envelope
 
 __all__ = [
     "CANARY",

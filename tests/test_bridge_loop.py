@@ -12,7 +12,7 @@ import pytest
 from celery import Celery
 
 from kafcel.dev import DevStack
-from kafcel.results import SUCCESS, Outcome
+from kafcel.protocol.outcome import SUCCESS, Outcome
 from kafcel.settings import Settings
 
 from .bridge_harness import BridgeHarness, envelope

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import KafkaException
 
-from kafcel.broker import APACHE_KAFKA, TANSU, detect
+from kafcel.kafka.broker import APACHE_KAFKA, TANSU, detect
 
 pytestmark = pytest.mark.timeout(30)
 

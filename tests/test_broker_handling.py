@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from kafcel.admin import fetch_config
 from kafcel.bridge.clients import consumer_config
 from kafcel.bridge.sequence import guard
+from kafcel.kafka.config import fetch_config
 from kafcel.settings import Settings
 
 

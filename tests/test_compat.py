@@ -16,10 +16,10 @@ import redis
 from confluent_kafka import Producer as KafkaProducer
 
 from kafcel import Envelope, KafcelError, Outcome, Producer
-from kafcel.deadletters import find_dead_letter, read_dead_letters, replay_dead_letters
-from kafcel.dlq import DeadLetter, dlq_headers
-from kafcel.results import SUCCESS, Origin
-from kafcel.status import _dlq
+from kafcel.ops.deadletters import find_dead_letter, read_dead_letters, replay_dead_letters
+from kafcel.ops.status import _dlq
+from kafcel.protocol.deadletter import DeadLetter, dlq_headers
+from kafcel.protocol.outcome import SUCCESS, Origin
 
 from .conftest import Pipeline, wait_until
 

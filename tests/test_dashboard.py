@@ -25,8 +25,8 @@ from confluent_kafka import Producer as KafkaProducer
 
 from kafcel import Producer
 from kafcel.dev import DevStack, free_ports
-from kafcel.dlq import parse_dlq_headers
-from kafcel.procs import ManagedProcess
+from kafcel.dev.procs import ManagedProcess
+from kafcel.protocol.deadletter import parse_dlq_headers
 from kafcel.settings import Settings
 
 from .conftest import ROOT, Pipeline, wait_until

@@ -10,8 +10,9 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from kafcel import admin
-from kafcel.admin import client_config, end_offsets, ensure_topics
 from kafcel.dev import DevStack
+from kafcel.kafka.admin import end_offsets, ensure_topics
+from kafcel.kafka.config import client_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.tansu, pytest.mark.timeout(60)]
 

@@ -15,8 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-import kafcel.envelope as envelope_module
-from kafcel.envelope import (
+import kafcel.protocol.envelope as envelope_module
+from kafcel.errors import (
+    EnvelopeError,
+    InvalidEncoding,
+    InvalidJson,
+    RecordTooLarge,
+    SchemaViolation,
+)
+from kafcel.protocol.envelope import (
     INT_MAX,
     INT_MIN,
     MAX_DEPTH,
@@ -27,13 +34,6 @@ from kafcel.envelope import (
     derive_task_id,
     json_schema,
     task_id_for,
-)
-from kafcel.errors import (
-    EnvelopeError,
-    InvalidEncoding,
-    InvalidJson,
-    RecordTooLarge,
-    SchemaViolation,
 )
 
 VALIDATOR = Draft202012Validator(json_schema())

@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from kafcel import Producer
-from kafcel.dlq import parse_dlq_headers
-from kafcel.procs import ManagedProcess, worker_argv
+from kafcel.dev.procs import ManagedProcess, worker_argv
+from kafcel.protocol.deadletter import parse_dlq_headers
 
 from .conftest import ROOT, TEST_APP, Pipeline, wait_until
 from .test_pipeline import Ledger, counts, outcomes_for

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kafcel.health import OK, STALL, STATUSES, STOP, WARN, Report, Sample, evaluate, worst
+from kafcel.telemetry.health import OK, STALL, STATUSES, STOP, WARN, Report, Sample, evaluate, worst
 
 pytestmark = pytest.mark.timeout(60)
 

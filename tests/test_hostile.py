@@ -28,8 +28,8 @@ from confluent_kafka.admin import (
 
 from kafcel import Envelope, Outcome, derive_task_id
 from kafcel.bridge.filter import TaskFilter
-from kafcel.dlq import DLQ_HEADER_PREFIX, parse_dlq_headers
 from kafcel.errors import RecordRejected
+from kafcel.protocol.deadletter import DLQ_HEADER_PREFIX, parse_dlq_headers
 
 from .conftest import Pipeline, wait_until
 from .hostile_corpus import CANARY, DENY, HOSTILE_LEDGER, MAX_RECORD_BYTES, Hostile, corpus

@@ -22,13 +22,13 @@ from typing import NoReturn
 import pytest
 import redis
 
-from kafcel.admin import ensure_topics
 from kafcel.celery import HEADER
 from kafcel.dev import DevStack
-from kafcel.lease import LeaseKeeper
-from kafcel.once import OnceGuard
-from kafcel.procs import ManagedProcess, worker_argv
-from kafcel.results import Origin, Outcome
+from kafcel.dev.procs import ManagedProcess, worker_argv
+from kafcel.guard.lease import LeaseKeeper
+from kafcel.guard.once import OnceGuard
+from kafcel.kafka.admin import ensure_topics
+from kafcel.protocol.outcome import Origin, Outcome
 
 from .conftest import ROOT, base_env, wait_until
 from .lease_app import BROKER_ENV

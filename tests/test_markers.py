@@ -14,8 +14,8 @@ import pytest
 import redis
 
 from kafcel.dev import DevStack
-from kafcel.once import OnceGuard
-from kafcel.results import FAILURE, SUCCESS, Outcome
+from kafcel.guard.once import OnceGuard
+from kafcel.protocol.outcome import FAILURE, SUCCESS, Outcome
 from kafcel.settings import Settings
 
 from .bridge_harness import BridgeHarness, envelope

@@ -24,10 +24,10 @@ from kafcel import Envelope, Producer
 from kafcel.bridge.events import INVALID_TASK
 from kafcel.celery import HEADER
 from kafcel.dev import DevStack, free_ports
+from kafcel.dev.procs import ManagedProcess, worker_argv
 from kafcel.errors import ConfigError
-from kafcel.metrics import BridgeMetrics, WorkerMetrics, start_bridge_metrics
-from kafcel.procs import ManagedProcess, worker_argv
-from kafcel.results import Origin
+from kafcel.protocol.outcome import Origin
+from kafcel.telemetry.metrics import BridgeMetrics, WorkerMetrics, start_bridge_metrics
 
 from .conftest import ROOT, TEST_APP, Pipeline, wait_until
 from .test_pipeline import Ledger, counts

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from kafcel.bridge.redispatch import BackendState, Redispatcher
 from kafcel.dev import DevStack
-from kafcel.once import OnceGuard
-from kafcel.results import Outcome
+from kafcel.guard.once import OnceGuard
+from kafcel.protocol.outcome import Outcome
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -151,7 +151,7 @@ def test_a_dead_owner_on_this_host_is_taken_over_at_once(
     client: redis.Redis[bytes], prefix: str
 ) -> None:
     code = (
-        "import redis, sys; from kafcel.once import OnceGuard; "
+        "import redis, sys; from kafcel.guard.once import OnceGuard; "
         "g = OnceGuard(client=redis.Redis.from_url(sys.argv[1]), lease_s=300, "
         "done_ttl_s=60, prefix=sys.argv[2]); print(g.claim('id').acquired)"
     )

@@ -14,8 +14,8 @@ import redis
 from confluent_kafka import Producer as KafkaProducer
 
 from kafcel import Producer
-from kafcel.dlq import parse_dlq_headers
-from kafcel.procs import ManagedProcess, worker_argv
+from kafcel.dev.procs import ManagedProcess, worker_argv
+from kafcel.protocol.deadletter import parse_dlq_headers
 
 from .conftest import ROOT, TEST_APP, Pipeline, wait_until
 from .test_cli import kafcel

@@ -13,11 +13,12 @@ import uuid
 import pytest
 from confluent_kafka import Producer
 
-from kafcel.admin import client_config, ensure_topics
 from kafcel.bridge.outcomes import OutcomeReader
-from kafcel.broker import detect
 from kafcel.dev import DevStack
-from kafcel.results import SUCCESS, Outcome
+from kafcel.kafka.admin import ensure_topics
+from kafcel.kafka.broker import detect
+from kafcel.kafka.config import client_config
+from kafcel.protocol.outcome import SUCCESS, Outcome
 
 from .conftest import wait_until
 

@@ -14,8 +14,8 @@ from kafcel.bridge.markers import CommittedMarkers
 from kafcel.bridge.schedule import Parked, ParkedIndex, Parker
 from kafcel.bridge.tracker import OffsetTracker
 from kafcel.deadletter import DeadLetterWriter
-from kafcel.delivery import Writes
-from kafcel.dlq import DeadLetter
+from kafcel.kafka.delivery import Writes
+from kafcel.protocol.deadletter import DeadLetter
 
 from .bridge_harness import FakeKafka, FakeProducer
 

@@ -12,7 +12,7 @@ import redis
 from confluent_kafka import Producer as KafkaProducer
 
 from kafcel import Envelope, Outcome, Producer
-from kafcel.dlq import parse_dlq_headers
+from kafcel.protocol.deadletter import parse_dlq_headers
 
 from .conftest import Pipeline, wait_until
 

@@ -9,8 +9,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from kafcel import ConfigError, DeliveryError, Envelope, Producer, SchemaViolation
-from kafcel.admin import ensure_topics
 from kafcel.dev import DevStack
+from kafcel.kafka.admin import ensure_topics
 from kafcel.settings import Settings
 
 from .conftest import wait_until

@@ -24,9 +24,9 @@ from kafcel.bridge.dispatch import Dispatch
 from kafcel.bridge.publish import Publisher
 from kafcel.celery import HEADER
 from kafcel.dev import DevStack, free_ports
-from kafcel.envelope import Envelope
 from kafcel.errors import DispatchHeld, DispatchRefused
-from kafcel.results import Origin
+from kafcel.protocol.envelope import Envelope
+from kafcel.protocol.outcome import Origin
 
 pytestmark = pytest.mark.timeout(60)
 

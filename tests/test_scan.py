@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import Producer as KafkaProducer
 
-from kafcel.replay import read_one, scan_topic
+from kafcel.ops.replay import read_one, scan_topic
 from kafcel.settings import Settings
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from kafcel import Producer
-from kafcel.admin import committed_offsets
+from kafcel.kafka.admin import committed_offsets
 
 from .conftest import Pipeline, wait_until
 from .test_operate import effects, status

@@ -15,10 +15,10 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka import Producer as KafkaProducer
 
-from kafcel.admin import end_offsets, ensure_topics
-from kafcel.deadletters import DlqFilter, read_dead_letters
 from kafcel.dev import DevStack
-from kafcel.replay import ScanStats
+from kafcel.kafka.admin import end_offsets, ensure_topics
+from kafcel.ops.deadletters import DlqFilter, read_dead_letters
+from kafcel.ops.replay import ScanStats
 from kafcel.settings import Settings
 
 from .conftest import base_env

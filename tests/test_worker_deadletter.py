@@ -20,13 +20,13 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
 from confluent_kafka import KafkaError as RdKafkaError
 
-from kafcel.celery import _guard, _never_ran
 from kafcel.dev import DevStack
-from kafcel.dlq import MAX_TEXT_CHARS, parse_dlq_headers
-from kafcel.replay import header_list
-from kafcel.results import FAILURE, MAX_OUTCOME_BYTES, Origin, Outcome
+from kafcel.protocol.deadletter import MAX_TEXT_CHARS, parse_dlq_headers
+from kafcel.protocol.headers import header_list
+from kafcel.protocol.outcome import FAILURE, MAX_OUTCOME_BYTES, Origin, Outcome
 from kafcel.settings import Settings
 from kafcel.worker import WorkerProcess
+from kafcel.worker.guarded import guard_task, never_ran
 
 from .bridge_harness import FakeKafka, FakeProducer
 
@@ -112,7 +112,7 @@ def worker(stack: DevStack) -> Iterator[Worker]:
     state = WorkerProcess(settings, new_producer=new_producer)  # type: ignore[arg-type]
     assert state.guard is not None  # opens the producer
     fail.run = _UNGUARDED  # each test's guard has its own state
-    _guard(fail, state)
+    guard_task(fail, state)
     ran.clear()
     yield Worker(kafka, made[0], state, settings)
 
@@ -232,7 +232,7 @@ def test_an_expired_copy_still_writes_the_owed_dead_letter(worker: Worker) -> No
     assert worker.deliver(task_id, 7) is Killed
     worker.producer.before_produce = lambda topic: None
     request = SimpleNamespace(id=task_id, args=[7], kwargs={}, delivery_info={"routing_key": "q"})
-    _never_ran(
+    never_ran(
         worker.state,
         worker.origin(),
         task_id,

@@ -1,6 +1,5 @@
 """kafcel: Kafka-driven task scheduling for Celery."""
 
-from .envelope import Envelope, derive_task_id, task_id_for
 from .errors import (
     BrokerError,
     ConfigError,
@@ -17,7 +16,8 @@ from .errors import (
     TaskNotAllowed,
 )
 from .producer import Producer
-from .results import Origin, Outcome
+from .protocol.envelope import Envelope, derive_task_id, task_id_for
+from .protocol.outcome import Origin, Outcome
 from .settings import Settings
 
 __version__ = "0.1.0"

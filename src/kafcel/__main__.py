@@ -1,3 +1,5 @@
 from .cli import main
 
-main()
+# Guarded: importing the module (a check that every module imports) must not run the CLI.
+if __name__ == "__main__":
+    main()

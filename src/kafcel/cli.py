@@ -59,8 +59,9 @@ def cli() -> None:
 @settings_options
 def bridge(app_spec: str, log_level: str, **options: Any) -> None:
     """Run the bridge: Kafka task topic -> Celery, offsets committed when settled."""
-    from .bridge import Bridge, load_app
-    from .logs import setup_logging
+    from .bridge import Bridge
+    from .telemetry.logs import setup_logging
+    from .worker import load_app
 
     settings = build_settings(options)
     setup_logging(log_level, settings.log_format)
@@ -134,7 +135,7 @@ def submit(
 @settings_options
 def status(as_json: bool, check: bool, **options: Any) -> None:
     """Lag and its evaluation per partition, bridges, task states, DLQ by error class."""
-    from .status import collect_status, render_status
+    from .ops.status import collect_status, render_status
 
     settings = build_settings(options)
     report = collect_status(settings)
@@ -166,7 +167,7 @@ def _dlq_filter_options(func: F) -> F:
 
 
 def _dlq_filter(options: dict[str, Any]) -> Any:
-    from .deadletters import DlqFilter
+    from .ops.deadletters import DlqFilter
 
     names = ("task", "error_class", "key", "since", "until")
     return DlqFilter.parse(**{name: options.pop(name) for name in names})
@@ -186,8 +187,8 @@ def dlq() -> None:
 @settings_options
 def dlq_list(limit: int, as_json: bool, **options: Any) -> None:
     """Dead letters, newest last, with why each one failed."""
-    from .deadletters import read_dead_letters
-    from .render import render_dead_letters
+    from .ops.deadletters import read_dead_letters
+    from .ops.render import render_dead_letters
 
     flt = _dlq_filter(options)
     settings = build_settings(options)
@@ -205,8 +206,8 @@ def dlq_list(limit: int, as_json: bool, **options: Any) -> None:
 @settings_options
 def dlq_show(ref: str, as_json: bool, **options: Any) -> None:
     """One dead letter in full (REF is PARTITION:OFFSET, as `dlq list` shows it)."""
-    from .deadletters import find_dead_letter, parse_ref
-    from .render import render_dead_letter
+    from .ops.deadletters import find_dead_letter, parse_ref
+    from .ops.render import render_dead_letter
 
     partition, offset = parse_ref(ref)
     record = find_dead_letter(build_settings(options), partition, offset)
@@ -236,8 +237,8 @@ def dlq_replay(
 ) -> None:
     """Write dead letters back to the task topic: REFS (PARTITION:OFFSET), the filters'
     matches, or --all."""
-    from .deadletters import DlqFilter, parse_ref, read_dead_letters, replay_dead_letters
-    from .render import render_dlq_replay
+    from .ops.deadletters import DlqFilter, parse_ref, read_dead_letters, replay_dead_letters
+    from .ops.render import render_dlq_replay
 
     flt = _dlq_filter(options)
     if not refs and flt == DlqFilter() and not everything:
@@ -282,8 +283,8 @@ def replay(
     **options: Any,
 ) -> None:
     """Submit a time range of the task topic again (offsets looked up by time)."""
-    from .render import progress_bar, render_range_replay
-    from .replay import parse_time, replay_range
+    from .ops.render import progress_bar, render_range_replay
+    from .ops.replay import parse_time, replay_range
 
     settings = build_settings(options)
     with progress_bar("reading " + settings.topic, quiet=as_json) as on_progress:
@@ -311,8 +312,8 @@ def replay(
 @settings_options
 def dashboard(host: str, port: int, log_level: str, **options: Any) -> None:
     """Serve a live web page: lag per partition, throughput, task states, the DLQ."""
-    from .dashboard import serve
-    from .logs import setup_logging
+    from .ops.dashboard import serve
+    from .telemetry.logs import setup_logging
 
     settings = build_settings(options)
     setup_logging(log_level, settings.log_format)
@@ -427,7 +428,7 @@ def demo(
     n_tasks: int, as_json: bool, kafka_port: int, redis_port: int, timeout_s: float, broker: str
 ) -> None:
     """Run the whole pipeline on the local stack and show what happened."""
-    from .demo import run_demo
+    from .dev.demo import run_demo
 
     if n_tasks < 1:
         raise ConfigError("--tasks must be at least 1")
@@ -459,7 +460,7 @@ def chaos(
 
     from .chaos.report import json_line, render
     from .chaos.runner import run_suite, select
-    from .render import wide_console
+    from .ops.render import wide_console
 
     scenarios = select(only, broker=broker)
     console = wide_console(stderr=as_json)

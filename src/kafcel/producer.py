@@ -25,9 +25,9 @@ from typing import Any, cast
 from confluent_kafka import KafkaException, Message
 from confluent_kafka import Producer as KafkaProducer
 
-from .admin import client_config
-from .envelope import Envelope
 from .errors import ConfigError, DeliveryError, KafkaError
+from .kafka.config import client_config
+from .protocol.envelope import Envelope
 from .settings import Settings
 
 __all__ = ["Producer"]

@@ -1,9 +1,8 @@
 """The kafcel bridge: Kafka task topic in, Celery tasks out, offsets committed when settled."""
 
-from ..celery import load_app
 from .filter import TaskFilter
 from .presence import BridgeStats
 from .runner import Bridge
 from .tracker import OffsetTracker
 
-__all__ = ["Bridge", "BridgeStats", "OffsetTracker", "TaskFilter", "load_app"]
+__all__ = ["Bridge", "BridgeStats", "OffsetTracker", "TaskFilter"]

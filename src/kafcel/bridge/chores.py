@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import BrokerError
-from ..once import OnceGuard
+from ..guard.once import OnceGuard
 from .markers import CommittedMarkers
 
 __all__ = ["RedisChores"]

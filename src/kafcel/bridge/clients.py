@@ -16,9 +16,10 @@ from typing import Any
 from celery import Celery
 from confluent_kafka import Consumer, Producer
 
-from ..admin import client_config, ensure_topics, fetch_config
-from ..broker import BrokerKind, detect
 from ..errors import ConfigError
+from ..kafka.admin import ensure_topics
+from ..kafka.broker import BrokerKind, detect
+from ..kafka.config import client_config, fetch_config
 from ..settings import Settings
 from .group import membership_config, prepare_group
 from .outcomes import OutcomeReader
@@ -112,7 +113,7 @@ class BridgeClients:
 
     ensure_topics: Callable[[Settings], None] = _topics
     prepare_group: Callable[[Settings], None] = prepare_group
-    # What the broker is: the Tansu handling is chosen by it (broker.py).
+    # What the broker is: the Tansu handling is chosen by it (kafka/broker.py).
     broker: Callable[[Settings], BrokerKind] = _broker
     consumer: Callable[[dict[str, Any]], Consumer] = Consumer
     producer: Callable[[dict[str, Any]], Producer] = Producer

@@ -13,10 +13,10 @@ from collections.abc import Callable, Hashable
 from confluent_kafka import Message
 
 from ..deadletter import DeadLetterWriter
-from ..dlq import DeadLetter
 from ..errors import RecordRejected
-from ..replay import header_list, replay_count
-from ..results import Origin
+from ..protocol.deadletter import DeadLetter
+from ..protocol.headers import header_list, replay_count
+from ..protocol.outcome import Origin
 from .assignment import Assignment
 from .dispatch import Dispatch
 from .events import BridgeEvents

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from celery import Celery
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
-from ..envelope import Envelope, task_id_for
-from ..replay import replay_count
-from ..results import Origin
+from ..protocol.envelope import Envelope, task_id_for
+from ..protocol.headers import replay_count
+from ..protocol.outcome import Origin
 from ..settings import Settings
 from .schedule import Parked
 from .tracker import TP

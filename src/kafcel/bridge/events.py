@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
-from ..dlq import DeadLetter
-from ..logs import EVENTS_LOGGER
-from ..results import Outcome
+from ..protocol.deadletter import DeadLetter
+from ..protocol.outcome import Outcome
+from ..telemetry.logs import EVENTS_LOGGER
 from .dispatch import Dispatch
+
+if TYPE_CHECKING:
+    from ..telemetry.metrics import BridgeMetrics
 
 __all__ = ["INVALID_TASK", "BridgeEvents", "MetricsSink"]
 
@@ -30,7 +33,7 @@ INVALID_TASK = "(invalid)"
 
 
 class MetricsSink(Protocol):
-    """What the bridge counts (implemented by :class:`kafcel.metrics.BridgeMetrics`)."""
+    """What the bridge counts (implemented by :class:`kafcel.telemetry.metrics.BridgeMetrics`)."""
 
     def consumed(self, topic: str, task: str) -> None: ...
 
@@ -47,6 +50,12 @@ class MetricsSink(Protocol):
     def lags(self, lag: Mapping[tuple[str, int], int]) -> None: ...
 
     def gap_wait(self, total_s: float) -> None: ...
+
+
+if TYPE_CHECKING:
+    # Here, not in telemetry: the bridge imports telemetry, never the other way round.
+    def _conforms(metrics: BridgeMetrics) -> MetricsSink:
+        return metrics  # mypy checks BridgeMetrics against the protocol the bridge uses
 
 
 def _record_age_s(msg: Message) -> float | None:

@@ -33,9 +33,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from ..admin import client_config
-from ..broker import TANSU, detect
 from ..errors import ConfigError
+from ..kafka.broker import TANSU, detect
+from ..kafka.config import client_config
 from ..settings import Settings
 
 __all__ = ["CLASSIC", "CONSUMER", "finish_joining", "membership_config", "prepare_group"]

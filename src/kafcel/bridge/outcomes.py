@@ -27,9 +27,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from ..admin import fetch_config
 from ..errors import KafcelError
-from ..results import Outcome
+from ..kafka.config import fetch_config
+from ..protocol.outcome import Outcome
 from .sequence import SequenceGuard, follow, guard, position, unfollow
 
 __all__ = ["OutcomeReader"]

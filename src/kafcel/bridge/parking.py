@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from ..replay import header_list
+from ..protocol.headers import header_list
 from ..settings import Settings
 from .assignment import Assignment
 from .dispatch import Dispatch

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from ..results import Outcome
+from ..protocol.outcome import Outcome
 from .dispatch import Dispatch
 from .tracker import TP
 

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from ..health import Report, record_samples
+from ..telemetry.health import Report, record_samples
 from .dispatch import Dispatch
 from .sequence import SequenceGuard
 from .tracker import TP, OffsetTracker
@@ -87,8 +87,8 @@ class Presence:
         assignment: list[tuple[str, int]],
         samples: dict[TP, Report] | None = None,
     ) -> None:
-        """Refresh this bridge's presence and record its commit report (health.py), in
-        one round trip."""
+        """Refresh this bridge's presence and record its commit report
+        (telemetry/health.py), in one round trip."""
         record = {
             "member": self.member,
             "role": self.role,

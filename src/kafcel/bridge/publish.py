@@ -39,8 +39,8 @@ from celery.utils.saferepr import saferepr
 from kombu import exceptions
 from kombu.entity import maybe_delivery_mode
 
-from ..celery import HEADER
 from ..errors import DispatchHeld, DispatchRefused
+from ..protocol.headers import CELERY_HEADER as HEADER
 from .dispatch import Dispatch
 
 __all__ = ["Publisher", "batch_length"]

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from celery import Celery
 
 from ..errors import BrokerError
-from ..once import OnceGuard
-from ..results import REVOKED, SUCCESS, Outcome
+from ..guard.once import OnceGuard
+from ..protocol.outcome import REVOKED, SUCCESS, Outcome
 
 __all__ = ["BackendState", "Redispatcher", "backend_state"]
 

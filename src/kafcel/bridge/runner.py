@@ -25,10 +25,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import KafkaError as RdKafkaError
 
-from ..admin import client_config, producer_config
 from ..deadletter import DeadLetterWriter
-from ..delivery import Writes
-from ..envelope import Envelope
 from ..errors import (
     ConfigError,
     DispatchHeld,
@@ -36,9 +33,12 @@ from ..errors import (
     KafkaError,
     RecordRejected,
 )
-from ..once import OnceGuard
-from ..replay import header_list
-from ..results import REVOKED, REVOKED_BY_OPERATOR, Outcome
+from ..guard.once import OnceGuard
+from ..kafka.config import client_config, producer_config
+from ..kafka.delivery import Writes
+from ..protocol.envelope import Envelope
+from ..protocol.headers import header_list
+from ..protocol.outcome import REVOKED, REVOKED_BY_OPERATOR, Outcome
 from ..settings import Settings
 from .assignment import Assignment
 from .chores import RedisChores
@@ -98,7 +98,7 @@ class Bridge:
         self._tracker = OffsetTracker()
         self._pending = Pending()
         self._gate: OrderingGate[Dispatch] = OrderingGate(mode=settings.ordering)
-        # Set by _open once the broker said what it is (broker.py).
+        # Set by _open once the broker said what it is (kafka/broker.py).
         self._tansu = True
         self._seq: SequenceGuard
         client: redis.Redis[bytes] = redis.Redis.from_url(
@@ -184,7 +184,7 @@ class Bridge:
         log.info("broker: %s%s", kind.name, ", with the Tansu handling" if self._tansu else "")
         self._seq = guard(lambda: self._consumer, gap_wait_s=s.gap_wait_s, tansu=self._tansu)
         if s.metrics_port:
-            from ..metrics import start_bridge_metrics
+            from ..telemetry.metrics import start_bridge_metrics
 
             self.events.metrics = start_bridge_metrics(port=s.metrics_port)
         try:

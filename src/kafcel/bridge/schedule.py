@@ -32,9 +32,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from ..admin import fetch_config
-from ..delivery import Write, Writes
-from ..replay import header_list
+from ..kafka.config import fetch_config
+from ..kafka.delivery import Write, Writes
+from ..protocol.headers import header_list
 from .sequence import SequenceGuard, follow, guard, position, unfollow
 
 __all__ = ["Parked", "ParkedIndex", "Parker", "ScheduledReader"]

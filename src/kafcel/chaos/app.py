@@ -7,7 +7,7 @@ touches. Configuration is read when Celery first needs it, never at import time.
 
 from __future__ import annotations
 
-from ..celery import app_from_env
+from ..worker import app_from_env
 from .tasks import register
 
 __all__ = ["QUEUE", "app"]

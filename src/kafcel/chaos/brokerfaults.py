@@ -23,8 +23,8 @@ import threading
 import time
 from collections import Counter
 
-from ..admin import partition_leaders, under_replicated
 from ..errors import DevStackError, KafkaError
+from ..kafka.admin import partition_leaders, under_replicated
 from .rig import ChaosStack, KafcelRig
 from .timing import Progress, moments, reach
 

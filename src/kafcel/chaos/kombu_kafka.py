@@ -29,9 +29,9 @@ from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import KafkaException
 from kombu.exceptions import KombuError
 
-from ..admin import KAFKA_LOG
+from ..dev.procs import ManagedProcess, worker_argv
 from ..errors import BrokerError, ConfigError, KafcelError
-from ..procs import ManagedProcess, worker_argv
+from ..kafka.config import KAFKA_LOG
 from .kombu_app import (
     ASSIGNED_LOG,
     BOOTSTRAP_ENV,

@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 
 from ..dev import DevStack, free_ports
-from ..procs import ManagedProcess, bridge_argv, worker_argv
+from ..dev.procs import ManagedProcess, bridge_argv, worker_argv
 from ..settings import Settings
 from .netlab import Netns
 from .tasks import LEDGER_ENV

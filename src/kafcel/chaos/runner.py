@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..admin import ensure_topics
 from ..errors import KafcelError
+from ..kafka.admin import ensure_topics
 from ..settings import Settings
 from .ledger import Ledger
 from .netlab import NetLab, NetLabError

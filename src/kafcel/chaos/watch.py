@@ -10,9 +10,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from ..admin import client_config, group_lag, partitions_of
-from ..dlq import parse_dlq_headers
 from ..errors import KafkaError
+from ..kafka.admin import group_lag, partitions_of
+from ..kafka.config import client_config
+from ..protocol.deadletter import parse_dlq_headers
 from .ledger import Ledger
 from .result import ScenarioResult
 from .scenarios import Scenario

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Producer as KafkaProducer
 
-from ..admin import client_config
-from ..envelope import Envelope
 from ..errors import DeliveryError
+from ..kafka.config import client_config
 from ..producer import Producer
+from ..protocol.envelope import Envelope
 from ..settings import Settings
 from .history import FAIL, OK, SENT
 from .ledger import Ledger

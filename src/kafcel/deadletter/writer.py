@@ -8,8 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..delivery import Headers, Write, Writes
-from ..dlq import (
+from ..errors import DeliveryError
+from ..kafka.delivery import Write, Writes
+from ..protocol.deadletter import (
     DLQ_HEADER_PREFIX,
     HEADERS_DROPPED,
     KEY_DROPPED,
@@ -17,7 +18,7 @@ from ..dlq import (
     DeadLetter,
     dlq_headers,
 )
-from ..errors import DeliveryError
+from ..protocol.headers import Headers
 
 __all__ = ["DeadLetterWriter", "fit"]
 
@@ -94,7 +95,7 @@ def fit(
 class DeadLetterWriter:
     """Writes dead letters to ``topic`` through ``writes``; ``on_written`` runs once Kafka
     has one. A letter refused as too large sheds one more part and goes again at once;
-    one that fails otherwise is tried again while wanted (:class:`kafcel.delivery.Writes`).
+    one that fails otherwise is tried again while wanted (:class:`kafcel.kafka.delivery.Writes`).
     A worker, which must know before it acks its task, uses :meth:`write_and_wait`."""
 
     def __init__(self, *, writes: Writes, topic: str, config: dict[str, Any]) -> None:

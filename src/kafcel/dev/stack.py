@@ -18,8 +18,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from ..admin import ensure_topics
 from ..errors import ConfigError, DevStackError
+from ..kafka.admin import ensure_topics
 from .kafka import KafkaCluster, KafkaRuntime
 from .redis import redis_service
 from .service import PROBE_TIMEOUT_S, Service, ServiceStatus, Supervisor, port_open

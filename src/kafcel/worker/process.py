@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,18 +19,18 @@ from confluent_kafka import KafkaException, Producer
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 
-from ..admin import client_config
 from ..deadletter import DeadLetterWriter
-from ..delivery import Writes
-from ..dlq import DeadLetter
 from ..errors import ConfigError, DeliveryError, KafcelError
-from ..lease import LeaseKeeper
-from ..once import OnceGuard
-from ..results import Origin, Outcome
+from ..guard.lease import LeaseKeeper
+from ..guard.once import OnceGuard
+from ..kafka.config import client_config
+from ..kafka.delivery import Writes
+from ..protocol.deadletter import DeadLetter
+from ..protocol.outcome import Origin, Outcome
 from ..settings import Settings
 
 if TYPE_CHECKING:
-    from ..metrics import WorkerMetrics
+    from ..telemetry.metrics import WorkerMetrics
 
 __all__ = ["WorkerProcess"]
 
@@ -56,6 +57,9 @@ class WorkerProcess:
         self._guard: OnceGuard | None = None
         self._keeper: LeaseKeeper | None = None
         self._inherited: list[Producer] = []
+        self._creating = threading.Lock()
+        # A fork while another thread held it would leave the child's copy held for good.
+        os.register_at_fork(after_in_child=self._new_lock)
         # Set on worker_init when worker_metrics_port is; None costs one test per task.
         self.metrics: WorkerMetrics | None = None
 
@@ -64,7 +68,7 @@ class WorkerProcess:
         port = (self._settings or Settings.from_env()).worker_metrics_port
         if not port:
             return
-        from ..metrics import start_worker_metrics  # only imported when metrics are on
+        from ..telemetry.metrics import start_worker_metrics  # only imported when metrics are on
 
         try:
             self.metrics = start_worker_metrics(port=port)
@@ -72,55 +76,66 @@ class WorkerProcess:
             # Tasks matter more than their counts: the worker runs on, without metrics.
             log.error("kafcel: %s; this worker runs without metrics", exc)
 
+    def _new_lock(self) -> None:
+        self._creating = threading.Lock()
+
     def _ensure(self) -> tuple[Settings, Producer, OnceGuard]:
         if self._pid != os.getpid() or self._producer is None or self._guard is None:
-            if self._producer is not None:
-                # A client inherited through fork must never be destroyed here: librdkafka
-                # would wait for threads that only exist in the parent.
-                self._inherited.append(self._producer)
-            settings = self._settings or Settings.from_env()
-            self._settings = settings
-            config: dict[str, Any] = {
-                **client_config(settings.bootstrap_servers),
-                "enable.idempotence": True,
-                "acks": "all",
-                # Outcomes of a process's tasks within 5 ms share one request (broker CPU).
-                "linger.ms": _OUTCOME_LINGER_MS,
-            }
-            config.update(settings.librdkafka())
-            self._producer = self._new_producer(config)
-            self._producer_config = config
-            self._dead_letters = {}
-            # Bounded waits: a half-open connection must not hang the task that wants to
-            # finish.
-            timeout_s = max(min(settings.once_lease_s / 3, 5.0), 0.5)
-            client: redis.Redis[bytes] = redis.Redis.from_url(
-                settings.redis_url,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                health_check_interval=30,
-            )
-            # Renewals on their own connection, one try each, well within a renewal period:
-            # a task's end waits for a renewal in flight, and a renewal that cannot get
-            # through must fail while the next one still has time to.
-            renew_timeout_s = settings.once_lease_s / 6
-            renew_client: redis.Redis[bytes] = redis.Redis.from_url(
-                settings.redis_url,
-                socket_timeout=renew_timeout_s,
-                socket_connect_timeout=renew_timeout_s,
-                retry=RedisRetry(NoBackoff(), 0),
-            )
-            self._guard = OnceGuard(
-                client=client,
-                renew_client=renew_client,
-                lease_s=settings.once_lease_s,
-                done_ttl_s=settings.once_done_ttl_s,
-            )
-            # Threads do not survive fork: each process renews its own leases.
-            self._keeper = LeaseKeeper(self._guard)
-            self._pid = os.getpid()
+            # The threads pool's tasks reach for the clients at once: one set of them, or
+            # a task claims its id with one guard's owner token and ends with another's.
+            with self._creating:
+                if self._pid != os.getpid() or self._producer is None or self._guard is None:
+                    self._create()
         assert self._settings is not None
+        assert self._producer is not None and self._guard is not None
         return self._settings, self._producer, self._guard
+
+    def _create(self) -> None:
+        if self._producer is not None:
+            # A client inherited through fork must never be destroyed here: librdkafka
+            # would wait for threads that only exist in the parent.
+            self._inherited.append(self._producer)
+        settings = self._settings or Settings.from_env()
+        self._settings = settings
+        config: dict[str, Any] = {
+            **client_config(settings.bootstrap_servers),
+            "enable.idempotence": True,
+            "acks": "all",
+            # Outcomes of a process's tasks within 5 ms share one request (broker CPU).
+            "linger.ms": _OUTCOME_LINGER_MS,
+        }
+        config.update(settings.librdkafka())
+        self._producer = self._new_producer(config)
+        self._producer_config = config
+        self._dead_letters = {}
+        # Bounded waits: a half-open connection must not hang the task that wants to
+        # finish.
+        timeout_s = max(min(settings.once_lease_s / 3, 5.0), 0.5)
+        client: redis.Redis[bytes] = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=30,
+        )
+        # Renewals on their own connection, one try each, well within a renewal period:
+        # a task's end waits for a renewal in flight, and a renewal that cannot get
+        # through must fail while the next one still has time to.
+        renew_timeout_s = settings.once_lease_s / 6
+        renew_client: redis.Redis[bytes] = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=renew_timeout_s,
+            socket_connect_timeout=renew_timeout_s,
+            retry=RedisRetry(NoBackoff(), 0),
+        )
+        self._guard = OnceGuard(
+            client=client,
+            renew_client=renew_client,
+            lease_s=settings.once_lease_s,
+            done_ttl_s=settings.once_done_ttl_s,
+        )
+        # Threads do not survive fork: each process renews its own leases.
+        self._keeper = LeaseKeeper(self._guard)
+        self._pid = os.getpid()
 
     @property
     def guard(self) -> OnceGuard:

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, Protocol, TextIO
 
-from .errors import BrokerError, ConfigError
+from ..errors import BrokerError, ConfigError
 from .once import OnceGuard
 
 __all__ = ["LeaseKeeper", "ProcessSwitch", "Switch", "check_pool", "pool_check"]

@@ -25,28 +25,23 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .admin import (
-    client_config,
-    committed_offsets,
-    end_offsets,
-    ensure_topics,
-    partitions_of,
-)
-from .deadletters import read_dead_letters
+from ..errors import KafcelError
+from ..kafka.admin import committed_offsets, end_offsets, ensure_topics, partitions_of
+from ..kafka.config import client_config
+from ..ops.deadletters import read_dead_letters
+from ..ops.render import render_dead_letters, wide_console
+from ..ops.status import collect_status, render_status
+from ..producer import Producer
+from ..protocol.envelope import Envelope
+from ..settings import Settings
 from .demo_tasks import fails_once
-from .dev import DevStack
-from .envelope import Envelope
-from .errors import KafcelError
 from .procs import ManagedProcess, bridge_argv, worker_argv
-from .producer import Producer
-from .render import render_dead_letters, wide_console
-from .settings import Settings
-from .status import collect_status, render_status
+from .stack import DevStack
 
 __all__ = ["run_demo"]
 
-TASK = "kafcel.demo_tasks.process_order"
-APP = "kafcel.demo_tasks:app"
+TASK = "kafcel.dev.demo_tasks.process_order"
+APP = "kafcel.dev.demo_tasks:app"
 USERS = 1000
 
 
@@ -56,7 +51,7 @@ def _poison(i: int) -> bytes:
     if kind == 0:
         return b'{"v": 1, "task": "' + TASK.encode() + b'", "args": [1, '  # truncated JSON
     if kind == 1:
-        return Envelope(task="kafcel.demo_tasks.no_such_task", args=(i,)).encode()
+        return Envelope(task="kafcel.dev.demo_tasks.no_such_task", args=(i,)).encode()
     return b'{"v": 1, "task": "' + TASK.encode() + b'", "args": "not-a-list"}'
 
 

@@ -1,9 +1,9 @@
 """``kafcel status``: the whole path in one report.
 
 Per partition: the group's committed offset, the end offset, the lag and its evaluation
-over the sliding window (:mod:`kafcel.health`) with the bridge that owns it; the live
-bridges with their in-flight and redispatch counts; task state counts from Celery's result
-backend; the DLQ depth by error class. ``--check`` turns it into a health check.
+over the sliding window (:mod:`kafcel.telemetry.health`) with the bridge that owns it; the
+live bridges with their in-flight and redispatch counts; task state counts from Celery's
+result backend; the DLQ depth by error class. ``--check`` turns it into a health check.
 """
 
 from __future__ import annotations
@@ -18,14 +18,24 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from .admin import group_lag, offset_bounds, partitions_of
-from .bridge.presence import read_presence
-from .dlq import parse_dlq_headers
-from .errors import KafkaError
-from .health import OK, STATUSES, Report, Sample, evaluate, read_samples, server_time_s, worst
+from ..bridge.presence import read_presence
+from ..errors import KafkaError
+from ..kafka.admin import group_lag, offset_bounds, partitions_of
+from ..protocol.deadletter import parse_dlq_headers
+from ..protocol.headers import header_list
+from ..settings import Settings
+from ..telemetry.health import (
+    OK,
+    STATUSES,
+    Report,
+    Sample,
+    evaluate,
+    read_samples,
+    server_time_s,
+    worst,
+)
 from .render import wide_console
-from .replay import header_list, scan_topic
-from .settings import Settings
+from .replay import scan_topic
 
 __all__ = ["TASK_META", "collect_status", "connect", "render_status", "result_backend_redis"]
 

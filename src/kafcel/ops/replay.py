@@ -1,10 +1,11 @@
 """Replays: a time range of the task topic, or records out of the DLQ, submitted again.
 
 A replay is a new record on the task topic, so it goes through the bridge like any
-other: validation, per-key order, the once-guard, the DLQ. Its headers say where it came
-from (``kafcel-replay-of``), when (``kafcel-replay-at``), under which id it ran before
-(``kafcel-replay-original-id``) and how often it has been replayed
-(``kafcel-replay-count``); if it fails again, its DLQ record carries that count.
+other: validation, per-key order, the once-guard, the DLQ. Its headers
+(:mod:`kafcel.protocol.headers`) say where it came from (``kafcel-replay-of``), when
+(``kafcel-replay-at``), under which id it ran before (``kafcel-replay-original-id``) and
+how often it has been replayed (``kafcel-replay-count``); if it fails again, its DLQ
+record carries that count.
 
 Times: ISO 8601 (a time without a zone is local time), ``now``, or a relative ``-90s``,
 ``-15m``, ``-2h``, ``-1d``. A time range is found by the broker's time index
@@ -13,8 +14,9 @@ the first stamped after its end, as Kafka's own tools seek by time, and nothing 
 it is read; each record read is checked against its own timestamp too, which costs no
 read and keeps out an older stamp a producer whose clock runs behind put inside it.
 Tansu answers that lookup with the first offset whatever the time (docs/design-notes.md),
-so on a broker that needs the Tansu handling (:func:`kafcel.broker.detect`) the lookup is
-a starting hint only and each record's own timestamp is checked: a full scan there.
+so on a broker that needs the Tansu handling (:func:`kafcel.kafka.broker.detect`) the
+lookup is a starting hint only and each record's own timestamp is checked: a full scan
+there.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,43 +43,31 @@ from confluent_kafka import (
 from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import Producer as KafkaProducer
 
-from .admin import offset_bounds, open_consumer, partitions_of, producer_config
-from .broker import detect
-from .delivery import produce
-from .envelope import Envelope, task_id_for
-from .errors import ConfigError, DeliveryError, KafkaError, RecordRejected
-from .settings import Settings
+from ..errors import ConfigError, DeliveryError, KafkaError, RecordRejected
+from ..kafka.admin import offset_bounds, open_consumer, partitions_of
+from ..kafka.broker import detect
+from ..kafka.config import producer_config
+from ..kafka.delivery import produce
+from ..protocol.envelope import Envelope, task_id_for
+from ..protocol.headers import Headers, header_list, replay_count, replay_headers
+from ..settings import Settings
 
 __all__ = [
-    "REPLAY_AT",
-    "REPLAY_COUNT",
-    "REPLAY_OF",
-    "REPLAY_ORIGINAL_ID",
     "RangeReplay",
     "Republisher",
     "ScanStats",
-    "header_list",
     "parse_time",
     "read_one",
-    "replay_count",
-    "replay_headers",
     "replay_range",
     "scan_topic",
     "with_task_id",
 ]
-
-REPLAY_COUNT = "kafcel-replay-count"
-REPLAY_OF = "kafcel-replay-of"
-REPLAY_AT = "kafcel-replay-at"
-REPLAY_ORIGINAL_ID = "kafcel-replay-original-id"
-_REPLAY_HEADERS = (REPLAY_COUNT, REPLAY_OF, REPLAY_AT, REPLAY_ORIGINAL_ID)
 
 _RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # A scan that reads nothing for this long while records remain has lost the broker.
 _STALL_S = 30.0
 
-Headers = list[tuple[str, str | bytes | None]]
 Progress = Callable[[int, int], None]
 
 
@@ -101,62 +91,6 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
 
 def _ms(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp() * 1000)
-
-
-def header_list(msg: Message) -> Headers:
-    """The record's headers as (name, bytes) pairs."""
-    raw = msg.headers() or []
-    pairs = list(raw.items()) if isinstance(raw, dict) else list(raw)
-    out: Headers = []
-    for name, value in pairs:
-        if value is None:
-            out.append((name, b""))
-        else:
-            out.append((name, value.encode() if isinstance(value, str) else bytes(value)))
-    return out
-
-
-def replay_count(
-    headers: Mapping[str, bytes | str | None] | Sequence[tuple[str, bytes | str | None]] | None,
-) -> int:
-    """How often the record was replayed before (its ``kafcel-replay-count`` header)."""
-    if not headers:
-        return 0  # the common case, on the bridge's path for every record
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    for name, value in pairs:
-        if name == REPLAY_COUNT and value is not None:
-            text = value.decode() if isinstance(value, bytes) else value
-            try:
-                return max(int(text), 0)
-            except ValueError:
-                return 0
-    return 0
-
-
-def replay_headers(
-    original: Headers,
-    *,
-    source: str,
-    original_id: str | None,
-    drop_prefix: str = "",
-    replays: int = 0,
-) -> Headers:
-    """The record's own headers without earlier replay (and ``drop_prefix``) ones, plus
-    this replay's; ``replays`` is the count when the headers no longer carry it."""
-    count = max(replay_count(original), replays) + 1
-    kept = [
-        (name, value)
-        for name, value in original
-        if name not in _REPLAY_HEADERS and not (drop_prefix and name.startswith(drop_prefix))
-    ]
-    kept += [
-        (REPLAY_COUNT, str(count).encode()),
-        (REPLAY_OF, source.encode()),
-        (REPLAY_AT, datetime.now(UTC).isoformat().encode()),
-    ]
-    if original_id:
-        kept.append((REPLAY_ORIGINAL_ID, original_id.encode()))
-    return kept
 
 
 def with_task_id(value: bytes | None, task_id: str | None) -> bytes | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Task
 
-from .results import Origin
+from ..protocol.outcome import Origin
 
 __all__ = ["follow_replacement"]
 

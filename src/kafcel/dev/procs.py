@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .errors import KafcelError
+from ..errors import KafcelError
 
 __all__ = ["ManagedProcess", "bridge_argv", "worker_argv"]
 

@@ -1,10 +1,11 @@
 """The DLQ as an operator sees it: list and filter dead letters, show one, replay them.
 
 A dead letter holds the original bytes (or the request rebuilt by the worker) and the
-``kafcel.*`` headers that say why it failed (:mod:`kafcel.dlq`). A replay writes it back
-to the task topic (:mod:`kafcel.replay`): with the id it failed under, so a client
-waiting on that ``AsyncResult`` gets its final state, or with a new id. Which records were
-replayed is kept in Redis, so running the same replay twice does not submit twice.
+``kafcel.*`` headers that say why it failed (:mod:`kafcel.protocol.deadletter`). A replay
+writes it back to the task topic (:mod:`kafcel.ops.replay`): with the id it failed under,
+so a client waiting on that ``AsyncResult`` gets its final state, or with a new id. Which
+records were replayed is kept in Redis, so running the same replay twice does not submit
+twice.
 """
 
 from __future__ import annotations
@@ -24,20 +25,12 @@ from typing import Any
 import redis
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
-from .dlq import DLQ_HEADER_PREFIX, KNOWN_FIELDS, parse_dlq_headers
-from .errors import BrokerError, ConfigError
-from .once import OnceGuard
-from .replay import (
-    Republisher,
-    ScanStats,
-    header_list,
-    parse_time,
-    read_one,
-    replay_headers,
-    scan_topic,
-    with_task_id,
-)
-from .settings import Settings
+from ..errors import BrokerError, ConfigError
+from ..guard.once import OnceGuard
+from ..protocol.deadletter import DLQ_HEADER_PREFIX, KNOWN_FIELDS, parse_dlq_headers
+from ..protocol.headers import header_list, replay_headers
+from ..settings import Settings
+from .replay import Republisher, ScanStats, parse_time, read_one, scan_topic, with_task_id
 from .status import TASK_META, connect, result_backend_redis
 
 __all__ = [
@@ -51,7 +44,7 @@ __all__ = [
 ]
 
 _REPLAYED = "kafcel:dlq:replayed:"
-# The kafcel.* headers this version writes (kafcel.dlq.DeadLetter, the DLQ writer).
+# The kafcel.* headers this version writes (protocol.deadletter.DeadLetter, the DLQ writer).
 
 
 @dataclass(frozen=True, kw_only=True)

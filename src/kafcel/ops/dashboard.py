@@ -3,7 +3,7 @@
 A standard-library HTTP server (no web framework) serves one self-contained page
 (``dashboard.html``: no CDN, works offline) and a small JSON API:
 
-- ``GET /api/status``: :func:`kafcel.status.collect_status`, the very JSON that
+- ``GET /api/status``: :func:`kafcel.ops.status.collect_status`, the very JSON that
   ``kafcel status --json`` prints; an error is ``{"error": ...}`` with status 503.
 - ``GET /api/dlq?task=&error_class=&key=&since=&until=&limit=``: dead letters, newest
   ``limit`` of those matching (globs for task and error class, exact key, times as
@@ -36,9 +36,9 @@ from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ..errors import ConfigError, KafcelError
+from ..settings import Settings
 from . import deadletters
-from .errors import ConfigError, KafcelError
-from .settings import Settings
 from .status import collect_status
 
 __all__ = ["DashboardServer", "make_server", "serve"]
@@ -55,7 +55,7 @@ _STATUS_TTL_S = 1.0
 
 
 def _page() -> bytes:
-    return resources.files("kafcel").joinpath("dashboard.html").read_bytes()
+    return resources.files(__package__).joinpath("dashboard.html").read_bytes()
 
 
 class _ApiError(Exception):

@@ -24,7 +24,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
 
-from .admin import client_config
+from .config import client_config
 
 __all__ = ["APACHE_KAFKA", "TANSU", "BrokerKind", "detect"]
 

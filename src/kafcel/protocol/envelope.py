@@ -20,7 +20,7 @@ from importlib.resources.abc import Traversable
 from itertools import accumulate
 from typing import Any, Final
 
-from .errors import InvalidEncoding, InvalidJson, RecordTooLarge, SchemaViolation
+from ..errors import InvalidEncoding, InvalidJson, RecordTooLarge, SchemaViolation
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .results import Origin
+    from ..protocol.outcome import Origin
 
 __all__ = [
     "EVENTS_LOGGER",

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -38,10 +38,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .bridge.events import MetricsSink
+from ..errors import ConfigError
 
 __all__ = [
     "LATENCY_BUCKETS_S",
@@ -229,12 +226,6 @@ class BridgeMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-
-if TYPE_CHECKING:
-
-    def _conforms(metrics: BridgeMetrics) -> MetricsSink:
-        return metrics  # mypy checks BridgeMetrics against the protocol the bridge uses
 
 
 def _serve(port: int, host: str, registry: CollectorRegistry, what: str, hint: str) -> WSGIServer:

@@ -13,13 +13,14 @@ from typing import Any
 from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import KafkaException, Producer
 
-__all__ = ["Headers", "Write", "Writes", "produce"]
+from ..protocol.headers import Headers
+
+__all__ = ["Write", "Writes", "produce"]
 
 log = logging.getLogger("kafcel.delivery")
 
 _RETRY_AFTER_S = 1.0
 
-Headers = list[tuple[str, str | bytes | None]]
 Callback = Callable[[], None]
 
 

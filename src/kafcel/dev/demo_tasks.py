@@ -12,8 +12,8 @@ from typing import Any
 
 import redis
 
-from .celery import app_from_env
-from .settings import Settings
+from ..settings import Settings
+from ..worker import app_from_env
 
 __all__ = ["TransientOrderError", "app", "process_order"]
 

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import redis
 
-from .errors import BrokerError
-from .results import SUCCESS, Outcome
+from ..errors import BrokerError
+from ..protocol.outcome import SUCCESS, Outcome
 
 __all__ = ["Claim", "OnceGuard", "TaskState"]
 

@@ -13,8 +13,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from .dlq import clip
-from .errors import KafcelError
+from ..errors import KafcelError
+from .deadletter import clip
 
 __all__ = ["FAILURE", "REVOKED", "REVOKED_BY_OPERATOR", "SUCCESS", "Origin", "Outcome"]
 

@@ -1,0 +1,54 @@
+"""Configuration of every Kafka client kafcel creates: the base settings, the durable
+producer's, the bridge consumers' fetch settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["KAFKA_LOG", "client_config", "fetch_config", "producer_config"]
+
+
+# librdkafka's own log lines go through Python logging, not straight to stderr, so a CLI
+# error stays one line and the bridge's log stays in one format.
+KAFKA_LOG = logging.getLogger("kafcel.kafka")
+
+
+def fetch_config(wait_ms: int, *, tansu: bool) -> dict[str, Any]:
+    """Fetch settings of the bridge's consumers, to go before the user's own settings.
+
+    Apache Kafka answers a fetch as soon as a record arrives: ``fetch.min.bytes=1`` with
+    librdkafka's usual 500 ms wait, which only bounds an idle consumer's requests.
+    Tansu (``tansu``: the broker needs its handling) answers only when
+    ``fetch.wait.max.ms`` runs out, even when records arrive meanwhile (500 ms meant
+    150 ms of median latency), so the wait is ``wait_ms``; a high ``fetch.min.bytes``
+    makes every fetch last that long, so a busy consumer sends a bounded number of
+    fetches a second instead of one per few records (the broker's CPU). Either way 8 MB
+    of prefetch bounds memory (librdkafka's default is 64 MB).
+    """
+    if not tansu:
+        return {"fetch.wait.max.ms": 500, "fetch.min.bytes": 1, "queued.max.messages.kbytes": 8192}
+    return {
+        "fetch.wait.max.ms": wait_ms,
+        "fetch.min.bytes": 1 << 20,
+        "queued.max.messages.kbytes": 8192,
+    }
+
+
+def client_config(bootstrap_servers: str, extra: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Base config of every Kafka client kafcel creates."""
+    return {"bootstrap.servers": bootstrap_servers, "logger": KAFKA_LOG, **(extra or {})}
+
+
+def producer_config(
+    bootstrap_servers: str, extra: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """A producer whose writes survive a broker's loss (idempotent, ``acks=all``); these
+    settings win over the user's own, which a DLQ or replay write must not weaken."""
+    return {
+        **client_config(bootstrap_servers, extra),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+    }
