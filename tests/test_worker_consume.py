@@ -141,17 +141,18 @@ def test_soft_and_hard_time_limits_on_a_consuming_prefork_worker(
     pipeline: Pipeline, ledger: Ledger
 ) -> None:
     name, client = ledger
-    pipeline.start_consumer(pool="prefork")
+    # A hard limit kills the process before the task wrapper can announce anything: the
+    # record settles from the result backend's FAILURE, found by the redispatch check.
+    pipeline.start_consumer(pool="prefork", redispatch_after_s=3.0)
     with Producer(settings=pipeline.settings) as producer:
         soft = producer.submit("tests.app.soft_limited", args=[name, "soft"], key="a")
-        hard = producer.submit("tests.app.hard_limited", args=[name, "hard"], key="b")
-    outcomes = outcomes_for(pipeline, 2)
+        producer.submit("tests.app.hard_limited", args=[name, "hard"], key="b")
+    outcomes = outcomes_for(pipeline, 1)
     assert outcomes[soft].status == "SUCCESS" and outcomes[soft].result == "soft"
-    assert outcomes[hard].status == "FAILURE"
-    assert outcomes[hard].error_class == "TimeLimitExceeded"
-    # Killed by its limit, it is not run again: one attempt, and its record settles.
+    wait_until(pipeline.fully_committed, 60, "both records settled and committed")
+    # Killed by its limit, it is not run again.
     assert counts(client, f"{name}:attempts") == {"hard": 1}
-    wait_until(pipeline.fully_committed, 30, "offsets committed")
+    assert counts(client, f"{name}:effects") == {"soft": 1}
 
 
 def test_sigterm_finishes_the_running_tasks_and_the_next_worker_runs_the_rest(
