@@ -4,8 +4,11 @@ task topic itself, no bridge, with the bridge path's guarantees."""
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -199,3 +202,32 @@ def test_a_killed_consuming_worker_loses_nothing_and_repeats_no_effect(
     wait_until(lambda: client.hlen(f"{name}:effects") == n, 120, "every task to run")
     assert set(counts(client, f"{name}:effects").values()) == {1}
     wait_until(pipeline.fully_committed, 30, "offsets committed")
+
+
+def test_status_shows_the_consuming_worker_with_its_partitions(pipeline: Pipeline) -> None:
+    pipeline.start_consumer()
+
+    def members() -> list[dict[str, Any]]:
+        out = subprocess.run(
+            [sys.executable, "-m", "kafcel", "status", "--json"],
+            env=pipeline.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        found: list[dict[str, Any]] = json.loads(out.stdout)["bridges"]
+        return [m for m in found if m["partitions"]]
+
+    (member,) = wait_until(members, 30, "the worker's presence with its partitions")
+    assert member["role"] == "worker"
+    assert sorted(member["partitions"]) == [0, 1, 2, 3]
+    out = subprocess.run(
+        [sys.executable, "-m", "kafcel", "status"],
+        env=pipeline.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "worker" in out.stdout and "consuming workers" in out.stdout

@@ -217,13 +217,15 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
     table.add_section()
     table.add_row("total", "", "", str(report["lag"]))
     console.print(table)
-    bridges = Table(title="bridges")
-    for col in ("member", "partitions", "in flight", "dispatched", "redispatched", "dlq"):
-        bridges.add_column(col, justify="left" if col == "member" else "right")
+    # Bridges and Celery workers consuming the topic themselves (path B), one group.
+    bridges = Table(title="consumers: bridges and consuming workers")
+    for col in ("member", "role", "partitions", "in flight", "dispatched", "redispatched", "dlq"):
+        bridges.add_column(col, justify="left" if col in ("member", "role") else "right")
     for b in report.get("bridges", []):
         st = b.get("stats", {})
         bridges.add_row(
             str(b.get("member", "?")),
+            str(b.get("role", "bridge")),
             ",".join(map(str, b.get("partitions", []))) or "-",
             str(st.get("in_flight", 0)),
             str(st.get("dispatched", 0)),
