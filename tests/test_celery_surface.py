@@ -15,9 +15,10 @@ import redis
 from celery import Celery
 
 from kafcel import Outcome, Producer
+from kafcel.protocol.deadletter import parse_dlq_headers
 
 from .conftest import Pipeline, wait_until
-from .test_pipeline import outcomes_for
+from .test_pipeline import counts, outcomes_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -146,3 +147,26 @@ def test_a_replaced_task_settles_on_its_replacements_outcome(
     assert outcomes[failing].task == "tests.app.always_fail"
     wait_until(pipeline.fully_committed, 30, "offsets committed")
     assert uuid.UUID(task_id)
+
+
+@pytest.mark.both_paths
+def test_a_hard_time_limit_fails_the_task_into_the_dlq_at_once(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    """The pool kills the process: the worker's main process announces the failure,
+    without waiting for the redispatch check (redispatch_after_s, 2 minutes here)."""
+    name, client = ledger
+    pipeline.start()
+    with Producer(settings=pipeline.settings) as producer:
+        task_id = producer.submit("tests.app.hard_limited", args=[name, "hard"], key="k")
+        after = producer.submit("tests.app.record", args=[name, "after"], key="k")
+    outcomes = outcomes_for(pipeline, 2)
+    failed = outcomes[task_id]
+    assert failed.status == "FAILURE" and failed.error_class == "TimeLimitExceeded"
+    assert outcomes[after].status == "SUCCESS"
+    dlq = pipeline.read(pipeline.settings.dlq_topic, until=lambda got: len(got) >= 1)
+    h = parse_dlq_headers(dlq[0].headers())
+    assert h["error.class"] == "TimeLimitExceeded" and h["task_id"] == task_id
+    assert h["stage"] == "worker"
+    assert counts(client, f"{name}:attempts")["hard"] == 1
+    wait_until(pipeline.fully_committed, 30, "offsets committed")

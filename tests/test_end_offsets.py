@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from kafcel import admin
 from kafcel.dev import DevStack
+from kafcel.kafka import admin
 from kafcel.kafka.admin import end_offsets, ensure_topics
 from kafcel.kafka.config import client_config
 

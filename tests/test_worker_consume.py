@@ -144,15 +144,15 @@ def test_soft_and_hard_time_limits_on_a_consuming_prefork_worker(
     pipeline: Pipeline, ledger: Ledger
 ) -> None:
     name, client = ledger
-    # A hard limit kills the process before the task wrapper can announce anything: the
-    # record settles from the result backend's FAILURE, found by the redispatch check.
-    pipeline.start_consumer(pool="prefork", redispatch_after_s=3.0)
+    pipeline.start_consumer(pool="prefork")
     with Producer(settings=pipeline.settings) as producer:
         soft = producer.submit("tests.app.soft_limited", args=[name, "soft"], key="a")
-        producer.submit("tests.app.hard_limited", args=[name, "hard"], key="b")
-    outcomes = outcomes_for(pipeline, 1)
+        hard = producer.submit("tests.app.hard_limited", args=[name, "hard"], key="b")
+    outcomes = outcomes_for(pipeline, 2)
     assert outcomes[soft].status == "SUCCESS" and outcomes[soft].result == "soft"
-    wait_until(pipeline.fully_committed, 60, "both records settled and committed")
+    assert outcomes[hard].status == "FAILURE"
+    assert outcomes[hard].error_class == "TimeLimitExceeded"
+    wait_until(pipeline.fully_committed, 30, "offsets committed")
     # Killed by its limit, it is not run again.
     assert counts(client, f"{name}:attempts") == {"hard": 1}
     assert counts(client, f"{name}:effects") == {"soft": 1}

@@ -372,17 +372,21 @@ class OnceGuard:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
         return int(done) == 1
 
-    def finish_over(self, outcome: Outcome) -> bool:
+    def finish_over(self, outcome: Outcome, *, dead_letter_pending: bool = False) -> bool:
         """Record ``outcome`` over the attempt holding the id if that attempt's process is
-        gone (``revoke(terminate=True)`` killed it): its lease would otherwise block the
-        id until it lapses. False, writing nothing, if a live attempt holds it."""
+        gone (``revoke(terminate=True)`` or a hard time limit killed it): its lease would
+        otherwise block the id until it lapses. False, writing nothing, if a live attempt
+        holds it or none does. ``dead_letter_pending`` as for :meth:`finish`."""
+        flag = _DEAD_LETTER_PENDING if dead_letter_pending else b""
         key = self._key(outcome.task_id)
         try:
             value = self._redis.get(key)
             if value is None or not self._owner_dead(value):
                 return False
             keys = [key, self._attempts_key(outcome.task_id)]
-            done = self._finish(keys=keys, args=[value, _DONE + outcome.encode(), self._done_ms])
+            done = self._finish(
+                keys=keys, args=[value, _DONE + flag + outcome.encode(), self._done_ms]
+            )
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
         return int(done) == 1
@@ -405,12 +409,16 @@ class OnceGuard:
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc
 
-    def finish_if_absent(self, outcome: Outcome) -> Claim | None:
-        """Record ``outcome`` unless the id runs or is done (only queued); else its state."""
+    def finish_if_absent(
+        self, outcome: Outcome, *, dead_letter_pending: bool = False
+    ) -> Claim | None:
+        """Record ``outcome`` unless the id runs or is done (only queued); else its state.
+        ``dead_letter_pending`` as for :meth:`finish`."""
+        flag = _DEAD_LETTER_PENDING if dead_letter_pending else b""
         try:
             value = self._finish_if_free(
                 keys=[self._key(outcome.task_id)],
-                args=[_DONE + outcome.encode(), self._done_ms],
+                args=[_DONE + flag + outcome.encode(), self._done_ms],
             )
         except redis.RedisError as exc:
             raise BrokerError(f"once-guard Redis unavailable: {exc}") from exc

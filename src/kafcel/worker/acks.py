@@ -16,6 +16,7 @@ connected to the task itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task
@@ -35,9 +36,15 @@ class _LateAcks(Proxy):  # type: ignore[misc]
     reject_on_worker_lost = True
 
 
-def per_message_acks(task: Task, header: str) -> None:
+def per_message_acks(
+    task: Task, header: str, *, on_hard_timeout: Callable[[Any, float], None] | None = None
+) -> None:
     """Give ``task`` a Request class that acks messages carrying ``header`` late.
-    Keeps a Request class the task already has (as the base); safe to call twice."""
+    Keeps a Request class the task already has (as the base); safe to call twice.
+
+    ``on_hard_timeout(request, timeout_s)`` runs in the worker's main process after a
+    hard time limit killed the process running such a message's task: nothing in that
+    process could announce the failure."""
     base: type[Any] = symbol_by_name(task.Request)
     if getattr(base, _MARK, False):
         return
@@ -60,6 +67,11 @@ def per_message_acks(task: Task, header: str) -> None:
                 return result
 
             cls.on_success = on_success
+
+        def on_timeout(self, soft: bool, timeout: float) -> None:
+            super().on_timeout(soft, timeout)
+            if not soft and on_hard_timeout is not None and self.kafcel_message:
+                on_hard_timeout(self, timeout)
 
         @property
         def kafcel_message(self) -> bool:

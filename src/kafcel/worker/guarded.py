@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import numbers
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from .origin import HEADER, origin_of
 from .process import WorkerProcess
 from .replace import follow_replacement
 
-__all__ = ["guard_task", "never_ran"]
+__all__ = ["guard_task", "killed_by_time_limit", "never_ran"]
 
 log = logging.getLogger("kafcel.worker")
 events = logging.getLogger(EVENTS_LOGGER)
@@ -319,6 +320,56 @@ def never_ran(
         # else another copy of this id runs right now and will announce itself
     except KafcelError:
         log.exception("kafcel: could not settle %s (%s)", task_id, reason)
+
+
+def killed_by_time_limit(
+    state: WorkerProcess, origin: Origin, request: Any, timeout_s: float
+) -> None:
+    """A hard time limit killed the process running ``request`` (a worker ``Request``):
+    nothing there could announce it, so its failure is recorded, dead-lettered and
+    announced from the worker's main process, as the task wrapper would have done.
+
+    Off the event loop's thread: a killed process that could not end its claim holds
+    the id's lease until the pool has reaped it."""
+    retries = int(request.request_dict.get("retries") or 0)
+    outcome = _outcome(
+        origin,
+        request.id,
+        request.name,
+        FAILURE,
+        retries=retries,
+        error_class="TimeLimitExceeded",
+        error_message=f"the task exceeded its hard time limit ({timeout_s:g}s) and its "
+        "process was killed",
+    )
+    args, kwargs = tuple(request.args or ()), dict(request.kwargs or {})
+
+    def settle() -> None:
+        try:
+            deadline = time.monotonic() + state.guard.lease_s
+            while True:
+                # The pool's SIGTERM usually lets the killed attempt end its claim; a
+                # SIGKILL leaves its lease, taken over once the process is reaped.
+                current = state.guard.finish_if_absent(outcome, dead_letter_pending=True)
+                if current is None:
+                    break
+                if current.done is not None:
+                    return  # it finished after all, or another copy did: theirs stands
+                if state.guard.finish_over(outcome, dead_letter_pending=True):
+                    break
+                if time.monotonic() > deadline:
+                    log.warning("kafcel: %s still held a lease after its time limit", request.id)
+                    return
+                time.sleep(0.05)
+            letter = _letter(request.name, origin, outcome)
+            _write_dead_letter(state, origin, letter, args, kwargs, request)
+            state.publish(origin, outcome)
+        except KafcelError:
+            # The done marker says its dead letter is pending: a copy of the id (the
+            # redispatch check sends one) writes it and announces the outcome.
+            log.exception("kafcel: could not settle %s after its time limit", request.id)
+
+    threading.Thread(target=settle, name="kafcel-time-limit", daemon=True).start()
 
 
 def _rebuild(

@@ -31,7 +31,7 @@ from ..settings import Settings
 from ..telemetry.logs import worker_logs
 from .acks import per_message_acks
 from .consume import CONSUME_FLAG, consume_step
-from .guarded import guard_task, never_ran
+from .guarded import guard_task, killed_by_time_limit, never_ran
 from .origin import HEADER, origin_of
 from .process import WorkerProcess
 
@@ -56,9 +56,14 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
     app.conf.worker_prefetch_multiplier = 1
     state = WorkerProcess(settings)
 
+    def timed_out(request: Any, timeout_s: float) -> None:
+        origin = Origin.from_header(request.request_dict.get(HEADER))
+        if origin is not None:
+            killed_by_time_limit(state, origin, request, timeout_s)
+
     def guard_all(sender: Any = None, **_: Any) -> None:
         for task in list(app.tasks.values()):
-            per_message_acks(task, HEADER)
+            per_message_acks(task, HEADER, on_hard_timeout=timed_out)
             guard_task(task, state)
 
     def on_revoked(
