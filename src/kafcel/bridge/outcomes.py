@@ -191,5 +191,27 @@ class OutcomeReader:
                 exc,
             )
 
+    def ends(self) -> dict[int, int] | None:
+        """The followed partitions' ends now; None if the broker cannot say."""
+        ends: dict[int, int] = {}
+        try:
+            for tp in self._consumer.assignment():
+                _, high = self._consumer.get_watermark_offsets(tp, timeout=5)
+                ends[tp.partition] = high
+        except KafkaException as exc:
+            log.warning("cannot read the ends of the results topic: %s", exc)
+            return None
+        return ends
+
+    def reached(self, ends: dict[int, int] | None) -> bool:
+        """Whether every outcome before ``ends`` has been read (False without ends)."""
+        if ends is None:
+            return False
+        for tp in self._consumer.assignment():
+            end = ends.get(tp.partition)
+            if end is not None and self._resume_at(tp) < end:
+                return False
+        return True
+
     def close(self) -> None:
         self._consumer.close()

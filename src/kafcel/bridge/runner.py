@@ -95,6 +95,7 @@ class Bridge:
         self.events = BridgeEvents()
         self._on_ready = on_ready
         self._stop = threading.Event()
+        self._ran_all = False
         self._tracker = OffsetTracker()
         self._pending = Pending()
         self._gate: OrderingGate[Dispatch] = OrderingGate(mode=settings.ordering)
@@ -141,8 +142,12 @@ class Bridge:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Ask the bridge to stop fetching, drain and exit (safe from a signal handler)."""
+    def stop(self, *, ran_all: bool = False) -> None:
+        """Ask the bridge to stop fetching, drain and exit (safe from a signal handler).
+        ``ran_all``: whatever will run of the dispatched tasks has run (a consuming
+        worker's pool has drained), so the drain waits only for the outcomes published
+        until now, not for records that no one will run."""
+        self._ran_all = ran_all
         self._stop.set()
 
     def run(self) -> int:
@@ -230,10 +235,16 @@ class Bridge:
             self._consumer.pause(self._consumer.assignment())
         deadline = time.monotonic() + s.drain_timeout_s
         log.info("draining %d in-flight task(s)", self._tracker.in_flight())
-        while self._tracker.in_flight() > 0 and time.monotonic() < deadline:
+        assert self._results is not None
+        ends = self._results.ends() if self._ran_all else None
+        ran = False
+        while self._tracker.in_flight() > 0 and time.monotonic() < deadline and not ran:
             self._step(fetch=False)
+            ran = self._results.reached(ends)
         left = self._tracker.in_flight()
-        if left:
+        if left and ran:
+            log.info("%d record(s) not run here: the partitions' next owner runs them", left)
+        elif left:
             log.warning("drain timeout: %d task(s) unsettled; they will be re-read", left)
         self._offsets.commit_before_leaving(self._consumer, within_s=s.session_timeout_s)
         self.stats.commits = self._offsets.commits

@@ -121,7 +121,8 @@ class _Consuming:
         thread = self._thread
         if thread is None:
             return
-        self.bridge.stop()
+        # Called once the pool has drained: what will run here has run.
+        self.bridge.stop(ran_all=True)
         thread.join()
 
 
