@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from kafcel.chaos.runner import select
-from kafcel.chaos.scenarios import FAST
+from kafcel.chaos.scenarios import FAST, FAST_PATH_B
 from kafcel.errors import KafcelError
 
 from .conftest import ROOT
@@ -26,9 +26,19 @@ pytestmark = [pytest.mark.integration]
 @pytest.mark.tansu
 @pytest.mark.timeout(900)
 def test_fast_subset_loses_nothing_duplicates_nothing_and_keeps_key_order(broker: str) -> None:
+    fast_subset(broker, "kafcel", FAST)
+
+
+@pytest.mark.timeout(900)
+def test_path_b_fast_subset_loses_nothing_duplicates_nothing_and_keeps_key_order() -> None:
+    """The same with the Celery workers consuming the task topic themselves."""
+    fast_subset("kafka", "kafcel-worker", FAST_PATH_B)
+
+
+def fast_subset(broker: str, system: str, fast: tuple[str, ...]) -> None:
     # Apache Kafka's own node faults (kafka-kill-9) are not run on Tansu.
-    names = [s.name for s in select((), broker=broker) if s.system == "kafcel" and s.name in FAST]
-    only = [arg for name in names for arg in ("--only", f"kafcel:{name}")]
+    names = [s.name for s in select((), broker=broker) if s.system == system and s.name in fast]
+    only = [arg for name in names for arg in ("--only", f"{system}:{name}")]
     argv = ["chaos", "--tasks", "1000", "--json", "--broker", broker, *only]
     proc = subprocess.run(
         [sys.executable, "-m", "kafcel", *argv],
@@ -47,7 +57,7 @@ def test_fast_subset_loses_nothing_duplicates_nothing_and_keeps_key_order(broker
     rows = {row["name"]: row for row in report["scenarios"]}
     assert set(rows) == set(names)
     for row in rows.values():
-        assert row["system"] == "kafcel"
+        assert row["system"] == system
         assert set(row) >= {
             "name", "system", "lost", "duplicates", "out_of_order", "unexpected",
             "submit_failed", "dlq_expected", "dlq", "peak_lag", "drain_s",

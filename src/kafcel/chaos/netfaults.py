@@ -72,16 +72,17 @@ def _cut_at_random_moment(
 def partition_bridge(
     stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
 ) -> None:
-    """Bridge 1 loses Kafka (every client port, both ways) for ``CUT_FOR_S``; it still
-    reaches Redis. Its partitions move to bridge 0 meanwhile."""
-    bridge = rig.bridges[1]
+    """Bridge 1 (or consuming worker 1) loses Kafka (every client port, both ways) for
+    ``CUT_FOR_S``; it still reaches Redis. Its partitions move to the other meanwhile."""
+    kind, consumers = rig.consumers
+    bridge = consumers[1]
     mark = bridge.log_size()
     healed = [mark]
 
     def before_heal() -> None:
         healed[0] = bridge.log_size()
 
-    ns = rig.netns[("bridge", 1)]
+    ns = rig.netns[(kind, 1)]
     if not _cut_at_random_moment(stack, ns, kafka_client_ports(stack), rng, stop, p, before_heal):
         return
     # Back in the group (its partitions were lost, so the rejoin assigns afresh), then

@@ -19,6 +19,7 @@ import redis
 from ..dev import DevStack, free_ports
 from ..dev.procs import ManagedProcess, bridge_argv, worker_argv
 from ..settings import Settings
+from ..worker.consume import CONSUME_FLAG
 from .netlab import Netns
 from .tasks import LEDGER_ENV
 
@@ -124,9 +125,13 @@ class ChaosStack:
 
 
 class KafcelRig:
-    """Workers and bridges of one scenario, on its own topic, group and Celery queue."""
+    """Workers and bridges of one scenario, on its own topic, group and Celery queue.
+    ``consume``: the workers consume the task topic themselves (path B), no bridge."""
 
-    def __init__(self, *, stack: ChaosStack, settings: Settings, log_dir: Path) -> None:
+    def __init__(
+        self, *, stack: ChaosStack, settings: Settings, log_dir: Path, consume: bool = False
+    ) -> None:
+        self.consume = consume
         self.stack = stack
         self.settings = settings
         self.log_dir = log_dir
@@ -144,6 +149,8 @@ class KafcelRig:
     ) -> ManagedProcess:
         n = len(self.workers) if index is None else index
         argv = worker_argv(APP, queue=self.queue, concurrency=concurrency, name=f"chaos{n}")
+        if self.consume:
+            argv.append(CONSUME_FLAG)
         argv = self._placed("worker", n, netns, argv)
         return self._start(self.workers, index, f"worker {n}", argv, f"worker{n}.log", " ready.")
 
@@ -155,6 +162,11 @@ class KafcelRig:
         return self._start(
             self.bridges, index, f"bridge {n}", argv, f"bridge{n}.log", "bridge started"
         )
+
+    @property
+    def consumers(self) -> tuple[str, list[ManagedProcess]]:
+        """What reads the task topic: ``("bridge", bridges)`` or, consuming, the workers."""
+        return ("worker", self.workers) if self.consume else ("bridge", self.bridges)
 
     def _placed(self, kind: str, n: int, netns: Netns | None, argv: list[str]) -> list[str]:
         """``argv`` inside the slot's namespace: ``netns``, else the one it ran in before."""
@@ -194,11 +206,17 @@ class KafcelRig:
             s = self.settings
             proc.stop(timeout_s=s.drain_timeout_s + 2 * s.session_timeout_s + 25)
 
-    def kill_worker(self, index: int = 0) -> None:
-        """SIGKILL the worker's main process and its prefork children at once."""
+    def kill_worker(self, index: int = 0, *, sig: int = signal.SIGKILL) -> None:
+        """SIGKILL the worker's main process and its prefork children at once; SIGTERM
+        the main process (Celery's warm shutdown) and wait until it has finished."""
         proc = self.workers[index]
-        proc.signal(signal.SIGKILL, group=True)
-        proc.stop(timeout_s=5)
+        if sig == signal.SIGKILL:
+            proc.signal(signal.SIGKILL, group=True)
+            proc.stop(timeout_s=5)
+            return
+        s = self.settings
+        # stop() sends the one SIGTERM (a second would not make the shutdown warmer).
+        proc.stop(timeout_s=s.drain_timeout_s + 2 * s.session_timeout_s + 25)
 
     def stop(self) -> None:
         for proc in self.bridges:

@@ -226,7 +226,9 @@ def run_scenario(
         settings.bootstrap_servers,
         {t: _PARTITIONS for t in (settings.topic, settings.results_topic, settings.dlq_topic)},
     )
-    rig = KafcelRig(stack=stack, settings=settings, log_dir=log_dir)
+    rig = KafcelRig(
+        stack=stack, settings=settings, log_dir=log_dir, consume=scenario.system == "kafcel-worker"
+    )
     stop = threading.Event()
     try:
         for i in range(scenario.workers):
@@ -361,8 +363,9 @@ def _start_fault(
 
 
 def _redispatched(rig: KafcelRig) -> int:
-    """Redispatches counted in the bridges' logs (their final stats lines)."""
+    """Redispatches counted in the logs of what consumes the topic (bridges, or workers)."""
+    kind, _ = rig.consumers
     total = 0
-    for path in sorted(rig.log_dir.glob("bridge*.log")):
+    for path in sorted(rig.log_dir.glob(f"{kind}*.log")):
         total += path.read_text(errors="replace").count("redispatching ")
     return total

@@ -14,13 +14,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .brokerfaults import broker_pause, kafka_kill_9, leader_kill
 from .netfaults import partition_bridge, partition_worker
 from .rig import ChaosStack, KafcelRig
 from .timing import Progress, moments, reach
 
-__all__ = ["FAST", "SCENARIOS", "Scenario"]
+__all__ = ["FAST", "FAST_PATH_B", "SCENARIOS", "Scenario"]
 
 Fault = Callable[[ChaosStack, KafcelRig, random.Random, threading.Event, Progress], None]
 
@@ -28,7 +29,7 @@ Fault = Callable[[ChaosStack, KafcelRig, random.Random, threading.Event, Progres
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    system: str  # "kafcel" or "kombu-kafka"
+    system: str  # "kafcel" (bridge), "kafcel-worker" (workers consume) or "kombu-kafka"
     fault: Fault | None = None
     poison_ratio: float = 0.0
     bridges: int = 1
@@ -70,16 +71,19 @@ def _restart_bridge_5_times(sig: int) -> Fault:
     return fault
 
 
-def kill_worker(
-    stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
-) -> None:
-    def hurt() -> None:
-        index = rng.randrange(len(rig.workers))
-        rig.kill_worker(index)
-        stack.note(f"SIGKILL worker {index}")
-        rig.start_worker(index)
+def _restart_worker_5_times(sig: int) -> Fault:
+    def fault(
+        stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
+    ) -> None:
+        def hurt() -> None:
+            index = rng.randrange(len(rig.workers))
+            rig.kill_worker(index, sig=sig)
+            stack.note(f"{signal.Signals(sig).name} worker {index}")
+            rig.start_worker(index)
 
-    _five_times(p, rng, stop, hurt)
+        _five_times(p, rng, stop, hurt)
+
+    return fault
 
 
 def _once_midway(hurt: Callable[[ChaosStack], None], what: str) -> Fault:
@@ -95,6 +99,8 @@ def _once_midway(hurt: Callable[[ChaosStack], None], what: str) -> Fault:
     return fault
 
 
+kill_worker = _restart_worker_5_times(signal.SIGKILL)
+term_worker = _restart_worker_5_times(signal.SIGTERM)
 kill_bridge = _restart_bridge_5_times(signal.SIGKILL)
 term_bridge = _restart_bridge_5_times(signal.SIGTERM)
 flush_redis = _once_midway(ChaosStack.flush_redis, "FLUSHALL on Celery's Redis")
@@ -104,22 +110,92 @@ restart_redis = _once_midway(ChaosStack.restart_redis, "Celery's Redis restarted
 def bounce_bridge(
     stack: ChaosStack, rig: KafcelRig, rng: random.Random, stop: threading.Event, p: Progress
 ) -> None:
-    """Two bridges in one group; the second stops and starts every 10 s for 2 minutes."""
+    """Two consumers in one group (bridges, or consuming workers); the second stops and
+    starts every 10 s for 2 minutes."""
+    kind, _ = rig.consumers
+    halt, start = (
+        (rig.kill_worker, rig.start_worker)
+        if kind == "worker"
+        else (rig.kill_bridge, rig.start_bridge)
+    )
     deadline = time.monotonic() + 120
     up = True
     while time.monotonic() < deadline:
         if stop.wait(10):
             return
         if up:
-            rig.kill_bridge(1, sig=signal.SIGTERM)
-            stack.note("SIGTERM bridge 1")
+            halt(1, sig=signal.SIGTERM)
+            stack.note(f"SIGTERM {kind} 1")
         else:
-            rig.start_bridge(1)
-            stack.note("bridge 1 started")
+            start(1)
+            stack.note(f"{kind} 1 started")
         up = not up
     if not up:
-        rig.start_bridge(1)
+        start(1)
 
+
+def _path_b(name: str, fault: Fault | None, description: str, **options: Any) -> Scenario:
+    """A scenario of path B: two Celery workers consume the task topic, no bridge."""
+    return Scenario(
+        name, "kafcel-worker", fault, bridges=0, workers=2, description=description, **options
+    )
+
+
+# Path B's rows: every fault that applies when the workers consume the topic themselves.
+_PATH_B = [
+    _path_b("control", None, "no fault"),
+    _path_b("worker-kill-9", kill_worker, "kill -9 a consuming worker (main and children) 5 times"),
+    _path_b(
+        "worker-sigterm", term_worker, "SIGTERM a consuming worker 5 times, restarted each time"
+    ),
+    _path_b(
+        "worker-bounce",
+        bounce_bridge,
+        "2 consuming workers, one stopped/started every 10 s for 2 min",
+        submit_over_s=110.0,
+    ),
+    _path_b(
+        "kafka-partition", partition_bridge, "one worker cut off from Kafka for 30 s", netns=True
+    ),
+    _path_b(
+        "worker-partition",
+        partition_worker,
+        "one worker cut off from Celery's Redis for 30 s (it keeps its partitions, paused)",
+        netns=True,
+    ),
+    _path_b("redis-flushall", flush_redis, "FLUSHALL on Celery's Redis"),
+    _path_b("redis-restart", restart_redis, "Celery's Redis restarted"),
+    _path_b("kafka-kill-9", kafka_kill_9, "kill -9 the Kafka node 3 times", kafka_only=True),
+    _path_b(
+        "leader-kill",
+        leader_kill,
+        "3 nodes: kill -9 the busiest leader twice, then the active controller",
+        brokers=3,
+        kafka_only=True,
+    ),
+    _path_b(
+        "broker-pause",
+        broker_pause,
+        "3 nodes: SIGSTOP the busiest leader for 20 s",
+        brokers=3,
+        kafka_only=True,
+    ),
+    _path_b(
+        "submit-during-failover",
+        leader_kill,
+        "leader-kill while the submitter keeps submitting",
+        brokers=3,
+        kafka_only=True,
+        submit_over_s=75.0,
+        faults_follow_submits=True,
+    ),
+    _path_b(
+        "poison",
+        None,
+        "10% poison of every kind, always-failing and self-killing tasks",
+        poison_ratio=0.10,
+    ),
+]
 
 SCENARIOS: list[Scenario] = [
     Scenario("control", "kafcel", description="no fault"),
@@ -199,10 +275,12 @@ SCENARIOS: list[Scenario] = [
         poison_ratio=0.10,
         description="10% poison of every kind, always-failing and self-killing tasks",
     ),
+    *_PATH_B,
     Scenario("control", "kombu-kafka", description="no fault"),
     Scenario("worker-kill-9", "kombu-kafka", kill_worker, description="kill -9 the worker 5 times"),
     Scenario("redis-flushall", "kombu-kafka", flush_redis, description="FLUSHALL on Redis"),
 ]
 
-# The subset `make test` runs with a small N.
+# The subsets `make test` runs with a small N: the bridge's, and path B's.
 FAST = ("control", "bridge-kill-9", "redis-flushall", "poison", "kafka-kill-9")
+FAST_PATH_B = ("control", "worker-kill-9", "worker-sigterm", "poison", "kafka-kill-9")
