@@ -26,6 +26,7 @@ import threading
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.worker import state as worker_state
 from kombu.utils import json as kombu_json
 
 from ..bridge import Bridge
@@ -156,9 +157,21 @@ def consume_step(settings: Settings | None) -> type[bootsteps.StartStopStep]:
             self._consuming.start()
 
         def stop(self, c: Any) -> None:
-            # Also at every broker reconnect: only stop handing over.
-            if self._consuming is not None:
-                self._consuming.handoff.detach()
+            # Also at every broker reconnect: stop handing over, and line up again what
+            # Celery just dropped with its connection (on_close ran before this).
+            if self._consuming is None:
+                return
+            handoff = self._consuming.handoff
+            handoff.detach()
+            if worker_state.should_stop is not None or worker_state.should_terminate is not None:
+                return  # shutting down: what was not run is left to the next owner
+            dropped = handoff.requeue_dropped(set(worker_state.requests))
+            if dropped:
+                log.warning(
+                    "kafcel: %d record(s) Celery dropped with its broker connection are "
+                    "handed over again when it is back",
+                    dropped,
+                )
 
         def shutdown(self, c: Any) -> None:
             if self._consuming is not None:

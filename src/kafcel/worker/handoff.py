@@ -20,7 +20,7 @@ import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import Any
 
 from kombu.message import Message
@@ -109,6 +109,10 @@ class HandOff:
         return self._open.pop(tag, None)
 
     def redeliver(self, message: Message) -> None:
+        self.put([self._again(message)])
+
+    def _again(self, message: Message) -> Message:
+        """A fresh copy of ``message``, marked redelivered (a message acks only once)."""
         again = self.message(
             body=message.body,
             headers=message.headers,
@@ -116,10 +120,35 @@ class HandOff:
             queue=message.delivery_info.get("routing_key", ""),
         )
         again.delivery_info["redelivered"] = True
-        self.put([again])
+        return again
 
     def unacknowledged(self) -> int:
         return len(self._open)
+
+    def requeue_dropped(self, live: Container[str]) -> int:
+        """Hand over again, first in line, what Celery dropped: handed over, neither
+        acknowledged nor rejected, and no longer among its requests (``live``: task ids).
+
+        Celery drops its waiting and ETA requests when its broker connection restarts
+        (``Consumer.on_close``), expecting the broker to deliver them again; Kafka
+        records have no broker to do that. Called on the hub's thread, where Celery's
+        request table does not change meanwhile."""
+        with self._lock:
+            waiting = {id(m) for m in self._queue}
+            dropped = [
+                m
+                for m in list(self._open.values())
+                if id(m) not in waiting and m.headers.get("id") not in live
+            ]
+            for m in dropped:
+                self._open.pop(m.delivery_tag, None)
+        again = [self._again(m) for m in dropped]
+        with self._lock:
+            # Ahead of anything newer: a key's next record is not admitted before this
+            # one's outcome anyway, so line order is only fairness.
+            self._queue.extendleft(reversed(again))
+        self._wake()
+        return len(again)
 
     def _wake(self) -> None:
         with self._lock:
