@@ -20,8 +20,10 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from kafcel import Outcome, Producer
+from kafcel.dev import free_ports
 
 from .conftest import Pipeline, wait_until
+from .test_metrics import scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -233,3 +235,31 @@ def test_status_shows_the_consuming_worker_with_its_partitions(pipeline: Pipelin
         check=False,
     )
     assert "worker" in out.stdout and "consuming workers" in out.stdout
+
+
+def test_a_consuming_worker_serves_the_record_metrics_and_json_events_of_a_bridge(
+    pipeline: Pipeline, ledger: Ledger
+) -> None:
+    name, _ = ledger
+    (port,) = free_ports(1)
+    worker = pipeline.start_consumer(metrics_port=port, log_format="json")
+    with Producer(settings=pipeline.settings) as producer:
+        ids = [producer.submit("tests.app.record", args=[name, i], key=f"k{i}") for i in range(5)]
+    outcomes_for(pipeline, 5)
+
+    def settled() -> float:
+        served = scrape(port)
+        return served.total("kafcel_tasks_settled_total") if served is not None else 0.0
+
+    wait_until(lambda: settled() >= 5, 30, "five settles on the worker's /metrics")
+
+    def logged() -> bool:
+        lines = worker.log_path.read_text().splitlines()
+        by_task: dict[str, set[str]] = {}
+        for event in (json.loads(line) for line in lines if line.startswith("{")):
+            if event.get("task_id") in ids:
+                by_task.setdefault(event["task_id"], set()).add(event.get("event", ""))
+        return all({"dispatched", "settled", "finished"} <= by_task.get(i, set()) for i in ids)
+
+    # The loop's record events and the task's own, in one JSON log (written as it goes).
+    wait_until(logged, 30, "each task's dispatched, finished and settled events")
