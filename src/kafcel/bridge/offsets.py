@@ -154,25 +154,33 @@ class Offsets:
         except KafkaException as exc:
             log.warning("could not clear the pause of leaving partitions: %s", exc)
 
-    def backpressure(self, consumer: Consumer, *, assignment_changed: bool) -> None:
-        """Pause every partition at ``max_in_flight`` records or ``max_in_flight_bytes``;
-        resume at half of both."""
+    def backpressure(
+        self, consumer: Consumer, *, assignment_changed: bool, broker_down: bool = False
+    ) -> None:
+        """Pause every partition at ``max_in_flight`` records or ``max_in_flight_bytes``,
+        or while Celery's broker is down (nothing fetched could be dispatched); resume at
+        half of both, the broker back."""
         in_flight, size = self.tracker.in_flight(), self.tracker.in_flight_bytes()
+        full = in_flight >= self._max_records or size >= self._max_bytes
         try:
-            if not self.paused and (in_flight >= self._max_records or size >= self._max_bytes):
+            if not self.paused and (full or broker_down):
                 consumer.pause(consumer.assignment())
                 self.paused = True
                 log.info(
-                    "paused: %d records, %d bytes in flight (max %d, %d)",
+                    "paused: %d records, %d bytes in flight (max %d, %d)%s",
                     in_flight,
                     size,
                     self._max_records,
                     self._max_bytes,
+                    ", Celery's broker down" if broker_down else "",
                 )
             elif self.paused and assignment_changed:
                 consumer.pause(consumer.assignment())
             elif (
-                self.paused and in_flight <= self._max_records // 2 and size <= self._max_bytes // 2
+                self.paused
+                and not broker_down
+                and in_flight <= self._max_records // 2
+                and size <= self._max_bytes // 2
             ):
                 consumer.resume(consumer.assignment())
                 self.paused = False

@@ -240,7 +240,7 @@ class Bridge:
         ran = False
         while self._tracker.in_flight() > 0 and time.monotonic() < deadline and not ran:
             self._step(fetch=False)
-            ran = self._results.reached(ends)
+            ran = ends is not None and self._results.reached(ends)
         left = self._tracker.in_flight()
         if left and ran:
             log.info("%d record(s) not run here: the partitions' next owner runs them", left)
@@ -323,7 +323,11 @@ class Bridge:
         self._chores.flush()
         if fetch:
             # While draining, partitions stay paused whatever the in-flight count.
-            self._offsets.backpressure(self._consumer, assignment_changed=self._assignment_changed)
+            self._offsets.backpressure(
+                self._consumer,
+                assignment_changed=self._assignment_changed,
+                broker_down=self._held.broker_down,
+            )
             self._assignment_changed = False
             self.stats.paused = self._offsets.paused
         in_flight = self._tracker.in_flight()
