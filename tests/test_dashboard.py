@@ -121,6 +121,17 @@ def expected_numbers(report: dict[str, Any]) -> dict[str, Any]:
             want[f"partition-{n}-status"] = p["status"]
     if "evaluation" in report:
         want["overall-status"] = report["evaluation"]["status"]
+    # Each consumer (bridge or consuming worker) with the evaluation of what it owns.
+    order = ("OK", "WARN", "STALL", "STOP")
+    for i, b in enumerate(report["bridges"]):
+        owned = [p for p in report["partitions"] if p.get("owner") == b["member"]]
+        want[f"bridge-{i}-member"] = b["member"]
+        want[f"bridge-{i}-role"] = b.get("role", "bridge")
+        want[f"bridge-{i}-partitions"] = ",".join(map(str, b["partitions"])) or "-"
+        want[f"bridge-{i}-in-flight"] = b["stats"]["in_flight"]
+        if owned:
+            want[f"bridge-{i}-lag"] = sum(p["lag"] for p in owned)
+            want[f"bridge-{i}-status"] = max((p["status"] for p in owned), key=order.index)
     tasks = report.get("tasks") or {}
     states = tasks.get("states", tasks) if isinstance(tasks, dict) else {}
     for state, count in states.items():
@@ -170,7 +181,9 @@ def test_dashboard_numbers_match_kafcel_status_and_its_dlq_browser_replays(
 ) -> None:
     name, client = ledger
     settings = pipeline.settings
+    # A bridge and a worker consuming the topic itself share the group: the page lists both.
     pipeline.start_bridge()
+    pipeline.start_consumer()
     env = pipeline.env()
     dash, url = start_dashboard(env, logs_dir, settings.topic)
     try:
@@ -225,6 +238,12 @@ def test_dashboard_numbers_match_kafcel_status_and_its_dlq_browser_replays(
             assert number(shown["task-state-FAILURE"]) == states["FAILURE"] >= 4
         for p in report["partitions"]:
             assert shown[f"partition-{p['partition']}-lag"] == "0"
+        roles = {shown[f"bridge-{i}-role"]: i for i in range(len(report["bridges"]))}
+        assert sorted(roles) == ["bridge", "worker"], roles
+        worker_row = roles["worker"]
+        assert shown[f"bridge-{worker_row}-partitions"] not in ("", "-")
+        assert shown[f"bridge-{worker_row}-status"] == "OK"
+        assert shown["consumer-roles"] == "1 bridge · 1 worker"
 
         # 2. The DLQ browser lists the poison records and the failures where Kafka has them.
         refs = {}

@@ -417,15 +417,36 @@ def dev_status(kafka_port: int, redis_port: int, broker: str | None, brokers: st
         click.echo(f"{s.name:8} {s.address:22} {state:8} {detail}".rstrip())
 
 
+# The path `kafcel demo` (and `make demo`) runs unless told: the worker consuming the
+# task topic itself. Same guarantees as a bridge, with fewer processes and no broker hop
+# for first attempts; the benchmark (docs/benchmarks.md) settles which is faster, so flip
+# it here if it says otherwise.
+DEMO_PATH = "worker"
+
+
 @cli.command()
 @click.option("--tasks", "n_tasks", type=int, default=10_000, show_default=True)
+@click.option(
+    "--path",
+    type=click.Choice(["bridge", "worker"]),
+    default=DEMO_PATH,
+    show_default=True,
+    help="what consumes the task topic: a Celery worker started with --kafcel-consume "
+    "(path B, no bridge), or a bridge publishing to Celery's broker (path A)",
+)
 @click.option("--json", "as_json", is_flag=True, help="end with one JSON summary line")
 @click.option("--kafka-port", type=int, default=9092, show_default=True)
 @click.option("--redis-port", type=int, default=6379, show_default=True)
 @click.option("--timeout-s", type=float, default=600.0, show_default=True)
 @_broker_option("kafka", "the broker to run on (started when absent): Apache Kafka or Tansu")
 def demo(
-    n_tasks: int, as_json: bool, kafka_port: int, redis_port: int, timeout_s: float, broker: str
+    n_tasks: int,
+    path: str,
+    as_json: bool,
+    kafka_port: int,
+    redis_port: int,
+    timeout_s: float,
+    broker: str,
 ) -> None:
     """Run the whole pipeline on the local stack and show what happened."""
     from .dev.demo import run_demo
@@ -438,6 +459,7 @@ def demo(
         redis_port=redis_port,
         timeout_s=timeout_s,
         broker=broker,
+        path=path,
     )
     if as_json:
         click.echo(json.dumps(summary))

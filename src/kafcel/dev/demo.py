@@ -1,11 +1,13 @@
 """``kafcel demo``: the whole pipeline on the local stack, with an independent ledger.
 
-Starts the broker (Apache Kafka, or Tansu) and Redis when absent, one Celery worker
-and one bridge as subprocesses,
-submits keyed ``process_order`` tasks (some fail once and retry with backoff) plus a few
-poison records, waits until every offset is committed, and counts from the ledger what
-was lost or doubled. Everything it started is stopped again, also on Ctrl-C. The summary
-names the broker as it reports itself (``apache-kafka 4.4.0``, ``tansu 0.6.0``).
+Starts the broker (Apache Kafka, or Tansu) and Redis when absent, then on the path it
+is given (:data:`PATHS`) one Celery worker that consumes the task topic itself
+(``--kafcel-consume``, path B), or one Celery worker and one bridge (path A), as
+subprocesses; submits keyed ``process_order`` tasks (some fail once and retry with
+backoff) plus a few poison records, waits until every offset is committed, and counts
+from the ledger what was lost or doubled. Everything it started is stopped again, also
+on Ctrl-C. The summary names the path and the broker as it reports itself
+(``apache-kafka 4.4.0``, ``tansu 0.6.0``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import KafcelError
+from ..errors import ConfigError, KafcelError, KafkaError
 from ..kafka.admin import committed_offsets, end_offsets, ensure_topics, partitions_of
 from ..kafka.config import client_config
 from ..ops.deadletters import read_dead_letters
@@ -34,15 +36,23 @@ from ..ops.status import collect_status, render_status
 from ..producer import Producer
 from ..protocol.envelope import Envelope
 from ..settings import Settings
+from ..worker.consume import CONSUME_FLAG
 from .demo_tasks import fails_once
 from .procs import ManagedProcess, bridge_argv, worker_argv
 from .stack import DevStack
 
-__all__ = ["run_demo"]
+__all__ = ["PATHS", "run_demo"]
 
 TASK = "kafcel.dev.demo_tasks.process_order"
 APP = "kafcel.dev.demo_tasks:app"
 USERS = 1000
+# What consumes the task topic: a bridge publishing to Celery's broker (path A), or the
+# Celery worker itself (path B). The CLI's default is cli.DEMO_PATH.
+PATHS = ("bridge", "worker")
+# How long reading the group's offsets may keep failing: on a broker the demo has just
+# started, the first consumer's join creates the offsets topic and its coordinator
+# answers NOT_COORDINATOR for a few seconds.
+_OFFSETS_GRACE_S = 30.0
 
 
 def _poison(i: int) -> bytes:
@@ -63,7 +73,12 @@ def run_demo(
     timeout_s: float = 600.0,
     workdir: Path = Path(".kafcel"),
     broker: str = "kafka",
+    path: str,
 ) -> dict[str, Any]:
+    if path not in PATHS:
+        raise ConfigError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+    if n_tasks < 1:
+        raise ConfigError(f"n_tasks must be at least 1, got {n_tasks}")
     console = wide_console(stderr=True)
     if threading.current_thread() is threading.main_thread():
         # `kill` of the demo cleans up like Ctrl-C does.
@@ -103,20 +118,31 @@ def run_demo(
             "KAFCEL_DEMO_LEDGER": ledger_prefix,
         }
         logs = workdir / "demo" / run
-        worker = ManagedProcess(
-            name="celery worker",
-            argv=worker_argv(APP, queue=f"kafcel-demo-{run}", concurrency=2, name=f"demo-{run}"),
-            env=env,
-            log_path=logs / "worker.log",
-        ).start()
-        procs.append(worker)
-        bridge = ManagedProcess(
-            name="kafcel bridge", argv=bridge_argv(APP), env=env, log_path=logs / "bridge.log"
-        ).start()
-        procs.append(bridge)
+        consumes = path == "worker"
+        argv = worker_argv(APP, queue=f"kafcel-demo-{run}", concurrency=2, name=f"demo-{run}")
+        procs.append(
+            ManagedProcess(
+                name="consuming celery worker" if consumes else "celery worker",
+                argv=[*argv, CONSUME_FLAG] if consumes else argv,
+                env=env,
+                log_path=logs / "worker.log",
+            ).start()
+        )
+        if consumes:
+            layout = "1 Celery worker (2 processes) consuming the topic itself, no bridge"
+        else:
+            procs.append(
+                ManagedProcess(
+                    name="kafcel bridge",
+                    argv=bridge_argv(APP),
+                    env=env,
+                    log_path=logs / "bridge.log",
+                ).start()
+            )
+            layout = "1 bridge, 1 Celery worker (2 processes)"
         console.print(
-            f"run [bold]{run}[/] on {label}: topic {settings.topic}, 1 bridge, 1 Celery "
-            f"worker (2 processes); logs in {logs}"
+            f"run [bold]{run}[/] on {label}, path [bold]{path}[/]: topic {settings.topic}, "
+            f"{layout}; logs in {logs}"
         )
 
         t0 = time.monotonic()
@@ -142,6 +168,7 @@ def run_demo(
         summary: dict[str, Any] = {
             "run": run,
             "broker": label,
+            "path": path,
             "submitted": n_tasks,
             "completed": sum(1 for o in range(n_tasks) if effects.get(o, 0) >= 1),
             "retried": sum(1 for n in attempts.values() if n > 1),
@@ -201,15 +228,22 @@ def _wait_settled(
     timeout_s: float,
     console: Console,
 ) -> tuple[list[tuple[str, int]], dict[tuple[str, int], int], dict[tuple[str, int], int | None]]:
-    """Wait until the bridge group has committed every partition to its end."""
+    """Wait until the consumer group has committed every partition to its end."""
     bootstrap = settings.bootstrap_servers
     tps = [(settings.topic, p) for p in partitions_of(bootstrap, settings.topic)]
     ends = end_offsets(bootstrap, tps)
     total = sum(ends.values())
     done = progress.add_task("settled", total=total)
     deadline = time.monotonic() + timeout_s
+    committed: dict[tuple[str, int], int | None] = {}
+    last_read = time.monotonic()
     while True:
-        committed = committed_offsets(bootstrap, settings.group_id, tps)
+        try:
+            committed = committed_offsets(bootstrap, settings.group_id, tps)
+            last_read = time.monotonic()
+        except KafkaError:
+            if time.monotonic() - last_read > _OFFSETS_GRACE_S:
+                raise
         settled = sum(min(committed.get(tp) or 0, ends[tp]) for tp in tps)
         progress.update(done, completed=settled)
         if settled >= total:
@@ -224,7 +258,7 @@ def _wait_settled(
 
 
 def _show(console: Console, s: dict[str, Any]) -> None:
-    table = Table(title=f"kafcel demo {s['run']}", show_header=True)
+    table = Table(title=f"kafcel demo {s['run']}, path {s['path']}", show_header=True)
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("expected", justify="right")
