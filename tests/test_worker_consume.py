@@ -21,6 +21,7 @@ from celery.result import AsyncResult
 
 from kafcel import Outcome, Producer
 from kafcel.dev import free_ports
+from kafcel.kafka.admin import ensure_topics
 
 from .conftest import Pipeline, wait_until
 from .test_metrics import scrape
@@ -263,3 +264,19 @@ def test_a_consuming_worker_serves_the_record_metrics_and_json_events_of_a_bridg
 
     # The loop's record events and the task's own, in one JSON log (written as it goes).
     wait_until(logged, 30, "each task's dispatched, finished and settled events")
+
+
+def test_a_worker_that_cannot_consume_stops_with_one_line_and_a_failure_code(
+    pipeline: Pipeline,
+) -> None:
+    # Outcomes go to the partition numbered like their request's: too few is refused.
+    topic = f"{pipeline.settings.topic}-narrow"
+    ensure_topics(pipeline.settings.bootstrap_servers, {topic: 4, f"{topic}.results": 2})
+    worker = pipeline.start_consumer(
+        wait_assigned=False, topic=topic, results_topic=f"{topic}.results"
+    )
+    wait_until(lambda: not worker.alive(), 60, "the worker to stop")
+    assert worker.stop() not in (0, None)
+    log = worker.log_path.read_text()
+    assert "the worker stops consuming Kafka" in log and "kafka-topics.sh --alter" in log
+    assert "Traceback" not in log

@@ -20,19 +20,18 @@ by the loop's redispatch, as messages a broker lost are on the bridge path.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.platforms import EX_FAILURE
 from celery.worker import state as worker_state
 from kombu.utils import json as kombu_json
 
 from ..bridge import Bridge
 from ..bridge.clients import BridgeClients
 from ..bridge.publish import Publisher, _Prepared
-from ..errors import ConfigError
+from ..errors import ConfigError, KafcelError
 from ..settings import Settings
 from .handoff import HandOff
 
@@ -114,9 +113,12 @@ class _Consuming:
         try:
             self.bridge.run()
         except Exception as exc:
-            # The worker must not run on without its records: a warm shutdown.
-            log.critical("kafcel: the worker stops consuming Kafka: %s", exc, exc_info=True)
-            os.kill(os.getpid(), signal.SIGTERM)
+            # The worker must not run on without its records: a warm shutdown, with the
+            # exit code of a failure (the event loop checks the flag between polls).
+            trace = not isinstance(exc, KafcelError)
+            log.critical("kafcel: the worker stops consuming Kafka: %s", exc, exc_info=trace)
+            worker_state.should_stop = EX_FAILURE
+            self.handoff.wake()
 
     def shutdown(self) -> None:
         thread = self._thread
@@ -140,8 +142,12 @@ def consume_step(settings: Settings | None) -> type[bootsteps.StartStopStep]:
 
         def __init__(self, c: Any, kafcel_consume: bool = False, **kwargs: Any) -> None:
             super().__init__(c, **kwargs)
-            self._settings = settings
-            self.enabled = bool(kafcel_consume) or _setting().worker_consume
+            try:
+                self._settings = settings or Settings.from_env()
+            except ConfigError as exc:
+                # As for a green pool (guard/lease.py): a line, not a traceback.
+                raise SystemExit(f"kafcel: {exc}") from exc
+            self.enabled = bool(kafcel_consume) or self._settings.worker_consume
             self._consuming: _Consuming | None = None
 
         def start(self, c: Any) -> None:
@@ -151,7 +157,9 @@ def consume_step(settings: Settings | None) -> type[bootsteps.StartStopStep]:
                     "threads or solo pool (not gevent or eventlet)"
                 )
             if self._consuming is None:
-                self._consuming = _Consuming(app=c.app, settings=self._resolved(c))
+                s = self._settings
+                drain_s = min(s.drain_timeout_s, _SHUTDOWN_DRAIN_S)
+                self._consuming = _Consuming(app=c.app, settings=s.replace(drain_timeout_s=drain_s))
             # Each start: the strategies capture the event dispatcher and the timer.
             self._consuming.handoff.attach(c.hub, c.create_task_handler())
             self._consuming.start()
@@ -179,12 +187,4 @@ def consume_step(settings: Settings | None) -> type[bootsteps.StartStopStep]:
                 self._consuming.shutdown()
                 self._consuming = None
 
-        def _resolved(self, c: Any) -> Settings:
-            s = self._settings or _setting()
-            return s.replace(drain_timeout_s=min(s.drain_timeout_s, _SHUTDOWN_DRAIN_S))
-
     return KafkaConsume
-
-
-def _setting() -> Settings:
-    return Settings.from_env()

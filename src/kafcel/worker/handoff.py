@@ -150,6 +150,12 @@ class HandOff:
         self._wake()
         return len(again)
 
+    def wake(self) -> None:
+        """Have the hub's loop turn once (it checks Celery's shutdown flags each turn)."""
+        hub = self._hub
+        if hub is not None:
+            hub.call_soon(lambda: None)
+
     def _wake(self) -> None:
         with self._lock:
             hub = self._hub
