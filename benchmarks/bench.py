@@ -27,12 +27,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from celery import Celery
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import measure
 from .report import cpu_table, draw, ratios_of, table, targets_of, write_docs
 from .rig import BenchRig
+
+# How the progress bar names each end-to-end system.
+_LABELS = {"celery": "celery", "kafcel": "kafcel bridge", "kafcel_worker": "kafcel in-worker"}
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -103,7 +107,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="the bench's own broker: Apache Kafka (default, one KRaft node) or Tansu",
     )
     parser.add_argument(
-        "--profile", action="store_true", help="profile the bridge in one dispatch run"
+        "--profile",
+        action="store_true",
+        help="profile the bridge in one dispatch run, path B's workers in one end-to-end run",
     )
     parser.add_argument(
         "--docs", action="store_true", help="write the figures into docs/benchmarks.md"
@@ -230,6 +236,8 @@ def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> None
             del dispatched[:]
             if args.profile:
                 path = args.out / "bridge-dispatch-profile.txt"
+                # pyinstrument writes there when the bridge exits: --out may not exist yet.
+                args.out.mkdir(parents=True, exist_ok=True)
                 r.once(
                     "dispatch: profiled",
                     sizes.dispatch,
@@ -238,45 +246,8 @@ def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> None
                 )
                 out["profile"] = str(path)
             # -- end to end, and latency on the same workers -----------------------------
-            workers = measure.Workers(rig=rig, app=app, concurrency=w)
-            try:
-                # Celery first: the bridge starts with kafcel's first run and stays up.
-                senders = {"celery": workers.send_celery, "kafcel": workers.send_kafcel}
-                cpu: dict[str, dict[str, float]] = {name: {} for name in senders}
-                e2e: dict[str, float] = {}
-                for system, send in senders.items():
-                    # Untimed: the bridge's join (send_kafcel starts it), and each worker
-                    # process's first task (kafcel's clients connect then) are start-up.
-                    measure.e2e_rate(rig, send, min(sizes.e2e, 200))
-                    e2e[system] = r.rate(
-                        f"end to end: {system}, W={w}",
-                        sizes.e2e,
-                        lambda t, f=send, c=cpu[system]: measure.e2e_rate(
-                            rig, f, sizes.e2e, t, watch=workers.processes, cpu=c
-                        ),
-                    )
-                out["e2e_cpu_us_per_task"] = cpu
-                top = min(e2e.values())
-                lat: dict[str, Any] = {}
-                for system in ("kafcel", "celery"):  # the bridge stops before Celery's
-                    for load in (50, 90):
-                        rate = top * load / 100
-                        points = [
-                            r.once(
-                                f"latency: {system} at {load}% ({rate:.0f}/s)",
-                                int(rate * sizes.latency_s),
-                                lambda t, s=system, q=rate: measure.latency(
-                                    workers, s, rate=q, duration_s=sizes.latency_s, tick=t
-                                ),
-                                i,
-                            )
-                            for i in range(args.repeat)
-                        ]
-                        lat.setdefault(system, {})[str(load)] = {
-                            k: statistics.median(p[k] for p in points) for k in points[0]
-                        }
-            finally:
-                workers.stop()
+            profile = args.out / "worker-e2e-profile" if args.profile else None
+            e2e, lat = _end_to_end(r, rig, app, sizes, w, out, profile=profile)
             kombu = rig.kombu(f"bench-e2e-kombu-{measure._run()}", concurrency=w)
             kombu.start_worker()
             try:
@@ -326,6 +297,91 @@ def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> None
         name: {"target": target, "met": ok}
         for name, (target, ok) in targets_of(out["ratios"]).items()
     }
+
+
+def _end_to_end(
+    r: Runner,
+    rig: BenchRig,
+    app: Celery,
+    sizes: Sizes,
+    w: int,
+    out: dict[str, Any],
+    *,
+    profile: Path | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """End-to-end rates and submit-to-start latencies of plain Celery and kafcel's two
+    paths on W worker processes each; CPU per task into ``out``. With ``profile``, one
+    more path B run, its consuming workers under pyinstrument, reports in that directory.
+
+    In an order that starts each Kafka reader once and keeps it until its system's runs
+    are over: Celery, the bridge (path A), their latencies (the bridge's first, then
+    Celery's with the bridge stopped), then path B's consuming workers. The latency rates
+    are fractions of the lower of plain Celery's and the bridge's end-to-end rates, as
+    before path B existed; path B runs at the same rates, so each kafcel path is compared
+    with plain Celery under the same load.
+    """
+    workers = measure.Workers(rig=rig, app=app, concurrency=w)
+    cpu: dict[str, dict[str, float]] = {name: {} for name in measure.SYSTEMS}
+    out["e2e_cpu_us_per_task"] = cpu
+    e2e: dict[str, float] = {}
+    lat: dict[str, Any] = {}
+
+    def end_to_end(system: str) -> None:
+        workers.use(system)
+        send = workers.sender(system)
+        # Untimed: each worker process's first task (kafcel's clients connect then) is
+        # start-up; the group joins are over before use() returns.
+        measure.e2e_rate(rig, send, min(sizes.e2e, 200))
+        e2e[system] = r.rate(
+            f"end to end: {_LABELS[system]}, W={w}",
+            sizes.e2e,
+            lambda t: measure.e2e_rate(
+                rig, send, sizes.e2e, t, watch=workers.processes, cpu=cpu[system]
+            ),
+        )
+
+    def latencies(system: str, top: float) -> None:
+        for load in (50, 90):
+            rate = top * load / 100
+            points = [
+                r.once(
+                    f"latency: {_LABELS[system]} at {load}% ({rate:.0f}/s)",
+                    int(rate * sizes.latency_s),
+                    lambda t, q=rate: measure.latency(
+                        workers, system, rate=q, duration_s=sizes.latency_s, tick=t
+                    ),
+                    i,
+                )
+                for i in range(r.repeat)
+            ]
+            lat.setdefault(system, {})[str(load)] = {
+                k: statistics.median(p[k] for p in points) for k in points[0]
+            }
+
+    try:
+        end_to_end("celery")
+        end_to_end("kafcel")
+        top = min(e2e["celery"], e2e["kafcel"])
+        latencies("kafcel", top)
+        latencies("celery", top)
+        end_to_end("kafcel_worker")
+        latencies("kafcel_worker", top)
+        if profile is not None:
+            workers.use("celery")  # the consuming workers start again, profiled
+            workers.consume_profile = profile
+            workers.use("kafcel_worker")
+            send = workers.sender("kafcel_worker")
+            measure.e2e_rate(rig, send, min(sizes.e2e, 200))
+            r.once(
+                "end to end: kafcel in-worker, profiled",
+                sizes.e2e,
+                lambda t: measure.e2e_rate(rig, send, sizes.e2e, t),
+                0,
+            )
+            out["worker_profile"] = str(profile)
+    finally:
+        workers.stop()
+    return e2e, lat
 
 
 def _interrupt(signum: int, frame: object) -> None:

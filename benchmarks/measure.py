@@ -32,6 +32,7 @@ from .rig import BenchRig, cpu_s, peak_rss_mb, processes, wait_for
 from .tasks import counter_key, latency_key
 
 __all__ = [
+    "SYSTEMS",
     "Workers",
     "dispatch_rate",
     "e2e_rate",
@@ -224,17 +225,30 @@ def raw_lpush_rate(rig: BenchRig, messages: list[bytes], tick: Tick = _nothing) 
     return len(messages) / elapsed
 
 
+# The end-to-end and latency systems: plain Celery (send_task), kafcel through a bridge
+# (path A), kafcel consumed by the workers themselves (path B).
+SYSTEMS = ("celery", "kafcel", "kafcel_worker")
+
+
 @dataclass
 class Workers:
-    """W worker processes on one queue, fed by kafcel's bridge or by ``send_task``.
+    """W worker processes fed by ``send_task``, by kafcel's bridge, or consuming Kafka.
 
-    The bridge runs only while kafcel is measured: plain Celery's figures must not pay
-    for an idle bridge and its polls of Kafka.
+    Plain Celery and the bridge feed one worker on a Redis queue. Path B needs the
+    ``--kafcel-consume`` flag at start, so it has a worker of its own: the same app,
+    tasks, queue, ``-c`` and pool, the flag added, on a topic and group of its own (the
+    bridge's records are not read twice). Only what the measured system uses runs: the
+    bridge while kafcel's path A is measured, the consuming worker while path B is (both
+    poll Kafka even when idle, and plain Celery's figures must not pay for that). The
+    plain worker stays up, idle on its Redis queue during path B: it is a row of path B's
+    CPU table, so its cost is in the figures.
     """
 
     rig: BenchRig
     app: Celery
     concurrency: int
+    # Where the consuming worker, when it starts, writes its profiles (None: unprofiled).
+    consume_profile: Path | None = None
 
     def __post_init__(self) -> None:
         self.run = _run()
@@ -243,30 +257,66 @@ class Workers:
         self.worker = self.rig.worker(self.settings, self.queue, concurrency=self.concurrency)
         self.bridge: ManagedProcess | None = None
         self.producer = Producer(settings=self.settings)
+        self.consume_settings = self.rig.settings(f"{self.run}-w")
+        self.consumer: ManagedProcess | None = None
+        self.consume_producer = Producer(settings=self.consume_settings)
 
-    def start_bridge(self) -> None:
-        if self.bridge is None:
-            self.bridge = self.rig.bridge(self.settings, self.queue)
-
-    def stop_bridge(self) -> None:
-        if self.bridge is not None:
+    def use(self, system: str) -> None:
+        """Run what ``system`` needs, stop what it does not (at most one Kafka reader)."""
+        if system != "kafcel" and self.bridge is not None:
             self.rig.stop(self.bridge)
             self.bridge = None
+        if system != "kafcel_worker" and self.consumer is not None:
+            self.rig.stop(self.consumer)
+            self.consumer = None
+        if system == "kafcel" and self.bridge is None:
+            self.bridge = self.rig.bridge(self.settings, self.queue)
+        if system == "kafcel_worker" and self.consumer is None:
+            self.consumer = self.rig.worker(
+                self.consume_settings,
+                self.queue,
+                concurrency=self.concurrency,
+                consume=True,
+                profile=self.consume_profile,
+            )
 
     def stop(self) -> None:
-        self.stop_bridge()
+        self.use("celery")
         self.rig.stop(self.worker)
 
     def processes(self) -> dict[str, psutil.Process]:
-        return processes(self.rig, worker=self.worker, bridge=self.bridge)
+        """The processes sharing the cores while the running system is measured, by role:
+        ``worker`` is the worker that runs the tasks (the consuming one for path B)."""
+        if self.consumer is None:
+            return processes(self.rig, worker=self.worker, bridge=self.bridge)
+        found = processes(self.rig, worker=self.consumer)
+        # Its pool processes wait on a pipe: only the main process polls (Redis).
+        found["plain worker, idle"] = psutil.Process(self.worker.pid)
+        return found
 
-    def send_kafcel(self, run: str, n: int) -> None:
-        self.start_bridge()
-        submit_tasks(self.producer, run, n, keys=1000)
+    def sender(self, system: str) -> Callable[[str, int], None]:
+        """``send(run, n)`` of ``system``, which :meth:`use` must have started."""
+        if system == "celery":
+            return lambda run, n: send_tasks(self.app, self.queue, run, n)
+        producer = self.producer if system == "kafcel" else self.consume_producer
+        return lambda run, n: submit_tasks(producer, run, n, keys=1000)
 
-    def send_celery(self, run: str, n: int) -> None:
-        self.stop_bridge()
-        send_tasks(self.app, self.queue, run, n)
+    def stamper(
+        self, system: str, run: str
+    ) -> tuple[Callable[[int, float], None], Callable[[], None]]:
+        """``send(i, sent_at)`` of one ``bench.stamp`` task, and what ends a run of them."""
+        if system == "celery":
+
+            def send(i: int, slot: float) -> None:
+                self.app.send_task("bench.stamp", args=(run, slot), queue=self.queue)
+
+            return send, lambda: None
+        producer = self.producer if system == "kafcel" else self.consume_producer
+
+        def submit(i: int, slot: float) -> None:
+            producer.submit("bench.stamp", args=[run, slot], key=f"user-{i % 1000}")
+
+        return submit, producer.flush
 
 
 def _wait_count(rig: BenchRig, key: str, n: int, tick: Tick, *, timeout_s: float) -> float:
@@ -327,18 +377,8 @@ def latency(
     run = _run()
     n = max(int(rate * duration_s), 20)
     interval_s = 1.0 / rate
-    send: Callable[[int, float], None]
-    if system == "kafcel":
-        workers.start_bridge()
-
-        def send(i: int, slot: float) -> None:
-            workers.producer.submit("bench.stamp", args=[run, slot], key=f"user-{i % 1000}")
-    else:
-        workers.stop_bridge()
-
-        def send(i: int, slot: float) -> None:
-            workers.app.send_task("bench.stamp", args=(run, slot), queue=workers.queue)
-
+    workers.use(system)
+    send, flush = workers.stamper(system, run)
     started = time.perf_counter()
     wall0 = time.time()
     for i in range(n):
@@ -350,8 +390,7 @@ def latency(
         send(i, wall0 + i * interval_s)
         if i % 100 == 0:
             tick(i)
-    if system == "kafcel":
-        workers.producer.flush()
+    flush()
     tally = workers.rig.tally
     wait_for(
         lambda: int(tally.llen(latency_key(run))) >= n,

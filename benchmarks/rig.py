@@ -1,4 +1,5 @@
-"""The processes a benchmark runs: its own broker and Redis, workers and bridges.
+"""The processes a benchmark runs: its own broker and Redis, workers (plain, or consuming
+the task topic themselves: path B) and bridges.
 
 Everything runs on one :class:`~kafcel.chaos.rig.ChaosStack` (Apache Kafka, or Tansu,
 and the Celery Redis on free ports, plus a second Redis the tasks report to), so the
@@ -25,6 +26,7 @@ from kafcel.chaos.rig import ChaosStack
 from kafcel.chaos.tasks import LEDGER_ENV
 from kafcel.dev.procs import ManagedProcess, bridge_argv, worker_argv
 from kafcel.settings import Settings
+from kafcel.worker.consume import CONSUME_FLAG
 
 __all__ = [
     "APP",
@@ -159,10 +161,29 @@ class BenchRig:
         )
         return s
 
-    def worker(self, settings: Settings, queue: str, *, concurrency: int) -> ManagedProcess:
-        name = f"w{uuid.uuid4().hex[:6]}"
+    def worker(
+        self,
+        settings: Settings,
+        queue: str,
+        *,
+        concurrency: int,
+        consume: bool = False,
+        profile: Path | None = None,
+    ) -> ManagedProcess:
+        """A Celery worker of the bench's app on ``queue``; with ``consume`` the same
+        command plus ``--kafcel-consume`` (path B: it reads ``settings.topic`` itself),
+        returning once it holds its partitions, so a timed run does not count the join.
+        With ``profile``, under pyinstrument (:mod:`benchmarks.profiled_worker`), its
+        reports written to that directory when it stops."""
+        name = f"{'c' if consume else 'w'}{uuid.uuid4().hex[:6]}"
         argv = worker_argv(APP, queue=queue, concurrency=concurrency, name=name, log_level="INFO")
-        return self._start(name, argv, settings, queue, " ready.")
+        if profile is not None:
+            argv = [sys.executable, "-m", "benchmarks.profiled_worker", str(profile), *argv[3:]]
+        if not consume:
+            return self._start(name, argv, settings, queue, " ready.")
+        proc = self._start(name, [*argv, CONSUME_FLAG], settings, queue, " ready.")
+        proc.wait_for_log("assigned: [(", timeout_s=120)
+        return proc
 
     def bridge(
         self, settings: Settings, queue: str, *, profile: Path | None = None

@@ -24,6 +24,9 @@ TARGETS = {
     "e2e_vs_kombu_kafka",
     "p99_added_ms",
     "bridge_rss_mb",
+    # Path B: the workers consume Kafka themselves (issue 14).
+    "e2e_worker_vs_celery",
+    "p99_added_worker_ms",
 }
 # Against Redis's own LPUSH: measured, with no target.
 RATIOS = TARGETS | {"dispatch_vs_raw_lpush"}
@@ -45,20 +48,26 @@ def test_a_tiny_bench_measures_every_figure(tmp_path: Path) -> None:
     for section, names in {
         "enqueue": ("send_task", "kombu_kafka_send_task", "kafcel_submit", "raw_produce"),
         "dispatch": ("kafcel_bridge", "raw_lpush", "send_task"),
-        "e2e": ("kafcel", "celery", "kombu_kafka"),
+        "e2e": ("kafcel", "kafcel_worker", "celery", "kombu_kafka"),
         "ceiling": ("raw_consume",),
     }.items():
         for name in names:
             assert out[section][name] > 0, (section, name)
-    for system in ("kafcel", "celery"):
+    for system in ("kafcel", "kafcel_worker", "celery"):
         for load in ("50", "90"):
             point = out["latency"][system][load]
             assert 0 <= point["p50_ms"] <= point["p95_ms"] <= point["p99_ms"]
     assert out["memory"]["bridge_peak_rss_mb"] > 0
     assert set(out["targets"]) == TARGETS
-    # The broker's own CPU is a row of the table, for both systems.
-    for system in ("kafcel", "celery"):
-        assert "apache-kafka" in out["e2e_cpu_us_per_task"][system], system
+    # Every process's CPU per task, the broker's included, for every system; path B's
+    # workers consume Kafka themselves: a worker and its pool, no bridge.
+    cpu = out["e2e_cpu_us_per_task"]
+    for system in ("kafcel", "kafcel_worker", "celery"):
+        for role in ("apache-kafka", "bench (submitter)", "redis (broker)", "worker"):
+            assert role in cpu[system], (system, role)
+        assert "worker child 0" in cpu[system], system
+    assert "bridge" in cpu["kafcel"]
+    assert not any(role.startswith("bridge") for role in cpu["kafcel_worker"]), cpu
     assert len(list(tmp_path.glob("bench-*.json"))) == 1
     png = next(tmp_path.glob("bench-*.png"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
