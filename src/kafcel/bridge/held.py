@@ -73,6 +73,11 @@ class HeldDispatches:
         self._backoff_s = min(self._backoff_s * 2, _MAX_RETRY_S)
         return items
 
+    def wake(self) -> None:
+        """Try again at the next turn: the broker is known to be back (path B: Celery's
+        consumer restarted). Safe from another thread: one float assignment."""
+        self._retry_at = 0.0
+
     def wait_longer(self) -> None:
         """The broker still does not answer: look again after the next backoff."""
         self._retry_at = self._clock() + self._backoff_s

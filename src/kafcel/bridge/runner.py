@@ -150,6 +150,10 @@ class Bridge:
         self._ran_all = ran_all
         self._stop.set()
 
+    def wake_held(self) -> None:
+        """Send what is held at the next turn (safe from another thread)."""
+        self._held.wake()
+
     def run(self) -> int:
         s = self.settings
         if threading.current_thread() is threading.main_thread():

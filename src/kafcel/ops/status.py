@@ -1,9 +1,10 @@
 """``kafcel status``: the whole path in one report.
 
 Per partition: the group's committed offset, the end offset, the lag and its evaluation
-over the sliding window (:mod:`kafcel.telemetry.health`) with the bridge that owns it; the
-live bridges with their in-flight and redispatch counts; task state counts from Celery's
-result backend; the DLQ depth by error class. ``--check`` turns it into a health check.
+over the sliding window (:mod:`kafcel.telemetry.health`) with the member that owns it;
+the live bridges and consuming workers with their in-flight and redispatch counts; task
+state counts from Celery's result backend; the DLQ depth by error class. ``--check``
+turns it into a health check.
 """
 
 from __future__ import annotations

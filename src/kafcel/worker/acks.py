@@ -69,9 +69,12 @@ def per_message_acks(
             cls.on_success = on_success
 
         def on_timeout(self, soft: bool, timeout: float) -> None:
-            super().on_timeout(soft, timeout)
-            if not soft and on_hard_timeout is not None and self.kafcel_message:
-                on_hard_timeout(self, timeout)
+            try:
+                super().on_timeout(soft, timeout)
+            finally:
+                # Even if Celery's own handling failed (its result backend down).
+                if not soft and on_hard_timeout is not None and self.kafcel_message:
+                    on_hard_timeout(self, timeout)
 
         @property
         def kafcel_message(self) -> bool:

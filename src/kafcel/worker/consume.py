@@ -11,19 +11,24 @@ open until that attempt's outcome. So bridges and consuming workers may share on
 topic and one group: each settles the partitions it owns, by the same rules.
 
 While Celery's consumer is stopped (its broker is unreachable, or the worker shuts
-down) nothing is handed over: records wait in the loop's held line, the in-flight bound
-pauses the partitions, and the consuming thread keeps polling, so the worker keeps its
-group membership. Requests Celery drops when its broker connection restarts are found
-by the loop's redispatch, as messages a broker lost are on the bridge path.
+down) nothing is handed over: records wait in the loop's held line, the partitions are
+paused, and the consuming thread keeps polling, so the worker keeps its group
+membership. Requests the prefork pool drops when Celery's broker connection restarts are
+handed over again as it stops (:meth:`HandOff.requeue_dropped`); on the threads and solo
+pools, which drop none but the ETA requests, those are left to the loop's redispatch.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.concurrency.base import BasePool
 from celery.platforms import EX_FAILURE
 from celery.worker import state as worker_state
 from kombu.utils import json as kombu_json
@@ -60,6 +65,8 @@ class LocalPublisher(Publisher):
     def __init__(self, *, app: Celery, handoff: HandOff) -> None:
         super().__init__(app=app)
         self._handoff = handoff
+        # What Flower and the task events show as the message's origin.
+        self._origin = f"kafcel-worker@{socket.gethostname()}:{os.getpid()}"
 
     def reachable(self, *, timeout_s: float) -> bool:
         return self._handoff.attached
@@ -93,8 +100,12 @@ def _json(body: Any) -> bytes:
 class _Consuming:
     """The consuming thread of one worker process and its hand-off line."""
 
-    def __init__(self, *, app: Celery, settings: Settings) -> None:
+    def __init__(
+        self, *, app: Celery, settings: Settings, flush_outcomes: Callable[[], None]
+    ) -> None:
         self.handoff = HandOff()
+        self._flush_outcomes = flush_outcomes
+        self._join_s = settings.drain_timeout_s + 2 * settings.session_timeout_s + 30
         handoff = self.handoff
         self.bridge = Bridge(
             app=app,
@@ -124,14 +135,21 @@ class _Consuming:
         thread = self._thread
         if thread is None:
             return
-        # Called once the pool has drained: what will run here has run.
+        # Called once the pool has drained: what will run here has run, and its
+        # outcomes still lingering in this process (threads, solo pools) go out first.
+        self._flush_outcomes()
         self.bridge.stop(ran_all=True)
-        thread.join()
+        thread.join(self._join_s)
+        if thread.is_alive():
+            log.error("kafcel: the consuming thread did not stop within %.0fs", self._join_s)
 
 
-def consume_step(settings: Settings | None) -> type[bootsteps.StartStopStep]:
+def consume_step(
+    settings: Settings | None, *, flush_outcomes: Callable[[], None]
+) -> type[bootsteps.StartStopStep]:
     """The consumer bootstep that makes a worker consume the task topic, enabled by
-    :data:`CONSUME_FLAG` or ``KAFCEL_WORKER_CONSUME``."""
+    :data:`CONSUME_FLAG` or ``KAFCEL_WORKER_CONSUME``; ``flush_outcomes`` delivers the
+    outcomes this process's producer still holds."""
 
     class KafkaConsume(bootsteps.StartStopStep):  # type: ignore[misc]
         """Consumes kafcel's task topic and runs its records in this worker."""
@@ -149,19 +167,27 @@ def consume_step(settings: Settings | None) -> type[bootsteps.StartStopStep]:
                 raise SystemExit(f"kafcel: {exc}") from exc
             self.enabled = bool(kafcel_consume) or self._settings.worker_consume
             self._consuming: _Consuming | None = None
+            self._discards = True
 
         def start(self, c: Any) -> None:
             if c.hub is None:
-                raise ConfigError(
-                    "kafcel's in-worker consumer needs Celery's event loop: use the prefork, "
-                    "threads or solo pool (not gevent or eventlet)"
+                # Green pools are refused before this (guard/lease.py): the transport.
+                log.critical(
+                    "kafcel: consuming Kafka in the worker needs Celery's event loop, which "
+                    "this broker transport does not offer (Redis and RabbitMQ do)"
                 )
+                worker_state.should_stop = EX_FAILURE
+                return
             if self._consuming is None:
                 s = self._settings
-                drain_s = min(s.drain_timeout_s, _SHUTDOWN_DRAIN_S)
-                self._consuming = _Consuming(app=c.app, settings=s.replace(drain_timeout_s=drain_s))
+                s = s.replace(drain_timeout_s=min(s.drain_timeout_s, _SHUTDOWN_DRAIN_S))
+                self._consuming = _Consuming(app=c.app, settings=s, flush_outcomes=flush_outcomes)
+            self._discards = _discards_at_reconnect(c.pool)
             # Each start: the strategies capture the event dispatcher and the timer.
             self._consuming.handoff.attach(c.hub, c.create_task_handler())
+            # What waited while Celery's consumer was stopped goes now, not at the end
+            # of the loop's backoff.
+            self._consuming.bridge.wake_held()
             self._consuming.start()
 
         def stop(self, c: Any) -> None:
@@ -173,6 +199,8 @@ def consume_step(settings: Settings | None) -> type[bootsteps.StartStopStep]:
             handoff.detach()
             if worker_state.should_stop is not None or worker_state.should_terminate is not None:
                 return  # shutting down: what was not run is left to the next owner
+            if not self._discards:
+                return  # the pool runs its waiting jobs still (threads, solo)
             dropped = handoff.requeue_dropped(set(worker_state.requests))
             if dropped:
                 log.warning(
@@ -188,3 +216,10 @@ def consume_step(settings: Settings | None) -> type[bootsteps.StartStopStep]:
                 self._consuming = None
 
     return KafkaConsume
+
+
+def _discards_at_reconnect(pool: Any) -> bool:
+    """Whether ``pool`` drops the jobs it has not started when Celery's broker connection
+    restarts (prefork's ``flush``); the threads and solo pools keep and run them."""
+    flush = getattr(pool, "flush", None)
+    return getattr(flush, "__func__", None) is not BasePool.flush

@@ -348,8 +348,9 @@ def killed_by_time_limit(
         try:
             deadline = time.monotonic() + state.guard.lease_s
             while True:
-                # The pool's SIGTERM usually lets the killed attempt end its claim; a
-                # SIGKILL leaves its lease, taken over once the process is reaped.
+                # The killed attempt leaves its lease (prefork children die at the pool's
+                # SIGTERM without a handler, or at its SIGKILL): taken over once the pool
+                # has reaped the process. Absent (it lapsed), the id is simply free.
                 current = state.guard.finish_if_absent(outcome, dead_letter_pending=True)
                 if current is None:
                     break

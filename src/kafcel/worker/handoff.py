@@ -62,7 +62,6 @@ class HandOff:
         # Handed over and not yet acknowledged or rejected, by delivery tag.
         self._open: dict[int, Message] = {}
         self.channel = _Channel(self)
-        self.handed = 0
 
     @property
     def attached(self) -> bool:
@@ -82,7 +81,10 @@ class HandOff:
 
     def put(self, messages: Iterable[Message]) -> None:
         with self._lock:
-            self._queue.extend(messages)
+            for m in messages:
+                # Open from here: requeue_dropped must never see one built, not put yet.
+                self._open[m.delivery_tag] = m
+                self._queue.append(m)
         self._wake()
 
     def message(
@@ -102,11 +104,11 @@ class HandOff:
             headers=headers,
             channel=self.channel,
         )
-        self._open[tag] = message
         return message
 
     def done(self, tag: int) -> Message | None:
-        return self._open.pop(tag, None)
+        with self._lock:
+            return self._open.pop(tag, None)
 
     def redeliver(self, message: Message) -> None:
         self.put([self._again(message)])
@@ -123,30 +125,33 @@ class HandOff:
         return again
 
     def unacknowledged(self) -> int:
-        return len(self._open)
+        with self._lock:
+            return len(self._open)
 
     def requeue_dropped(self, live: Container[str]) -> int:
         """Hand over again, first in line, what Celery dropped: handed over, neither
         acknowledged nor rejected, and no longer among its requests (``live``: task ids).
 
         Celery drops its waiting and ETA requests when its broker connection restarts
-        (``Consumer.on_close``), expecting the broker to deliver them again; Kafka
-        records have no broker to do that. Called on the hub's thread, where Celery's
-        request table does not change meanwhile."""
+        (``Consumer.on_close``, and the prefork pool's ``flush``), expecting the broker to
+        deliver them again; Kafka records have no broker to do that. Called on the hub's
+        thread, from the consumer step's ``stop``, right after ``on_close``."""
         with self._lock:
             waiting = {id(m) for m in self._queue}
             dropped = [
                 m
-                for m in list(self._open.values())
+                for m in self._open.values()
                 if id(m) not in waiting and m.headers.get("id") not in live
             ]
             for m in dropped:
-                self._open.pop(m.delivery_tag, None)
+                del self._open[m.delivery_tag]
         again = [self._again(m) for m in dropped]
         with self._lock:
             # Ahead of anything newer: a key's next record is not admitted before this
             # one's outcome anyway, so line order is only fairness.
-            self._queue.extendleft(reversed(again))
+            for m in reversed(again):
+                self._open[m.delivery_tag] = m
+                self._queue.appendleft(m)
         self._wake()
         return len(again)
 
@@ -173,6 +178,12 @@ class HandOff:
                 return
             batch = list(self._queue)
             self._queue.clear()
-        for message in batch:
-            self.handed += 1
-            handler(message)
+        for n, message in enumerate(batch):
+            try:
+                handler(message)
+            except BaseException:
+                # Celery handles a message's own errors; this is the loop going down
+                # (shutdown): what was not handed over waits for the next attach.
+                with self._lock:
+                    self._queue.extendleft(reversed(batch[n + 1 :]))
+                raise

@@ -136,11 +136,11 @@ def install(app: Celery, *, settings: Settings | None = None) -> Celery:
     task_unknown.connect(on_unknown, weak=False)
     if app.finalized:
         guard_all()
-    _consume_option(app, settings)
+    _consume_option(app, settings, state)
     return app
 
 
-def _consume_option(app: Celery, settings: Settings | None) -> None:
+def _consume_option(app: Celery, settings: Settings | None, state: WorkerProcess) -> None:
     """The worker flag and consumer bootstep of path B (:mod:`kafcel.worker.consume`)."""
     if getattr(app, _CONSUMES, False):
         return
@@ -153,7 +153,7 @@ def _consume_option(app: Celery, settings: Settings | None) -> None:
             help="kafcel: consume the Kafka task topic in this worker (no bridge needed)",
         )
     )
-    app.steps["consumer"].add(consume_step(settings))
+    app.steps["consumer"].add(consume_step(settings, flush_outcomes=state.flush_outcomes))
 
 
 class _EnvConfig:
