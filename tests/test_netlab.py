@@ -150,7 +150,11 @@ def test_without_root_the_scenario_row_says_why(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(NetLabError, match=r"need root .* uid 1000"):
         NetLab()
     partitions = [s for s in SCENARIOS if s.netns]
-    assert {s.name for s in partitions} == {"bridge-partition", "worker-partition"}
+    assert {s.name for s in partitions} == {
+        "bridge-partition",
+        "worker-partition",
+        "kafka-partition",
+    }
     lab, why = _open_netlab(partitions)
     assert lab is None and "need root" in why
     assert _open_netlab([s for s in SCENARIOS if not s.netns]) == (None, "")
