@@ -24,6 +24,7 @@ from kafcel.dev import free_ports
 from kafcel.kafka.admin import ensure_topics
 
 from .conftest import Pipeline, wait_until
+from .test_guarantees import status_json
 from .test_metrics import scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -213,15 +214,8 @@ def test_status_shows_the_consuming_worker_with_its_partitions(pipeline: Pipelin
     pipeline.start_consumer()
 
     def members() -> list[dict[str, Any]]:
-        out = subprocess.run(
-            [sys.executable, "-m", "kafcel", "status", "--json"],
-            env=pipeline.env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        found: list[dict[str, Any]] = json.loads(out.stdout)["bridges"]
+        found = status_json(pipeline)["bridges"]
+        assert isinstance(found, list)
         return [m for m in found if m["partitions"]]
 
     (member,) = wait_until(members, 30, "the worker's presence with its partitions")
