@@ -29,7 +29,6 @@ from ..deadletter import DeadLetterWriter
 from ..errors import (
     ConfigError,
     DispatchHeld,
-    DispatchRefused,
     KafkaError,
     RecordRejected,
 )
@@ -56,9 +55,10 @@ from .outcomes import OutcomeReader
 from .parking import Scheduling
 from .pending import Pending
 from .presence import BridgeStats, Presence, eta_held, log_report, positions
-from .publish import Publisher, batch_length
+from .publish import batch_length
 from .redispatch import Redispatcher, backend_state
 from .schedule import Parked, Parker
+from .sending import Sending
 from .sequence import SequenceGuard, guard, position, put_back
 from .tracker import TP, OffsetTracker
 
@@ -73,7 +73,7 @@ _REPORT_EVERY_S = 10.0
 _PUBLISH_EVERY_S = 2.0
 
 
-class Bridge:
+class Bridge(Sending):
     """Runs until :meth:`stop` (or SIGTERM/SIGINT when run in the main thread); ``role``
     "worker" when a Celery worker runs it (:mod:`kafcel.worker.consume`)."""
 
@@ -121,7 +121,7 @@ class Bridge:
             guard=self._guard, markers=markers, queued_ttl_s=settings.queued_ttl_s
         )
         self._offsets = Offsets(tracker=self._tracker, markers=markers, settings=settings)
-        self._publisher: Publisher | None = None
+        self._publisher = None
         self._presence = Presence(client=client, group=settings.group_id, role=role)
         self._assignment = Assignment(scheduled_topic=settings.scheduled_topic)
         self._joined = False
@@ -149,10 +149,6 @@ class Bridge:
         until now, not for records that no one will run."""
         self._ran_all = ran_all
         self._stop.set()
-
-    def wake_held(self) -> None:
-        """Send what is held at the next turn (safe from another thread)."""
-        self._held.wake()
 
     def run(self) -> int:
         s = self.settings
@@ -467,38 +463,6 @@ class Bridge:
             # Settled from the result backend's word: no worker will announce it.
             log.warning("settling %s from the result backend: %s", orphan.task_id, orphan.state)
             self._on_outcome(orphan.outcome(items[0].envelope.task))
-
-    def _publish(self, items: list[Dispatch]) -> list[DispatchRefused | DispatchHeld | None]:
-        publisher = self._open_publisher()
-        answers = publisher.publish(items)
-        self.stats.broker_round_trips = publisher.round_trips
-        if not any(isinstance(answer, DispatchHeld) for answer in answers):
-            self._held.cleared()
-        return answers
-
-    def _open_publisher(self) -> Publisher:
-        if self._publisher is None:
-            self._publisher = self._clients.publisher(self.app)
-        return self._publisher
-
-    def _retry_held(self) -> None:
-        if not self._held.due():
-            return
-        if self._held.broker_down:
-            if not self._open_publisher().reachable(timeout_s=1.0):
-                self._held.wait_longer()
-                return
-            self._held.back()
-        # In their order, before anything admitted since: a key's records stay in line.
-        self._outbox[:0] = self._held.take()
-
-    def _resend(self, item: Dispatch) -> bool:
-        """Send a copy of a message Celery took before; False if it was not sent."""
-        (refused,) = self._publish([item])
-        if refused is not None:
-            # The original stays pending: its outcome may still come.
-            log.error("%s (redispatch of %s)", refused, item.task_id)
-        return refused is None
 
     def _dead_lettered(
         self, tp: TP, offset: int, slot: Hashable | None, task_id: str | None
