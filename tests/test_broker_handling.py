@@ -17,6 +17,12 @@ def test_fetches_on_apache_kafka_are_answered_as_records_arrive() -> None:
     assert kafka["queued.max.messages.kbytes"] == tansu["queued.max.messages.kbytes"] == 8192
 
 
+def test_outcome_fetches_wait_to_share_a_request_on_either_broker() -> None:
+    for tansu in (False, True):
+        conf = fetch_config(10, tansu=tansu, batch=True)
+        assert conf["fetch.wait.max.ms"] == 10 and conf["fetch.min.bytes"] == 1 << 20
+
+
 def test_the_task_consumer_reads_committed_records_only_whatever_the_user_set() -> None:
     s = Settings(kafka_config=("isolation.level=read_uncommitted", "fetch.wait.max.ms=100"))
     for tansu in (False, True):

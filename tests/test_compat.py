@@ -42,6 +42,7 @@ def test_outcome_decode_keeps_unknown_fields_and_writes_them_back() -> None:
     assert outcome.extra == {"cost_ms": 12, "placement": {"zone": "b"}}
     # A done marker re-announced by an older worker keeps what the newer one wrote.
     origin = Origin(topic="t", partition=0, offset=1, fence="b.2")
+    assert json.loads(outcome.encode())["duplicate"] is False  # encoded once, kept
     again = json.loads(outcome.announced_for(origin).encode())
     assert again["cost_ms"] == 12 and again["placement"] == {"zone": "b"}
     assert again["duplicate"] is True and again["fence"] == "b.2"

@@ -87,6 +87,7 @@ def _outcomes(config: dict[str, Any], s: Settings, kind: BrokerKind) -> OutcomeR
         topic=s.results_topic,
         gap_wait_s=s.gap_wait_s,
         tansu=kind.needs_tansu_handling,
+        batch_ms=s.outcome_batch_ms,
     )
 
 

@@ -56,12 +56,18 @@ class OutcomeReader:
         topic: str,
         gap_wait_s: float,
         tansu: bool,
+        batch_ms: int = 0,
     ) -> None:
+        """``batch_ms``: fetches wait this long to carry several outcomes (0: answered as
+        each arrives, on Apache Kafka); Tansu waits at least ``_FIRST_WAIT_MS`` anyway."""
+        if batch_ms < 0:
+            raise ValueError(f"batch_ms must be >= 0, got {batch_ms}")
         self._config = config
         self._group_id = group_id
         self._topic = topic
         self._tansu = tansu
-        self._wait_ms = _FIRST_WAIT_MS
+        self._batch = batch_ms > 0
+        self._wait_ms = max(_FIRST_WAIT_MS, batch_ms) if tansu else batch_ms
         self._consumer = self._new_consumer()
         self._seq = guard(lambda: self._consumer, gap_wait_s=gap_wait_s, tansu=tansu)
         self._last_read = time.monotonic()
@@ -96,7 +102,7 @@ class OutcomeReader:
     def _new_consumer(self) -> Consumer:
         return Consumer(
             {
-                **fetch_config(self._wait_ms, tansu=self._tansu),
+                **fetch_config(self._wait_ms, tansu=self._tansu, batch=self._batch),
                 **self._config,
                 "group.id": f"{self._group_id}.results.{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,

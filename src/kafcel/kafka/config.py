@@ -15,7 +15,7 @@ __all__ = ["KAFKA_LOG", "client_config", "fetch_config", "producer_config"]
 KAFKA_LOG = logging.getLogger("kafcel.kafka")
 
 
-def fetch_config(wait_ms: int, *, tansu: bool) -> dict[str, Any]:
+def fetch_config(wait_ms: int, *, tansu: bool, batch: bool = False) -> dict[str, Any]:
     """Fetch settings of the bridge's consumers, to go before the user's own settings.
 
     Apache Kafka answers a fetch as soon as a record arrives: ``fetch.min.bytes=1`` with
@@ -26,8 +26,11 @@ def fetch_config(wait_ms: int, *, tansu: bool) -> dict[str, Any]:
     makes every fetch last that long, so a busy consumer sends a bounded number of
     fetches a second instead of one per few records (the broker's CPU). Either way 8 MB
     of prefetch bounds memory (librdkafka's default is 64 MB).
+
+    ``batch``: fetches wait ``wait_ms`` on either broker, for readers whose records
+    nobody waits on to start (outcomes): fewer requests for the broker to answer.
     """
-    if not tansu:
+    if not tansu and not batch:
         return {"fetch.wait.max.ms": 500, "fetch.min.bytes": 1, "queued.max.messages.kbytes": 8192}
     return {
         "fetch.wait.max.ms": wait_ms,

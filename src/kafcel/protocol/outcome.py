@@ -30,6 +30,11 @@ _STATUSES = (SUCCESS, FAILURE, REVOKED)
 MAX_OUTCOME_BYTES = 512 * 1024
 
 
+# Where an outcome keeps its encoding (frozen: set through __dict__, as
+# functools.cached_property does).
+_ENCODED = "_kafcel_encoded"
+
+
 def _dump(data: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
 
@@ -125,7 +130,15 @@ class Outcome:
     def encode(self) -> bytes:
         """The record, at most ``MAX_OUTCOME_BYTES`` whatever the task returned or raised:
         the result, then the request's headers, give way to a note of their size (the
-        full result stays in Celery's result backend); the error message is clipped."""
+        full result stays in Celery's result backend); the error message is clipped.
+
+        Encoded once: a worker writes the same bytes to the done marker and the record."""
+        cached: bytes | None = self.__dict__.get(_ENCODED)
+        if cached is None:
+            cached = self.__dict__[_ENCODED] = self._encode()
+        return cached
+
+    def _encode(self) -> bytes:
         data = asdict(self)
         if self.error_message is not None:
             data["error_message"] = clip(self.error_message)
@@ -189,6 +202,7 @@ class Outcome:
         # A copy, not dataclasses.replace: a done marker a newer worker wrote may hold
         # a status this version would refuse to construct.
         again = copy.copy(self)
+        again.__dict__.pop(_ENCODED, None)
         object.__setattr__(again, "duplicate", True)
         object.__setattr__(again, "fence", origin.fence)
         return again

@@ -36,8 +36,6 @@ __all__ = ["WorkerProcess"]
 
 log = logging.getLogger("kafcel.worker")
 
-_OUTCOME_LINGER_MS = 5
-
 
 class WorkerProcess:
     """Per-process clients; created lazily because prefork children must not share them."""
@@ -101,8 +99,9 @@ class WorkerProcess:
             **client_config(settings.bootstrap_servers),
             "enable.idempotence": True,
             "acks": "all",
-            # Outcomes of a process's tasks within 5 ms share one request (broker CPU).
-            "linger.ms": _OUTCOME_LINGER_MS,
+            # Outcomes of a process's tasks share requests (broker CPU); the wait only
+            # delays the settle, never a task.
+            "linger.ms": settings.outcome_batch_ms,
         }
         config.update(settings.librdkafka())
         self._producer = self._new_producer(config)
