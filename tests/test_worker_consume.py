@@ -190,6 +190,27 @@ def test_sigterm_finishes_the_running_tasks_and_the_next_worker_runs_the_rest(
     wait_until(pipeline.fully_committed, 30, "offsets committed")
 
 
+def test_a_remote_shutdown_hands_nothing_over_again_and_the_next_worker_runs_the_rest(
+    pipeline: Pipeline, ledger: Ledger, client_app: Celery
+) -> None:
+    name, client = ledger
+    first = pipeline.start_consumer(concurrency=1)
+    n = 5
+    with Producer(settings=pipeline.settings) as producer:
+        for i in range(n):
+            producer.submit("tests.app.slow", args=[name, i, 1.0], key=f"k{i}")
+    wait_until(lambda: client.hlen(f"{name}:started") >= 1, 60, "a task to start")
+    # `celery control shutdown`: Celery closes its consumer as for SIGTERM, but sets no
+    # shutdown flag; nothing was dropped by a reconnect, so nothing is handed over again.
+    client_app.control.shutdown(destination=[f"c0@{socket.gethostname()}"])
+    wait_until(lambda: not first.alive(), 40, "the worker to exit")
+    assert "handed over again" not in first.log_path.read_text()
+    pipeline.start_consumer(concurrency=2)
+    wait_until(lambda: client.hlen(f"{name}:effects") == n, 90, "every task to run")
+    assert set(counts(client, f"{name}:effects").values()) == {1}
+    wait_until(pipeline.fully_committed, 30, "offsets committed")
+
+
 def test_a_killed_consuming_worker_loses_nothing_and_repeats_no_effect(
     pipeline: Pipeline, ledger: Ledger
 ) -> None:

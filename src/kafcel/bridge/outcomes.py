@@ -121,21 +121,14 @@ class OutcomeReader:
         if now - self._last_read < _STARVED_AFTER_S:
             return
         self._last_read = now
+        ends = self.ends()  # None: the broker is busy or away, check again later
+        # A partition with no position yet cannot starve.
+        if ends is None or not self._behind(ends, unpositioned=False):
+            return
         positions = [
             TopicPartition(tp.topic, tp.partition, self._resume_at(tp))
             for tp in self._consumer.assignment()
         ]
-        try:
-            behind = any(
-                self._consumer.get_watermark_offsets(tp, timeout=5)[1] > tp.offset
-                for tp in positions
-                if tp.offset >= 0  # a partition with no position yet cannot starve
-            )
-        except Exception as exc:  # the broker is busy or away: check again later
-            log.warning("cannot read the ends of the results topic: %s", exc)
-            return
-        if not behind:
-            return
         self._wait_ms = min(self._wait_ms * 4, _MAX_WAIT_MS)
         log.warning(
             "outcome fetches come back empty with outcomes waiting (a broker that needs "
@@ -211,13 +204,19 @@ class OutcomeReader:
 
     def reached(self, ends: dict[int, int] | None) -> bool:
         """Whether every outcome before ``ends`` has been read (False without ends)."""
-        if ends is None:
-            return False
+        return ends is not None and not self._behind(ends, unpositioned=True)
+
+    def _behind(self, ends: dict[int, int], *, unpositioned: bool) -> bool:
+        """Whether a followed partition has outcomes before its end in ``ends`` still to
+        read; ``unpositioned``: whether one with no position yet counts as behind."""
         for tp in self._consumer.assignment():
             end = ends.get(tp.partition)
-            if end is not None and self._resume_at(tp) < end:
-                return False
-        return True
+            if end is None:
+                continue
+            at = self._resume_at(tp)
+            if (at >= 0 or unpositioned) and at < end:
+                return True
+        return False
 
     def close(self) -> None:
         self._consumer.close()

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.bootsteps import RUN
 from celery.concurrency.base import BasePool
 from celery.platforms import EX_FAILURE
 from celery.worker import state as worker_state
@@ -197,8 +198,11 @@ def consume_step(
                 return
             handoff = self._consuming.handoff
             handoff.detach()
-            if worker_state.should_stop is not None or worker_state.should_terminate is not None:
-                return  # shutting down: what was not run is left to the next owner
+            if c.blueprint.state != RUN or worker_state.should_stop is not None:
+                # Shutting down (a signal; `celery control shutdown` sets no flag, but
+                # closes the blueprint, which a reconnect's restart leaves running): what
+                # was not run is left to the partitions' next owner.
+                return
             if not self._discards:
                 return  # the pool runs its waiting jobs still (threads, solo)
             dropped = handoff.requeue_dropped(set(worker_state.requests))
