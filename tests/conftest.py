@@ -22,6 +22,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from kafcel import Producer
 from kafcel.dev import DevStack, free_ports
 from kafcel.dev.procs import ManagedProcess, bridge_argv, worker_argv
 from kafcel.kafka.admin import committed_offsets, end_offsets, ensure_topics, partitions_of
@@ -153,6 +154,12 @@ class Pipeline:
         if wait_assigned:
             proc.wait_for_log("assigned:", timeout_s=60)
         return proc
+
+    def submit_slow(self, ledger: str, n: int, seconds: float) -> None:
+        """``n`` ``tests.app.slow`` tasks of ``seconds`` each into ``ledger``, keys k0, k1…"""
+        with Producer(settings=self.settings) as producer:
+            for i in range(n):
+                producer.submit("tests.app.slow", args=[ledger, i, seconds], key=f"k{i}")
 
     def start(self, **overrides: Any) -> ManagedProcess:
         """What consumes the task topic on the test's path: a bridge (then the session

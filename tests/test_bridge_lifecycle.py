@@ -83,9 +83,7 @@ def test_a_killed_bridges_partitions_move_to_the_other_and_each_task_runs_once(
         # The group took the bridges' session timeout: the broker's default is 10 s here.
         assert group_session_ms(pipeline.settings) == "6000"
     n = 40
-    with Producer(settings=pipeline.settings) as producer:
-        for i in range(n):
-            producer.submit("tests.app.slow", args=[name, i, 0.3], key=f"k{i}")
+    pipeline.submit_slow(name, n, 0.3)
     wait_until(lambda: len(counts(client, f"{name}:started")) >= 8, 60, "tasks to start")
     seen = second.log_size()
     first.signal(signal.SIGKILL)
@@ -124,9 +122,7 @@ def test_sigterm_drains_in_flight_tasks_commits_and_exits_0(
     name, client = ledger
     bridge = pipeline.start_bridge(commit_interval_s=3600)
     n = 8
-    with Producer(settings=pipeline.settings) as producer:
-        for i in range(n):
-            producer.submit("tests.app.slow", args=[name, i, 1.0], key=f"k{i}")
+    pipeline.submit_slow(name, n, 1.0)
     wait_until(lambda: counts(client, f"{name}:started"), 60, "tasks to start")
     bridge.signal(signal.SIGTERM)
     assert bridge.proc is not None
@@ -143,9 +139,7 @@ def test_backpressure_pauses_above_max_in_flight_and_resumes(
     name, client = ledger
     bridge = pipeline.start_bridge(max_in_flight=10)
     n = 60
-    with Producer(settings=pipeline.settings) as producer:
-        for i in range(n):
-            producer.submit("tests.app.slow", args=[name, i, 0.05], key=f"k{i}")
+    pipeline.submit_slow(name, n, 0.05)
     wait_until(lambda: len(counts(client, f"{name}:effects")) == n, 120, "all tasks to run")
     wait_until(pipeline.fully_committed, 30, "offsets committed")
     log = bridge.tail(400)

@@ -74,6 +74,27 @@ def fast_subset(broker: str, system: str, fast: tuple[str, ...]) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.timeout(600)
+def test_the_kombu_kafka_worker_kill_row_kills_its_worker() -> None:
+    """kombu's transport may lose or reorder (that row's verdict is its own), but the
+    fault must run: the kombu rig takes the same calls as kafcel's."""
+    argv = ["chaos", "--tasks", "500", "--json", "--only", "kombu-kafka:worker-kill-9"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "kafcel", *argv],
+        capture_output=True,
+        text=True,
+        timeout=580,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no output; stderr:\n{proc.stderr[-3000:]}"
+    (row,) = json.loads(lines[-1])["scenarios"]
+    assert row["system"] == "kombu-kafka" and row["name"] == "worker-kill-9"
+    assert "note" not in row, row["note"]
+    assert any(f.endswith("SIGKILL worker 0") for f in row["faults"]), row["faults"]
+
+
 def test_unknown_scenario_is_named_in_a_clear_error() -> None:
     with pytest.raises(KafcelError, match="unknown scenario"):
         select(("no-such-fault",))

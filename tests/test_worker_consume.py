@@ -168,9 +168,7 @@ def test_sigterm_finishes_the_running_tasks_and_the_next_worker_runs_the_rest(
     name, client = ledger
     first = pipeline.start_consumer(concurrency=2)
     n = 8
-    with Producer(settings=pipeline.settings) as producer:
-        for i in range(n):
-            producer.submit("tests.app.slow", args=[name, i, 1.5], key=f"k{i}")
+    pipeline.submit_slow(name, n, 1.5)
     wait_until(lambda: client.hlen(f"{name}:started") >= 2, 60, "two tasks to start")
     started = time.monotonic()
     first.signal(signal.SIGTERM)
@@ -196,9 +194,7 @@ def test_a_remote_shutdown_hands_nothing_over_again_and_the_next_worker_runs_the
     name, client = ledger
     first = pipeline.start_consumer(concurrency=1)
     n = 5
-    with Producer(settings=pipeline.settings) as producer:
-        for i in range(n):
-            producer.submit("tests.app.slow", args=[name, i, 1.0], key=f"k{i}")
+    pipeline.submit_slow(name, n, 1.0)
     wait_until(lambda: client.hlen(f"{name}:started") >= 1, 60, "a task to start")
     # `celery control shutdown`: Celery closes its consumer as for SIGTERM, but sets no
     # shutdown flag; nothing was dropped by a reconnect, so nothing is handed over again.
@@ -218,9 +214,7 @@ def test_a_killed_consuming_worker_loses_nothing_and_repeats_no_effect(
     lease_s = 1.5
     first = pipeline.start_consumer(concurrency=2, once_lease_s=lease_s)
     n = 6
-    with Producer(settings=pipeline.settings) as producer:
-        for i in range(n):
-            producer.submit("tests.app.slow", args=[name, i, 2.0], key=f"k{i}")
+    pipeline.submit_slow(name, n, 2.0)
     wait_until(lambda: client.hlen(f"{name}:started") >= 2, 60, "two tasks to start")
     # The whole worker at once, main process and pool: nothing committed, leases held.
     first.signal(signal.SIGKILL, group=True)

@@ -7,6 +7,7 @@ suite's Redis. Lag is read from the transport's consumer group on its queue topi
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,10 @@ class _Rig:
         self.system = system
         self.workers = [system]
 
-    def kill_worker(self, index: int = 0) -> None:
+    def kill_worker(self, index: int = 0, *, sig: int = signal.SIGKILL) -> None:
+        # The same call as KafcelRig.kill_worker: the fault functions are shared.
+        if sig != signal.SIGKILL:
+            raise ValueError(f"the kombu-kafka worker is only killed, not sent {sig}")
         self.system.kill_worker()
 
     def start_worker(self, index: int | None = None) -> None:
