@@ -195,8 +195,10 @@ class OutcomeReader:
         ends: dict[int, int] = {}
         try:
             for tp in self._consumer.assignment():
-                _, high = self._consumer.get_watermark_offsets(tp, timeout=5)
-                ends[tp.partition] = high
+                found = self._consumer.get_watermark_offsets(tp, timeout=5)
+                if found is None:  # timed out
+                    raise KafkaException(f"no answer for partition {tp.partition} within 5s")
+                ends[tp.partition] = found[1]
         except KafkaException as exc:
             log.warning("cannot read the ends of the results topic: %s", exc)
             return None

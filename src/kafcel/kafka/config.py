@@ -28,7 +28,9 @@ def fetch_config(wait_ms: int, *, tansu: bool, batch: bool = False) -> dict[str,
     of prefetch bounds memory (librdkafka's default is 64 MB).
 
     ``batch``: fetches wait ``wait_ms`` on either broker, for readers whose records
-    nobody waits on to start (outcomes): fewer requests for the broker to answer.
+    start nothing at once (outcomes: they settle records, and only a key's next record
+    under ``ordering=key`` waits on them): fewer requests for the broker to answer, but
+    an idle reader asks every ``wait_ms``.
     """
     if not tansu and not batch:
         return {"fetch.wait.max.ms": 500, "fetch.min.bytes": 1, "queued.max.messages.kbytes": 8192}

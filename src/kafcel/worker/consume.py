@@ -198,7 +198,11 @@ def consume_step(
                 return
             handoff = self._consuming.handoff
             handoff.detach()
-            if c.blueprint.state != RUN or worker_state.should_stop is not None:
+            if (
+                c.blueprint.state != RUN
+                or worker_state.should_stop is not None
+                or worker_state.should_terminate is not None
+            ):
                 # Shutting down (a signal; `celery control shutdown` sets no flag, but
                 # closes the blueprint, which a reconnect's restart leaves running): what
                 # was not run is left to the partitions' next owner.
