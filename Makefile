@@ -20,7 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# System packages, from Debian when absent: redis-server, a JDK (17 or newer) and Maven
+# System packages, from Debian when absent: redis-server, rabbitmq-server (Celery's broker
+# in the RabbitMQ tests, chaos rows and bench row, which start their own on ports of their
+# own, as Redis), a JDK (17 or newer) and Maven
 # (Apache Kafka: Maven copies its pinned jars from Maven Central into .kafcel/kafka/ once,
 # on the first `kafcel dev up`), chromium for the tests only (the browser the dashboard test
 # drives with Playwright; Playwright's own download is not used), and nftables and iproute2
@@ -39,6 +41,8 @@ APT_INSTALL = \
 JAVA_MAJOR = $$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
 STACK_PACKAGES = \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	{ [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null 2>&1; } \
+		|| missing="$$missing rabbitmq-server"; \
 	[ "$(JAVA_MAJOR)" -ge 17 ] 2>/dev/null || missing="$$missing default-jdk-headless"; \
 	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
 	{ [ -x /usr/sbin/nft ] || command -v nft >/dev/null 2>&1; } || missing="$$missing nftables"; \

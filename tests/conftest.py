@@ -88,6 +88,23 @@ def stack(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev
 
 
 @pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    """A RabbitMQ of the session's own (Celery's broker in the ``rabbitmq`` tests),
+    started by the first test that asks for it."""
+    s = DevStack(
+        services=("rabbitmq",),
+        rabbitmq_ports=free_ports(3),
+        state_dir=tmp_path_factory.mktemp("rabbitmq"),
+        cache_dir=ROOT / ".kafcel" / "kafka",
+    )
+    s.up()
+    try:
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture(scope="session")
 def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 

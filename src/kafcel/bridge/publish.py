@@ -14,9 +14,14 @@ Two ways to the broker:
   (``tests/test_publish.py`` compares the two), to the list kombu would choose (priority
   steps, key prefix). Taken only when nothing in the process listens to the publish
   signals and the queue is a plain direct one; otherwise:
-* **any transport**: Celery's ``send_task_message`` for each task inside kombu's
+* **RabbitMQ**: Celery's ``send_task_message`` for each task on a channel of the
+  bridge's own in confirm mode, then one wait for RabbitMQ's confirms
+  (:mod:`.confirms`): only what it confirmed counts as dispatched;
+* **any other transport**: Celery's ``send_task_message`` for each task inside kombu's
   ``Producer.batch()``, which pipelines on Redis (kombu 5.7) and publishes at once
-  elsewhere; the publish signals fire as with ``send_task``.
+  elsewhere.
+
+On every path but the Redis pipeline the publish signals fire as with ``send_task``.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from kombu.entity import maybe_delivery_mode
 
 from ..errors import DispatchHeld, DispatchRefused
 from ..protocol.headers import CELERY_HEADER as HEADER
+from .confirms import ConfirmedChannel
 from .dispatch import Dispatch
 
 __all__ = ["Publisher", "batch_length"]
@@ -62,6 +68,8 @@ def batch_length(items: Sequence[Dispatch]) -> int:
 
 # (index in the batch, task name, Celery's message, send_task_message options)
 _Prepared = tuple[int, str, Any, dict[str, Any]]
+# How long a batch waits for RabbitMQ's confirms before what is unconfirmed is sent again.
+CONFIRM_TIMEOUT_S = 10.0
 
 log = logging.getLogger("kafcel.bridge")
 
@@ -69,7 +77,7 @@ log = logging.getLogger("kafcel.bridge")
 class Publisher:
     """Sends the bridge's admitted records to Celery, a batch per broker round trip."""
 
-    def __init__(self, *, app: Celery) -> None:
+    def __init__(self, *, app: Celery, confirm_timeout_s: float = CONFIRM_TIMEOUT_S) -> None:
         if not isinstance(app, Celery):
             raise TypeError("app must be a Celery app")
         self.app = app
@@ -77,6 +85,7 @@ class Publisher:
         conf = app.conf
         with app.connection_for_write() as conn:
             redis = conn.transport.driver_type == "redis"
+            rabbitmq = conn.transport.driver_type == "amqp"
             # Connection errors only: a channel error (WRONGTYPE, NOPERM) is about one
             # list, and a KeyError is a bug; retrying either would stall the partition.
             transport_errors = tuple(
@@ -90,6 +99,9 @@ class Publisher:
             ConnectionError,
             TimeoutError,
             *transport_errors,
+        )
+        self._confirmed = (
+            ConfirmedChannel(app=app, confirm_timeout_s=confirm_timeout_s) if rabbitmq else None
         )
         # What would make kombu's publish do more than one LPUSH per message.
         self._redis = (
@@ -223,8 +235,11 @@ class Publisher:
 
     def _send(self, prepared: list[_Prepared]) -> dict[int, DispatchRefused | DispatchHeld]:
         """One batch on one connection; raises a retryable error if the broker failed."""
+        if self._confirmed is not None:
+            failed = self._confirmed.send(prepared, self._send_one, self._judge)
+            self.round_trips += 1
+            return failed
         refused: dict[int, DispatchRefused | DispatchHeld] = {}
-        amqp = self._amqp
         with self.app.producer_or_acquire() as producer:
             channel = producer.channel
             fast = self._redis and not _publish_listeners()
@@ -245,17 +260,24 @@ class Publisher:
             with scope:
                 for index, name, message, options in prepared:
                     try:
-                        amqp.send_task_message(producer, name, message, retry=False, **options)
-                    except self._retryable:
-                        raise
-                    except (exceptions.EncodeError, exceptions.ContentDisallowed) as exc:
-                        refused[index] = _refused(exc)  # this record's content
+                        self._send_one(producer, name, message, options)
                     except Exception as exc:
-                        # An exchange, a queue or a permission the broker refuses: the
-                        # deployment's, not the record's.
-                        refused[index] = _held(exc)
+                        refused[index] = self._judge(index, exc)
         self.round_trips += 1
         return refused
+
+    def _send_one(self, producer: Any, name: str, message: Any, options: dict[str, Any]) -> None:
+        self._amqp.send_task_message(producer, name, message, retry=False, **options)
+
+    def _judge(self, index: int, exc: Exception) -> DispatchRefused | DispatchHeld:
+        """What one message's failed publish means; the broker being down raises."""
+        if isinstance(exc, self._retryable):
+            raise exc
+        if isinstance(exc, exceptions.EncodeError | exceptions.ContentDisallowed):
+            return _refused(exc)  # this record's content
+        # An exchange, a queue or a permission the broker refuses: the deployment's, not
+        # the record's.
+        return _held(exc)
 
 
 # What a worker's Request and task.request read besides the protocol headers: a message

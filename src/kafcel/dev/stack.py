@@ -1,4 +1,5 @@
-"""The local stack: a Kafka broker (Apache Kafka, or Tansu) and Redis, for dev, demo, tests.
+"""The local stack: a Kafka broker (Apache Kafka, or Tansu), Redis and, when asked for,
+RabbitMQ (Celery's broker instead of Redis), for dev, demo, tests, chaos and the bench.
 
 Apache Kafka is the default broker: one KRaft combined node, or three
 (``brokers=3``: replication 3, ``min.insync.replicas=2``). Tansu stays available as the
@@ -21,6 +22,7 @@ from confluent_kafka.admin import AdminClient
 from ..errors import ConfigError, DevStackError
 from ..kafka.admin import ensure_topics
 from .kafka import KafkaCluster, KafkaRuntime
+from .rabbitmq import rabbitmq_services, rabbitmq_url
 from .redis import redis_service
 from .service import PROBE_TIMEOUT_S, Service, ServiceStatus, Supervisor, port_open
 from .tansu import tansu_service
@@ -32,6 +34,9 @@ _log = logging.getLogger(__name__)
 __all__ = ["BROKERS", "DevStack"]
 
 BROKERS = ("kafka", "tansu")
+SERVICES = ("kafka", "redis", "rabbitmq")
+# RabbitMQ's own defaults: AMQP, Erlang distribution (AMQP + 20000), epmd.
+RABBITMQ_PORTS = (5672, 25672, 4369)
 
 
 def _is_int(value: object) -> bool:
@@ -59,6 +64,7 @@ class DevStack:
         broker: str = "kafka",
         brokers: int = 1,
         kafka_ports: Sequence[int] = (),
+        rabbitmq_ports: Sequence[int] = RABBITMQ_PORTS,
         cache_dir: Path | str = ".kafcel/kafka",
     ) -> None:
         if not isinstance(host, str) or not host.strip() or ":" in host:
@@ -79,19 +85,26 @@ class DevStack:
             )
         for port in ports:
             _check_port("kafka_ports", port)
+        rabbitmq = list(rabbitmq_ports)
+        if len(rabbitmq) != 3:
+            raise ConfigError("rabbitmq_ports must give 3 ports (AMQP, distribution, epmd)")
+        for port in rabbitmq:
+            _check_port("rabbitmq_ports", port)
         used = [*(ports if broker == "kafka" else [kafka_port]), redis_port]
+        used += rabbitmq if "rabbitmq" in services else []
         if len(set(used)) != len(used):
             raise ConfigError(f"the stack's ports must differ, got {used}")
         number = _is_int(start_timeout_s) or isinstance(start_timeout_s, float)
         # The chained comparison is False for NaN, so NaN is rejected too.
         if not number or not 0 < start_timeout_s < math.inf:
             raise ConfigError(f"start_timeout_s must be a positive number, got {start_timeout_s!r}")
-        unknown = sorted(set(services) - {"kafka", "redis"})
+        unknown = sorted(set(services) - set(SERVICES))
         if unknown or not services:
-            raise ConfigError(f"services must name kafka and/or redis, got {services!r}")
+            raise ConfigError(f"services must name some of {', '.join(SERVICES)}, got {services!r}")
         self.host = host
         self.broker = broker
         self.redis_port = redis_port
+        self.rabbitmq_port = rabbitmq[0]
         # Absolute, so a later chdir does not lose the pid files and redis --dir stays valid.
         self.state_dir = Path(state_dir).expanduser().resolve()
         self.start_timeout_s = float(start_timeout_s)
@@ -106,11 +119,20 @@ class DevStack:
         redis_ = redis_service(host=host, port=redis_port, state_dir=self.state_dir)
         chosen = [*(broker_services if "kafka" in services else [])]
         chosen += [redis_] if "redis" in services else []
+        amqp_port, dist_port, epmd_port = rabbitmq
+        rabbit = rabbitmq_services(
+            host=host,
+            port=amqp_port,
+            dist_port=dist_port,
+            epmd_port=epmd_port,
+            state_dir=self.state_dir,
+        )
+        chosen += rabbit if "rabbitmq" in services else []
         self._services = {s.name: s for s in chosen}
         self._broker_service = broker_services[0]
         # What `down` may find from an `up` with the other broker: stopping needs only the
         # pid file and the markers, so ports do not matter here.
-        others = [tansu, *KafkaCluster(
+        others = [tansu, *rabbit, *KafkaCluster(
             host=host, ports=[1, 2] * 3, state_dir=self.state_dir, runtime=self.runtime
         ).services()]  # fmt: skip
         self._known = {s.name: s for s in [*others, *self._services.values()]}
@@ -124,6 +146,11 @@ class DevStack:
     @property
     def redis_url(self) -> str:
         return f"redis://{self.host}:{self.redis_port}/0"
+
+    @property
+    def rabbitmq_url(self) -> str:
+        """Celery's broker URL for this stack's RabbitMQ (user guest)."""
+        return rabbitmq_url(self.host, self.rabbitmq_port)
 
     @property
     def service_names(self) -> list[str]:
