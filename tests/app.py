@@ -6,6 +6,7 @@ test counts effects independently of kafcel's own bookkeeping.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_postrun, task_prerun
+from kombu import Exchange, Queue
 
 from kafcel.celery import app_from_env, origin_of
 from kafcel.settings import Settings
@@ -22,6 +24,24 @@ QUEUE = "kafcel-tests"
 
 # The tests' queue is fixed: the session worker consumes it.
 app = app_from_env("kafcel_tests", queue_env="KAFCEL_TESTS_QUEUE", default_queue=QUEUE)
+
+
+def _queue_options() -> dict[str, Any]:
+    """The RabbitMQ tests' queue: durable or not, its arguments (quorum, delivery limit),
+    from ``KAFCEL_TESTS_QUEUE_OPTIONS``, a JSON object; read when Celery loads its config."""
+    raw = os.environ.get("KAFCEL_TESTS_QUEUE_OPTIONS")
+    if not raw:
+        return {}
+    arguments = json.loads(raw)
+    durable = bool(arguments.pop("durable", True))
+    name = os.environ.get("KAFCEL_TESTS_QUEUE", QUEUE)
+    queue = Queue(
+        name, Exchange(name), routing_key=name, durable=durable, queue_arguments=arguments or None
+    )
+    return {"task_queues": [queue]}
+
+
+app.add_defaults(_queue_options)
 
 _client: tuple[int, redis.Redis[bytes]] | None = None
 

@@ -10,6 +10,7 @@ stack is parametrized by broker, so each broker, and the worker on it, starts on
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -152,9 +153,38 @@ class Pipeline:
     path: str = "bridge"
     bridges: list[ManagedProcess] = field(default_factory=list)
     workers: list[ManagedProcess] = field(default_factory=list)
+    # Celery's broker when it is not the stack's Redis (RabbitMQ); then the test's bridges
+    # and workers use a Celery queue of the test's own, `queue`.
+    celery_broker_url: str | None = None
+    # That queue's durability and arguments (tests/app.py), a JSON object.
+    queue_options: dict[str, Any] | None = None
+
+    @property
+    def queue(self) -> str:
+        return f"q-{self.settings.topic}"
 
     def env(self, **overrides: Any) -> dict[str, str]:
-        return {**base_env(self.stack), **self.settings.replace(**overrides).as_env()}
+        env = {**base_env(self.stack), **self.settings.replace(**overrides).as_env()}
+        if self.celery_broker_url is not None:
+            env["CELERY_BROKER_URL"] = self.celery_broker_url
+            env["KAFCEL_TESTS_QUEUE"] = self.queue
+        if self.queue_options is not None:
+            env["KAFCEL_TESTS_QUEUE_OPTIONS"] = json.dumps(self.queue_options)
+        return env
+
+    def start_worker(self, *, concurrency: int = 2, **overrides: Any) -> ManagedProcess:
+        """A plain Celery worker (no --kafcel-consume) on the test's own queue."""
+        n = len(self.workers)
+        proc = ManagedProcess(
+            name=f"worker {n}",
+            argv=worker_argv(TEST_APP, queue=self.queue, concurrency=concurrency, name=f"w{n}"),
+            env={**self.env(**overrides), "KAFCEL_TESTS_QUEUE": self.queue},
+            log_path=self.logs_dir / f"{self.settings.topic}-worker{n}.log",
+            cwd=ROOT,
+        ).start()
+        self.workers.append(proc)
+        proc.wait_for_log(" ready.", timeout_s=60)
+        return proc
 
     def start_bridge(
         self, *, wait_assigned: bool = True, app: str = TEST_APP, **overrides: Any
@@ -197,7 +227,7 @@ class Pipeline:
         """A Celery worker that consumes the test's task topic itself (path B), on a
         Celery queue of the test's own (where its retries go)."""
         n = len(self.workers)
-        queue = f"q-{self.settings.topic}"
+        queue = self.queue
         proc = ManagedProcess(
             name=f"consuming worker {n}",
             argv=[

@@ -268,3 +268,28 @@ def test_after_data_loss_a_queued_mark_no_longer_vouches(
     r.recheck_all(after_s=5)
     clock.now += 5
     assert r.due() == (["queued"], [])
+
+
+def test_a_forced_resend_that_could_not_be_sent_is_tried_again_past_its_queued_mark(
+    client: redis.Redis[bytes], prefix: str
+) -> None:
+    """Celery's broker was still down when the re-check came due (a RabbitMQ node that
+    restarted, losing a transient queue): the copy was not sent, so the queued mark still
+    speaks for a message that is gone, and must not stop the next try."""
+    g = guard(client, prefix)
+    clock = FakeClock()
+    r = Redispatcher(
+        after_s=100,
+        guard=g,
+        backend_state=lambda task_id: BackendState(task_id, "PENDING"),
+        clock=clock,
+        sweep_every_s=0,
+    )
+    r.dispatched("lost")
+    g.mark_queued(["lost"], ttl_s=3600)
+    r.recheck_all(after_s=5)
+    clock.now += 5
+    assert r.due() == (["lost"], [])
+    r.not_sent("lost")  # the broker refused the connection
+    clock.now += 100
+    assert r.due() == (["lost"], [])

@@ -53,6 +53,7 @@ class ConfirmedChannel:
         self._waiting: dict[int, int] = {}  # delivery tag -> batch index
         self._task_index: dict[str, int] = {}  # task id -> batch index (returns)
         self._refused: dict[int, DispatchHeld] = {}
+        self._lost = False  # the connection broke since connection_lost() last said so
 
     def send(
         self, prepared: list[Prepared], send_one: SendOne, on_error: Callable[[int, Exception], Any]
@@ -81,8 +82,8 @@ class ConfirmedChannel:
                         self._abandon("the channel closed before RabbitMQ confirmed")
                         self._reset()
             self._wait()
-        except BaseException:
-            self._reset()
+        except BaseException as exc:
+            self._reset(lost=self._is_connection_error(exc))
             raise
         finally:
             self._index = -1
@@ -94,6 +95,22 @@ class ConfirmedChannel:
 
     def close(self) -> None:
         self._reset()
+
+    def connection_lost(self) -> bool:
+        """True once after the bridge's connection to RabbitMQ broke: a node restart (or
+        a cut) since the last call. Looks at the socket without waiting."""
+        if self._conn is not None:
+            try:
+                self._conn.drain_events(timeout=0)
+            except TimeoutError:
+                pass  # nothing to read: the connection is there
+            except Exception as exc:
+                self._reset(lost=self._is_connection_error(exc))
+        lost, self._lost = self._lost, False
+        return lost
+
+    def _is_connection_error(self, exc: BaseException) -> bool:
+        return self._conn is not None and isinstance(exc, self._conn.connection_errors)
 
     def _open(self) -> Producer:
         if self._producer is not None and self._channel.is_open:
@@ -174,7 +191,8 @@ class ConfirmedChannel:
             self._refused.setdefault(index, DispatchHeld(f"{why}: sent again"))
         self._waiting.clear()
 
-    def _reset(self) -> None:
+    def _reset(self, *, lost: bool = False) -> None:
+        self._lost = self._lost or lost
         conn, self._conn, self._channel, self._producer = self._conn, None, None, None
         if conn is not None:
             try:

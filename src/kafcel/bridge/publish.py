@@ -42,6 +42,7 @@ from celery import Celery, signals
 from celery.exceptions import QueueNotFound
 from celery.utils.saferepr import saferepr
 from kombu import exceptions
+from kombu.entity import PERSISTENT_DELIVERY_MODE as PERSISTENT
 from kombu.entity import maybe_delivery_mode
 
 from ..errors import DispatchHeld, DispatchRefused
@@ -103,6 +104,7 @@ class Publisher:
         self._confirmed = (
             ConfirmedChannel(app=app, confirm_timeout_s=confirm_timeout_s) if rabbitmq else None
         )
+        self._volatile = rabbitmq and _volatile(app)
         # What would make kombu's publish do more than one LPUSH per message.
         self._redis = (
             redis
@@ -160,6 +162,14 @@ class Publisher:
         for index, reason in failed.items():
             answers[index] = reason
         return answers
+
+    def messages_maybe_lost(self) -> bool:
+        """True once after Celery's broker may have lost messages it had accepted: the
+        connection to RabbitMQ broke (a node restart, most likely) while the app has queues
+        or messages a restart does not keep. Redis's losses are found by the once-guard."""
+        if self._confirmed is None or not self._confirmed.connection_lost():
+            return False
+        return self._volatile
 
     def reachable(self, *, timeout_s: float) -> bool:
         """Whether the broker answers now; a down one is found within ``timeout_s``
@@ -318,6 +328,15 @@ def _depth(value: Any) -> int:
     if isinstance(value, list):
         return 1 + max((_depth(v) for v in value), default=0)
     return 0
+
+
+def _volatile(app: Celery) -> bool:
+    """Whether a RabbitMQ restart can drop messages it confirmed: a queue of the app's
+    that is not durable (or is auto-deleted, exclusive), or messages sent transient.
+    Queues made on the fly for a route (task_create_missing_queues) are durable."""
+    if maybe_delivery_mode(app.conf.task_default_delivery_mode) != PERSISTENT:  # type: ignore[no-untyped-call]
+        return True
+    return any(not q.durable or q.auto_delete or q.exclusive for q in app.amqp.queues.values())
 
 
 def _publish_listeners() -> bool:

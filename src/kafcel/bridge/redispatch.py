@@ -109,6 +109,17 @@ class Redispatcher:
             watch.force = True
         self._next_sweep = min(self._next_sweep, due)
 
+    def not_sent(self, task_id: str) -> None:
+        """A copy :meth:`due` asked for could not be sent (Celery's broker still down):
+        try again in ``after_s``. Still forced: a queued mark may yet speak for a message
+        the broker lost."""
+        watch = self._watch.get(task_id)
+        if watch is None:
+            return
+        watch.sent = max(0, watch.sent - 1)
+        watch.force = True
+        watch.due = self._clock() + self._after_s
+
     def settled(self, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:
             self._watch.pop(task_id, None)

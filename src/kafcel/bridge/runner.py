@@ -168,6 +168,7 @@ class Bridge(Sending):
                 last_commit = now
             if now - last_publish >= _PUBLISH_EVERY_S:
                 self._check_redis()
+                self._check_celery_broker()
                 self._publish_presence()
                 last_publish = now
             if now - last_report >= _REPORT_EVERY_S:
@@ -448,14 +449,30 @@ class Bridge(Sending):
         declare_queues(self.app, self._pending.queues())
         self._redispatch.recheck_all(after_s=self.settings.once_lease_s)
 
+    def _check_celery_broker(self) -> None:
+        """Notice a RabbitMQ restart that may have dropped messages it had confirmed (a
+        non-durable queue's): the queued marks in Redis no longer vouch for them."""
+        if self._publisher is None or not self._publisher.messages_maybe_lost():
+            return
+        log.warning(
+            "the connection to Celery's broker broke and its queues do not all survive a "
+            "restart: every unsettled task is checked again in %.0fs",
+            self.settings.once_lease_s,
+        )
+        self._redispatch.recheck_all(after_s=self.settings.once_lease_s)
+
     def _redispatch_lost(self) -> None:
         resend, orphans = self._redispatch.due()
         for task_id in resend:
             items = self._pending.get(task_id)
-            if items and self._resend(items[0]):
+            if not items:
+                continue
+            if self._resend(items[0]):
                 self.events.redispatched(items[0])
                 self._chores.queued(task_id)
                 self.stats.redispatched += 1
+            else:
+                self._redispatch.not_sent(task_id)
         for orphan in orphans:
             items = self._pending.get(orphan.task_id)
             if not items:
