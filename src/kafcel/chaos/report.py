@@ -15,6 +15,7 @@ __all__ = ["json_line", "render"]
 _COLUMNS = (
     ("scenario", "name"),
     ("system", "system"),
+    ("Celery broker", "broker"),
     ("nodes", "nodes"),
     ("lost", "lost"),
     ("dup effects", "duplicates"),
@@ -33,12 +34,12 @@ _COLUMNS = (
 def render(suite: Suite, console: Console, *, n_tasks: int) -> None:
     table = Table(title=f"kafcel chaos — {n_tasks:,} tasks per scenario, on {suite.broker}")
     for title, _ in _COLUMNS:
-        left = title in ("scenario", "system")
+        left = title in ("scenario", "system", "Celery broker")
         table.add_column(title, justify="left" if left else "right", no_wrap=left)
     table.add_column("verdict")
     for r in suite.results:
         row = r.row()
-        cells = ["-" if row[k] is None else str(row[k]) for _, k in _COLUMNS]
+        cells = ["-" if row.get(k) is None else str(row[k]) for _, k in _COLUMNS]
         verdict = "[green]pass[/]" if r.passed else f"[red]FAIL[/] {r.note}".rstrip()
         table.add_row(*cells, verdict)
     console.print(table)

@@ -25,6 +25,7 @@ class ScenarioResult:
     submit_failed: int = 0
     nodes: int = 1
     faults: list[str] = field(default_factory=list)  # what struck and when
+    broker: str = ""  # Celery's broker, as it reports itself ("rabbitmq 3.10.8")
     note: str = ""
     passed: bool = field(init=False)
 
@@ -44,6 +45,8 @@ class ScenarioResult:
             "submit_failed", "dlq_expected", "dlq",
         )  # fmt: skip
         out = {k: getattr(self, k) for k in keys}
+        if self.broker:
+            out["broker"] = self.broker
         out.update(peak_lag=self.peak_lag, drain_s=round(self.drain_s, 1))
         out.update(reruns=self.reruns, redispatched=self.redispatched)
         out["passed"] = self.passed

@@ -57,6 +57,15 @@ class ChaosStack:
             state_dir=state_dir / "stack",
             cache_dir=cache_dir,
         )
+        # Celery's broker for the rows that ask for RabbitMQ: started by the first of them.
+        self.rabbitmq = DevStack(
+            host=host,
+            kafka_ports=kafka_ports[:2],
+            rabbitmq_ports=free_ports(3),
+            state_dir=state_dir / "rabbitmq",
+            services=("rabbitmq",),
+        )
+        self._rabbitmq_up = False
         self.faults: list[str] = []
         self._since = time.monotonic()
         # Its own Redis: no fault of the suite touches the evidence.
@@ -93,6 +102,29 @@ class ChaosStack:
         self.devstack.up()
         self.ledger.up()
 
+    def celery_broker_url(self, kind: str) -> str:
+        """Celery's broker of a row: ``redis`` (the stack's) or ``rabbitmq``, started now
+        if it is not yet."""
+        if kind == "redis":
+            return self.redis_url
+        if not self._rabbitmq_up:
+            self.rabbitmq.up()
+            self._rabbitmq_up = True
+        return self.rabbitmq.rabbitmq_url
+
+    def celery_broker_label(self, kind: str) -> str:
+        """e.g. ``redis 7.0.15`` or ``rabbitmq 3.10.8``."""
+        stack, name = (
+            (self.rabbitmq, "rabbitmq") if kind == "rabbitmq" else (self.devstack, "redis")
+        )
+        found = [s.version for s in stack.status() if s.name == name and s.version]
+        return found[0] if found else kind
+
+    def restart_rabbitmq(self) -> None:
+        """kill -9 RabbitMQ and start it again from its data directory."""
+        self.rabbitmq.kill("rabbitmq", signal.SIGKILL)
+        self.rabbitmq.start("rabbitmq")
+
     def note(self, event: str) -> None:
         """Log a fault as it is injected, with the seconds since the scenario started:
         the row shows what struck and when, so a pass is seen to have been tested."""
@@ -121,6 +153,7 @@ class ChaosStack:
 
     def down(self) -> None:
         self.ledger.down()
+        self.rabbitmq.down()
         self.devstack.down()
 
 
@@ -129,9 +162,16 @@ class KafcelRig:
     ``consume``: the workers consume the task topic themselves (path B), no bridge."""
 
     def __init__(
-        self, *, stack: ChaosStack, settings: Settings, log_dir: Path, consume: bool = False
+        self,
+        *,
+        stack: ChaosStack,
+        settings: Settings,
+        log_dir: Path,
+        consume: bool = False,
+        celery_broker: str = "redis",
     ) -> None:
         self.consume = consume
+        self.celery_broker_url = stack.celery_broker_url(celery_broker)
         self.stack = stack
         self.settings = settings
         self.log_dir = log_dir
@@ -142,7 +182,12 @@ class KafcelRig:
         self.netns: dict[tuple[str, int], Netns] = {}
 
     def env(self) -> dict[str, str]:
-        return {**self.stack.env(self.settings), "KAFCEL_CHAOS_QUEUE": self.queue}
+        # CELERY_BROKER_URL: Celery's own variable, which wins over the app's broker_url.
+        return {
+            **self.stack.env(self.settings),
+            "KAFCEL_CHAOS_QUEUE": self.queue,
+            "CELERY_BROKER_URL": self.celery_broker_url,
+        }
 
     def start_worker(
         self, index: int | None = None, *, concurrency: int = 2, netns: Netns | None = None

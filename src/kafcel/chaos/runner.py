@@ -47,14 +47,14 @@ def select(only: tuple[str, ...], *, broker: str = "kafka") -> list[Scenario]:
     runs_here = [s for s in SCENARIOS if broker == "kafka" or not s.kafka_only]
     if not only:
         return runs_here
-    known = {s.name for s in SCENARIOS} | {f"{s.system}:{s.name}" for s in SCENARIOS}
+    known = {s.name for s in SCENARIOS} | {s.key for s in SCENARIOS}
     unknown = [name for name in only if name not in known]
     if unknown:
         raise KafcelError(
             f"unknown scenario(s) {', '.join(unknown)}; known: "
             + ", ".join(sorted({s.name for s in SCENARIOS}))
         )
-    chosen = [s for s in SCENARIOS if s.name in only or f"{s.system}:{s.name}" in only]
+    chosen = [s for s in SCENARIOS if s.name in only or s.key in only]
     elsewhere = [s.name for s in chosen if s not in runs_here]
     if elsewhere:
         raise KafcelError(
@@ -132,7 +132,8 @@ def run_suite(
                     on_broker(labels[-1])
                 for i in indexes:
                     scenario = scenarios[i]
-                    log_dir = Path(tmp) / f"{i:02d}-{scenario.system}-{scenario.name}"
+                    slug = scenario.key.replace(":", "-").replace("@", "-")
+                    log_dir = Path(tmp) / f"{i:02d}-{slug}"
                     stack.begin()
                     try:
                         if scenario.netns and lab is None:
@@ -154,7 +155,7 @@ def run_suite(
                     result.nodes = size
                     result.faults = list(stack.faults)
                     if not result.passed and keep_logs is not None and log_dir.exists():
-                        target = keep_logs / f"{scenario.system}-{scenario.name}"
+                        target = keep_logs / slug
                         shutil.rmtree(target, ignore_errors=True)
                         shutil.copytree(log_dir, target)
                     results[i] = result
@@ -227,7 +228,11 @@ def run_scenario(
         {t: _PARTITIONS for t in (settings.topic, settings.results_topic, settings.dlq_topic)},
     )
     rig = KafcelRig(
-        stack=stack, settings=settings, log_dir=log_dir, consume=scenario.system == "kafcel-worker"
+        stack=stack,
+        settings=settings,
+        log_dir=log_dir,
+        consume=scenario.system == "kafcel-worker",
+        celery_broker=scenario.celery_broker,
     )
     stop = threading.Event()
     try:
@@ -268,6 +273,7 @@ def run_scenario(
             submit_progress=lambda: tally.queued / max(len(workload.sequence), 1),
         )
         result.redispatched = _redispatched(rig)
+        result.broker = stack.celery_broker_label(scenario.celery_broker)
         return result
     finally:
         stop.set()

@@ -21,7 +21,7 @@ from .netfaults import partition_bridge, partition_worker
 from .rig import ChaosStack, KafcelRig
 from .timing import Progress, moments, reach
 
-__all__ = ["FAST", "FAST_PATH_B", "SCENARIOS", "Scenario"]
+__all__ = ["FAST", "FAST_PATH_B", "FAST_RABBITMQ", "SCENARIOS", "Scenario"]
 
 Fault = Callable[[ChaosStack, KafcelRig, random.Random, threading.Event, Progress], None]
 
@@ -46,6 +46,15 @@ class Scenario:
     # The fault strikes by the share of the workload submitted, not of effects done: it
     # must hit the producer while it is still producing.
     faults_follow_submits: bool = False
+    # Celery's broker in the kafcel rows: "redis" (the stack's) or "rabbitmq".
+    celery_broker: str = "redis"
+
+    @property
+    def key(self) -> str:
+        """How ``--only`` names the row: ``kafcel:worker-kill-9``, and with another Celery
+        broker than Redis ``kafcel@rabbitmq:worker-kill-9``."""
+        broker = "" if self.celery_broker == "redis" else f"@{self.celery_broker}"
+        return f"{self.system}{broker}:{self.name}"
 
 
 def _five_times(
@@ -105,6 +114,9 @@ kill_bridge = _restart_bridge_5_times(signal.SIGKILL)
 term_bridge = _restart_bridge_5_times(signal.SIGTERM)
 flush_redis = _once_midway(ChaosStack.flush_redis, "FLUSHALL on Celery's Redis")
 restart_redis = _once_midway(ChaosStack.restart_redis, "Celery's Redis restarted")
+restart_rabbitmq = _once_midway(
+    ChaosStack.restart_rabbitmq, "kill -9 RabbitMQ (Celery's broker), then started again"
+)
 
 
 def bounce_bridge(
@@ -276,11 +288,28 @@ SCENARIOS: list[Scenario] = [
         description="10% poison of every kind, always-failing and self-killing tasks",
     ),
     *_PATH_B,
+    # RabbitMQ as Celery's broker (Celery's default queue: durable, messages persistent).
+    Scenario(
+        "rabbitmq-restart",
+        "kafcel",
+        restart_rabbitmq,
+        celery_broker="rabbitmq",
+        description="kill -9 RabbitMQ (Celery's broker) once, started again at once",
+    ),
+    Scenario(
+        "worker-kill-9",
+        "kafcel",
+        kill_worker,
+        workers=2,
+        celery_broker="rabbitmq",
+        description="RabbitMQ as Celery's broker: kill -9 a worker (main and children) 5 times",
+    ),
     Scenario("control", "kombu-kafka", description="no fault"),
     Scenario("worker-kill-9", "kombu-kafka", kill_worker, description="kill -9 the worker 5 times"),
     Scenario("redis-flushall", "kombu-kafka", flush_redis, description="FLUSHALL on Redis"),
 ]
 
-# The subsets `make test` runs with a small N: the bridge's, and path B's.
+# The subsets `make test` runs with a small N: the bridge's, path B's, RabbitMQ's.
 FAST = ("control", "bridge-kill-9", "redis-flushall", "poison", "kafka-kill-9")
 FAST_PATH_B = ("control", "worker-kill-9", "worker-sigterm", "poison", "kafka-kill-9")
+FAST_RABBITMQ = ("rabbitmq-restart", "worker-kill-9")
