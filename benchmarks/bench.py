@@ -260,6 +260,7 @@ def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> None
                 )
             finally:
                 kombu.stop()
+            _on_rabbitmq(r, rig, app, sizes, w, out, e2e)
             out["e2e"] = e2e
             out["latency"] = lat
             # -- the backlog: raw consume ceiling, then the bridge's memory draining it --
@@ -327,18 +328,7 @@ def _end_to_end(
     lat: dict[str, Any] = {}
 
     def end_to_end(system: str) -> None:
-        workers.use(system)
-        send = workers.sender(system)
-        # Untimed: each worker process's first task (kafcel's clients connect then) is
-        # start-up; the group joins are over before use() returns.
-        measure.e2e_rate(rig, send, min(sizes.e2e, 200))
-        e2e[system] = r.rate(
-            f"end to end: {_LABELS[system]}, W={w}",
-            sizes.e2e,
-            lambda t: measure.e2e_rate(
-                rig, send, sizes.e2e, t, watch=workers.processes, cpu=cpu[system]
-            ),
-        )
+        e2e[system] = _rate(r, rig, workers, system, sizes, f"{_LABELS[system]}, W={w}", cpu)
 
     def latencies(system: str, top: float) -> None:
         for load in (50, 90):
@@ -382,6 +372,55 @@ def _end_to_end(
     finally:
         workers.stop()
     return e2e, lat
+
+
+def _rate(
+    r: Runner,
+    rig: BenchRig,
+    workers: measure.Workers,
+    system: str,
+    sizes: Sizes,
+    label: str,
+    cpu: dict[str, dict[str, float]],
+    key: str | None = None,
+) -> float:
+    """End-to-end rate of ``system`` on ``workers``; its CPU per task into ``cpu[key]``."""
+    key = key or system
+    workers.use(system)
+    send = workers.sender(system)
+    # Untimed: each worker process's first task (kafcel's clients connect then) is
+    # start-up; the group joins are over before use() returns.
+    measure.e2e_rate(rig, send, min(sizes.e2e, 200))
+    cpu[key] = {}
+    return r.rate(
+        f"end to end: {label}",
+        sizes.e2e,
+        lambda t: measure.e2e_rate(rig, send, sizes.e2e, t, watch=workers.processes, cpu=cpu[key]),
+    )
+
+
+def _on_rabbitmq(
+    r: Runner,
+    rig: BenchRig,
+    app: Celery,
+    sizes: Sizes,
+    w: int,
+    out: dict[str, Any],
+    e2e: dict[str, float],
+) -> None:
+    """The bridge path with RabbitMQ as Celery's broker against plain Celery on RabbitMQ,
+    on the same workers (Celery's default queue: durable, messages persistent; the
+    bridge's batches wait for RabbitMQ's publisher confirms)."""
+    workers = measure.Workers(rig=rig, app=app, concurrency=w, celery_broker="rabbitmq")
+    out["rabbitmq"] = rig.stack.celery_broker_label("rabbitmq")
+    cpu = out["e2e_cpu_us_per_task"]
+    try:
+        for system in ("celery", "kafcel"):
+            key = f"{system}_rabbitmq"
+            label = f"{_LABELS[system]} on RabbitMQ, W={w}"
+            e2e[key] = _rate(r, rig, workers, system, sizes, label, cpu, key)
+    finally:
+        workers.stop()
 
 
 def _interrupt(signum: int, frame: object) -> None:

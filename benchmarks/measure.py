@@ -249,12 +249,25 @@ class Workers:
     concurrency: int
     # Where the consuming worker, when it starts, writes its profiles (None: unprofiled).
     consume_profile: Path | None = None
+    # Celery's broker: "redis" (the stack's) or "rabbitmq", for every system alike.
+    celery_broker: str = "redis"
 
     def __post_init__(self) -> None:
         self.run = _run()
         self.queue = f"bench-e2e-{self.run}"
         self.settings = self.rig.settings(self.run)
-        self.worker = self.rig.worker(self.settings, self.queue, concurrency=self.concurrency)
+        self.broker_url = self.rig.stack.celery_broker_url(self.celery_broker)
+        # send_task as the plain-Celery row's application calls it, on that broker.
+        self.sender_app = self.app
+        if self.celery_broker != "redis":
+            self.sender_app = Celery(self.app.main, broker=self.broker_url)
+            self.sender_app.conf.result_backend = self.app.conf.result_backend
+        self.worker = self.rig.worker(
+            self.settings,
+            self.queue,
+            concurrency=self.concurrency,
+            celery_broker_url=self.broker_url,
+        )
         self.bridge: ManagedProcess | None = None
         self.producer = Producer(settings=self.settings)
         self.consume_settings = self.rig.settings(f"{self.run}-w")
@@ -270,7 +283,9 @@ class Workers:
             self.rig.stop(self.consumer)
             self.consumer = None
         if system == "kafcel" and self.bridge is None:
-            self.bridge = self.rig.bridge(self.settings, self.queue)
+            self.bridge = self.rig.bridge(
+                self.settings, self.queue, celery_broker_url=self.broker_url
+            )
         if system == "kafcel_worker" and self.consumer is None:
             self.consumer = self.rig.worker(
                 self.consume_settings,
@@ -278,11 +293,14 @@ class Workers:
                 concurrency=self.concurrency,
                 consume=True,
                 profile=self.consume_profile,
+                celery_broker_url=self.broker_url,
             )
 
     def stop(self) -> None:
         self.use("celery")
         self.rig.stop(self.worker)
+        if self.sender_app is not self.app:
+            self.sender_app.close()
 
     def processes(self) -> dict[str, psutil.Process]:
         """The processes sharing the cores while the running system is measured, by role:
@@ -297,7 +315,7 @@ class Workers:
     def sender(self, system: str) -> Callable[[str, int], None]:
         """``send(run, n)`` of ``system``, which :meth:`use` must have started."""
         if system == "celery":
-            return lambda run, n: send_tasks(self.app, self.queue, run, n)
+            return lambda run, n: send_tasks(self.sender_app, self.queue, run, n)
         producer = self.producer if system == "kafcel" else self.consume_producer
         return lambda run, n: submit_tasks(producer, run, n, keys=1000)
 
@@ -308,7 +326,7 @@ class Workers:
         if system == "celery":
 
             def send(i: int, slot: float) -> None:
-                self.app.send_task("bench.stamp", args=(run, slot), queue=self.queue)
+                self.sender_app.send_task("bench.stamp", args=(run, slot), queue=self.queue)
 
             return send, lambda: None
         producer = self.producer if system == "kafcel" else self.consume_producer

@@ -28,6 +28,12 @@ def ratios_of(out: dict[str, Any]) -> dict[str, float]:
         "p99_added_ms": _added_p99(lat, "kafcel"),
         "p99_added_worker_ms": _added_p99(lat, "kafcel_worker"),
         "bridge_rss_mb": round(out["memory"]["bridge_peak_rss_mb"], 1),
+        # RabbitMQ as Celery's broker: the bridge path against plain Celery, both on it.
+        **(
+            {"e2e_rabbitmq_vs_celery": round(e2e["kafcel_rabbitmq"] / e2e["celery_rabbitmq"], 3)}
+            if "kafcel_rabbitmq" in e2e
+            else {}
+        ),
     }
 
 
@@ -94,6 +100,15 @@ def _rows(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"{ratios['e2e_worker_vs_celery']}x Celery",
         ),
     ]
+    if "kafcel_rabbitmq" in e2e:
+        rows.append(
+            (
+                f"end to end, W={w}, Celery's broker {out.get('rabbitmq', 'RabbitMQ')} (tasks/s)",
+                f"bridge {e2e['kafcel_rabbitmq']:,.0f}",
+                f"Celery {e2e['celery_rabbitmq']:,.0f}",
+                f"{ratios['e2e_rabbitmq_vs_celery']}x Celery",
+            )
+        )
     for load in ("50", "90"):
         c = lat["celery"][load]
         for system, label in _PATHS:
@@ -143,13 +158,21 @@ _CPU_COLUMNS = (
     ("kafcel", "kafcel bridge"),
     ("kafcel_worker", "kafcel in-worker"),
     ("celery", "Celery"),
+    ("kafcel_rabbitmq", "kafcel bridge, RabbitMQ"),
+    ("celery_rabbitmq", "Celery, RabbitMQ"),
 )
 
 
-def _cpu_rows(out: dict[str, Any]) -> list[tuple[str, ...]]:
-    """(process, µs/task of each of :data:`_CPU_COLUMNS`) from the end-to-end runs."""
+def _cpu_columns(out: dict[str, Any]) -> list[tuple[str, str]]:
+    """The columns the run has (runs before RabbitMQ's rows have three)."""
     cpu = out.get("e2e_cpu_us_per_task") or {}
-    columns = [cpu.get(system, {}) for system, _ in _CPU_COLUMNS]
+    return [(system, heading) for system, heading in _CPU_COLUMNS if system in cpu]
+
+
+def _cpu_rows(out: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(process, µs/task of each of the run's CPU columns) from the end-to-end runs."""
+    cpu = out.get("e2e_cpu_us_per_task") or {}
+    columns = [cpu.get(system, {}) for system, _ in _cpu_columns(out)]
     names = sorted(set().union(*columns))
     rows = [(n, *(str(c.get(n, "")) for c in columns)) for n in names]
     rows.append(("total", *(str(sum(c.values())) for c in columns)))
@@ -158,7 +181,7 @@ def _cpu_rows(out: dict[str, Any]) -> list[tuple[str, ...]]:
 
 def cpu_table(out: dict[str, Any]) -> Table:
     t = Table(title="CPU per task during end to end (µs, last run)")
-    for name in ("process", *(heading for _, heading in _CPU_COLUMNS)):
+    for name in ("process", *(heading for _, heading in _cpu_columns(out))):
         t.add_column(name)
     for row in _cpu_rows(out):
         t.add_row(*row)
@@ -184,8 +207,10 @@ def markdown(out: dict[str, Any]) -> str:
     for name, verdict in out["targets"].items():
         met = "met" if verdict["met"] else "**missed**"
         lines.append(f"| {name} | {out['ratios'][name]} | {verdict['target']} | {met} |")
-    headings = " | ".join(heading for _, heading in _CPU_COLUMNS)
-    lines += ["", f"| CPU per task, end to end (µs) | {headings} |", "|---|---|---|---|"]
+    columns = _cpu_columns(out)
+    headings = " | ".join(heading for _, heading in columns)
+    rule = "|---" * (len(columns) + 1) + "|"
+    lines += ["", f"| CPU per task, end to end (µs) | {headings} |", rule]
     lines += [f"| {' | '.join(row)} |" for row in _cpu_rows(out)]
     ratios = json.dumps({"broker": out["broker"], "ratios": out["ratios"]})
     lines += ["", "The `broker` and `ratios` of the last JSON line:", "", "```json", ratios, "```"]
@@ -225,6 +250,11 @@ def draw(out: dict[str, Any], path: Path) -> None:
         ("e2e\nkafcel in-worker", e2e["kafcel_worker"], "#7744aa"),
         ("raw Kafka\nconsume", out["ceiling"]["raw_consume"], "#55aa55"),
     ]
+    if "kafcel_rabbitmq" in e2e:
+        bars[-1:-1] = [
+            ("e2e RabbitMQ\nCelery", e2e["celery_rabbitmq"], "#999999"),
+            ("e2e RabbitMQ\nkafcel bridge", e2e["kafcel_rabbitmq"], "#2266aa"),
+        ]
     fig, (left, right) = plt.subplots(1, 2, figsize=(17, 5), gridspec_kw={"width_ratios": [3, 2]})
     xs = range(len(bars))
     left.bar(xs, [b[1] for b in bars], color=[b[2] for b in bars])

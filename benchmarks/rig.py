@@ -81,6 +81,10 @@ def processes(rig: BenchRig, **named: ManagedProcess | None) -> dict[str, psutil
     for service in rig.stack.ledger.status():
         if service.pid is not None:
             found["redis (tally)"] = psutil.Process(service.pid)
+    if rig.stack.rabbitmq_started:
+        for service in rig.stack.rabbitmq.status():
+            if service.pid is not None and service.name == "rabbitmq":
+                found["rabbitmq (broker)"] = psutil.Process(service.pid)
     return found
 
 
@@ -169,8 +173,10 @@ class BenchRig:
         concurrency: int,
         consume: bool = False,
         profile: Path | None = None,
+        celery_broker_url: str | None = None,
     ) -> ManagedProcess:
-        """A Celery worker of the bench's app on ``queue``; with ``consume`` the same
+        """A Celery worker of the bench's app on ``queue`` (Celery's broker: the stack's
+        Redis, or ``celery_broker_url``); with ``consume`` the same
         command plus ``--kafcel-consume`` (path B: it reads ``settings.topic`` itself),
         returning once it holds its partitions, so a timed run does not count the join.
         With ``profile``, under pyinstrument (:mod:`benchmarks.profiled_worker`), its
@@ -179,33 +185,52 @@ class BenchRig:
         argv = worker_argv(APP, queue=queue, concurrency=concurrency, name=name, log_level="INFO")
         if profile is not None:
             argv = [sys.executable, "-m", "benchmarks.profiled_worker", str(profile), *argv[3:]]
+        broker = celery_broker_url
         if not consume:
-            return self._start(name, argv, settings, queue, " ready.")
-        proc = self._start(name, [*argv, CONSUME_FLAG], settings, queue, " ready.")
+            return self._start(name, argv, settings, queue, " ready.", celery_broker_url=broker)
+        argv = [*argv, CONSUME_FLAG]
+        proc = self._start(name, argv, settings, queue, " ready.", celery_broker_url=broker)
         proc.wait_for_log("assigned: [(", timeout_s=120)
         return proc
 
     def bridge(
-        self, settings: Settings, queue: str, *, profile: Path | None = None
+        self,
+        settings: Settings,
+        queue: str,
+        *,
+        profile: Path | None = None,
+        celery_broker_url: str | None = None,
     ) -> ManagedProcess:
         argv = bridge_argv(APP, log_level="INFO")
         if profile is not None:
             # pyinstrument samples the bridge's own process and writes when it exits.
             argv = [sys.executable, "-m", "pyinstrument", "-o", str(profile), "-m", *argv[2:]]
-        proc = self._start(f"bridge-{settings.group_id}", argv, settings, queue, "bridge started")
+        proc = self._start(
+            f"bridge-{settings.group_id}",
+            argv,
+            settings,
+            queue,
+            "bridge started",
+            celery_broker_url=celery_broker_url,
+        )
         # Timed runs start once the bridge holds its partitions, not during the join.
         proc.wait_for_log("assigned: [(", timeout_s=120)
         return proc
 
     def _start(
-        self, name: str, argv: list[str], settings: Settings, queue: str, ready: str
+        self,
+        name: str,
+        argv: list[str],
+        settings: Settings,
+        queue: str,
+        ready: str,
+        *,
+        celery_broker_url: str | None = None,
     ) -> ManagedProcess:
-        proc = ManagedProcess(
-            name=name,
-            argv=argv,
-            env={**self.stack.env(settings), "KAFCEL_BENCH_QUEUE": queue},
-            log_path=self.log_dir / f"{name}.log",
-        )
+        env = {**self.stack.env(settings), "KAFCEL_BENCH_QUEUE": queue}
+        if celery_broker_url is not None:
+            env["CELERY_BROKER_URL"] = celery_broker_url  # Celery's own; wins over the app's
+        proc = ManagedProcess(name=name, argv=argv, env=env, log_path=self.log_dir / f"{name}.log")
         self._procs.append(proc.start())
         proc.wait_for_log(ready, timeout_s=60)
         return proc

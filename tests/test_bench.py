@@ -28,8 +28,8 @@ TARGETS = {
     "e2e_worker_vs_celery",
     "p99_added_worker_ms",
 }
-# Against Redis's own LPUSH: measured, with no target.
-RATIOS = TARGETS | {"dispatch_vs_raw_lpush"}
+# Against Redis's own LPUSH, and on RabbitMQ (issue 15): measured, with no target.
+RATIOS = TARGETS | {"dispatch_vs_raw_lpush", "e2e_rabbitmq_vs_celery"}
 
 
 @pytest.mark.timeout(600)
@@ -48,7 +48,14 @@ def test_a_tiny_bench_measures_every_figure(tmp_path: Path) -> None:
     for section, names in {
         "enqueue": ("send_task", "kombu_kafka_send_task", "kafcel_submit", "raw_produce"),
         "dispatch": ("kafcel_bridge", "raw_lpush", "send_task"),
-        "e2e": ("kafcel", "kafcel_worker", "celery", "kombu_kafka"),
+        "e2e": (
+            "kafcel",
+            "kafcel_worker",
+            "celery",
+            "kombu_kafka",
+            "kafcel_rabbitmq",
+            "celery_rabbitmq",
+        ),
         "ceiling": ("raw_consume",),
     }.items():
         for name in names:
@@ -67,6 +74,12 @@ def test_a_tiny_bench_measures_every_figure(tmp_path: Path) -> None:
             assert role in cpu[system], (system, role)
         assert "worker child 0" in cpu[system], system
     assert "bridge" in cpu["kafcel"]
+    # RabbitMQ as Celery's broker: the bridge path and plain Celery on the same workers.
+    assert re.fullmatch(r"rabbitmq \d+\.\d+\.\d+", out["rabbitmq"]), out["rabbitmq"]
+    for system in ("kafcel_rabbitmq", "celery_rabbitmq"):
+        for role in ("rabbitmq (broker)", "bench (submitter)", "worker", "worker child 0"):
+            assert role in cpu[system], (system, role)
+    assert "bridge" in cpu["kafcel_rabbitmq"]
     assert not any(role.startswith("bridge") for role in cpu["kafcel_worker"]), cpu
     assert len(list(tmp_path.glob("bench-*.json"))) == 1
     png = next(tmp_path.glob("bench-*.png"))

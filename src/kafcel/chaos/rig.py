@@ -65,7 +65,7 @@ class ChaosStack:
             state_dir=state_dir / "rabbitmq",
             services=("rabbitmq",),
         )
-        self._rabbitmq_up = False
+        self.rabbitmq_started = False
         self.faults: list[str] = []
         self._since = time.monotonic()
         # Its own Redis: no fault of the suite touches the evidence.
@@ -107,9 +107,9 @@ class ChaosStack:
         if it is not yet."""
         if kind == "redis":
             return self.redis_url
-        if not self._rabbitmq_up:
+        if not self.rabbitmq_started:
             self.rabbitmq.up()
-            self._rabbitmq_up = True
+            self.rabbitmq_started = True
         return self.rabbitmq.rabbitmq_url
 
     def celery_broker_label(self, kind: str) -> str:
