@@ -302,3 +302,55 @@ def test_the_pinned_jars_are_fetched_once(tmp_path: Path, monkeypatch: pytest.Mo
     assert runtime.ensure() == runtime.lib_dir
     assert runtime.jar_version() == runtime.version
     assert (runtime.lib_dir / f"kafka_2.13-{runtime.version}.jar").is_file()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_rabbitmq_runs_on_ports_of_its_own_keeps_its_data_and_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    """RabbitMQ and its own epmd: durable queues survive a kill -9 of the node; `down` stops
+    both by their pid files, and no epmd daemon is left on the shared port 4369."""
+    import amqp
+
+    epmd_before = _port_free(4369)
+    amqp_port, dist_port, epmd_port = free_ports(3)
+    stack = DevStack(
+        services=("rabbitmq",),
+        rabbitmq_ports=[amqp_port, dist_port, epmd_port],
+        state_dir=tmp_path / "state",
+    )
+    try:
+        assert stack.up() == ["epmd", "rabbitmq"]
+        status = {s.name: s for s in stack.status()}
+        assert status["rabbitmq"].running and status["rabbitmq"].managed
+        assert re.fullmatch(r"rabbitmq \d+\.\d+\.\d+", status["rabbitmq"].version)
+        assert stack.rabbitmq_url == f"amqp://guest:guest@127.0.0.1:{amqp_port}//"
+
+        def channel() -> tuple[amqp.Connection, amqp.Channel]:
+            conn = amqp.Connection(
+                host=f"127.0.0.1:{amqp_port}",
+                userid="guest",
+                password="guest",
+                confirm_publish=True,
+            )
+            conn.connect()
+            return conn, conn.channel()
+
+        conn, ch = channel()
+        ch.queue_declare("kept", durable=True, auto_delete=False)
+        # Confirmed: RabbitMQ has it on disk, so a kill -9 keeps it.
+        ch.basic_publish(amqp.Message("x", delivery_mode=2), routing_key="kept")
+        conn.close()
+        stack.kill("rabbitmq")
+        stack.start("rabbitmq")
+        conn, ch = channel()
+        assert ch.queue_declare("kept", passive=True).message_count == 1
+        conn.close()
+    finally:
+        pids = [s.pid for s in stack.status() if s.pid is not None]
+        assert sorted(stack.down()) == ["epmd", "rabbitmq"]
+    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+    assert _port_free(amqp_port) and _port_free(epmd_port)
+    assert _port_free(4369) == epmd_before

@@ -322,13 +322,19 @@ def dashboard(host: str, port: int, log_level: str, **options: Any) -> None:
 
 @cli.group()
 def dev() -> None:
-    """The local stack: Apache Kafka (or Tansu) and Redis."""
+    """The local stack: Apache Kafka (or Tansu), Redis, and RabbitMQ if asked for."""
 
 
 _STATE_DIR = Path(".kafcel/devstack")
 
 
-def _stack(kafka_port: int, redis_port: int, broker: str | None, brokers: int | None) -> Any:
+def _stack(
+    kafka_port: int,
+    redis_port: int,
+    broker: str | None,
+    brokers: int | None,
+    rabbitmq: bool | None = None,
+) -> Any:
     from .dev import DevStack
 
     # down and status act on what the last `up` started, unless told otherwise.
@@ -338,12 +344,15 @@ def _stack(kafka_port: int, redis_port: int, broker: str | None, brokers: int | 
         broker = remembered[0] if remembered else "kafka"
     if brokers is None:
         brokers = int(remembered[1]) if len(remembered) > 1 and broker == remembered[0] else 1
+    if rabbitmq is None:
+        rabbitmq = "rabbitmq" in remembered[2:]
     return DevStack(
         kafka_port=kafka_port,
         redis_port=redis_port,
         state_dir=_STATE_DIR,
         broker=broker,
         brokers=brokers,
+        services=("kafka", "redis", "rabbitmq") if rabbitmq else ("kafka", "redis"),
     )
 
 
@@ -380,17 +389,28 @@ _brokers = _brokers_option(None)
 @_redis_port
 @_broker
 @_brokers
-def dev_up(kafka_port: int, redis_port: int, broker: str | None, brokers: str | None) -> None:
+@click.option(
+    "--rabbitmq",
+    is_flag=True,
+    help="also RabbitMQ (Debian's rabbitmq-server, AMQP port 5672), as Celery's broker",
+)
+def dev_up(
+    kafka_port: int, redis_port: int, broker: str | None, brokers: str | None, rabbitmq: bool
+) -> None:
     """Start what is not running."""
-    stack = _stack(kafka_port, redis_port, broker or "kafka", int(brokers or 1))
+    stack = _stack(kafka_port, redis_port, broker or "kafka", int(brokers or 1), rabbitmq)
     if not stack.runtime.fetched() and stack.broker == "kafka":
         click.echo(f"fetching Apache Kafka {stack.runtime.version} from Maven Central (once)")
     started = stack.up()
-    stack.state_dir.joinpath("broker").write_text(f"{stack.broker} {stack.kafka.size}\n")
+    extra = " rabbitmq" if rabbitmq else ""
+    stack.state_dir.joinpath("broker").write_text(f"{stack.broker} {stack.kafka.size}{extra}\n")
     click.echo(f"started: {', '.join(started) or 'nothing (all running)'}")
     click.echo(f"broker: {stack.broker_label()}")
     click.echo(f"KAFCEL_BOOTSTRAP_SERVERS={stack.bootstrap_servers}")
     click.echo(f"KAFCEL_REDIS_URL={stack.redis_url}")
+    if rabbitmq:
+        # Celery's own variable: it wins over an app's broker_url.
+        click.echo(f"CELERY_BROKER_URL={stack.rabbitmq_url}")
 
 
 @dev.command("down")
@@ -408,7 +428,8 @@ def dev_down(kafka_port: int, redis_port: int) -> None:
 @_broker
 @_brokers
 def dev_status(kafka_port: int, redis_port: int, broker: str | None, brokers: str | None) -> None:
-    """Show whether the broker and Redis answer, their versions, and who started them."""
+    """Show whether the broker, Redis (and RabbitMQ) answer, their versions, and who
+    started them."""
     count = int(brokers) if brokers else None
     for s in _stack(kafka_port, redis_port, broker, count).status():
         state = "running" if s.running else "down"
