@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -60,8 +61,9 @@ def test_status_of_a_missing_topic_is_one_line(stack: DevStack) -> None:
     [
         (["bridge", "-A", "no_such_module:app"], "cannot load Celery app"),
         (["submit", "x.y", "--kwargs", "{bad"], "--kwargs is not valid JSON"),
-        (["submit", "x.y", "--max-in-flight", "0"], "max_in_flight must be at least 1"),
-        (["status", "--ordering", "sideways"], "ordering must be one of"),
+        (["bridge", "-A", "x:app", "--max-in-flight", "0"], "max_in_flight must be at least 1"),
+        (["bridge", "-A", "x:app", "--ordering", "sideways"], "ordering must be one of"),
+        (["status", "--lag-window-s", "-1"], "lag_window_s"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_nonzero(args: list[str], expected: str) -> None:
@@ -76,3 +78,33 @@ def test_bad_environment_variable_is_named() -> None:
     out = kafcel("status", env={"PATH": "/usr/bin:/bin", "KAFCEL_MAX_IN_FLIGHT": "lots"})
     assert out.returncode == 1
     assert "KAFCEL_MAX_IN_FLIGHT='lots' is not a valid int" in out.stderr
+
+
+def test_each_command_lists_only_the_settings_it_uses() -> None:
+    """`dlq list` reads dead letters: no bridge tuning in its help; the bridge has it all."""
+    dlq_list = kafcel("dlq", "list", "--help").stdout
+    for used in ("--bootstrap-servers", "--topic", "--dlq-topic", "--kafka-config"):
+        assert used in dlq_list, used
+    for unused in ("--max-in-flight", "--ordering", "--outcome-batch-ms", "--metrics-port"):
+        assert unused not in dlq_list, unused
+    submit = kafcel("submit", "--help").stdout
+    assert "--bootstrap-servers" in submit and "--topic" in submit
+    assert "--redis-url" not in submit and "--dlq-topic" not in submit
+    bridge = kafcel("bridge", "--help").stdout
+    for used in ("--max-in-flight", "--ordering", "--redis-url", "--outcome-batch-ms"):
+        assert used in bridge, used
+    assert "--lag-window-s" not in bridge and "--worker-metrics-port" not in bridge
+
+
+def test_submit_to_an_unreachable_kafka_fails_within_seconds_naming_the_address() -> None:
+    from kafcel.dev import free_ports
+
+    (port,) = free_ports(1)
+    address = f"127.0.0.1:{port}"
+    started = time.monotonic()
+    out = kafcel("submit", "tests.app.record", "x", "--bootstrap-servers", address)
+    elapsed = time.monotonic() - started
+    assert out.returncode == 1
+    assert elapsed < 15, elapsed
+    assert out.stderr.count("\n") == 1 and address in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

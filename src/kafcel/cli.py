@@ -27,19 +27,40 @@ __all__ = ["cli", "main"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def settings_options(func: F) -> F:
-    """Add one ``--flag`` per Settings field; unset flags fall back to ``KAFCEL_*``."""
-    for f in reversed(fields(Settings)):
-        kind = str(f.type)
-        click_type: Any = {"int": int, "float": float}.get(kind, str)
-        func = click.option(
-            "--" + f.name.replace("_", "-"),
-            f.name,
-            type=click_type,
-            default=None,
-            help=f"{f.metadata.get('help', '')} [env KAFCEL_{f.name.upper()}]",
-        )(func)
-    return func
+# What each command reads of Settings: its --help lists those as flags. Every setting
+# still comes from its KAFCEL_* variable too, listed or not.
+_CONNECT = ("bootstrap_servers", "kafka_config")
+_SUBMIT = (*_CONNECT, "topic")
+_DLQ = (*_CONNECT, "topic", "dlq_topic")
+_DLQ_REPLAY = (*_DLQ, "redis_url", "once_lease_s", "once_done_ttl_s")
+_RANGE_REPLAY = (*_CONNECT, "topic", "max_record_bytes")
+_STATUS = (*_DLQ, "group_id", "redis_url", "result_backend", "lag_window_s")
+_DASHBOARD = (*_STATUS, "once_lease_s", "once_done_ttl_s", "log_format")
+# The workers' own (install(app) reads them), and the operator tools'.
+_NOT_BRIDGE = {"worker_consume", "worker_metrics_port", "max_attempts", "result_backend"}
+_NOT_BRIDGE |= {"lag_window_s"}
+_BRIDGE = tuple(f.name for f in fields(Settings) if f.name not in _NOT_BRIDGE)
+
+
+def settings_options(names: tuple[str, ...]) -> Callable[[F], F]:
+    """Add a ``--flag`` per Settings field in ``names``; unset flags fall back to
+    ``KAFCEL_*``."""
+    by_name = {f.name: f for f in fields(Settings)}
+
+    def add(func: F) -> F:
+        for name in reversed(names):
+            f = by_name[name]
+            click_type: Any = {"int": int, "float": float}.get(str(f.type), str)
+            func = click.option(
+                "--" + name.replace("_", "-"),
+                name,
+                type=click_type,
+                default=None,
+                help=f"{f.metadata.get('help', '')} [env KAFCEL_{name.upper()}]",
+            )(func)
+        return func
+
+    return add
 
 
 def build_settings(options: dict[str, Any]) -> Settings:
@@ -56,7 +77,7 @@ def cli() -> None:
 @cli.command()
 @click.option("-A", "--app", "app_spec", required=True, help="Celery app, pkg.module:app")
 @click.option("--log-level", default="INFO", show_default=True)
-@settings_options
+@settings_options(_BRIDGE)
 def bridge(app_spec: str, log_level: str, **options: Any) -> None:
     """Run the bridge: Kafka task topic -> Celery, offsets committed when settled."""
     from .bridge import Bridge
@@ -90,7 +111,7 @@ def _json_or_str(value: str) -> Any:
 @click.option("--countdown", type=float, default=None)
 @click.option("--queue", default=None)
 @click.option("--priority", type=int, default=None)
-@settings_options
+@settings_options(_SUBMIT)
 def submit(
     task: str,
     args: tuple[str, ...],
@@ -116,6 +137,7 @@ def submit(
             raise ConfigError("--kwargs must be a JSON object")
         kwargs = parsed
     with Producer(settings=settings) as producer:
+        producer.check_reachable()
         tid = producer.submit(
             task,
             args=[_json_or_str(a) for a in args],
@@ -132,7 +154,7 @@ def submit(
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")
 @click.option("--check", is_flag=True, help="exit 2 unless every partition is OK")
-@settings_options
+@settings_options(_STATUS)
 def status(as_json: bool, check: bool, **options: Any) -> None:
     """Lag and its evaluation per partition, bridges, task states, DLQ by error class."""
     from .ops.status import collect_status, render_status
@@ -184,7 +206,7 @@ def dlq() -> None:
     "--limit", type=click.IntRange(min=0), default=50, show_default=True, help="newest N (0: all)"
 )
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
-@settings_options
+@settings_options(_DLQ)
 def dlq_list(limit: int, as_json: bool, **options: Any) -> None:
     """Dead letters, newest last, with why each one failed."""
     from .ops.deadletters import read_dead_letters
@@ -203,7 +225,7 @@ def dlq_list(limit: int, as_json: bool, **options: Any) -> None:
 @dlq.command("show")
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True)
-@settings_options
+@settings_options(_DLQ)
 def dlq_show(ref: str, as_json: bool, **options: Any) -> None:
     """One dead letter in full (REF is PARTITION:OFFSET, as `dlq list` shows it)."""
     from .ops.deadletters import find_dead_letter, parse_ref
@@ -225,7 +247,7 @@ def dlq_show(ref: str, as_json: bool, **options: Any) -> None:
 @click.option("--all", "everything", is_flag=True, help="every dead letter (no REFS, no filter)")
 @click.option("--dry-run", is_flag=True, help="show what would be replayed, send nothing")
 @click.option("--json", "as_json", is_flag=True)
-@settings_options
+@settings_options(_DLQ_REPLAY)
 def dlq_replay(
     refs: tuple[str, ...],
     new_id: bool,
@@ -270,7 +292,7 @@ def dlq_replay(
 @click.option("--include-replays", is_flag=True, help="also copies from earlier replays")
 @click.option("--dry-run", is_flag=True, help="count per task, send nothing")
 @click.option("--json", "as_json", is_flag=True)
-@settings_options
+@settings_options(_RANGE_REPLAY)
 def replay(
     since: str,
     until: str | None,
@@ -309,7 +331,7 @@ def replay(
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8765, show_default=True)
 @click.option("--log-level", default="WARNING", show_default=True)
-@settings_options
+@settings_options(_DASHBOARD)
 def dashboard(host: str, port: int, log_level: str, **options: Any) -> None:
     """Serve a live web page: lag per partition, throughput, task states, the DLQ."""
     from .ops.dashboard import serve

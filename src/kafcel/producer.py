@@ -186,6 +186,18 @@ class Producer:
                 f"is Kafka reachable at {self.settings.bootstrap_servers}?"
             )
 
+    def check_reachable(self, timeout_s: float = 5.0) -> None:
+        """Raise :class:`KafkaError` naming the address unless Kafka answers a metadata
+        request within ``timeout_s``: a one-off submit fails at once, not after the
+        delivery timeout (a metadata request without a topic never auto-creates one)."""
+        address = self.settings.bootstrap_servers
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            raise KafkaError(
+                f"Kafka at {address} did not answer within {timeout_s:g}s ({exc.args[0]})"
+            ) from exc
+
     def close(self, timeout_s: float = 30.0) -> None:
         self.flush(timeout_s)
 
