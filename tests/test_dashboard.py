@@ -374,3 +374,57 @@ def test_api_errors_are_json_and_writes_are_same_origin_only(
         assert 'data-testid="lag-total"' in html and "http" not in html.split("<script>")[1]
     finally:
         assert dash.stop(timeout_s=10) == 0, dash.tail()
+
+
+def test_beyond_loopback_replay_needs_the_token_and_no_token_refuses_to_start(
+    stack: DevStack, logs_dir: Path
+) -> None:
+    """Listening on every address, anyone who reaches the page could replay dead letters:
+    without a token the dashboard does not start there; with one, a write must carry it
+    (reads stay open), and the token never shows in its output."""
+    from .conftest import base_env
+
+    token = "s3cret-" + os.urandom(8).hex()
+    env = {**base_env(stack), "KAFCEL_TOPIC": f"tok-{os.getpid()}-{time.time_ns()}"}
+    (port,) = free_ports(1)
+    refused = subprocess.run(
+        [KAFCEL, "dashboard", "--host", "0.0.0.0", "--port", str(port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and "KAFCEL_DASHBOARD_TOKEN" in refused.stderr
+    proc = ManagedProcess(
+        name="kafcel dashboard",
+        argv=[KAFCEL, "dashboard", "--host", "0.0.0.0", "--port", str(port)],
+        env={**env, "KAFCEL_DASHBOARD_TOKEN": token},
+        log_path=logs_dir / f"token-{port}-dashboard.log",
+        cwd=ROOT,
+    ).start()
+    proc.wait_for_log("kafcel dashboard: http://", timeout_s=30)
+    url = f"http://127.0.0.1:{port}/api/dlq/replay"
+    body = b'{"records": [{"partition": "x"}]}'
+
+    def post(**headers: str) -> int:
+        req = urllib.request.Request(
+            url, data=body, method="POST", headers={"Content-Type": "application/json", **headers}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        assert post() == 401
+        assert post(Authorization="Bearer wrong") == 401
+        assert post(Authorization=f"Bearer {token}") == 400  # past the token: a bad record
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+            assert resp.status == 200  # reading needs no token
+    finally:
+        assert proc.stop(timeout_s=10) == 0, proc.tail()
+    assert token not in proc.log_path.read_text()

@@ -10,15 +10,20 @@ from typing import Any
 import pytest
 import redis
 from confluent_kafka import Producer as KafkaProducer
+from jsonschema import Draft202012Validator
 
 from kafcel import Envelope, Outcome, Producer
 from kafcel.protocol.deadletter import parse_dlq_headers
+from kafcel.protocol.schemas import load_schema
 
 from .conftest import Pipeline, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.tansu, pytest.mark.timeout(180)]
 
 Ledger = tuple[str, "redis.Redis[bytes]"]
+# The schemas the wheel ships, checked against the records kafcel writes.
+OUTCOME = Draft202012Validator(load_schema("outcome"))
+DEADLETTER = Draft202012Validator(load_schema("deadletter"))
 
 
 def outcomes_for(pipeline: Pipeline, n: int) -> dict[str, Outcome]:
@@ -131,6 +136,7 @@ def test_poison_records_go_to_the_dlq_with_their_reason_and_nothing_stalls(
         assert h["stage"] == "bridge" and h["failed_at"]
         assert m.value() == value, label  # original bytes kept for replay
         assert m.key() == b"same-key"
+        DEADLETTER.validate(h)  # the shipped schema describes what kafcel writes
     wait_until(lambda: len(counts(client, f"{name}:effects")) == 5, 60, "good records to run")
     wait_until(pipeline.fully_committed, 30, "offsets committed past the poison")
 
@@ -152,6 +158,9 @@ def test_retry_shapes_succeed_and_a_task_failing_for_good_lands_in_the_dlq(
     failed = outcomes[fail_id]
     assert failed.status == "FAILURE" and failed.error_class == "RuntimeError"
     assert failed.retries == 2
+    records = pipeline.read(pipeline.settings.results_topic, until=lambda got: len(got) >= 3)
+    for m in records:
+        OUTCOME.validate(json.loads(m.value()))
 
     attempts = counts(client, f"{name}:attempts")
     assert attempts == {"bind": 3, "auto": 3, "fail": 3}
@@ -162,6 +171,7 @@ def test_retry_shapes_succeed_and_a_task_failing_for_good_lands_in_the_dlq(
     assert h["stage"] == "worker" and h["task_id"] == fail_id
     assert h["error.class"] == "RuntimeError" and h["attempts"] == "3"
     assert "can never be processed" in h["traceback"]
+    DEADLETTER.validate(h)
     replay = Envelope.decode(dlq[0].value())
     assert replay.task == "tests.app.always_fail" and replay.id == fail_id
     assert list(replay.args) == [name, "fail"]

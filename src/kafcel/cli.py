@@ -35,10 +35,10 @@ _DLQ = (*_CONNECT, "topic", "dlq_topic")
 _DLQ_REPLAY = (*_DLQ, "redis_url", "once_lease_s", "once_done_ttl_s")
 _RANGE_REPLAY = (*_CONNECT, "topic", "max_record_bytes")
 _STATUS = (*_DLQ, "group_id", "redis_url", "result_backend", "lag_window_s")
-_DASHBOARD = (*_STATUS, "once_lease_s", "once_done_ttl_s", "log_format")
+_DASHBOARD = (*_STATUS, "once_lease_s", "once_done_ttl_s", "log_format", "dashboard_token")
 # The workers' own (install(app) reads them), and the operator tools'.
 _NOT_BRIDGE = {"worker_consume", "worker_metrics_port", "max_attempts", "result_backend"}
-_NOT_BRIDGE |= {"lag_window_s"}
+_NOT_BRIDGE |= {"lag_window_s", "dashboard_token"}
 _BRIDGE = tuple(f.name for f in fields(Settings) if f.name not in _NOT_BRIDGE)
 
 

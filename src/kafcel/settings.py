@@ -166,6 +166,15 @@ class Settings:
         },
     )
     log_format: str = field(default="text", metadata={"help": "text | json (one line per event)"})
+    # A secret: never in repr(), logs or status output.
+    dashboard_token: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "help": "token the dashboard's replay endpoint requires (Authorization: Bearer); "
+            "needed when it listens beyond 127.0.0.1"
+        },
+    )
     kafka_config: tuple[str, ...] = field(
         default=(),
         metadata={"help": "extra librdkafka settings, key=value (comma separated)"},

@@ -11,16 +11,18 @@ A standard-library HTTP server (no web framework) serves one self-contained page
 - ``POST /api/dlq/replay`` with ``{"records": [{"partition": p, "offset": o}],
   "new_id": bool}``: writes those dead letters back to the task topic.
 
-Replay is a write, and the API has no authentication: the server binds 127.0.0.1 by
-default, refuses requests whose ``Host`` is not the address it serves (DNS rebinding) and
-writes only for a same-origin JSON ``POST`` (a page of another site cannot make one
-without a CORS preflight, which is never granted). Put it behind an authenticating
-proxy, not on ``--host 0.0.0.0``, to share it.
+Replay is a write. The server binds 127.0.0.1 by default, refuses requests whose
+``Host`` is not the address it serves (DNS rebinding) and writes only for a same-origin
+JSON ``POST`` (a page of another site cannot make one without a CORS preflight, which is
+never granted). Bound beyond loopback (``--host 0.0.0.0``) it refuses to start without a
+token (``KAFCEL_DASHBOARD_TOKEN``), and with a token every write must carry it as
+``Authorization: Bearer <token>`` (the page asks for it once per tab); reads stay open.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import signal
@@ -74,6 +76,13 @@ class DashboardServer(ThreadingHTTPServer):
         if not 0 <= port <= 65535:
             raise ConfigError(f"port must be 0 to 65535, got {port}")
         self.settings = settings
+        self.token = settings.dashboard_token
+        if host not in _LOOPBACK and not self.token:
+            raise ConfigError(
+                f"the dashboard would listen on {host}, beyond 127.0.0.1, where anyone who "
+                "reaches it could replay dead letters: set KAFCEL_DASHBOARD_TOKEN (or "
+                "--dashboard-token)"
+            )
         self.page = _page()
         self._status_lock = threading.Lock()
         self._status: tuple[float, dict[str, Any]] | None = None
@@ -162,6 +171,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ApiError(HTTPStatus.FORBIDDEN, f"Host {host!r} is not served here")
 
     def _check_write(self) -> None:
+        token = self.server.token
+        if token:
+            given = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                raise _ApiError(HTTPStatus.UNAUTHORIZED, "replay needs the dashboard's token")
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise _ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
@@ -302,7 +316,7 @@ def serve(*, settings: Settings, host: str = "127.0.0.1", port: int = 8765) -> N
     print(f"kafcel dashboard: {server.url}  (topic {settings.topic}, Ctrl-C to stop)", flush=True)
     if server.allowed_hosts() is None:
         print(
-            f"warning: bound to {host}: anyone who reaches it can replay dead letters",
+            f"bound to {host}: replaying dead letters needs the dashboard's token",
             file=sys.stderr,
             flush=True,
         )

@@ -15,12 +15,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import UTC, datetime
-from importlib.resources import files
 from importlib.resources.abc import Traversable
 from itertools import accumulate
 from typing import Any, Final
 
 from ..errors import InvalidEncoding, InvalidJson, RecordTooLarge, SchemaViolation
+from .schemas import load_schema, schema_path
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -42,7 +42,7 @@ MAX_DEPTH: Final = 64
 """Deepest nesting of arrays/objects accepted; the envelope object itself is level 1."""
 MAX_NAME_LENGTH: Final = 255
 TASK_ID_NAMESPACE: Final = uuid.UUID("6f1c1d2e-5b7a-4f43-9a57-1b0c7d9e2a61")
-SCHEMA_PATH: Final[Traversable] = files("kafcel") / "schema" / "envelope-v1.json"
+SCHEMA_PATH: Final[Traversable] = schema_path("envelope")
 
 # Explicit ranges instead of \s, so that Python and the JSON Schema (ECMA-262) engines
 # agree on them; together they cover every character str.isspace() accepts, the C0/C1
@@ -211,8 +211,7 @@ def task_id_for(
 
 def json_schema() -> dict[str, Any]:
     """The shipped JSON Schema (draft 2020-12) of a v1 envelope, freshly loaded."""
-    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    return schema
+    return load_schema("envelope")
 
 
 # -- parsing -------------------------------------------------------------------------
