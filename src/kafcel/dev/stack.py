@@ -23,7 +23,7 @@ from ..errors import ConfigError, DevStackError
 from ..kafka.admin import ensure_topics
 from .kafka import KafkaCluster, KafkaRuntime
 from .rabbitmq import rabbitmq_services, rabbitmq_url
-from .redis import redis_service
+from .redis import redis_access, redis_service
 from .service import PROBE_TIMEOUT_S, Service, ServiceStatus, Supervisor, port_open
 from .tansu import tansu_service
 
@@ -66,6 +66,7 @@ class DevStack:
         kafka_ports: Sequence[int] = (),
         rabbitmq_ports: Sequence[int] = RABBITMQ_PORTS,
         cache_dir: Path | str = ".kafcel/kafka",
+        redis_tls: bool = False,
     ) -> None:
         if not isinstance(host, str) or not host.strip() or ":" in host:
             raise ConfigError(f"host must be a hostname or IPv4 address, got {host!r}")
@@ -116,7 +117,11 @@ class DevStack:
         self._supervisor = Supervisor(state_dir=self.state_dir, start_timeout_s=start_timeout_s)
         tansu = tansu_service(host=host, port=kafka_port, answers=self._broker_answers)
         broker_services = self.kafka.services() if broker == "kafka" else [tansu]
-        redis_ = redis_service(host=host, port=redis_port, state_dir=self.state_dir)
+        # redis_tls: TLS only, an ACL user with a password (dev/redis.py).
+        self._redis = redis_access(
+            host=host, port=redis_port, state_dir=self.state_dir, secure=redis_tls
+        )
+        redis_ = redis_service(access=self._redis, state_dir=self.state_dir)
         chosen = [*(broker_services if "kafka" in services else [])]
         chosen += [redis_] if "redis" in services else []
         amqp_port, dist_port, epmd_port = rabbitmq
@@ -145,7 +150,7 @@ class DevStack:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{self.host}:{self.redis_port}/0"
+        return self._redis.url
 
     @property
     def rabbitmq_url(self) -> str:

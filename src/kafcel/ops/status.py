@@ -13,14 +13,14 @@ import json
 import time
 from collections import Counter
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 import redis
 from rich.console import Console
 from rich.table import Table
 
 from ..bridge.presence import read_presence
-from ..errors import KafkaError
+from ..errors import ConfigError, KafkaError
 from ..kafka.admin import group_lag, offset_bounds, partitions_of
 from ..protocol.deadletter import parse_dlq_headers
 from ..protocol.headers import header_list
@@ -73,6 +73,13 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             window_s=settings.lag_window_s,
         )
         now_s = server_time_s(client)  # the clock the bridges' reports carry
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+        # Not an outage to report around but a setting to fix: say which, not the secret.
+        where = urlsplit(settings.redis_url)
+        user = f"user {where.username!r}" if where.username else "the default user"
+        raise ConfigError(
+            f"Redis at {where.hostname}:{where.port} refused {user} (KAFCEL_REDIS_URL): {exc}"
+        ) from exc
     except redis.RedisError as exc:
         redis_error = f"Redis unreachable ({exc}): no bridge reports"
     finally:
@@ -235,6 +242,8 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
         )
     if report.get("bridges"):
         console.print(bridges)
+    elif report.get("redis_error"):
+        console.print(f"[red]{report['redis_error']}[/]")
     else:
         console.print("[yellow]no live bridge of this group reported to Redis[/]")
     console.print(
