@@ -29,7 +29,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # What each command reads of Settings: its --help lists those as flags. Every setting
 # still comes from its KAFCEL_* variable too, listed or not.
-_CONNECT = ("bootstrap_servers", "kafka_config")
+_CONNECT = (
+    "bootstrap_servers",
+    "kafka_config",
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ssl_ca_location",
+    "ssl_certificate_location",
+    "ssl_key_location",
+)
 _SUBMIT = (*_CONNECT, "topic")
 _DLQ = (*_CONNECT, "topic", "dlq_topic")
 _DLQ_REPLAY = (*_DLQ, "redis_url", "once_lease_s", "once_done_ttl_s")

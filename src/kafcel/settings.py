@@ -20,6 +20,7 @@ ENV_PREFIX = "KAFCEL_"
 
 _ORDERINGS = ("key", "partition", "none")
 _GROUP_PROTOCOLS = ("classic", "consumer")
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 # Consumer settings of the classic protocol that librdkafka refuses under KIP-848.
 _CLASSIC_ONLY = frozenset(
     {"session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"}
@@ -179,6 +180,27 @@ class Settings:
         default=(),
         metadata={"help": "extra librdkafka settings, key=value (comma separated)"},
     )
+    # Kafka security, for every client kafcel makes (kafka_config entries win over them).
+    security_protocol: str = field(
+        default="",
+        metadata={"help": "Kafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"},
+    )
+    sasl_mechanism: str = field(
+        default="", metadata={"help": "Kafka SASL mechanism: SCRAM-SHA-512, SCRAM-SHA-256, PLAIN"}
+    )
+    sasl_username: str = field(default="", metadata={"help": "Kafka SASL user"})
+    # A secret: never in repr(), logs or status output.
+    sasl_password: str = field(default="", repr=False, metadata={"help": "Kafka SASL password"})
+    ssl_ca_location: str = field(
+        default="",
+        metadata={"help": "CA certificates (PEM file) Kafka's brokers are checked against"},
+    )
+    ssl_certificate_location: str = field(
+        default="", metadata={"help": "client certificate (PEM), for brokers that ask for one"}
+    )
+    ssl_key_location: str = field(
+        default="", metadata={"help": "the client certificate's private key (PEM)"}
+    )
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -234,6 +256,19 @@ class Settings:
             raise ConfigError(
                 f"ordering must be one of {', '.join(_ORDERINGS)}, got {self.ordering!r}"
             )
+        if self.security_protocol and self.security_protocol.upper() not in _SECURITY_PROTOCOLS:
+            raise ConfigError(
+                f"security_protocol must be one of {', '.join(_SECURITY_PROTOCOLS)}, "
+                f"got {self.security_protocol!r}"
+            )
+        sasl = self.security_protocol.upper().startswith("SASL_")
+        if (self.sasl_mechanism or self.sasl_username) and not sasl:
+            raise ConfigError(
+                "sasl_mechanism and sasl_username need security_protocol SASL_SSL "
+                "(or SASL_PLAINTEXT)"
+            )
+        if bool(self.sasl_username) != bool(self.sasl_password):
+            raise ConfigError("sasl_username and sasl_password go together: set both")
         if self.group_protocol not in _GROUP_PROTOCOLS:
             raise ConfigError(
                 f"group_protocol must be one of {', '.join(_GROUP_PROTOCOLS)}, "
@@ -280,8 +315,22 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def librdkafka(self) -> dict[str, str]:
-        """The extra librdkafka settings as a dict."""
-        return dict(item.split("=", 1) for item in self.kafka_config)
+        """What every Kafka client takes besides the bootstrap servers: the security
+        settings, then the extra librdkafka settings."""
+        security = {
+            "security.protocol": self.security_protocol,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+        }
+        out = {key: value for key, value in security.items() if value}
+        for item in self.kafka_config:
+            key, value = item.split("=", 1)
+            out[key] = value
+        return out
 
     def as_env(self) -> dict[str, str]:
         """These settings as ``KAFCEL_*`` variables, to hand to a subprocess."""

@@ -14,9 +14,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12 as p12
 from cryptography.x509.oid import NameOID
 
-__all__ = ["Certs", "make_certs"]
+__all__ = ["Certs", "make_certs", "pkcs12"]
 
 _VALID_DAYS = 30
 
@@ -90,3 +91,25 @@ def make_certs(directory: Path, *, hosts: tuple[str, ...], ca_name: str = "kafce
     certs.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(certs.key, key)
     return certs
+
+
+def pkcs12(certs: Certs, *, password: str) -> Path:
+    """The server's key and certificate as a PKCS#12 keystore (what a JVM server such as
+    Apache Kafka reads; its PEM keystores want the key encrypted), next to the PEM files."""
+    path = certs.cert.with_suffix(".p12")
+    key = serialization.load_pem_private_key(certs.key.read_bytes(), password=None)
+    cert = x509.load_pem_x509_certificate(certs.cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(certs.ca.read_bytes())
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the dev stack's keys are EC keys")
+    path.write_bytes(
+        p12.serialize_key_and_certificates(
+            b"kafcel",
+            key,
+            cert,
+            [ca],
+            serialization.BestAvailableEncryption(password.encode()),
+        )
+    )
+    path.chmod(0o600)
+    return path

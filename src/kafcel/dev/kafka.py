@@ -39,7 +39,7 @@ from .service import PROBE_TIMEOUT_S, Service, port_open
 # a probe of a port that is still coming up does not spray stderr.
 _log = logging.getLogger(__name__)
 
-__all__ = ["KafkaCluster", "KafkaRuntime"]
+__all__ = ["KafkaCluster", "KafkaRuntime", "KafkaSecurity"]
 
 _MIN_JAVA = 17
 _HEAP = ["-Xms256m", "-Xmx512m"]
@@ -202,6 +202,25 @@ def _cluster_id() -> str:
 
 
 @dataclass(frozen=True)
+class KafkaSecurity:
+    """A SASL_SSL listener beside the plaintext one, as a production cluster has: TLS with
+    a keystore (``keystore``, PKCS#12) its clients check against ``ca``, SCRAM-SHA-512
+    ``users`` (name: password) made at format time, and the standard authorizer. The
+    plaintext and controller listeners' principal (``User:ANONYMOUS``) is a super user:
+    the dev stack's own tools; every SASL user needs ACLs."""
+
+    port: int
+    ca: Path
+    keystore: Path
+    keystore_password: str
+    users: dict[str, str]
+
+    @property
+    def listener(self) -> str:
+        return "SECURE"
+
+
+@dataclass(frozen=True)
 class _Node:
     node_id: int
     port: int
@@ -218,8 +237,12 @@ class KafkaCluster:
         ports: list[int],
         state_dir: Path,
         runtime: KafkaRuntime,
+        security: KafkaSecurity | None = None,
     ) -> None:
         # ports: client port then controller port of each node.
+        if security is not None and len(ports) != 2:
+            raise DevStackError("the SASL_SSL listener runs on a one-node cluster only")
+        self.security = security
         self.host = host
         self.state_dir = state_dir
         self.runtime = runtime
@@ -339,12 +362,41 @@ class KafkaCluster:
             "group.consumer.min.heartbeat.interval.ms": "500",
             "group.consumer.heartbeat.interval.ms": "1000",
         }
+        if self.security is not None:
+            props.update(self._secure_properties())
         if self.size == 1:
             props["controller.quorum.bootstrap.servers"] = f"{h}:{node.controller_port}"
         else:
             voters = ",".join(f"{n.node_id}@{h}:{n.controller_port}" for n in self.nodes)
             props["controller.quorum.voters"] = voters
         return props
+
+    def _secure_properties(self) -> dict[str, str]:
+        sec = self.security
+        assert sec is not None
+        name = sec.listener
+        plain = f"PLAINTEXT://{self.host}:{self.nodes[0].port}"
+        secure = f"{name}://{self.host}:{sec.port}"
+        control = f"CONTROLLER://{self.host}:{self.nodes[0].controller_port}"
+        return {
+            "listeners": f"{plain},{control},{secure}",
+            "advertised.listeners": f"{plain},{control},{secure}",
+            "listener.security.protocol.map": (
+                f"CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,{name}:SASL_SSL"
+            ),
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            f"listener.name.{name.lower()}.sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            f"listener.name.{name.lower()}.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(sec.keystore),
+            "ssl.keystore.password": sec.keystore_password,
+            "ssl.key.password": sec.keystore_password,
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": "User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+        }
 
     def _format(self, node: _Node) -> None:
         """Write the node's config; format its log directory unless it holds data."""
@@ -361,6 +413,9 @@ class KafkaCluster:
         args = ["format", "-c", str(props), "-t", id_file.read_text().strip()]
         if self.size == 1:
             args.append("--standalone")
+        for user, password in (self.security.users if self.security else {}).items():
+            # SCRAM credentials are cluster metadata: written with the first records.
+            args += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
         log4j = f"-Dlog4j2.configurationFile={self.state_dir / 'kafka-log4j2.properties'}"
         argv = self.runtime.java_argv("kafka.tools.StorageTool", *args, jvm=[log4j])
         done = subprocess.run(argv, capture_output=True, text=True)

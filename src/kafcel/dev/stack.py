@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 
 from ..errors import ConfigError, DevStackError
 from ..kafka.admin import ensure_topics
-from .kafka import KafkaCluster, KafkaRuntime
+from .kafka import KafkaCluster, KafkaRuntime, KafkaSecurity
 from .rabbitmq import rabbitmq_services, rabbitmq_url
 from .redis import redis_access, redis_service
 from .service import PROBE_TIMEOUT_S, Service, ServiceStatus, Supervisor, port_open
@@ -67,6 +67,7 @@ class DevStack:
         rabbitmq_ports: Sequence[int] = RABBITMQ_PORTS,
         cache_dir: Path | str = ".kafcel/kafka",
         redis_tls: bool = False,
+        kafka_secure_port: int | None = None,
     ) -> None:
         if not isinstance(host, str) or not host.strip() or ":" in host:
             raise ConfigError(f"host must be a hostname or IPv4 address, got {host!r}")
@@ -111,7 +112,11 @@ class DevStack:
         self.start_timeout_s = float(start_timeout_s)
         self.runtime = KafkaRuntime(cache_dir=Path(cache_dir))
         self.kafka = KafkaCluster(
-            host=host, ports=ports, state_dir=self.state_dir, runtime=self.runtime
+            host=host,
+            ports=ports,
+            state_dir=self.state_dir,
+            runtime=self.runtime,
+            security=None if kafka_secure_port is None else self._kafka_security(kafka_secure_port),
         )
         self.kafka_port = ports[0] if broker == "kafka" else kafka_port
         self._supervisor = Supervisor(state_dir=self.state_dir, start_timeout_s=start_timeout_s)
@@ -141,6 +146,43 @@ class DevStack:
             host=host, ports=[1, 2] * 3, state_dir=self.state_dir, runtime=self.runtime
         ).services()]  # fmt: skip
         self._known = {s.name: s for s in [*others, *self._services.values()]}
+
+    def _kafka_security(self, port: int) -> KafkaSecurity:
+        """The SASL_SSL listener's certificates and SCRAM users, made once per state
+        directory (a restarted node, and its clients, keep them)."""
+        import json
+        import secrets
+
+        from .certs import make_certs, pkcs12
+
+        _check_port("kafka_secure_port", port)
+        directory = self.state_dir / "kafka-tls"
+        certs = make_certs(directory, hosts=(self.host, "localhost"))
+        stored = directory / "secrets.json"
+        if not stored.exists():
+            names = ("bridge", "producer", "worker", "operator")
+            made = {
+                "keystore": secrets.token_urlsafe(16),
+                "users": {name: secrets.token_urlsafe(18) for name in names},
+            }
+            stored.write_text(json.dumps(made))
+            stored.chmod(0o600)
+        found = json.loads(stored.read_text())
+        keystore = pkcs12(certs, password=found["keystore"])
+        return KafkaSecurity(
+            port=port,
+            ca=certs.ca,
+            keystore=keystore,
+            keystore_password=found["keystore"],
+            users=dict(found["users"]),
+        )
+
+    @property
+    def kafka_secure_bootstrap(self) -> str:
+        """The SASL_SSL listener's address (``kafka_secure_port``)."""
+        if self.kafka.security is None:
+            raise ConfigError("this stack's Kafka has no SASL_SSL listener (kafka_secure_port)")
+        return f"{self.host}:{self.kafka.security.port}"
 
     @property
     def bootstrap_servers(self) -> str:
