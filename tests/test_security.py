@@ -7,12 +7,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import redis
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from kafcel import Producer
 from kafcel.dev import DevStack, free_ports
@@ -125,3 +135,184 @@ def test_a_wrong_redis_password_is_one_line_without_the_password(
     assert done.stderr.count("\n") == 1, done.stderr
     assert "Redis" in done.stderr and "not-the-password" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- Kafka: a SASL_SSL listener with SCRAM users and ACLs ------------------------------
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    """Apache Kafka with a second listener, SASL_SSL: SCRAM-SHA-512 users bridge,
+    producer, worker and operator, certificates of its own CA, the standard authorizer
+    (the plaintext listener is the stack's own, a super user)."""
+    kafka_port, controller_port, secure_port = free_ports(3)
+    s = DevStack(
+        services=("kafka",),
+        kafka_ports=[kafka_port, controller_port],
+        kafka_secure_port=secure_port,
+        state_dir=tmp_path_factory.mktemp("secure-kafka"),
+        cache_dir=ROOT / ".kafcel" / "kafka",
+    )
+    s.up()
+    try:
+        yield s
+    finally:
+        s.down()
+
+
+def _grant(stack: DevStack, user: str, grants: list[tuple[str, str, str, str]]) -> None:
+    """ACLs for ``User:user``: (resource type, name, pattern type, operation)."""
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
+    bindings = [
+        AclBinding(
+            ResourceType[kind],
+            name,
+            ResourcePatternType[pattern],
+            f"User:{user}",
+            "*",
+            AclOperation[operation],
+            AclPermissionType.ALLOW,
+        )
+        for kind, name, pattern, operation in grants
+    ]
+    for future in admin.create_acls(bindings).values():
+        future.result()
+
+
+def _as_user(stack: DevStack, user: str, **changes: str) -> dict[str, str]:
+    """KAFCEL_* of a client that reaches the SASL_SSL listener as ``user``."""
+    sec = stack.kafka.security
+    assert sec is not None
+    settings = {
+        "KAFCEL_BOOTSTRAP_SERVERS": stack.kafka_secure_bootstrap,
+        "KAFCEL_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFCEL_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFCEL_SASL_USERNAME": user,
+        "KAFCEL_SASL_PASSWORD": sec.users[user],
+        "KAFCEL_SSL_CA_LOCATION": str(sec.ca),
+    }
+    return {**settings, **changes}
+
+
+@pytest.fixture()
+def secured(
+    pipeline: Pipeline, secure_kafka: DevStack
+) -> Iterator[tuple[Pipeline, dict[str, dict[str, str]]]]:
+    """The test's topics on the secure Kafka, and each principal given exactly what its
+    role needs: the bridge its topics and group, the producer write on the task topic,
+    the worker write on the results and DLQ topics."""
+    s = pipeline.settings
+    topics = {s.topic: 4, s.results_topic: 4, s.dlq_topic: 4, s.scheduled_topic: 4}
+    secure_kafka.ensure_topics(topics)
+    read, write, describe = "READ", "WRITE", "DESCRIBE"
+    topic = "TOPIC"
+    _grant(
+        secure_kafka,
+        "bridge",
+        [
+            (topic, s.topic, "LITERAL", read),
+            (topic, s.topic, "LITERAL", describe),
+            (topic, s.results_topic, "LITERAL", read),
+            (topic, s.results_topic, "LITERAL", describe),
+            (topic, s.dlq_topic, "LITERAL", write),
+            (topic, s.dlq_topic, "LITERAL", describe),
+            (topic, s.scheduled_topic, "LITERAL", read),
+            (topic, s.scheduled_topic, "LITERAL", write),
+            (topic, s.scheduled_topic, "LITERAL", describe),
+            # Its group, and the outcome and schedule readers' groups named after it.
+            ("GROUP", s.group_id, "PREFIXED", read),
+            ("GROUP", s.group_id, "PREFIXED", describe),
+        ],
+    )
+    _grant(
+        secure_kafka,
+        "producer",
+        [(topic, s.topic, "LITERAL", write), (topic, s.topic, "LITERAL", describe)],
+    )
+    _grant(
+        secure_kafka,
+        "worker",
+        [
+            (topic, s.results_topic, "LITERAL", write),
+            (topic, s.results_topic, "LITERAL", describe),
+            (topic, s.dlq_topic, "LITERAL", write),
+            (topic, s.dlq_topic, "LITERAL", describe),
+        ],
+    )
+    # The pipeline's helpers (committed offsets, reading topics) use the plain listener.
+    pipeline.settings = s.replace(bootstrap_servers=secure_kafka.bootstrap_servers)
+    users = {u: _as_user(secure_kafka, u) for u in ("bridge", "producer", "worker")}
+    yield pipeline, users
+    for proc in pipeline.workers:
+        proc.stop(timeout_s=30)
+    pipeline.workers.clear()
+
+
+def test_bridge_worker_producer_and_status_reach_kafka_through_sasl_ssl_with_acls(
+    secured: tuple[Pipeline, dict[str, dict[str, str]]], secure_kafka: DevStack
+) -> None:
+    pipeline, users = secured
+    env = pipeline.env()
+    name = f"kafcel:test:{uuid.uuid4().hex[:10]}"
+    pipeline.celery_broker_url = pipeline.settings.redis_url  # a queue of its own
+    worker = pipeline.start_worker(**_overrides(users["worker"]))
+    bridge = pipeline.start_bridge(**_overrides(users["bridge"]))
+    for i in range(5):
+        done = _kafcel(
+            "submit", "tests.app.record", name, str(i), "--key", f"k{i}",
+            env={**pipeline.env(), **users["producer"]},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    wait_until(pipeline.fully_committed, 90, "5 tasks settled through SASL_SSL")
+    report = json.loads(_kafcel("status", "--json", env={**env, **users["bridge"]}).stdout)
+    assert report["lag"] == 0 and report["bridges"], report
+    secrets = [u["KAFCEL_SASL_PASSWORD"] for u in users.values()]
+    for text in (json.dumps(report), bridge.log_path.read_text(), worker.log_path.read_text()):
+        assert not any(secret in text for secret in secrets)
+
+
+def _overrides(user_env: dict[str, str]) -> dict[str, str]:
+    """KAFCEL_* variables as Settings overrides (Pipeline.start_* take those)."""
+    return {k.removeprefix("KAFCEL_").lower(): v for k, v in user_env.items()}
+
+
+@pytest.mark.parametrize(
+    ("command", "change", "expected"),
+    [
+        ("submit", {"KAFCEL_SASL_PASSWORD": "not-the-password"}, "authentication"),
+        ("status", {"KAFCEL_SASL_PASSWORD": "not-the-password"}, "authentication"),
+        ("submit", {"KAFCEL_TOPIC": "not-granted"}, "authoriz"),
+        # The producer may write the task topic, not read its group's offsets.
+        ("status", {}, "authoriz"),
+    ],
+    ids=["submit-wrong-password", "status-wrong-password", "submit-no-acl", "status-no-acl"],
+)
+def test_a_refused_client_is_one_line_naming_the_problem(
+    secured: tuple[Pipeline, dict[str, dict[str, str]]],
+    command: str,
+    change: dict[str, str],
+    expected: str,
+) -> None:
+    pipeline, users = secured
+    env = {**pipeline.env(), **users["producer"], **change}
+    started = time.monotonic()
+    args = ("submit", "tests.app.record", "x") if command == "submit" else ("status",)
+    done = _kafcel(*args, env=env)
+    assert done.returncode == 1, done.stdout
+    assert time.monotonic() - started < 30
+    assert done.stderr.count("\n") == 1 and expected in done.stderr.lower(), done.stderr
+    assert users["producer"]["KAFCEL_SASL_PASSWORD"] not in done.stderr
+    assert "not-the-password" not in done.stderr
+
+
+def test_an_untrusted_certificate_is_one_line(
+    secured: tuple[Pipeline, dict[str, dict[str, str]]], tmp_path: Path
+) -> None:
+    from kafcel.dev.certs import make_certs
+
+    other = make_certs(tmp_path / "other-ca", hosts=("127.0.0.1",), ca_name="someone else")
+    pipeline, users = secured
+    env = {**pipeline.env(), **users["producer"], "KAFCEL_SSL_CA_LOCATION": str(other.ca)}
+    done = _kafcel("submit", "tests.app.record", "x", env=env)
+    assert done.returncode == 1, done.stdout
+    assert done.stderr.count("\n") == 1 and "certificate" in done.stderr.lower(), done.stderr

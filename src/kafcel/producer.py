@@ -26,7 +26,7 @@ from confluent_kafka import KafkaException, Message
 from confluent_kafka import Producer as KafkaProducer
 
 from .errors import ConfigError, DeliveryError, KafkaError
-from .kafka.config import client_config
+from .kafka.config import client_config, refusal
 from .protocol.envelope import Envelope
 from .settings import Settings
 
@@ -194,6 +194,10 @@ class Producer:
         try:
             self._producer.list_topics(timeout=timeout_s)
         except KafkaException as exc:
+            self._producer.poll(0)  # serves the error callbacks that say why
+            why = refusal(address)
+            if why is not None:
+                raise KafkaError(f"Kafka at {address} refused this client: {why}") from exc
             raise KafkaError(
                 f"Kafka at {address} did not answer within {timeout_s:g}s ({exc.args[0]})"
             ) from exc

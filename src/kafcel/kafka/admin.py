@@ -24,7 +24,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from ..errors import ConfigError, KafkaError
 from .broker import detect
-from .config import client_config
+from .config import client_config, refusal
 
 __all__ = [
     "PartitionLag",
@@ -100,7 +100,11 @@ def ensure_topics(
     if not topics:
         return {}
     admin = _admin(bootstrap_servers, extra)
-    missing = [name for name in topics if name not in _topic_partitions(admin, timeout_s)]
+    missing = [
+        name
+        for name in topics
+        if name not in _topic_partitions(admin, timeout_s, bootstrap_servers)
+    ]
     if missing:
         # -1: the broker's default.replication.factor, so production clusters replicate.
         new = [NewTopic(n, num_partitions=topics[n], replication_factor=-1) for n in missing]
@@ -113,7 +117,7 @@ def ensure_topics(
                     raise KafkaError(f"could not create topic {name!r}: {exc}") from exc
     deadline = time.monotonic() + timeout_s
     while True:
-        known = _topic_partitions(admin, timeout_s)
+        known = _topic_partitions(admin, timeout_s, bootstrap_servers)
         if all(known.get(name) for name in topics):
             return {name: len(known[name]) for name in topics}
         if time.monotonic() >= deadline:
@@ -122,17 +126,44 @@ def ensure_topics(
         time.sleep(0.1)
 
 
-def _list_topics(admin: AdminClient, timeout_s: float) -> ClusterMetadata:
+def _list_topics(admin: AdminClient, timeout_s: float, address: str = "") -> ClusterMetadata:
     """Metadata of every topic the broker lists (never a request naming a topic:
     brokers with auto-creation, Tansu among them, would create it)."""
     try:
         return admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise KafkaError(f"Kafka is not reachable: {exc}") from exc
+        raise KafkaError(_why(admin, address, "Kafka is not reachable", exc)) from exc
 
 
-def _topic_partitions(admin: AdminClient, timeout_s: float) -> dict[str, list[int]]:
-    metadata = _list_topics(admin, timeout_s)
+def _why(client: Any, address: str, what: str, exc: KafkaException) -> str:
+    """``what`` failed: the refusal librdkafka reported for ``address`` (a wrong password,
+    an untrusted certificate, a missing ACL) when there is one, else ``exc``."""
+    client.poll(0)  # serves the error callbacks that say why
+    why = refusal(address) if address else None
+    if why is not None:
+        return f"{what}: Kafka at {address} refused this client: {why}"
+    return f"{what}: {exc}"
+
+
+def _group_denied(
+    bootstrap_servers: str, group_id: str, extra: Mapping[str, str] | None
+) -> str | None:
+    """Why Kafka refuses this client the group, if it does (a missing ACL)."""
+    admin = _admin(bootstrap_servers, extra)
+    try:
+        future = admin.describe_consumer_groups([group_id], request_timeout=5)[group_id]
+        future.result()
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if getattr(error, "code", lambda: None)() == RdKafkaError.GROUP_AUTHORIZATION_FAILED:
+            return f"Kafka at {bootstrap_servers} refused this client: {error.str()}"  # type: ignore[union-attr]
+    return None
+
+
+def _topic_partitions(
+    admin: AdminClient, timeout_s: float, address: str = ""
+) -> dict[str, list[int]]:
+    metadata = _list_topics(admin, timeout_s, address)
     return {t: sorted(meta.partitions) for t, meta in metadata.topics.items() if not meta.error}
 
 
@@ -140,7 +171,7 @@ def partition_leaders(
     bootstrap_servers: str, topic: str, *, timeout_s: float = 10.0
 ) -> dict[int, int]:
     """Partition id -> the node id leading it (-1 while it has none), from metadata."""
-    metadata = _list_topics(_admin(bootstrap_servers), timeout_s)
+    metadata = _list_topics(_admin(bootstrap_servers), timeout_s, bootstrap_servers)
     meta = metadata.topics.get(topic)
     if meta is None or meta.error:
         return {}
@@ -149,7 +180,7 @@ def partition_leaders(
 
 def under_replicated(bootstrap_servers: str, *, timeout_s: float = 10.0) -> list[str]:
     """``topic/partition`` of every partition with a replica out of sync."""
-    metadata = _list_topics(_admin(bootstrap_servers), timeout_s)
+    metadata = _list_topics(_admin(bootstrap_servers), timeout_s, bootstrap_servers)
     return [
         f"{t.topic}/{p.id}"
         for t in metadata.topics.values()
@@ -165,7 +196,8 @@ def partitions_of(
     extra: Mapping[str, str] | None = None,
     timeout_s: float = 10.0,
 ) -> list[int]:
-    return _topic_partitions(_admin(bootstrap_servers, extra), timeout_s).get(topic, [])
+    admin = _admin(bootstrap_servers, extra)
+    return _topic_partitions(admin, timeout_s, bootstrap_servers).get(topic, [])
 
 
 def end_offsets(
@@ -214,7 +246,9 @@ def _bounds(
                             quiet_since = time.monotonic()
         return {tp: (lows[tp], ends[tp]) for tp in tps}
     except KafkaException as exc:
-        raise KafkaError(f"could not read end offsets: {exc}") from exc
+        raise KafkaError(
+            _why(consumer, bootstrap_servers, "could not read end offsets", exc)
+        ) from exc
     finally:
         consumer.close()
 
@@ -237,7 +271,12 @@ def committed_offsets(
     try:
         got = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
     except KafkaException as exc:
-        raise KafkaError(f"could not read committed offsets of {group_id!r}: {exc}") from exc
+        what = f"could not read committed offsets of {group_id!r}"
+        # A consumer denied its group only times out; the admin API names the denial.
+        denied = _group_denied(bootstrap_servers, group_id, extra)
+        if denied is not None:
+            raise KafkaError(f"{what}: {denied}") from exc
+        raise KafkaError(_why(consumer, bootstrap_servers, what, exc)) from exc
     finally:
         consumer.close()
     return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in got}

@@ -4,10 +4,13 @@ producer's, the bridge consumers' fetch settings."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["KAFKA_LOG", "client_config", "fetch_config", "producer_config"]
+from confluent_kafka import KafkaError as RdKafkaError
+
+__all__ = ["KAFKA_LOG", "client_config", "fetch_config", "producer_config", "refusal"]
 
 
 # librdkafka's own log lines go through Python logging, not straight to stderr, so a CLI
@@ -43,7 +46,47 @@ def fetch_config(wait_ms: int, *, tansu: bool, batch: bool = False) -> dict[str,
 
 def client_config(bootstrap_servers: str, extra: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Base config of every Kafka client kafcel creates."""
-    return {"bootstrap.servers": bootstrap_servers, "logger": KAFKA_LOG, **(extra or {})}
+    return {
+        "bootstrap.servers": bootstrap_servers,
+        "logger": KAFKA_LOG,
+        "error_cb": _remember(bootstrap_servers),
+        **(extra or {}),
+    }
+
+
+# Why the brokers at an address refused a client, as librdkafka last said: a request that
+# then fails says only "transport failure", which names neither a wrong password nor an
+# untrusted certificate.
+_refusals: dict[str, str] = {}
+_refusals_lock = threading.Lock()
+_REFUSED = frozenset(
+    {
+        RdKafkaError._AUTHENTICATION,
+        RdKafkaError._SSL,
+        RdKafkaError.TOPIC_AUTHORIZATION_FAILED,
+        RdKafkaError.GROUP_AUTHORIZATION_FAILED,
+        RdKafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    }
+)
+
+
+def _remember(bootstrap_servers: str) -> Callable[[Any], None]:
+    def error_cb(error: Any) -> None:
+        text = str(error.str())
+        # What librdkafka logs itself when no error callback is set.
+        KAFKA_LOG.error("%s", text)
+        if error.code() in _REFUSED or "SSL handshake failed" in text:
+            with _refusals_lock:
+                _refusals[bootstrap_servers] = text
+
+    return error_cb
+
+
+def refusal(bootstrap_servers: str) -> str | None:
+    """The last authentication or TLS error of a client of ``bootstrap_servers`` in this
+    process, if any (librdkafka's words: no secret in them)."""
+    with _refusals_lock:
+        return _refusals.get(bootstrap_servers)
 
 
 def producer_config(
