@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+from confluent_kafka import Producer as KafkaProducer
 from confluent_kafka.admin import (
     AclBinding,
     AclOperation,
@@ -256,7 +258,8 @@ def test_bridge_worker_producer_and_status_reach_kafka_through_sasl_ssl_with_acl
     name = f"kafcel:test:{uuid.uuid4().hex[:10]}"
     pipeline.celery_broker_url = pipeline.settings.redis_url  # a queue of its own
     worker = pipeline.start_worker(**_overrides(users["worker"]))
-    bridge = pipeline.start_bridge(**_overrides(users["bridge"]))
+    (metrics_port,) = free_ports(1)
+    bridge = pipeline.start_bridge(**_overrides(users["bridge"]), metrics_port=metrics_port)
     for i in range(5):
         done = _kafcel(
             "submit", "tests.app.record", name, str(i), "--key", f"k{i}",
@@ -266,8 +269,11 @@ def test_bridge_worker_producer_and_status_reach_kafka_through_sasl_ssl_with_acl
     wait_until(pipeline.fully_committed, 90, "5 tasks settled through SASL_SSL")
     report = json.loads(_kafcel("status", "--json", env={**env, **users["bridge"]}).stdout)
     assert report["lag"] == 0 and report["bridges"], report
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
     secrets = [u["KAFCEL_SASL_PASSWORD"] for u in users.values()]
-    for text in (json.dumps(report), bridge.log_path.read_text(), worker.log_path.read_text()):
+    logs = [bridge.log_path.read_text(), worker.log_path.read_text()]
+    for text in (json.dumps(report), metrics, *logs):
         assert not any(secret in text for secret in secrets)
 
 
@@ -316,3 +322,93 @@ def test_an_untrusted_certificate_is_one_line(
     done = _kafcel("submit", "tests.app.record", "x", env=env)
     assert done.returncode == 1, done.stdout
     assert done.stderr.count("\n") == 1 and "certificate" in done.stderr.lower(), done.stderr
+
+
+def test_operator_tools_reach_kafka_through_sasl_ssl(
+    secured: tuple[Pipeline, dict[str, dict[str, str]]],
+    secure_kafka: DevStack,
+    logs_dir: Path,
+) -> None:
+    """`dlq list`, `dlq replay`, `replay` and the dashboard as an operator principal that
+    may read the DLQ, read and write the task topic, and read the group's offsets."""
+    pipeline, users = secured
+    s = pipeline.settings
+    _grant(
+        secure_kafka,
+        "operator",
+        [("TOPIC", s.topic, "LITERAL", op) for op in ("READ", "WRITE", "DESCRIBE")]
+        + [("TOPIC", s.dlq_topic, "LITERAL", op) for op in ("READ", "DESCRIBE")]
+        + [("GROUP", s.group_id, "LITERAL", "DESCRIBE")]
+        # The tools' own throwaway consumer groups (they commit nothing).
+        + [("GROUP", "kafcel-admin-", "PREFIXED", op) for op in ("READ", "DESCRIBE")],
+    )
+    operator = _as_user(secure_kafka, "operator")
+    env = {**pipeline.env(), **operator}
+    # A poison record as the producer would write it: the bridge dead-letters it.
+    pipeline.celery_broker_url = pipeline.settings.redis_url
+    pipeline.start_bridge(**_overrides(users["bridge"]))
+    raw = KafkaProducer({"bootstrap.servers": secure_kafka.bootstrap_servers})
+    raw.produce(s.topic, b'{"v": 1, "task": "tests.app.nope"}', key=b"k")
+    raw.flush(10)
+
+    def dead_letters() -> list[dict[str, object]] | None:
+        done = _kafcel("dlq", "list", "--json", env=env)
+        if done.returncode != 0:
+            return None
+        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()] or None
+
+    listed = wait_until(dead_letters, 60, "the dead letter, listed through SASL_SSL")
+    (letter,) = listed
+    assert letter["error_class"] == "TaskNotAllowed", letter
+    replayed = _kafcel(
+        "dlq", "replay", f"{letter['partition']}:{letter['offset']}", "--json", env=env
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    dry = _kafcel("replay", "--from", "-1h", "--dry-run", "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    from .test_dashboard import start_dashboard
+
+    dash, url = start_dashboard(env, logs_dir, f"{s.topic}-secure")
+    try:
+        with urllib.request.urlopen(url + "api/status", timeout=30) as resp:
+            page = resp.read().decode()
+        assert json.loads(page)["topic"] == s.topic
+    finally:
+        dash.stop(timeout_s=10)
+    secrets = [
+        operator["KAFCEL_SASL_PASSWORD"],
+        *(u["KAFCEL_SASL_PASSWORD"] for u in users.values()),
+    ]
+    for text in (
+        listed and json.dumps(listed),
+        replayed.stdout,
+        dry.stdout,
+        page,
+        dash.log_path.read_text(),
+    ):
+        assert not any(secret in text for secret in secrets)
+
+
+def test_a_consuming_worker_reaches_kafka_through_sasl_ssl(
+    secured: tuple[Pipeline, dict[str, dict[str, str]]], secure_kafka: DevStack
+) -> None:
+    """Path B: the worker principal is given the bridge's grants too (it reads the topic,
+    its group, the outcomes and the schedule, besides writing outcomes and dead letters)."""
+    pipeline, users = secured
+    s = pipeline.settings
+    topics = [(s.topic, ("READ", "DESCRIBE")), (s.results_topic, ("READ",))]
+    topics += [(s.scheduled_topic, ("READ", "WRITE", "DESCRIBE"))]
+    grants = [("TOPIC", name, "LITERAL", op) for name, ops in topics for op in ops]
+    grants += [("GROUP", s.group_id, "PREFIXED", op) for op in ("READ", "DESCRIBE")]
+    _grant(secure_kafka, "worker", grants)
+    pipeline.celery_broker_url = pipeline.settings.redis_url
+    consumer = pipeline.start_consumer(**_overrides(users["worker"]))
+    name = f"kafcel:test:{uuid.uuid4().hex[:10]}"
+    for i in range(3):
+        done = _kafcel(
+            "submit", "tests.app.record", name, str(i), "--key", f"k{i}",
+            env={**pipeline.env(), **users["producer"]},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    wait_until(pipeline.fully_committed, 90, "3 tasks settled by the consuming worker")
+    assert users["worker"]["KAFCEL_SASL_PASSWORD"] not in consumer.log_path.read_text()
