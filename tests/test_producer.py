@@ -119,3 +119,34 @@ def test_the_old_positional_form_is_refused_not_misread() -> None:
     producer = Producer(settings=UNREACHABLE)
     with pytest.raises(TypeError):
         producer.submit("a.task", "name", 1, key="k")  # type: ignore[misc]
+
+
+def test_a_fatal_producer_error_is_a_delivery_error_not_a_system_error() -> None:
+    """librdkafka's fatal errors (an idempotent producer Kafka gives no id: a principal
+    that may write no topic) surface from flush(), at times as a SystemError wrapping
+    the KafkaException (a delivery callback ran with it pending). Pinned here with the
+    flush that raises so; the real refusal is tests/test_security.py's."""
+    from confluent_kafka import KafkaError as RdKafkaError
+    from confluent_kafka import KafkaException
+
+    producer = Producer(bootstrap_servers="127.0.0.1:1", topic="t")
+    fatal = KafkaException(
+        RdKafkaError(
+            RdKafkaError.CLUSTER_AUTHORIZATION_FAILED, "Cluster authorization failed", fatal=True
+        )
+    )
+
+    class Fatal:
+        def flush(self, timeout: float) -> int:
+            try:
+                raise fatal
+            except KafkaException as exc:
+                raise SystemError("returned a result with an exception set") from exc
+
+    real = producer._producer
+    producer._producer = Fatal()  # type: ignore[assignment]
+    try:
+        with pytest.raises(DeliveryError, match="Cluster authorization failed"):
+            producer.flush(1)
+    finally:
+        producer._producer = real

@@ -288,19 +288,30 @@ def _overrides(user_env: dict[str, str]) -> dict[str, str]:
         ("submit", {"KAFCEL_SASL_PASSWORD": "not-the-password"}, "authentication"),
         ("status", {"KAFCEL_SASL_PASSWORD": "not-the-password"}, "authentication"),
         ("submit", {"KAFCEL_TOPIC": "not-granted"}, "authoriz"),
+        # Kafka gives an idempotent producer no id unless it may write some topic.
+        ("submit", {"KAFCEL_SASL_USERNAME": "operator"}, "authoriz"),
         # The producer may write the task topic, not read its group's offsets.
         ("status", {}, "authoriz"),
     ],
-    ids=["submit-wrong-password", "status-wrong-password", "submit-no-acl", "status-no-acl"],
+    ids=[
+        "submit-wrong-password",
+        "status-wrong-password",
+        "submit-no-acl",
+        "submit-no-acl-at-all",
+        "status-no-acl",
+    ],
 )
 def test_a_refused_client_is_one_line_naming_the_problem(
     secured: tuple[Pipeline, dict[str, dict[str, str]]],
+    secure_kafka: DevStack,
     command: str,
     change: dict[str, str],
     expected: str,
 ) -> None:
     pipeline, users = secured
     env = {**pipeline.env(), **users["producer"], **change}
+    if change.get("KAFCEL_SASL_USERNAME") == "operator":
+        env["KAFCEL_SASL_PASSWORD"] = _as_user(secure_kafka, "operator")["KAFCEL_SASL_PASSWORD"]
     started = time.monotonic()
     args = ("submit", "tests.app.record", "x") if command == "submit" else ("status",)
     done = _kafcel(*args, env=env)

@@ -170,7 +170,20 @@ class Producer:
         Its ``failures`` are ``(task_id, error)`` pairs, the ids :meth:`submit` returned:
         those tasks were not acknowledged and may not run; submit them again if they must.
         A "still queued" error has no failures: flush again to wait on."""
-        remaining = self._producer.flush(timeout_s)
+        try:
+            remaining = self._producer.flush(timeout_s)
+        except (KafkaException, SystemError) as exc:
+            # A fatal error of the producer (Kafka gives an idempotent producer no id when
+            # its principal may write no topic), at times wrapped in a SystemError: a
+            # delivery callback ran with it pending.
+            cause = exc if isinstance(exc, KafkaException) else exc.__cause__
+            if not isinstance(cause, KafkaException):
+                raise
+            error = cause.args[0] if cause.args else cause
+            reason = error.str() if hasattr(error, "str") else str(error)
+            raise DeliveryError(
+                f"Kafka at {self.settings.bootstrap_servers} refused this producer: {reason}"
+            ) from exc
         with self._lock:
             failures, self._failures = self._failures, []
         if failures:

@@ -54,9 +54,12 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     bootstrap, extra = settings.bootstrap_servers, settings.librdkafka()
     rows = group_lag(bootstrap, settings.group_id, settings.topic, extra=extra)
     if not rows:
+        # Kafka lists no topic its client may not describe: a missing ACL looks the same.
+        user = settings.sasl_username
+        acl = f", or Kafka user {user!r} may not describe it (an ACL)" if user else ""
         raise KafkaError(
             f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers} "
-            "(start a bridge, or check --topic / KAFCEL_TOPIC)"
+            f"(start a bridge, or check --topic / KAFCEL_TOPIC{acl})"
         )
     client = connect(settings.redis_url)
     redis_error = None
