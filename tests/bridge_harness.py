@@ -356,6 +356,12 @@ class FakePublisher:
         self.probes += 1
         return not self.down
 
+    def messages_maybe_lost(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
     def offsets(self) -> list[int]:
         return [item.offset for item in self.sent]
 

@@ -350,7 +350,8 @@ def test_rabbitmq_runs_on_ports_of_its_own_keeps_its_data_and_leaves_nothing_beh
         conn.close()
     finally:
         pids = [s.pid for s in stack.status() if s.pid is not None]
-        assert sorted(stack.down()) == ["epmd", "rabbitmq"]
+        stopped = stack.down()
+    assert sorted(stopped) == ["epmd", "rabbitmq"]
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
     assert _port_free(amqp_port) and _port_free(epmd_port)
     assert _port_free(4369) == epmd_before

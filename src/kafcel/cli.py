@@ -29,22 +29,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # What each command reads of Settings: its --help lists those as flags. Every setting
 # still comes from its KAFCEL_* variable too, listed or not.
-_CONNECT = (
-    "bootstrap_servers",
-    "kafka_config",
-    "security_protocol",
-    "sasl_mechanism",
-    "sasl_username",
-    "sasl_password",
-    "ssl_ca_location",
-    "ssl_certificate_location",
-    "ssl_key_location",
+_SECURITY = tuple(
+    f.name for f in fields(Settings) if f.name.startswith(("security_", "sasl_", "ssl_"))
 )
+_CONNECT = ("bootstrap_servers", "kafka_config", *_SECURITY)
 _SUBMIT = (*_CONNECT, "topic")
-_DLQ = (*_CONNECT, "topic", "dlq_topic")
-_DLQ_REPLAY = (*_DLQ, "redis_url", "once_lease_s", "once_done_ttl_s")
+# Redis: the replay marks a dead letter shows; a replay clears the stored failure.
+_DLQ = (*_CONNECT, "topic", "dlq_topic", "redis_url")
+_DLQ_REPLAY = (*_DLQ, "result_backend", "once_lease_s", "once_done_ttl_s")
 _RANGE_REPLAY = (*_CONNECT, "topic", "max_record_bytes")
-_STATUS = (*_DLQ, "group_id", "redis_url", "result_backend", "lag_window_s")
+_STATUS = (*_DLQ, "group_id", "result_backend", "lag_window_s")
 _DASHBOARD = (*_STATUS, "once_lease_s", "once_done_ttl_s", "log_format", "dashboard_token")
 # The workers' own (install(app) reads them), and the operator tools'.
 _NOT_BRIDGE = {"worker_consume", "worker_metrics_port", "max_attempts", "result_backend"}
@@ -370,21 +364,13 @@ def _stack(
     from .dev import DevStack
 
     # down and status act on what the last `up` started, unless told otherwise.
-    remembered_file = _STATE_DIR / "broker"
-    remembered = remembered_file.read_text().split() if remembered_file.exists() else []
-    if broker is None:
-        broker = remembered[0] if remembered else "kafka"
-    if brokers is None:
-        brokers = int(remembered[1]) if len(remembered) > 1 and broker == remembered[0] else 1
-    if rabbitmq is None:
-        rabbitmq = "rabbitmq" in remembered[2:]
-    return DevStack(
+    return DevStack.remembered(
+        _STATE_DIR,
         kafka_port=kafka_port,
         redis_port=redis_port,
-        state_dir=_STATE_DIR,
         broker=broker,
         brokers=brokers,
-        services=("kafka", "redis", "rabbitmq") if rabbitmq else ("kafka", "redis"),
+        rabbitmq=rabbitmq,
     )
 
 
@@ -434,8 +420,7 @@ def dev_up(
     if not stack.runtime.fetched() and stack.broker == "kafka":
         click.echo(f"fetching Apache Kafka {stack.runtime.version} from Maven Central (once)")
     started = stack.up()
-    extra = " rabbitmq" if rabbitmq else ""
-    stack.state_dir.joinpath("broker").write_text(f"{stack.broker} {stack.kafka.size}{extra}\n")
+    stack.remember()
     click.echo(f"started: {', '.join(started) or 'nothing (all running)'}")
     click.echo(f"broker: {stack.broker_label()}")
     click.echo(f"KAFCEL_BOOTSTRAP_SERVERS={stack.bootstrap_servers}")

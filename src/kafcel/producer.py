@@ -26,7 +26,7 @@ from confluent_kafka import KafkaException, Message
 from confluent_kafka import Producer as KafkaProducer
 
 from .errors import ConfigError, DeliveryError, KafkaError
-from .kafka.config import client_config, refusal
+from .kafka.config import client_config, explain
 from .protocol.envelope import Envelope
 from .settings import Settings
 
@@ -207,13 +207,8 @@ class Producer:
         try:
             self._producer.list_topics(timeout=timeout_s)
         except KafkaException as exc:
-            self._producer.poll(0)  # serves the error callbacks that say why
-            why = refusal(address)
-            if why is not None:
-                raise KafkaError(f"Kafka at {address} refused this client: {why}") from exc
-            raise KafkaError(
-                f"Kafka at {address} did not answer within {timeout_s:g}s ({exc.args[0]})"
-            ) from exc
+            what = f"Kafka at {address} did not answer within {timeout_s:g}s"
+            raise KafkaError(explain(self._producer, address, what, exc)) from exc
 
     def close(self, timeout_s: float = 30.0) -> None:
         self.flush(timeout_s)

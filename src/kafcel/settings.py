@@ -112,8 +112,10 @@ class Settings:
     deny: tuple[str, ...] = field(
         default=(), metadata={"help": "glob patterns of task names refused (comma separated)"}
     )
+    # repr=False here and below: a URL or librdkafka entry may hold a password.
     redis_url: str = field(
         default="redis://127.0.0.1:6379/0",
+        repr=False,
         metadata={"help": "Redis of the once-guard (worker side)"},
     )
     once_lease_s: float = field(
@@ -139,6 +141,7 @@ class Settings:
     )
     result_backend: str = field(
         default="",
+        repr=False,
         metadata={"help": "Celery result backend read by status (default: REDIS_URL)"},
     )
     lag_window_s: float = field(
@@ -173,11 +176,12 @@ class Settings:
         repr=False,
         metadata={
             "help": "token the dashboard's replay endpoint requires (Authorization: Bearer); "
-            "needed when it listens beyond 127.0.0.1"
+            "needed when it listens beyond 127.0.0.1 (prefer the variable: a flag shows in ps)"
         },
     )
     kafka_config: tuple[str, ...] = field(
         default=(),
+        repr=False,
         metadata={"help": "extra librdkafka settings, key=value (comma separated)"},
     )
     # Kafka security, for every client kafcel makes (kafka_config entries win over them).
@@ -190,7 +194,11 @@ class Settings:
     )
     sasl_username: str = field(default="", metadata={"help": "Kafka SASL user"})
     # A secret: never in repr(), logs or status output.
-    sasl_password: str = field(default="", repr=False, metadata={"help": "Kafka SASL password"})
+    sasl_password: str = field(
+        default="",
+        repr=False,
+        metadata={"help": "Kafka SASL password (prefer the variable: a flag shows in ps)"},
+    )
     ssl_ca_location: str = field(
         default="",
         metadata={"help": "CA certificates (PEM file) Kafka's brokers are checked against"},
@@ -261,14 +269,19 @@ class Settings:
                 f"security_protocol must be one of {', '.join(_SECURITY_PROTOCOLS)}, "
                 f"got {self.security_protocol!r}"
             )
-        sasl = self.security_protocol.upper().startswith("SASL_")
-        if (self.sasl_mechanism or self.sasl_username) and not sasl:
+        # kafka_config wins over the named settings, its security.protocol too.
+        raw = dict(item.split("=", 1) for item in self.kafka_config if "=" in item)
+        protocol = raw.get("security.protocol", self.security_protocol).upper()
+        if (self.sasl_mechanism or self.sasl_username) and not protocol.startswith("SASL_"):
             raise ConfigError(
                 "sasl_mechanism and sasl_username need security_protocol SASL_SSL "
                 "(or SASL_PLAINTEXT)"
             )
         if bool(self.sasl_username) != bool(self.sasl_password):
             raise ConfigError("sasl_username and sasl_password go together: set both")
+        if self.sasl_username and not (self.sasl_mechanism or "sasl.mechanism" in raw):
+            # librdkafka would try GSSAPI (Kerberos), and fail with a puzzling error.
+            raise ConfigError("set sasl_mechanism: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN")
         if self.group_protocol not in _GROUP_PROTOCOLS:
             raise ConfigError(
                 f"group_protocol must be one of {', '.join(_GROUP_PROTOCOLS)}, "

@@ -74,14 +74,19 @@ class ConfirmedChannel:
                 try:
                     send_one(producer, name, message, options)
                 except Exception as exc:
+                    channel_error = isinstance(exc, self._conn.channel_errors)
                     failed[index] = on_error(index, exc)
-                    if not self._channel.is_open:
+                    if channel_error or not self._channel.is_open:
                         # A channel error (a queue declared with other arguments, an
-                        # exchange that is not there) closes the channel: what it had not
-                        # confirmed yet is unknown, and the rest go on a new one.
+                        # exchange that is not there) closes the channel, and py-amqp
+                        # reopens it outside confirm mode: what it had not confirmed yet
+                        # is unknown, and the rest go on a new connection.
                         self._abandon("the channel closed before RabbitMQ confirmed")
                         self._reset()
-            self._wait()
+            if not self._wait():
+                # No answer in time: whatever the connection's state, the next batch
+                # starts on a new one (a silent network cut shows only so).
+                self._reset(lost=True)
         except BaseException as exc:
             self._reset(lost=self._is_connection_error(exc))
             raise
@@ -117,10 +122,13 @@ class ConfirmedChannel:
             return self._producer
         self._reset()
         # No heartbeats: the bridge may publish nothing for minutes, and a connection the
-        # broker closed for a missed heartbeat would read as the broker being down.
-        conn = self._app.connection_for_write(heartbeat=0)
-        conn.ensure_connection(max_retries=1, interval_start=0)
+        # broker closed for a missed heartbeat would read as the broker being down. Socket
+        # time-outs instead: a declare or a write to a blocked or half-open connection
+        # fails (the broker counts as down) rather than stopping the bridge's one thread.
+        timeouts = {"read_timeout": self.confirm_timeout_s, "write_timeout": self.confirm_timeout_s}
+        conn = self._app.connection_for_write(heartbeat=0, transport_options=timeouts)
         try:
+            conn.ensure_connection(max_retries=1, interval_start=0)
             channel = conn.channel()
             channel.events["basic_ack"].add(self._on_ack)
             channel.events["basic_nack"].add(self._on_nack)
@@ -144,21 +152,22 @@ class ConfirmedChannel:
         self._producer = Producer(channel, auto_declare=False)  # type: ignore[no-untyped-call]
         return self._producer
 
-    def _wait(self) -> None:
+    def _wait(self) -> bool:
+        """Wait for every answer; False when some did not come in time."""
         deadline = time.monotonic() + self.confirm_timeout_s
         while self._waiting and self._channel is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                return
+                return False
             try:
                 self._conn.drain_events(timeout=left)
             except TimeoutError:
-                return
+                return False
             except self._conn.channel_errors as exc:
                 # Closed for a message it refused outright (an exchange not there).
                 self._abandon(f"RabbitMQ closed the channel ({exc})")
                 self._reset()
-                return
+        return True
 
     def _settle(self, tag: int, multiple: bool, reason: DispatchHeld | None) -> None:
         tags = [t for t in self._waiting if t <= tag] if multiple else [tag]

@@ -163,6 +163,11 @@ class Publisher:
             answers[index] = reason
         return answers
 
+    def close(self) -> None:
+        """Close the connection of RabbitMQ's publisher confirms, if one is open."""
+        if self._confirmed is not None:
+            self._confirmed.close()
+
     def messages_maybe_lost(self) -> bool:
         """True once after Celery's broker may have lost messages it had accepted: the
         connection to RabbitMQ broke (a node restart, most likely) while the app has queues

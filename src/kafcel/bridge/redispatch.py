@@ -110,9 +110,9 @@ class Redispatcher:
         self._next_sweep = min(self._next_sweep, due)
 
     def not_sent(self, task_id: str) -> None:
-        """A copy :meth:`due` asked for could not be sent (Celery's broker still down):
-        try again in ``after_s``. Still forced: a queued mark may yet speak for a message
-        the broker lost."""
+        """A copy :meth:`due` asked for could not be sent because Celery's broker is down:
+        try again in ``after_s``, with no added backoff. Still forced: a queued mark may
+        yet speak for a message the broker lost."""
         watch = self._watch.get(task_id)
         if watch is None:
             return

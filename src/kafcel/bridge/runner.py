@@ -167,8 +167,7 @@ class Bridge(Sending):
                 self._commit(asynchronous=True)
                 last_commit = now
             if now - last_publish >= _PUBLISH_EVERY_S:
-                self._check_redis()
-                self._check_celery_broker()
+                self._check_losses()
                 self._publish_presence()
                 last_publish = now
             if now - last_report >= _REPORT_EVERY_S:
@@ -259,6 +258,8 @@ class Bridge(Sending):
             self._results.close()
         self._scheduling.close()
         self._producer.flush(10)
+        if self._publisher is not None:
+            self._publisher.close()
         self._presence.leave()
         log.info("bridge stopped: %s", self.stats.as_dict())
 
@@ -436,43 +437,40 @@ class Bridge(Sending):
                 self.stats.dispatched += 1
                 self.events.dispatched(item)
 
-    def _check_redis(self) -> None:
-        """Notice a FLUSHALL or a Redis restart: Celery lost its queued messages and kombu
-        its queue bindings, so messages published since are dropped without an error."""
-        if not self._chores.data_lost():
+    def _check_losses(self) -> None:
+        """Notice Celery's messages lost while the queued marks still vouch for them: a
+        FLUSHALL or Redis restart (kombu lost its queue bindings too: messages published
+        since are dropped without an error), or a RabbitMQ restart under queues or
+        messages that do not survive one."""
+        redis = self._chores.data_lost()
+        if not redis and (self._publisher is None or not self._publisher.messages_maybe_lost()):
             return
-        log.warning(
-            "Redis lost its data (FLUSHALL or restart): re-declaring Celery queues; every "
-            "unsettled task is checked again in %.0fs",
-            self.settings.once_lease_s,
-        )
-        declare_queues(self.app, self._pending.queues())
-        self._redispatch.recheck_all(after_s=self.settings.once_lease_s)
-
-    def _check_celery_broker(self) -> None:
-        """Notice a RabbitMQ restart that may have dropped messages it had confirmed (a
-        non-durable queue's): the queued marks in Redis no longer vouch for them."""
-        if self._publisher is None or not self._publisher.messages_maybe_lost():
-            return
-        log.warning(
-            "the connection to Celery's broker broke and its queues do not all survive a "
-            "restart: every unsettled task is checked again in %.0fs",
-            self.settings.once_lease_s,
-        )
-        self._redispatch.recheck_all(after_s=self.settings.once_lease_s)
+        what = "Redis lost its data (FLUSHALL or restart)" if redis else (
+            "the connection to Celery's RabbitMQ broke, and its queues do not all survive "
+            "a restart"
+        )  # fmt: skip
+        s = self.settings
+        log.warning("%s: every unsettled task is checked again in %.0fs", what, s.once_lease_s)
+        if redis:
+            declare_queues(self.app, self._pending.queues())
+        self._redispatch.recheck_all(after_s=s.once_lease_s)
 
     def _redispatch_lost(self) -> None:
         resend, orphans = self._redispatch.due()
-        for task_id in resend:
+        for n, task_id in enumerate(resend):
             items = self._pending.get(task_id)
             if not items:
                 continue
-            if self._resend(items[0]):
+            refused = self._resend(items[0])
+            if refused is None:
                 self.events.redispatched(items[0])
                 self._chores.queued(task_id)
                 self.stats.redispatched += 1
-            else:
-                self._redispatch.not_sent(task_id)
+            elif isinstance(refused, DispatchHeld) and refused.broker_down:
+                # The rest would fail alike, each after a connection attempt of its own.
+                for later in resend[n:]:
+                    self._redispatch.not_sent(later)
+                break
         for orphan in orphans:
             items = self._pending.get(orphan.task_id)
             if not items:

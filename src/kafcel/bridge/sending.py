@@ -58,10 +58,10 @@ class Sending:
         # In their order, before anything admitted since: a key's records stay in line.
         self._outbox[:0] = self._held.take()
 
-    def _resend(self, item: Dispatch) -> bool:
-        """Send a copy of a message Celery took before; False if it was not sent."""
+    def _resend(self, item: Dispatch) -> DispatchRefused | DispatchHeld | None:
+        """Send a copy of a message Celery took before; why not, if it was not sent."""
         (refused,) = self._publish([item])
         if refused is not None:
             # The original stays pending: its outcome may still come.
             log.error("%s (redispatch of %s)", refused, item.task_id)
-        return refused is None
+        return refused

@@ -35,8 +35,9 @@ __all__ = ["BROKERS", "DevStack"]
 
 BROKERS = ("kafka", "tansu")
 SERVICES = ("kafka", "redis", "rabbitmq")
-# RabbitMQ's own defaults: AMQP, Erlang distribution (AMQP + 20000), epmd.
-RABBITMQ_PORTS = (5672, 25672, 4369)
+# AMQP (RabbitMQ's own), Erlang distribution (AMQP + 20000, as RabbitMQ's), and an epmd
+# port of the stack's own: 4369 is every Erlang node's on the machine.
+RABBITMQ_PORTS = (5672, 25672, 24369)
 
 
 def _is_int(value: object) -> bool:
@@ -194,6 +195,42 @@ class DevStack:
     def redis_url(self) -> str:
         return self._redis.url
 
+    @classmethod
+    def remembered(
+        cls,
+        state_dir: Path,
+        *,
+        kafka_port: int,
+        redis_port: int,
+        broker: str | None,
+        brokers: int | None,
+        rabbitmq: bool | None,
+    ) -> DevStack:
+        """The stack the last :meth:`remember` in ``state_dir`` described, where the
+        arguments (None: not given) do not say otherwise."""
+        found = state_dir / "broker"
+        remembered = found.read_text().split() if found.exists() else []
+        if broker is None:
+            broker = remembered[0] if remembered else "kafka"
+        if brokers is None:
+            same = len(remembered) > 1 and broker == remembered[0]
+            brokers = int(remembered[1]) if same else 1
+        if rabbitmq is None:
+            rabbitmq = "rabbitmq" in remembered[2:]
+        return cls(
+            kafka_port=kafka_port,
+            redis_port=redis_port,
+            state_dir=state_dir,
+            broker=broker,
+            brokers=brokers,
+            services=("kafka", "redis", "rabbitmq") if rabbitmq else ("kafka", "redis"),
+        )
+
+    def remember(self) -> None:
+        """Note what this stack runs, for a later :meth:`remembered` (``dev down``)."""
+        extra = " rabbitmq" if "rabbitmq" in self._services else ""
+        (self.state_dir / "broker").write_text(f"{self.broker} {self.kafka.size}{extra}\n")
+
     @property
     def rabbitmq_url(self) -> str:
         """Celery's broker URL for this stack's RabbitMQ (user guest)."""
@@ -235,7 +272,10 @@ class DevStack:
 
     def down(self) -> list[str]:
         """Stop the services this stack started (per pid file); return the names stopped."""
-        return [name for name, svc in self._known.items() if self._supervisor.stop(svc)]
+        # In reverse start order: RabbitMQ before its epmd (a node losing its epmd while
+        # stopping would start a daemon one that outlives it).
+        known = reversed(list(self._known.items()))
+        return [name for name, svc in known if self._supervisor.stop(svc)]
 
     def stop_started(self, names: list[str]) -> None:
         """Stop the named services if they are ours; others on those ports are left alone."""

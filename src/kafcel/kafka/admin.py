@@ -24,7 +24,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from ..errors import ConfigError, KafkaError
 from .broker import detect
-from .config import client_config, refusal
+from .config import client_config, explain
 
 __all__ = [
     "PartitionLag",
@@ -132,17 +132,10 @@ def _list_topics(admin: AdminClient, timeout_s: float, address: str = "") -> Clu
     try:
         return admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise KafkaError(_why(admin, address, "Kafka is not reachable", exc)) from exc
+        raise KafkaError(explain(admin, address, "Kafka is not reachable", exc)) from exc
 
 
-def _why(client: Any, address: str, what: str, exc: KafkaException) -> str:
-    """``what`` failed: the refusal librdkafka reported for ``address`` (a wrong password,
-    an untrusted certificate, a missing ACL) when there is one, else ``exc``."""
-    client.poll(0)  # serves the error callbacks that say why
-    why = refusal(address) if address else None
-    if why is not None:
-        return f"{what}: Kafka at {address} refused this client: {why}"
-    return f"{what}: {exc}"
+_ASK_S = 5.0
 
 
 def _group_denied(
@@ -151,7 +144,7 @@ def _group_denied(
     """Why Kafka refuses this client the group, if it does (a missing ACL)."""
     admin = _admin(bootstrap_servers, extra)
     try:
-        future = admin.describe_consumer_groups([group_id], request_timeout=5)[group_id]
+        future = admin.describe_consumer_groups([group_id], request_timeout=_ASK_S)[group_id]
         future.result()
     except KafkaException as exc:
         error = exc.args[0] if exc.args else None
@@ -247,7 +240,7 @@ def _bounds(
         return {tp: (lows[tp], ends[tp]) for tp in tps}
     except KafkaException as exc:
         raise KafkaError(
-            _why(consumer, bootstrap_servers, "could not read end offsets", exc)
+            explain(consumer, bootstrap_servers, "could not read end offsets", exc)
         ) from exc
     finally:
         consumer.close()
@@ -276,7 +269,7 @@ def committed_offsets(
         denied = _group_denied(bootstrap_servers, group_id, extra)
         if denied is not None:
             raise KafkaError(f"{what}: {denied}") from exc
-        raise KafkaError(_why(consumer, bootstrap_servers, what, exc)) from exc
+        raise KafkaError(explain(consumer, bootstrap_servers, what, exc)) from exc
     finally:
         consumer.close()
     return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in got}

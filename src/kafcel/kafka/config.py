@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError as RdKafkaError
 
-__all__ = ["KAFKA_LOG", "client_config", "fetch_config", "producer_config", "refusal"]
+__all__ = ["KAFKA_LOG", "client_config", "explain", "fetch_config", "producer_config"]
 
 
 # librdkafka's own log lines go through Python logging, not straight to stderr, so a CLI
@@ -54,10 +55,12 @@ def client_config(bootstrap_servers: str, extra: Mapping[str, str] | None = None
     }
 
 
-# Why the brokers at an address refused a client, as librdkafka last said: a request that
-# then fails says only "transport failure", which names neither a wrong password nor an
-# untrusted certificate.
-_refusals: dict[str, str] = {}
+# Why the brokers at an address refused a client, as librdkafka last said, and when: a
+# request that then fails says only "transport failure", which names neither a wrong
+# password nor an untrusted certificate.
+_refusals: dict[str, tuple[float, str]] = {}
+# An older refusal says nothing of a failure now (a long-running dashboard's).
+_REFUSAL_FRESH_S = 60.0
 _refusals_lock = threading.Lock()
 _REFUSED = frozenset(
     {
@@ -77,16 +80,21 @@ def _remember(bootstrap_servers: str) -> Callable[[Any], None]:
         KAFKA_LOG.error("%s", text)
         if error.code() in _REFUSED or "SSL handshake failed" in text:
             with _refusals_lock:
-                _refusals[bootstrap_servers] = text
+                _refusals[bootstrap_servers] = (time.monotonic(), text)
 
     return error_cb
 
 
-def refusal(bootstrap_servers: str) -> str | None:
-    """The last authentication or TLS error of a client of ``bootstrap_servers`` in this
-    process, if any (librdkafka's words: no secret in them)."""
+def explain(client: Any, address: str, what: str, exc: Exception) -> str:
+    """``what`` failed with ``exc`` on a client of ``address``: the refusal librdkafka
+    reported (a wrong password, an untrusted certificate, a missing ACL) when there is a
+    recent one, in librdkafka's words (no secret in them), else ``exc``."""
+    client.poll(0)  # serves the error callbacks that say why
     with _refusals_lock:
-        return _refusals.get(bootstrap_servers)
+        at, why = _refusals.get(address, (0.0, ""))
+    if why and time.monotonic() - at < _REFUSAL_FRESH_S:
+        return f"{what}: Kafka at {address} refused this client: {why}"
+    return f"{what}: {exc}"
 
 
 def producer_config(

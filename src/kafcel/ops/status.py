@@ -80,9 +80,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         # Not an outage to report around but a setting to fix: say which, not the secret.
         where = urlsplit(settings.redis_url)
         user = f"user {where.username!r}" if where.username else "the default user"
-        raise ConfigError(
-            f"Redis at {where.hostname}:{where.port} refused {user} (KAFCEL_REDIS_URL): {exc}"
-        ) from exc
+        address = f"{where.hostname}:{where.port}" if where.port else str(where.hostname)
+        raise ConfigError(f"Redis at {address} refused {user} (KAFCEL_REDIS_URL): {exc}") from exc
     except redis.RedisError as exc:
         redis_error = f"Redis unreachable ({exc}): no bridge reports"
     finally:
