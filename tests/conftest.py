@@ -10,6 +10,7 @@ stack is parametrized by broker, so each broker, and the worker on it, starts on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -69,6 +70,16 @@ def path(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@contextlib.contextmanager
+def running(stack: DevStack) -> Iterator[DevStack]:
+    """``stack`` up for the block, down after it whatever happened."""
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down()
+
+
 @pytest.fixture(scope="session")
 def stack(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     state = tmp_path_factory.mktemp(f"devstack-{broker}")
@@ -81,11 +92,8 @@ def stack(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev
         broker=broker,
         cache_dir=ROOT / ".kafcel" / "kafka",
     )
-    s.up()
-    try:
+    with running(s):
         yield s
-    finally:
-        s.down()
 
 
 @pytest.fixture(scope="session")
@@ -98,11 +106,8 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
         state_dir=tmp_path_factory.mktemp("rabbitmq"),
         cache_dir=ROOT / ".kafcel" / "kafka",
     )
-    s.up()
-    try:
+    with running(s):
         yield s
-    finally:
-        s.down()
 
 
 @pytest.fixture(scope="session")

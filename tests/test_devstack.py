@@ -166,7 +166,7 @@ def test_up_status_topics_down(own_stack: DevStack) -> None:
 
     assert own_stack.up() == []
 
-    assert own_stack.down() == names
+    assert own_stack.down() == names[::-1]  # in reverse start order
     assert all(_port_free(port) for port in ports)
     assert not any(s.running or s.managed for s in own_stack.status())
     assert not list(own_stack.state_dir.glob("*.pid"))

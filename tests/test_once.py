@@ -249,18 +249,23 @@ def test_data_loss_is_noticed_once_per_bridge(client: redis.Redis[bytes], prefix
     assert not a.data_lost() and not b.data_lost()
 
 
-def test_after_data_loss_a_queued_mark_no_longer_vouches(
-    client: redis.Redis[bytes], prefix: str
-) -> None:
-    g = guard(client, prefix)
-    clock = FakeClock()
-    r = Redispatcher(
+def _pending_redispatcher(g: OnceGuard, clock: FakeClock) -> Redispatcher:
+    """A redispatcher whose result backend knows none of its tasks finished."""
+    return Redispatcher(
         after_s=100,
         guard=g,
         backend_state=lambda task_id: BackendState(task_id, "PENDING"),
         clock=clock,
         sweep_every_s=0,
     )
+
+
+def test_after_data_loss_a_queued_mark_no_longer_vouches(
+    client: redis.Redis[bytes], prefix: str
+) -> None:
+    g = guard(client, prefix)
+    clock = FakeClock()
+    r = _pending_redispatcher(g, clock)
     for task_id in ("queued", "running"):
         r.dispatched(task_id)
     g.mark_queued(["queued"], ttl_s=3600)  # written after the loss; its message was dropped
@@ -278,13 +283,7 @@ def test_a_forced_resend_that_could_not_be_sent_is_tried_again_past_its_queued_m
     speaks for a message that is gone, and must not stop the next try."""
     g = guard(client, prefix)
     clock = FakeClock()
-    r = Redispatcher(
-        after_s=100,
-        guard=g,
-        backend_state=lambda task_id: BackendState(task_id, "PENDING"),
-        clock=clock,
-        sweep_every_s=0,
-    )
+    r = _pending_redispatcher(g, clock)
     r.dispatched("lost")
     g.mark_queued(["lost"], ttl_s=3600)
     r.recheck_all(after_s=5)

@@ -5,8 +5,6 @@ Secrets never show in logs or status output."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -29,7 +27,8 @@ from confluent_kafka.admin import (
 from kafcel import Producer
 from kafcel.dev import DevStack, free_ports
 
-from .conftest import ROOT, Pipeline, wait_until
+from .conftest import ROOT, Pipeline, running, wait_until
+from .test_cli import kafcel as _kafcel
 from .test_pipeline import counts, outcomes_for
 
 pytestmark = [pytest.mark.security, pytest.mark.integration, pytest.mark.timeout(240)]
@@ -44,11 +43,8 @@ def secure_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]
         state_dir=tmp_path_factory.mktemp("secure-redis"),
         redis_tls=True,
     )
-    s.up()
-    try:
+    with running(s):
         yield s
-    finally:
-        s.down()
 
 
 @pytest.fixture()
@@ -62,18 +58,6 @@ def secure(pipeline: Pipeline, secure_redis: DevStack) -> Iterator[Pipeline]:
     for proc in pipeline.workers:
         proc.stop(timeout_s=30)
     pipeline.workers.clear()
-
-
-def _kafcel(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kafcel", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.mark.both_paths
@@ -155,11 +139,8 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]
         state_dir=tmp_path_factory.mktemp("secure-kafka"),
         cache_dir=ROOT / ".kafcel" / "kafka",
     )
-    s.up()
-    try:
+    with running(s):
         yield s
-    finally:
-        s.down()
 
 
 def _grant(stack: DevStack, user: str, grants: list[tuple[str, str, str, str]]) -> None:
@@ -179,6 +160,11 @@ def _grant(stack: DevStack, user: str, grants: list[tuple[str, str, str, str]]) 
     ]
     for future in admin.create_acls(bindings).values():
         future.result()
+
+
+def _on_topics(ops: dict[str, tuple[str, ...]]) -> list[tuple[str, str, str, str]]:
+    """Grants of ``operations`` on each topic named."""
+    return [("TOPIC", name, "LITERAL", op) for name, names in ops.items() for op in names]
 
 
 def _as_user(stack: DevStack, user: str, **changes: str) -> dict[str, str]:
@@ -206,41 +192,14 @@ def secured(
     s = pipeline.settings
     topics = {s.topic: 4, s.results_topic: 4, s.dlq_topic: 4, s.scheduled_topic: 4}
     secure_kafka.ensure_topics(topics)
-    read, write, describe = "READ", "WRITE", "DESCRIBE"
-    topic = "TOPIC"
-    _grant(
-        secure_kafka,
-        "bridge",
-        [
-            (topic, s.topic, "LITERAL", read),
-            (topic, s.topic, "LITERAL", describe),
-            (topic, s.results_topic, "LITERAL", read),
-            (topic, s.results_topic, "LITERAL", describe),
-            (topic, s.dlq_topic, "LITERAL", write),
-            (topic, s.dlq_topic, "LITERAL", describe),
-            (topic, s.scheduled_topic, "LITERAL", read),
-            (topic, s.scheduled_topic, "LITERAL", write),
-            (topic, s.scheduled_topic, "LITERAL", describe),
-            # Its group, and the outcome and schedule readers' groups named after it.
-            ("GROUP", s.group_id, "PREFIXED", read),
-            ("GROUP", s.group_id, "PREFIXED", describe),
-        ],
-    )
-    _grant(
-        secure_kafka,
-        "producer",
-        [(topic, s.topic, "LITERAL", write), (topic, s.topic, "LITERAL", describe)],
-    )
-    _grant(
-        secure_kafka,
-        "worker",
-        [
-            (topic, s.results_topic, "LITERAL", write),
-            (topic, s.results_topic, "LITERAL", describe),
-            (topic, s.dlq_topic, "LITERAL", write),
-            (topic, s.dlq_topic, "LITERAL", describe),
-        ],
-    )
+    rw, w = ("READ", "WRITE", "DESCRIBE"), ("WRITE", "DESCRIBE")
+    r = ("READ", "DESCRIBE")
+    # The bridge's group, and the outcome and schedule readers' groups named after it.
+    group = [("GROUP", s.group_id, "PREFIXED", op) for op in r]
+    bridge = {s.topic: r, s.results_topic: r, s.dlq_topic: w, s.scheduled_topic: rw}
+    _grant(secure_kafka, "bridge", _on_topics(bridge) + group)
+    _grant(secure_kafka, "producer", _on_topics({s.topic: w}))
+    _grant(secure_kafka, "worker", _on_topics({s.results_topic: w, s.dlq_topic: w}))
     # The pipeline's helpers (committed offsets, reading topics) use the plain listener.
     pipeline.settings = s.replace(bootstrap_servers=secure_kafka.bootstrap_servers)
     users = {u: _as_user(secure_kafka, u) for u in ("bridge", "producer", "worker")}
@@ -344,15 +303,11 @@ def test_operator_tools_reach_kafka_through_sasl_ssl(
     may read the DLQ, read and write the task topic, and read the group's offsets."""
     pipeline, users = secured
     s = pipeline.settings
-    _grant(
-        secure_kafka,
-        "operator",
-        [("TOPIC", s.topic, "LITERAL", op) for op in ("READ", "WRITE", "DESCRIBE")]
-        + [("TOPIC", s.dlq_topic, "LITERAL", op) for op in ("READ", "DESCRIBE")]
-        + [("GROUP", s.group_id, "LITERAL", "DESCRIBE")]
-        # The tools' own throwaway consumer groups (they commit nothing).
-        + [("GROUP", "kafcel-admin-", "PREFIXED", op) for op in ("READ", "DESCRIBE")],
-    )
+    tools = _on_topics({s.topic: ("READ", "WRITE", "DESCRIBE"), s.dlq_topic: ("READ", "DESCRIBE")})
+    tools += [("GROUP", s.group_id, "LITERAL", "DESCRIBE")]
+    # The tools' own throwaway consumer groups (they commit nothing).
+    tools += [("GROUP", "kafcel-admin-", "PREFIXED", op) for op in ("READ", "DESCRIBE")]
+    _grant(secure_kafka, "operator", tools)
     operator = _as_user(secure_kafka, "operator")
     env = {**pipeline.env(), **operator}
     # A poison record as the producer would write it: the bridge dead-letters it.
@@ -407,9 +362,10 @@ def test_a_consuming_worker_reaches_kafka_through_sasl_ssl(
     its group, the outcomes and the schedule, besides writing outcomes and dead letters)."""
     pipeline, users = secured
     s = pipeline.settings
-    topics = [(s.topic, ("READ", "DESCRIBE")), (s.results_topic, ("READ",))]
-    topics += [(s.scheduled_topic, ("READ", "WRITE", "DESCRIBE"))]
-    grants = [("TOPIC", name, "LITERAL", op) for name, ops in topics for op in ops]
+    grants = _on_topics(
+        {s.topic: ("READ", "DESCRIBE"), s.results_topic: ("READ",),
+         s.scheduled_topic: ("READ", "WRITE", "DESCRIBE")}
+    )  # fmt: skip
     grants += [("GROUP", s.group_id, "PREFIXED", op) for op in ("READ", "DESCRIBE")]
     _grant(secure_kafka, "worker", grants)
     pipeline.celery_broker_url = pipeline.settings.redis_url
