@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -42,6 +43,21 @@ def test_rabbitmq_rows_lose_nothing_duplicate_nothing_and_keep_key_order() -> No
     fast_subset("kafka", "kafcel", FAST_RABBITMQ, celery_broker="rabbitmq")
 
 
+def _chaos(args: list[str], *, timeout_s: float) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """`kafcel chaos --json ARGS` as a user runs it, and its last line's report."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kafcel", "chaos", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no output; stderr:\n{proc.stderr[-3000:]}"
+    return proc, json.loads(lines[-1])
+
+
 def fast_subset(
     broker: str, system: str, fast: tuple[str, ...], *, celery_broker: str = "redis"
 ) -> None:
@@ -53,18 +69,7 @@ def fast_subset(
     ]
     names = [s.name for s in chosen]
     only = [arg for s in chosen for arg in ("--only", s.key)]
-    argv = ["chaos", "--tasks", "1000", "--json", "--broker", broker, *only]
-    proc = subprocess.run(
-        [sys.executable, "-m", "kafcel", *argv],
-        capture_output=True,
-        text=True,
-        timeout=880,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-    )
-    lines = proc.stdout.strip().splitlines()
-    assert lines, f"no output; stderr:\n{proc.stderr[-3000:]}"
-    report = json.loads(lines[-1])
+    proc, report = _chaos(["--tasks", "1000", "--broker", broker, *only], timeout_s=880)
     # Named as the running broker reports itself: "apache-kafka 4.4.0", "tansu 0.6.0".
     kind = {"kafka": "apache-kafka", "tansu": "tansu"}[broker]
     assert re.fullmatch(rf"{kind} \d+\.\d+\.\d+", report["broker"]), report["broker"]
@@ -94,18 +99,8 @@ def fast_subset(
 def test_the_kombu_kafka_worker_kill_row_kills_its_worker() -> None:
     """kombu's transport may lose or reorder (that row's verdict is its own), but the
     fault must run: the kombu rig takes the same calls as kafcel's."""
-    argv = ["chaos", "--tasks", "500", "--json", "--only", "kombu-kafka:worker-kill-9"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "kafcel", *argv],
-        capture_output=True,
-        text=True,
-        timeout=580,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-    )
-    lines = proc.stdout.strip().splitlines()
-    assert lines, f"no output; stderr:\n{proc.stderr[-3000:]}"
-    (row,) = json.loads(lines[-1])["scenarios"]
+    _, report = _chaos(["--tasks", "500", "--only", "kombu-kafka:worker-kill-9"], timeout_s=580)
+    (row,) = report["scenarios"]
     assert row["system"] == "kombu-kafka" and row["name"] == "worker-kill-9"
     assert "note" not in row, row["note"]
     assert any(f.endswith("SIGKILL worker 0") for f in row["faults"]), row["faults"]

@@ -113,12 +113,10 @@ def test_the_batch_declares_what_celery_declares(app: Celery, admin: amqp.Channe
 
 
 @pytest.fixture()
-def rabbit(pipeline: Pipeline, rabbitmq: DevStack) -> Iterator[Pipeline]:
+def rabbit(pipeline: Pipeline, rabbitmq: DevStack) -> Pipeline:
+    """The pipeline with RabbitMQ as Celery's broker (its fixture stops what started)."""
     pipeline.celery_broker_url = rabbitmq.rabbitmq_url
-    yield pipeline
-    for proc in pipeline.workers:
-        proc.stop(timeout_s=30)
-    pipeline.workers.clear()
+    return pipeline
 
 
 @pytest.mark.both_paths

@@ -48,16 +48,13 @@ def secure_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]
 
 
 @pytest.fixture()
-def secure(pipeline: Pipeline, secure_redis: DevStack) -> Iterator[Pipeline]:
+def secure(pipeline: Pipeline, secure_redis: DevStack) -> Pipeline:
     """The test's bridge and workers with every Redis use on the TLS Redis: once-guard
     (KAFCEL_REDIS_URL), and Celery's broker and result backend (the tests' app reads the
     same URL; CELERY_BROKER_URL names it too, with a queue of the test's own)."""
     pipeline.settings = pipeline.settings.replace(redis_url=secure_redis.redis_url)
     pipeline.celery_broker_url = secure_redis.redis_url
-    yield pipeline
-    for proc in pipeline.workers:
-        proc.stop(timeout_s=30)
-    pipeline.workers.clear()
+    return pipeline
 
 
 @pytest.mark.both_paths
@@ -185,7 +182,7 @@ def _as_user(stack: DevStack, user: str, **changes: str) -> dict[str, str]:
 @pytest.fixture()
 def secured(
     pipeline: Pipeline, secure_kafka: DevStack
-) -> Iterator[tuple[Pipeline, dict[str, dict[str, str]]]]:
+) -> tuple[Pipeline, dict[str, dict[str, str]]]:
     """The test's topics on the secure Kafka, and each principal given exactly what its
     role needs: the bridge its topics and group, the producer write on the task topic,
     the worker write on the results and DLQ topics."""
@@ -203,10 +200,7 @@ def secured(
     # The pipeline's helpers (committed offsets, reading topics) use the plain listener.
     pipeline.settings = s.replace(bootstrap_servers=secure_kafka.bootstrap_servers)
     users = {u: _as_user(secure_kafka, u) for u in ("bridge", "producer", "worker")}
-    yield pipeline, users
-    for proc in pipeline.workers:
-        proc.stop(timeout_s=30)
-    pipeline.workers.clear()
+    return pipeline, users
 
 
 def test_bridge_worker_producer_and_status_reach_kafka_through_sasl_ssl_with_acls(
@@ -219,12 +213,7 @@ def test_bridge_worker_producer_and_status_reach_kafka_through_sasl_ssl_with_acl
     worker = pipeline.start_worker(**_overrides(users["worker"]))
     (metrics_port,) = free_ports(1)
     bridge = pipeline.start_bridge(**_overrides(users["bridge"]), metrics_port=metrics_port)
-    for i in range(5):
-        done = _kafcel(
-            "submit", "tests.app.record", name, str(i), "--key", f"k{i}",
-            env={**pipeline.env(), **users["producer"]},
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
+    _submit_records(pipeline, users["producer"], name, 5)
     wait_until(pipeline.fully_committed, 90, "5 tasks settled through SASL_SSL")
     report = json.loads(_kafcel("status", "--json", env={**env, **users["bridge"]}).stdout)
     assert report["lag"] == 0 and report["bridges"], report
@@ -234,6 +223,14 @@ def test_bridge_worker_producer_and_status_reach_kafka_through_sasl_ssl_with_acl
     logs = [bridge.log_path.read_text(), worker.log_path.read_text()]
     for text in (json.dumps(report), metrics, *logs):
         assert not any(secret in text for secret in secrets)
+
+
+def _submit_records(pipeline: Pipeline, producer: dict[str, str], name: str, n: int) -> None:
+    """``n`` ``tests.app.record`` tasks by `kafcel submit` as the producer principal."""
+    for i in range(n):
+        argv = ("submit", "tests.app.record", name, str(i), "--key", f"k{i}")
+        done = _kafcel(*argv, env={**pipeline.env(), **producer})
+        assert done.returncode == 0, done.stderr
 
 
 def _overrides(user_env: dict[str, str]) -> dict[str, str]:
@@ -371,11 +368,6 @@ def test_a_consuming_worker_reaches_kafka_through_sasl_ssl(
     pipeline.celery_broker_url = pipeline.settings.redis_url
     consumer = pipeline.start_consumer(**_overrides(users["worker"]))
     name = f"kafcel:test:{uuid.uuid4().hex[:10]}"
-    for i in range(3):
-        done = _kafcel(
-            "submit", "tests.app.record", name, str(i), "--key", f"k{i}",
-            env={**pipeline.env(), **users["producer"]},
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
+    _submit_records(pipeline, users["producer"], name, 3)
     wait_until(pipeline.fully_committed, 90, "3 tasks settled by the consuming worker")
     assert users["worker"]["KAFCEL_SASL_PASSWORD"] not in consumer.log_path.read_text()
