@@ -177,12 +177,16 @@ class Pipeline:
             env["KAFCEL_TESTS_QUEUE_OPTIONS"] = json.dumps(self.queue_options)
         return env
 
-    def start_worker(self, *, concurrency: int = 2, **overrides: Any) -> ManagedProcess:
-        """A plain Celery worker (no --kafcel-consume) on the test's own queue."""
+    def start_worker(
+        self, *, concurrency: int = 2, queue: str | None = None, **overrides: Any
+    ) -> ManagedProcess:
+        """A plain Celery worker (no --kafcel-consume) on the test's own queue, or on
+        ``queue`` (several, comma separated)."""
         n = len(self.workers)
+        queue = queue or self.queue
         proc = ManagedProcess(
             name=f"worker {n}",
-            argv=worker_argv(TEST_APP, queue=self.queue, concurrency=concurrency, name=f"w{n}"),
+            argv=worker_argv(TEST_APP, queue=queue, concurrency=concurrency, name=f"w{n}"),
             env={**self.env(**overrides), "KAFCEL_TESTS_QUEUE": self.queue},
             log_path=self.logs_dir / f"{self.settings.topic}-worker{n}.log",
             cwd=ROOT,
@@ -252,17 +256,17 @@ class Pipeline:
         t = topic or self.settings.topic
         return [(t, p) for p in partitions_of(self.settings.bootstrap_servers, t)]
 
-    def committed(self) -> dict[tuple[str, int], int | None]:
+    def committed(self, topic: str | None = None) -> dict[tuple[str, int], int | None]:
         return committed_offsets(
-            self.settings.bootstrap_servers, self.settings.group_id, self.tps()
+            self.settings.bootstrap_servers, self.settings.group_id, self.tps(topic)
         )
 
     def ends(self, topic: str | None = None) -> dict[tuple[str, int], int]:
         return end_offsets(self.settings.bootstrap_servers, self.tps(topic))
 
-    def fully_committed(self) -> bool:
-        ends = self.ends()
-        committed = self.committed()
+    def fully_committed(self, topic: str | None = None) -> bool:
+        ends = self.ends(topic)
+        committed = self.committed(topic)
         return all((committed.get(tp) or 0) >= end for tp, end in ends.items())
 
     def read(

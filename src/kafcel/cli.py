@@ -84,7 +84,7 @@ def cli() -> None:
 @settings_options(_BRIDGE)
 def bridge(app_spec: str, log_level: str, **options: Any) -> None:
     """Run the bridge: Kafka task topic -> Celery, offsets committed when settled."""
-    from .bridge import Bridge
+    from .bridge import loop_for
     from .telemetry.logs import setup_logging
     from .worker import load_app
 
@@ -93,8 +93,8 @@ def bridge(app_spec: str, log_level: str, **options: Any) -> None:
     logging.getLogger("kafcel.kafka").setLevel(logging.WARNING)
     sys.path.insert(0, os.getcwd())
     app = load_app(app_spec)
-    code = Bridge(
-        app=app, settings=settings, on_ready=lambda: print("kafcel bridge ready", flush=True)
+    code = loop_for(
+        settings, app=app, on_ready=lambda: print("kafcel bridge ready", flush=True)
     ).run()
     sys.exit(code)
 

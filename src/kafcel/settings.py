@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings"]
+__all__ = ["COMPANION_SUFFIXES", "ENV_PREFIX", "LaneSpec", "Settings"]
 
 ENV_PREFIX = "KAFCEL_"
 
@@ -28,6 +29,42 @@ _CLASSIC_ONLY = frozenset(
 _LOG_FORMATS = ("text", "json")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+# The topics kafcel makes beside a task topic: never task topics of a pattern's lanes.
+COMPANION_SUFFIXES = (".results", ".dlq", ".scheduled")
+
+
+@dataclass(frozen=True)
+class LaneSpec:
+    """One entry of ``topics``: a task topic, or a pattern (``^regex``), and its weight."""
+
+    text: str
+    weight: int = 1
+
+    @property
+    def pattern(self) -> re.Pattern[str] | None:
+        return re.compile(self.text) if self.text.startswith("^") else None
+
+    @classmethod
+    def parse(cls, entry: str) -> LaneSpec:
+        text, weight = entry.strip(), 1
+        head, sep, tail = text.rpartition(":")
+        if sep and tail.strip().isdigit():
+            text, weight = head.strip(), int(tail)
+        if not text:
+            raise ConfigError(f"topics entry {entry!r} names no topic")
+        if weight < 1:
+            raise ConfigError(f"topics entry {entry!r}: the weight must be at least 1")
+        if text.startswith("^"):
+            try:
+                re.compile(text)
+            except re.error as exc:
+                raise ConfigError(f"topics entry {entry!r} is not a valid pattern: {exc}") from exc
+        elif not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", text):
+            raise ConfigError(
+                f"topics entry {entry!r} is not a topic name (letters, digits, '.', '_', '-'; "
+                "a pattern starts with ^)"
+            )
+        return cls(text, weight)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +82,31 @@ class Settings:
     scheduled_topic: str = field(
         default="",
         metadata={"help": "where tasks due later wait (default: TOPIC.scheduled)"},
+    )
+    topics: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "lanes: the task topics bridges and consuming workers read, each "
+            "TOPIC[:WEIGHT] or a pattern ^REGEX[:WEIGHT] (comma separated; default: TOPIC "
+            "alone). Each lane has its results, DLQ and scheduled topics (TOPIC.results...), "
+            "or shares RESULTS_TOPIC and DLQ_TOPIC when those are set, and its WEIGHT's share "
+            "of max_in_flight"
+        },
+    )
+    lane_queues: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "TOPIC=QUEUE: the Celery queue of a lane's tasks that name none "
+            "(comma separated)"
+        },
+    )
+    queue: str = field(
+        default="",
+        metadata={"help": "Celery queue of the tasks that name none (default: Celery's routing)"},
+    )
+    topics_refresh_s: float = field(
+        default=30.0,
+        metadata={"help": "how often the topics' patterns are matched against Kafka's topics"},
     )
     schedule_after_s: float = field(
         default=60.0,
@@ -215,6 +277,11 @@ class Settings:
             raise ConfigError("bootstrap_servers must not be empty")
         if not self.topic.strip():
             raise ConfigError("topic must not be empty")
+        # The companions as given, before the defaults below: set ones are shared by lanes.
+        object.__setattr__(
+            self, "_as_given", (self.results_topic, self.dlq_topic, self.scheduled_topic)
+        )
+        self._check_lanes()
         if not self.results_topic:
             object.__setattr__(self, "results_topic", f"{self.topic}.results")
         if not self.dlq_topic:
@@ -324,8 +391,78 @@ class Settings:
             values[name] = tuple(value) if isinstance(value, list) else value
         return cls(**values)
 
+    def _given(self) -> tuple[str, str, str]:
+        """results_topic, dlq_topic and scheduled_topic as set ("": defaulted)."""
+        given: tuple[str, str, str] = vars(self)["_as_given"]
+        return given
+
+    def _check_lanes(self) -> None:
+        specs = self.lane_specs()
+        if len({spec.text for spec in specs}) != len(specs):
+            raise ConfigError("topics names a topic or pattern twice")
+        if self.topics and self.scheduled_topic:
+            # Each lane's scheduled partitions go with its task partitions (one reader each).
+            raise ConfigError(
+                "scheduled_topic cannot be shared by lanes: each lane has TOPIC.scheduled "
+                "(unset it, or use topic)"
+            )
+        for entry in self.lane_queues:
+            topic, sep, queue = entry.partition("=")
+            if not sep or not topic.strip() or not queue.strip():
+                raise ConfigError(f"lane_queues entry {entry!r} is not TOPIC=QUEUE")
+        if self.topics_refresh_s <= 0:
+            raise ConfigError(f"topics_refresh_s must be positive, got {self.topics_refresh_s}")
+
+    def lane_specs(self) -> list[LaneSpec]:
+        """The lanes' topics and patterns with their weights (none: ``topic`` alone)."""
+        return [LaneSpec.parse(entry) for entry in self.topics]
+
+    def lane_topics(self, existing: Iterable[str]) -> dict[str, int]:
+        """The lanes' task topics and weights: every named topic, and those of
+        ``existing`` (Kafka's topics) that a pattern matches, but no companion topic."""
+        if not self.topics:
+            return {self.topic: 1}
+        shared = {t for t in self._given()[:2] if t}
+        found: dict[str, int] = {}
+        for spec in self.lane_specs():
+            pattern = spec.pattern
+            if pattern is None:
+                found.setdefault(spec.text, spec.weight)
+                continue
+            for name in sorted(existing):
+                if (
+                    pattern.fullmatch(name)
+                    and not name.startswith("__")
+                    and not name.endswith(COMPANION_SUFFIXES)
+                    and name not in shared
+                ):
+                    found.setdefault(name, spec.weight)
+        return found
+
+    def lane(self, topic: str, *, weights: Mapping[str, int]) -> Settings:
+        """The settings of the lane reading ``topic``: its companions, its Celery queue
+        and its weight's share of the in-flight budget among ``weights``."""
+        total = sum(weights.values()) or 1
+        share = weights.get(topic, 1) / total
+        queues = dict(entry.split("=", 1) for entry in self.lane_queues)
+        queues = {name.strip(): queue.strip() for name, queue in queues.items()}
+        return self.replace(
+            topic=topic,
+            topics=(),
+            queue=queues.get(topic, self.queue),
+            max_in_flight=max(1, int(self.max_in_flight * share)),
+            max_in_flight_bytes=max(1, int(self.max_in_flight_bytes * share)),
+            group_instance_id=f"{self.group_instance_id}.{topic}" if self.group_instance_id else "",
+            # The lanes of a process share one /metrics (bridge/lanes.py).
+            metrics_port=0,
+        )
+
     def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+        # The companions as given, not as defaulted: a copy with another topic gets that
+        # topic's, and a lane derived from a copy shares only what was set.
+        results, dlq, scheduled = self._given()
+        given = {"results_topic": results, "dlq_topic": dlq, "scheduled_topic": scheduled}
+        return dataclasses.replace(self, **{**given, **changes})
 
     def librdkafka(self) -> dict[str, str]:
         """What every Kafka client takes besides the bootstrap servers: the security
@@ -348,8 +485,12 @@ class Settings:
     def as_env(self) -> dict[str, str]:
         """These settings as ``KAFCEL_*`` variables, to hand to a subprocess."""
         out: dict[str, str] = {}
+        # The companions as given: a subprocess defaults them (and shares them) alike.
+        given = dict(
+            zip(("results_topic", "dlq_topic", "scheduled_topic"), self._given(), strict=True)
+        )
         for f in fields(self):
-            value = getattr(self, f.name)
+            value = given[f.name] if f.name in given else getattr(self, f.name)
             out[ENV_PREFIX + f.name.upper()] = (
                 ",".join(value) if isinstance(value, tuple) else str(value)
             )

@@ -52,6 +52,13 @@ class Dispatch:
     # the deadline of the original instead of restarting a countdown.
     eta: datetime | None
     expires: datetime | None
+    # The Celery queue of the record's lane, for a record that names none.
+    lane_queue: str | None = None
+
+    @property
+    def queue(self) -> str | None:
+        """The Celery queue: the record's own, else its lane's (None: Celery's routing)."""
+        return self.envelope.queue or self.lane_queue
 
     def payload(self) -> Envelope:
         """The whole envelope: kept for a small record, decoded again from a large one
@@ -137,7 +144,10 @@ def make_dispatch(
         task_id, eta, expires = parked.task_id, parked.eta, parked.expires
     if len(msg.value() or b"") > _KEEP_DECODED_BYTES:
         envelope = envelope.without_payload()
-    return Dispatch(envelope, task_id, origin, tp, offset, slot, fence, msg, eta, expires)
+    lane_queue = s.queue or None
+    return Dispatch(
+        envelope, task_id, origin, tp, offset, slot, fence, msg, eta, expires, lane_queue
+    )
 
 
 def declare_queues(app: Celery, names: set[str | None]) -> None:

@@ -16,9 +16,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
 
-from ..settings import Settings
 from .markers import CommittedMarkers
-from .tracker import TP, OffsetTracker
+from .tracker import TP, Budget, OffsetTracker
 
 __all__ = ["Offsets"]
 
@@ -38,12 +37,11 @@ _REJOIN_POLL_S = 0.02
 
 class Offsets:
     def __init__(
-        self, *, tracker: OffsetTracker, markers: CommittedMarkers, settings: Settings
+        self, *, tracker: OffsetTracker, markers: CommittedMarkers, budget: Budget
     ) -> None:
         self.tracker = tracker
         self.markers = markers
-        self._max_records = settings.max_in_flight
-        self._max_bytes = settings.max_in_flight_bytes
+        self._budget = budget
         self.commits = 0
         self.paused = False
 
@@ -161,7 +159,7 @@ class Offsets:
         or while Celery's broker is down (nothing fetched could be dispatched); resume at
         half of both, the broker back."""
         in_flight, size = self.tracker.in_flight(), self.tracker.in_flight_bytes()
-        full = in_flight >= self._max_records or size >= self._max_bytes
+        full = in_flight >= self._budget.records or size >= self._budget.size
         try:
             if not self.paused and (full or broker_down):
                 consumer.pause(consumer.assignment())
@@ -170,8 +168,8 @@ class Offsets:
                     "paused: %d records, %d bytes in flight (max %d, %d)%s",
                     in_flight,
                     size,
-                    self._max_records,
-                    self._max_bytes,
+                    self._budget.records,
+                    self._budget.size,
                     ", Celery's broker down" if broker_down else "",
                 )
             elif self.paused and assignment_changed:
@@ -179,8 +177,8 @@ class Offsets:
             elif (
                 self.paused
                 and not broker_down
-                and in_flight <= self._max_records // 2
-                and size <= self._max_bytes // 2
+                and in_flight <= self._budget.records // 2
+                and size <= self._budget.size // 2
             ):
                 consumer.resume(consumer.assignment())
                 self.paused = False

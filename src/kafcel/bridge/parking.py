@@ -10,12 +10,11 @@ from collections.abc import Callable, Iterable
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from ..protocol.headers import header_list
-from ..settings import Settings
 from .assignment import Assignment
 from .dispatch import Dispatch
 from .schedule import Parked, Parker, ScheduledReader
 from .sequence import SequenceGuard, position
-from .tracker import TP, OffsetTracker
+from .tracker import TP, Budget, OffsetTracker
 
 __all__ = ["Scheduling"]
 
@@ -30,7 +29,7 @@ class Scheduling:
         parker: Parker,
         tracker: OffsetTracker,
         assignment: Assignment,
-        settings: Settings,
+        budget: Budget,
         admit: Callable[[Dispatch], None],
         settle: Callable[[TP, int], None],
         due: Callable[[Message], None],
@@ -39,8 +38,7 @@ class Scheduling:
         self._parker = parker
         self._tracker = tracker
         self._assignment = assignment
-        self._max_records = settings.max_in_flight
-        self._max_bytes = settings.max_in_flight_bytes
+        self._budget = budget
         self._admit = admit
         self._settle = settle
         self._due = due
@@ -104,9 +102,9 @@ class Scheduling:
             # Tracked for their commit, not counted in flight: they wait in Kafka.
             self._tracker.add(*position(msg), counted=False)
         # Due ones take room in flight like any record: never past the limits.
-        due = reader.due(limit=max(self._max_records - self._tracker.in_flight(), 0))
+        due = reader.due(limit=max(self._budget.records - self._tracker.in_flight(), 0))
         for index, msg in enumerate(due):
-            if self._tracker.in_flight_bytes() >= self._max_bytes:
+            if self._tracker.in_flight_bytes() >= self._budget.size:
                 reader.again(due[index:])
                 break
             # Handed out: it holds its bytes in the bridge now.

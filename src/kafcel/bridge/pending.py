@@ -35,7 +35,7 @@ class Pending:
 
     def queues(self) -> set[str | None]:
         """The Celery queues the waiting records were sent to (None: the default)."""
-        return {item.envelope.queue for items in self._by_id.values() for item in items}
+        return {item.queue for items in self._by_id.values() for item in items}
 
     def answer(self, outcome: Outcome) -> tuple[list[Dispatch], bool] | None:
         """The records ``outcome`` settles, and whether its task id waits for nothing more;

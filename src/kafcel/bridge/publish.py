@@ -213,8 +213,8 @@ class Publisher:
         headers = {k: v for k, v in envelope.headers.items() if k not in self._reserved}
         headers[HEADER] = origin.to_header()
         options["headers"] = headers
-        if envelope.queue is not None:
-            options["queue"] = envelope.queue
+        if item.queue is not None:
+            options["queue"] = item.queue
         if envelope.priority is not None:
             options["priority"] = envelope.priority
         if self._router.routes or "queue" in options:

@@ -16,22 +16,11 @@ from collections.abc import Callable, Hashable
 
 import redis
 from celery import Celery
-from confluent_kafka import (
-    Consumer,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
 
 from ..deadletter import DeadLetterWriter
-from ..errors import (
-    ConfigError,
-    DispatchHeld,
-    KafkaError,
-    RecordRejected,
-)
+from ..errors import ConfigError, DispatchHeld, KafkaError, RecordRejected
 from ..guard.once import OnceGuard
 from ..kafka.config import client_config, producer_config
 from ..kafka.delivery import Writes
@@ -60,7 +49,7 @@ from .redispatch import Redispatcher, backend_state
 from .schedule import Parked, Parker
 from .sending import Sending
 from .sequence import SequenceGuard, guard, position, put_back
-from .tracker import TP, OffsetTracker
+from .tracker import TP, Budget, OffsetTracker
 
 __all__ = ["Bridge"]
 
@@ -120,7 +109,9 @@ class Bridge(Sending):
         self._chores = RedisChores(
             guard=self._guard, markers=markers, queued_ttl_s=settings.queued_ttl_s
         )
-        self._offsets = Offsets(tracker=self._tracker, markers=markers, settings=settings)
+        # Lanes (bridge/lanes.py) change it while the bridge runs.
+        self.budget = Budget(records=settings.max_in_flight, size=settings.max_in_flight_bytes)
+        self._offsets = Offsets(tracker=self._tracker, markers=markers, budget=self.budget)
         self._publisher = None
         self._presence = Presence(client=client, group=settings.group_id, role=role)
         self._assignment = Assignment(scheduled_topic=settings.scheduled_topic)
@@ -211,7 +202,7 @@ class Bridge(Sending):
                 parker=Parker(writes=self._writes, topic=s.scheduled_topic),
                 tracker=self._tracker,
                 assignment=self._assignment,
-                settings=s,
+                budget=self.budget,
                 admit=self._admit,
                 settle=lambda tp, offset: self._settle(tp, offset, None),
                 due=self._handle_parked,
@@ -288,7 +279,7 @@ class Bridge(Sending):
         if fetch:
             self._seq.tick()
             # Never fetch past max_in_flight by more than one record.
-            room = self.settings.max_in_flight - self._tracker.in_flight()
+            room = self.budget.records - self._tracker.in_flight()
             # consume(n, timeout) waits for n records or the timeout: wait for the first
             # only, then take what is already fetched, so a lone record is not held back.
             # With tasks in flight their outcomes are read between fetches: wait less.
@@ -296,9 +287,8 @@ class Bridge(Sending):
             msgs = self._consumer.consume(1, timeout=wait_s)
             if msgs and room > 1:
                 msgs += self._consumer.consume(min(_FETCH_BATCH, room) - 1, timeout=0)
-            budget = self.settings.max_in_flight_bytes
             for index, msg in enumerate(msgs):
-                if self._tracker.in_flight_bytes() >= budget:
+                if self._tracker.in_flight_bytes() >= self.budget.size:
                     # Past the byte budget by at most the record that crossed it: what
                     # was fetched beyond is read again once memory is free.
                     owned = self._assignment.owned

@@ -17,9 +17,10 @@ head once settled entries are dropped from the front: add and settle are amortis
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import TypeAlias
 
-__all__ = ["TP", "OffsetTracker"]
+__all__ = ["TP", "Budget", "OffsetTracker"]
 
 TP: TypeAlias = tuple[str, int]
 """A topic partition, as ``(topic, partition)``."""
@@ -62,6 +63,15 @@ class _Partition:
         if self.high < 0:
             return None
         return self.order[0] if self.order else self.high + 1
+
+
+@dataclass
+class Budget:
+    """Fetched-but-unsettled records and bytes above which the bridge stops fetching.
+    Lanes (``bridge/lanes.py``) change a running bridge's as topics come and go."""
+
+    records: int
+    size: int
 
 
 class OffsetTracker:

@@ -37,6 +37,7 @@ __all__ = [
     "partition_leaders",
     "partitions_of",
     "topic_depth",
+    "topic_names",
     "under_replicated",
 ]
 
@@ -180,6 +181,14 @@ def under_replicated(bootstrap_servers: str, *, timeout_s: float = 10.0) -> list
         for p in t.partitions.values()
         if set(p.isrs) != set(p.replicas)
     ]
+
+
+def topic_names(
+    bootstrap_servers: str, *, extra: Mapping[str, str] | None = None, timeout_s: float = 10.0
+) -> set[str]:
+    """The topics Kafka lists (those this client may describe, under ACLs)."""
+    admin = _admin(bootstrap_servers, extra)
+    return set(_topic_partitions(admin, timeout_s, bootstrap_servers))
 
 
 def partitions_of(

@@ -34,7 +34,7 @@ from celery.platforms import EX_FAILURE
 from celery.worker import state as worker_state
 from kombu.utils import json as kombu_json
 
-from ..bridge import Bridge
+from ..bridge import loop_for
 from ..bridge.clients import BridgeClients
 from ..bridge.publish import Publisher, _Prepared
 from ..errors import ConfigError, KafcelError
@@ -108,9 +108,9 @@ class _Consuming:
         self._flush_outcomes = flush_outcomes
         self._join_s = settings.drain_timeout_s + 2 * settings.session_timeout_s + 30
         handoff = self.handoff
-        self.bridge = Bridge(
+        self.bridge = loop_for(
+            settings,
             app=app,
-            settings=settings,
             clients=BridgeClients(publisher=lambda a: LocalPublisher(app=a, handoff=handoff)),
             role="worker",
         )
