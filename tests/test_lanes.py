@@ -200,15 +200,31 @@ def test_a_pattern_reads_matching_topics_and_one_made_later(
     name, client = ledger
     first, second = _lanes(pipeline, "first", "second")
     pattern = "^" + pipeline.settings.topic.replace("-", r"\-") + r"\..*"
-    proc = pipeline.start(topics=(pattern,), topics_refresh_s=1.0)
+    proc = pipeline.start(topics=(pattern,), topics_refresh_s=1.0, max_in_flight=30)
     for topic in (first, second):
         _submit(pipeline, topic, "tests.app.record", lambda i, t=topic: [name, f"{t}-{i}"], 10)
     wait_until(lambda: client.hlen(f"{name}:effects") == 20, timeout_s=90, what="20 tasks")
     (later,) = _lanes(pipeline, "later")
     proc.wait_for_log(f"lane {later}:", timeout_s=30)
+    # The shares are divided anew: the process still holds at most max_in_flight.
+    proc.wait_for_log(f"in-flight shares now: {first} 10, {later} 10, {second} 10", timeout_s=5)
     _submit(pipeline, later, "tests.app.record", lambda i: [name, f"later-{i}"], 10)
     wait_until(lambda: client.hlen(f"{name}:effects") == 30, timeout_s=90, what="30 tasks")
     # The lanes' own companions never became lanes.
     assert f"lane {first}.results" not in proc.log_path.read_text()
     for topic in (first, second, later):
         wait_until(lambda t=topic: pipeline.fully_committed(t), timeout_s=30, what="committed")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_lane_that_cannot_start_stops_the_bridge_with_one_line(pipeline: Pipeline) -> None:
+    good, bad = _lanes(pipeline, "good", "bad")
+    # Outcomes go to the results partition numbered like the task's: too few is refused.
+    ensure_topics(pipeline.settings.bootstrap_servers, {f"{bad}.results": 1})
+    proc = pipeline.start_bridge(topics=(good, bad), wait_assigned=False)
+    assert proc.proc is not None
+    assert proc.proc.wait(timeout=60) != 0
+    log = proc.log_path.read_text()
+    assert f"the topic '{bad}.results' has 1 partitions" in log
+    assert "Traceback" not in log

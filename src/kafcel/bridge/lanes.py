@@ -180,10 +180,16 @@ class Lanes:
         if not new:
             return
         # Every lane's share among the lanes there are now: the sum stays the budget.
-        for topic, bridge in self.bridges.items():
+        running = self.bridges
+        for topic, bridge in running.items():
             if topic in lanes:
                 bridge.budget.records = lanes[topic].max_in_flight
                 bridge.budget.size = lanes[topic].max_in_flight_bytes
+        if running:
+            log.info(
+                "in-flight shares now: %s",
+                ", ".join(f"{t} {lane.max_in_flight}" for t, lane in lanes.items()),
+            )
         # All registered before any starts: "ready" means every lane's loop is.
         threads = [self._add(lanes[topic]) for topic in new]
         for thread in threads:
