@@ -5,6 +5,7 @@ bench's own broker (Apache Kafka; ``--broker tansu`` for Tansu) and Redis; the r
 compare figures of this same run. ``--quick`` is a small run, ``--scale`` multiplies
 every task count (the test suite's smoke run uses a tiny one), ``--json`` ends the
 output with one JSON line holding everything, the broker's name and version included.
+The lanes part (:mod:`benchmarks.lanes`) also runs alone: ``python -m benchmarks.lanes``.
 
     .venv/bin/python -m benchmarks.bench [--quick] [--json] [--repeat N] [--scale F]
         [--broker kafka|tansu]
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import measure
+from .lanes import LaneSizes, lanes
 from .report import cpu_table, draw, ratios_of, table, targets_of, write_docs
 from .rig import BenchRig
 
@@ -141,6 +143,17 @@ def machine() -> dict[str, Any]:
     }
 
 
+def progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
 class Runner:
     """Runs each figure ``repeat`` times with a progress bar; keeps every run."""
 
@@ -168,23 +181,18 @@ def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> None
     if args.backlog:
         sizes = Sizes(**{**sizes.__dict__, "backlog": args.backlog})
     w = args.workers
+    lane_sizes = LaneSizes.of(quick=args.quick, scale=args.scale)
     out |= {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "command": "make bench BENCH_ARGS=" + repr(" ".join(sys.argv[1:])),
-        "sizes": sizes.__dict__,
+        "sizes": {**sizes.__dict__, **{f"lanes_{k}": v for k, v in asdict(lane_sizes).items()}},
         "workers": w,
         "repeat": args.repeat,
     }
     state = Path(tempfile.mkdtemp(prefix="kafcel-bench-"))
     rig = BenchRig(state_dir=state, broker=args.broker)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with progress_bar(console) as progress:
         r = Runner(progress, args.repeat)
         progress.console.print(f"[dim]bench stack in {state}[/]")
         rig.up()
@@ -263,6 +271,8 @@ def run(args: argparse.Namespace, console: Console, out: dict[str, Any]) -> None
             _on_rabbitmq(r, rig, app, sizes, w, out, e2e)
             out["e2e"] = e2e
             out["latency"] = lat
+            # -- lanes: the urgent topic's latency, idle and behind a bulk backlog -------
+            out["lanes"] = lanes(r, rig, w, lane_sizes)
             # -- the backlog: raw consume ceiling, then the bridge's memory draining it --
             task = progress.add_task(
                 f"backlog: writing {sizes.backlog:,} records", total=sizes.backlog
@@ -423,7 +433,7 @@ def _on_rabbitmq(
         workers.stop()
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
@@ -431,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     # SIGTERM (and SIGINT, even when started in the background with it ignored) stop the
     # run through the same path as Ctrl-C: everything the bench started is stopped.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     console = Console(stderr=args.json)
     began = time.monotonic()
     out: dict[str, Any] = {}

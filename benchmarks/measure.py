@@ -46,6 +46,7 @@ __all__ = [
     "raw_produce_rate",
     "send_task_rate",
     "send_tasks",
+    "stamped",
     "submit_rate",
     "submit_tasks",
 ]
@@ -393,10 +394,26 @@ def latency(
 ) -> dict[str, float]:
     """Submit-to-start percentiles (ms) of tasks sent at a steady ``rate`` (open loop)."""
     run = _run()
-    n = max(int(rate * duration_s), 20)
-    interval_s = 1.0 / rate
     workers.use(system)
     send, flush = workers.stamper(system, run)
+    n = max(int(rate * duration_s), 20)
+    return stamped(workers.rig, run, send, flush, rate=rate, n=n, tick=tick)
+
+
+def stamped(
+    rig: BenchRig,
+    run: str,
+    send: Callable[[int, float], None],
+    flush: Callable[[], None],
+    *,
+    rate: float,
+    n: int,
+    tick: Tick = _nothing,
+    timeout_s: float = 120,
+) -> dict[str, float]:
+    """Submit-to-start percentiles (ms) of ``n`` ``bench.stamp`` tasks of ``run``, each
+    sent by ``send(i, slot)`` at a steady ``rate`` (open loop); ``flush`` ends the run."""
+    interval_s = 1.0 / rate
     started = time.perf_counter()
     wall0 = time.time()
     for i in range(n):
@@ -409,10 +426,10 @@ def latency(
         if i % 100 == 0:
             tick(i)
     flush()
-    tally = workers.rig.tally
+    tally = rig.tally
     wait_for(
         lambda: int(tally.llen(latency_key(run))) >= n,
-        timeout_s=120,
+        timeout_s=timeout_s,
         what=f"{n} stamped tasks",
         every_s=0.05,
     )

@@ -9,7 +9,17 @@ from typing import Any
 
 from rich.table import Table
 
-__all__ = ["cpu_table", "draw", "markdown", "ratios_of", "table", "targets_of", "write_docs"]
+__all__ = [
+    "cpu_table",
+    "draw",
+    "lane_ratios",
+    "lane_rows",
+    "markdown",
+    "ratios_of",
+    "table",
+    "targets_of",
+    "write_docs",
+]
 
 
 def ratios_of(out: dict[str, Any]) -> dict[str, float]:
@@ -34,7 +44,41 @@ def ratios_of(out: dict[str, Any]) -> dict[str, float]:
             if "kafcel_rabbitmq" in e2e
             else {}
         ),
+        # Lanes (issue 15): the urgent topic's p99, idle and behind the bulk backlog.
+        **(lane_ratios(out["lanes"]) if "lanes" in out else {}),
     }
+
+
+def lane_ratios(lanes: dict[str, Any]) -> dict[str, float]:
+    """The urgent lane's p99 submit-to-start (ms), idle and behind the bulk backlog."""
+    return {
+        "urgent_p99_ms": round(float(lanes["idle"]["p99_ms"]), 1),
+        "urgent_p99_backlog_ms": round(float(lanes["backlog"]["p99_ms"]), 1),
+    }
+
+
+def lane_rows(lanes: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(measure, kafcel, baseline, ratio) rows of the lanes part."""
+    idle, busy = lanes["idle"], lanes["backlog"]
+    left = f"{busy['bulk_left']:,} left at the end"
+    if busy["void"]:
+        # The backlog was gone before the urgent tasks were: they did not all face it.
+        left = "VOID: the backlog drained before the measurement ended"
+    return [
+        (
+            f"urgent lane submit→start at {lanes['rate']:,.0f}/s, p50/p95/p99 ms",
+            f"{busy['records']:,} bulk backlog {busy['p50_ms']:.1f} / {busy['p95_ms']:.1f}"
+            f" / {busy['p99_ms']:.1f}",
+            f"idle {idle['p50_ms']:.1f} / {idle['p95_ms']:.1f} / {idle['p99_ms']:.1f}",
+            f"p99 {busy['p99_ms'] - idle['p99_ms']:+.1f} ms",
+        ),
+        (
+            "bulk lane draining the backlog meanwhile (tasks/s)",
+            f"{busy['drain_rate']:,.0f}",
+            left,
+            "",
+        ),
+    ]
 
 
 def _added_p99(lat: dict[str, Any], system: str, load: str = "50") -> float:
@@ -121,6 +165,8 @@ def _rows(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"p99 {k['p99_ms'] - c['p99_ms']:+.1f} ms",
                 )
             )
+    if "lanes" in out:
+        rows += lane_rows(out["lanes"])
     m = out["memory"]
     rows.append(
         (
@@ -273,12 +319,18 @@ def draw(out: dict[str, Any], path: Path) -> None:
         ("kafcel", "kafcel bridge", "90", "#224488"),
         ("kafcel_worker", "kafcel in-worker", "90", "#552288"),
     ]
-    width = 0.8 / len(series)
-    for i, (system, name, load, color) in enumerate(series):
-        point = lat[system][load]
+    points = [(lat[system][load], f"{name} at {load}% load", c) for system, name, load, c in series]
+    if "lanes" in out:
+        lanes = out["lanes"]
+        rate = f"{lanes['rate']:.0f}/s"
+        points.append((lanes["idle"], f"bridge, urgent lane at {rate}, idle", "#88cc88"))
+        backlog = f"{lanes['backlog']['records']:,} bulk backlog"
+        points.append((lanes["backlog"], f"bridge, urgent lane at {rate}, {backlog}", "#226622"))
+    width = 0.8 / len(points)
+    for i, (point, label, color) in enumerate(points):
         values = [point[f"{p}_ms"] for p in labels]
-        offsets = [j + (i - (len(series) - 1) / 2) * width for j in range(3)]
-        right.bar(offsets, values, width, color=color, label=f"{name} at {load}% load")
+        offsets = [j + (i - (len(points) - 1) / 2) * width for j in range(3)]
+        right.bar(offsets, values, width, color=color, label=label)
     right.set_xticks(range(3), labels)
     # The bridge at 90 % queues for seconds: a linear axis would flatten every other bar.
     right.set_yscale("log")

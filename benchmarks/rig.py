@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -174,22 +174,29 @@ class BenchRig:
         consume: bool = False,
         profile: Path | None = None,
         celery_broker_url: str | None = None,
+        app: str = APP,
+        env: Mapping[str, str] | None = None,
     ) -> ManagedProcess:
-        """A Celery worker of the bench's app on ``queue`` (Celery's broker: the stack's
-        Redis, or ``celery_broker_url``); with ``consume`` the same
+        """A Celery worker of ``app`` (the bench's) on ``queue`` (``-Q``: one queue, or
+        several comma separated; Celery's broker: the stack's Redis, or
+        ``celery_broker_url``), ``env`` added to its environment; with ``consume`` the same
         command plus ``--kafcel-consume`` (path B: it reads ``settings.topic`` itself),
         returning once it holds its partitions, so a timed run does not count the join.
         With ``profile``, under pyinstrument (:mod:`benchmarks.profiled_worker`), its
         reports written to that directory when it stops."""
         name = f"{'c' if consume else 'w'}{uuid.uuid4().hex[:6]}"
-        argv = worker_argv(APP, queue=queue, concurrency=concurrency, name=name, log_level="INFO")
+        argv = worker_argv(app, queue=queue, concurrency=concurrency, name=name, log_level="INFO")
         if profile is not None:
             argv = [sys.executable, "-m", "benchmarks.profiled_worker", str(profile), *argv[3:]]
         broker = celery_broker_url
         if not consume:
-            return self._start(name, argv, settings, queue, " ready.", celery_broker_url=broker)
+            return self._start(
+                name, argv, settings, queue, " ready.", celery_broker_url=broker, env=env
+            )
         argv = [*argv, CONSUME_FLAG]
-        proc = self._start(name, argv, settings, queue, " ready.", celery_broker_url=broker)
+        proc = self._start(
+            name, argv, settings, queue, " ready.", celery_broker_url=broker, env=env
+        )
         proc.wait_for_log("assigned: [(", timeout_s=120)
         return proc
 
@@ -200,8 +207,13 @@ class BenchRig:
         *,
         profile: Path | None = None,
         celery_broker_url: str | None = None,
+        app: str = APP,
+        env: Mapping[str, str] | None = None,
+        lanes: Sequence[str] = (),
     ) -> ManagedProcess:
-        argv = bridge_argv(APP, log_level="INFO")
+        """A bridge of ``app`` (the bench's), ``env`` added to its environment, returning
+        once it holds its partitions: each of ``lanes``' topics' when it reads several."""
+        argv = bridge_argv(app, log_level="INFO")
         if profile is not None:
             # pyinstrument samples the bridge's own process and writes when it exits.
             argv = [sys.executable, "-m", "pyinstrument", "-o", str(profile), "-m", *argv[2:]]
@@ -212,9 +224,11 @@ class BenchRig:
             queue,
             "bridge started",
             celery_broker_url=celery_broker_url,
+            env=env,
         )
         # Timed runs start once the bridge holds its partitions, not during the join.
-        proc.wait_for_log("assigned: [(", timeout_s=120)
+        for needle in [f"assigned: [('{topic}'," for topic in lanes] or ["assigned: [("]:
+            proc.wait_for_log(needle, timeout_s=120)
         return proc
 
     def _start(
@@ -226,11 +240,12 @@ class BenchRig:
         ready: str,
         *,
         celery_broker_url: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ManagedProcess:
-        env = {**self.stack.env(settings), "KAFCEL_BENCH_QUEUE": queue}
+        full = {**self.stack.env(settings), "KAFCEL_BENCH_QUEUE": queue, **(env or {})}
         if celery_broker_url is not None:
-            env["CELERY_BROKER_URL"] = celery_broker_url  # Celery's own; wins over the app's
-        proc = ManagedProcess(name=name, argv=argv, env=env, log_path=self.log_dir / f"{name}.log")
+            full["CELERY_BROKER_URL"] = celery_broker_url  # Celery's own; wins over the app's
+        proc = ManagedProcess(name=name, argv=argv, env=full, log_path=self.log_dir / f"{name}.log")
         self._procs.append(proc.start())
         proc.wait_for_log(ready, timeout_s=60)
         return proc

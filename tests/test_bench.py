@@ -28,8 +28,14 @@ TARGETS = {
     "e2e_worker_vs_celery",
     "p99_added_worker_ms",
 }
-# Against Redis's own LPUSH, and on RabbitMQ (issue 15): measured, with no target.
-RATIOS = TARGETS | {"dispatch_vs_raw_lpush", "e2e_rabbitmq_vs_celery"}
+# Against Redis's own LPUSH, on RabbitMQ, and the urgent lane's p99 idle and behind a bulk
+# backlog (issue 15): measured, with no target.
+RATIOS = TARGETS | {
+    "dispatch_vs_raw_lpush",
+    "e2e_rabbitmq_vs_celery",
+    "urgent_p99_ms",
+    "urgent_p99_backlog_ms",
+}
 
 
 @pytest.mark.timeout(600)
@@ -65,6 +71,15 @@ def test_a_tiny_bench_measures_every_figure(tmp_path: Path) -> None:
             point = out["latency"][system][load]
             assert 0 <= point["p50_ms"] <= point["p95_ms"] <= point["p99_ms"]
     assert out["memory"]["bridge_peak_rss_mb"] > 0
+    # Lanes: the urgent lane idle, then behind a bulk backlog that was still draining (a
+    # tiny run's backlog has a floor of a few thousand records so that it is).
+    lanes = out["lanes"]
+    for point in (lanes["idle"], lanes["backlog"]):
+        assert 0 <= point["p50_ms"] <= point["p95_ms"] <= point["p99_ms"]
+    assert lanes["backlog"]["records"] == out["sizes"]["lanes_backlog"] >= 2000
+    assert lanes["backlog"]["drain_rate"] > 0
+    assert 0 < lanes["backlog"]["bulk_left"] < lanes["backlog"]["records"]
+    assert lanes["backlog"]["void"] is False
     assert set(out["targets"]) == TARGETS
     # Every process's CPU per task, the broker's included, for every system; path B's
     # workers consume Kafka themselves: a worker and its pool, no bridge.
