@@ -35,9 +35,10 @@ _SECURITY = tuple(
 _CONNECT = ("bootstrap_servers", "kafka_config", *_SECURITY)
 _SUBMIT = (*_CONNECT, "topic")
 # Redis: the replay marks a dead letter shows; a replay clears the stored failure.
-_DLQ = (*_CONNECT, "topic", "dlq_topic", "redis_url")
+# topics: the lanes, whose DLQ topics and task topics the operator tools read.
+_DLQ = (*_CONNECT, "topic", "topics", "dlq_topic", "redis_url")
 _DLQ_REPLAY = (*_DLQ, "result_backend", "once_lease_s", "once_done_ttl_s")
-_RANGE_REPLAY = (*_CONNECT, "topic", "max_record_bytes")
+_RANGE_REPLAY = (*_CONNECT, "topic", "topics", "max_record_bytes")
 _STATUS = (*_DLQ, "group_id", "result_backend", "lag_window_s")
 _DASHBOARD = (*_STATUS, "once_lease_s", "once_done_ttl_s", "log_format", "dashboard_token")
 # The workers' own (install(app) reads them), and the operator tools'.
@@ -160,8 +161,9 @@ def submit(
 @click.option("--check", is_flag=True, help="exit 2 unless every partition is OK")
 @settings_options(_STATUS)
 def status(as_json: bool, check: bool, **options: Any) -> None:
-    """Lag and its evaluation per partition, bridges, task states, DLQ by error class."""
-    from .ops.status import collect_status, render_status
+    """Lag and its evaluation per partition (of every lane), bridges, task states, DLQ by
+    error class."""
+    from .ops.status import collect_status, render_status, unhealthy
 
     settings = build_settings(options)
     report = collect_status(settings)
@@ -171,10 +173,8 @@ def status(as_json: bool, check: bool, **options: Any) -> None:
         render_status(report)
     overall = report["evaluation"]["status"]
     if check and overall != "OK":
-        bad = [
-            f"{p['partition']}:{p['status']}" for p in report["partitions"] if p["status"] != "OK"
-        ]
-        click.echo(f"kafcel: status {overall}: partitions {', '.join(bad)}", err=True)
+        bad = ", ".join(unhealthy(report))
+        click.echo(f"kafcel: status {overall}: partitions {bad}", err=True)
         sys.exit(2)
 
 
@@ -201,7 +201,7 @@ def _dlq_filter(options: dict[str, Any]) -> Any:
 
 @cli.group()
 def dlq() -> None:
-    """The dead-letter topic: list, show and replay records."""
+    """The dead-letter topics (of every lane): list, show and replay records."""
 
 
 @dlq.command("list")
@@ -213,17 +213,19 @@ def dlq() -> None:
 @settings_options(_DLQ)
 def dlq_list(limit: int, as_json: bool, **options: Any) -> None:
     """Dead letters, newest last, with why each one failed."""
-    from .ops.deadletters import read_dead_letters
+    from .kafka.lanes import lanes_of
+    from .ops.deadletters import dlq_topics, read_dead_letters
     from .ops.render import render_dead_letters
 
     flt = _dlq_filter(options)
     settings = build_settings(options)
-    records = read_dead_letters(settings, flt, limit=limit or None)
+    lanes = lanes_of(settings)
+    records = read_dead_letters(settings, flt, limit=limit or None, lanes=lanes)
     if as_json:
         for record in records:
             click.echo(json.dumps(record.as_dict()))
     else:
-        render_dead_letters(records, settings.dlq_topic)
+        render_dead_letters(records, ", ".join(dlq_topics(lanes)))
 
 
 @dlq.command("show")
@@ -231,12 +233,11 @@ def dlq_list(limit: int, as_json: bool, **options: Any) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @settings_options(_DLQ)
 def dlq_show(ref: str, as_json: bool, **options: Any) -> None:
-    """One dead letter in full (REF is PARTITION:OFFSET, as `dlq list` shows it)."""
-    from .ops.deadletters import find_dead_letter, parse_ref
+    """One dead letter in full (REF as `dlq list` shows it: [DLQ_TOPIC:]PARTITION:OFFSET)."""
+    from .ops.deadletters import find_by_ref
     from .ops.render import render_dead_letter
 
-    partition, offset = parse_ref(ref)
-    record = find_dead_letter(build_settings(options), partition, offset)
+    record = find_by_ref(build_settings(options), ref)
     if as_json:
         click.echo(json.dumps(record.as_dict(full=True)))
     else:
@@ -261,26 +262,21 @@ def dlq_replay(
     as_json: bool,
     **options: Any,
 ) -> None:
-    """Write dead letters back to the task topic: REFS (PARTITION:OFFSET), the filters'
-    matches, or --all."""
-    from .ops.deadletters import DlqFilter, parse_ref, read_dead_letters, replay_dead_letters
+    """Write dead letters back to the task topic each came from: REFS
+    ([DLQ_TOPIC:]PARTITION:OFFSET), the filters' matches, or --all."""
+    from .kafka.lanes import lanes_of
+    from .ops.deadletters import DlqFilter, replay_dead_letters, select_dead_letters
     from .ops.render import render_dlq_replay
 
     flt = _dlq_filter(options)
     if not refs and flt == DlqFilter() and not everything:
-        raise ConfigError("name the records (PARTITION:OFFSET), filter them, or pass --all")
+        raise ConfigError("name the records (their refs), filter them, or pass --all")
     settings = build_settings(options)
-    wanted = {parse_ref(ref) for ref in refs}
-    records = [
-        r
-        for r in read_dead_letters(settings, flt)
-        if not wanted or (r.partition, r.offset) in wanted
-    ]
-    missing = wanted - {(r.partition, r.offset) for r in records}
-    if missing:
-        shown = ", ".join(f"{p}:{o}" for p, o in sorted(missing))
-        raise ConfigError(f"not in {settings.dlq_topic} (or filtered out): {shown}")
-    report = replay_dead_letters(settings, records, new_id=new_id, again=again, dry_run=dry_run)
+    lanes = lanes_of(settings)
+    records = select_dead_letters(settings, refs, flt, lanes=lanes)
+    report = replay_dead_letters(
+        settings, records, new_id=new_id, again=again, dry_run=dry_run, lanes=lanes
+    )
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:
@@ -308,7 +304,8 @@ def replay(
     as_json: bool,
     **options: Any,
 ) -> None:
-    """Submit a time range of the task topic again (offsets looked up by time)."""
+    """Submit a time range of the task topic (with lanes: of the lane --topic names) again
+    (offsets looked up by time)."""
     from .ops.render import progress_bar, render_range_replay
     from .ops.replay import parse_time, replay_range
 

@@ -95,6 +95,8 @@ class Presence:
             "started": self._started,
             "updated": time.time(),
             "partitions": sorted(p for _, p in assignment),
+            # With lanes, partition numbers alone do not say whose a partition is.
+            "assigned": sorted([t, p] for t, p in assignment),
             "stats": stats,
         }
         try:

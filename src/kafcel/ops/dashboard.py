@@ -4,12 +4,15 @@ A standard-library HTTP server (no web framework) serves one self-contained page
 (``dashboard.html``: no CDN, works offline) and a small JSON API:
 
 - ``GET /api/status``: :func:`kafcel.ops.status.collect_status`, the very JSON that
-  ``kafcel status --json`` prints; an error is ``{"error": ...}`` with status 503.
-- ``GET /api/dlq?task=&error_class=&key=&since=&until=&limit=``: dead letters, newest
-  ``limit`` of those matching (globs for task and error class, exact key, times as
-  ``kafcel dlq`` takes them: ISO 8601, ``now``, ``-15m``).
-- ``POST /api/dlq/replay`` with ``{"records": [{"partition": p, "offset": o}],
-  "new_id": bool}``: writes those dead letters back to the task topic.
+  ``kafcel status --json`` prints (every lane's, with ``topics``); an error is
+  ``{"error": ...}`` with status 503.
+- ``GET /api/dlq?task=&error_class=&key=&since=&until=&limit=``: dead letters of every
+  DLQ topic of the lanes, newest ``limit`` of those matching (globs for task and error
+  class, exact key, times as ``kafcel dlq`` takes them: ISO 8601, ``now``, ``-15m``).
+- ``POST /api/dlq/replay`` with ``{"records": [{"ref": "[DLQ_TOPIC:]P:O"}, or
+  {"topic": dlq_topic, "partition": p, "offset": o}], "new_id": bool}`` (``topic`` may
+  be left out when there is one DLQ topic): writes those dead letters back to the task
+  topic each came from.
 
 Replay is a write. The server binds 127.0.0.1 by default, refuses requests whose
 ``Host`` is not the address it serves (DNS rebinding) and writes only for a same-origin
@@ -39,6 +42,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigError, KafcelError
+from ..kafka.lanes import lanes_of
 from ..settings import Settings
 from . import deadletters
 from .status import collect_status
@@ -213,9 +217,13 @@ class _Handler(BaseHTTPRequestHandler):
         names = ("task", "error_class", "key", "since", "until")
         flt = deadletters.DlqFilter.parse(**{name: arg(name) for name in names})
         limit = _limit(arg("limit"))
-        records = deadletters.read_dead_letters(self.server.settings, flt, limit=limit)
+        settings = self.server.settings
+        lanes = lanes_of(settings)
+        records = deadletters.read_dead_letters(settings, flt, limit=limit, lanes=lanes)
+        topics = deadletters.dlq_topics(lanes)
         return {
-            "topic": self.server.settings.dlq_topic,
+            "topic": ",".join(topics),
+            "topics": topics,
             "limit": limit,
             "records": [r.as_dict() for r in reversed(records)],  # newest first
         }
@@ -226,18 +234,21 @@ class _Handler(BaseHTTPRequestHandler):
         new_id = doc.get("new_id", False)
         if not isinstance(new_id, bool):
             raise ConfigError('"new_id" must be true or false')
+        settings = self.server.settings
         with self.server.replay_lock:
-            wanted = set(refs)
+            lanes = lanes_of(settings)
+            topics = deadletters.dlq_topics(lanes)
+            wanted = {deadletters.resolve_ref(ref, topics): ref for ref in refs}
             found = [
                 r
-                for r in deadletters.read_dead_letters(self.server.settings)
-                if (r.partition, r.offset) in wanted
+                for r in deadletters.read_dead_letters(settings, lanes=lanes)
+                if (r.topic, r.partition, r.offset) in wanted
             ]
-            result = deadletters.replay_dead_letters(self.server.settings, found, new_id=new_id)
+            result = deadletters.replay_dead_letters(settings, found, new_id=new_id, lanes=lanes)
         report = result.as_dict()
         report["task_ids"] = [entry["task_id"] for entry in report["submitted"]]
-        present = {(r.partition, r.offset) for r in found}
-        report["missing"] = [f"{p}:{o}" for p, o in refs if (p, o) not in present]
+        present = {(r.topic, r.partition, r.offset) for r in found}
+        report["missing"] = [ref for place, ref in wanted.items() if place not in present]
         report["new_id"] = new_id
         log.info(
             "dashboard: replayed %d dead letter(s), new_id=%s", len(report["task_ids"]), new_id
@@ -268,21 +279,34 @@ def _limit(text: str | None) -> int:
     return int(text)
 
 
-def _refs(items: Any) -> list[tuple[int, int]]:
+def _refs(items: Any) -> list[str]:
+    """The records named as refs, in the order given, each once."""
     if not isinstance(items, list) or not items:
-        raise ConfigError('"records" must be a non-empty list of {"partition", "offset"}')
+        raise ConfigError(
+            '"records" must be a non-empty list of {"ref"} or {"topic", "partition", "offset"}'
+        )
     if len(items) > _MAX_REPLAY:
         raise ConfigError(f"at most {_MAX_REPLAY} records per replay")
-    refs: list[tuple[int, int]] = []
+    refs: list[str] = []
     for item in items:
-        p = item.get("partition") if isinstance(item, dict) else None
-        o = item.get("offset") if isinstance(item, dict) else None
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (p, o)):
-            raise ConfigError(f"not a record position: {item!r}")
-        assert isinstance(p, int) and isinstance(o, int)
-        if (p, o) not in refs:
-            refs.append((p, o))
+        ref = _ref(item)
+        if ref not in refs:
+            refs.append(ref)
     return refs
+
+
+def _ref(item: Any) -> str:
+    if isinstance(item, dict) and isinstance(item.get("ref"), str):
+        deadletters.parse_ref(item["ref"])  # a malformed ref: its own one-line error
+        return str(item["ref"])
+    p = item.get("partition") if isinstance(item, dict) else None
+    o = item.get("offset") if isinstance(item, dict) else None
+    topic = item.get("topic") if isinstance(item, dict) else None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (p, o)) or (
+        topic is not None and not isinstance(topic, str)
+    ):
+        raise ConfigError(f"not a record position: {item!r}")
+    return f"{topic}:{p}:{o}" if topic else f"{p}:{o}"
 
 
 def make_server(
@@ -313,7 +337,8 @@ def _stop_on_sigterm() -> Iterator[None]:
 def serve(*, settings: Settings, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Serve the dashboard until Ctrl-C or SIGTERM, then close and return."""
     server = make_server(settings=settings, host=host, port=port)
-    print(f"kafcel dashboard: {server.url}  (topic {settings.topic}, Ctrl-C to stop)", flush=True)
+    topics = f"topics {','.join(settings.topics)}" if settings.topics else f"topic {settings.topic}"
+    print(f"kafcel dashboard: {server.url}  ({topics}, Ctrl-C to stop)", flush=True)
     if server.allowed_hosts() is None:
         print(
             f"bound to {host}: replaying dead letters needs the dashboard's token",

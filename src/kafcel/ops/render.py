@@ -40,13 +40,17 @@ def render_dead_letters(
         console.print(f"[green]no dead letters in {topic} match[/]")
         return
     table = Table(title=f"{topic}: {len(records)} record(s)")
-    for col in ("ref", "time", "task", "error class", "message", "key", "stage", "att.", "repl."):
+    # Which lane each came from, when they come from several (or several DLQ topics).
+    origins = len({r.origin_topic for r in records}) > 1 or any(r.qualified for r in records)
+    columns = ["ref", *(["origin"] if origins else []), "time", "task", "error class"]
+    for col in (*columns, "message", "key", "stage", "att.", "repl."):
         table.add_column(col, overflow="fold")
     for r in records:
         d = r.as_dict()
         replayed = " [green](replayed)[/]" if r.replayed else ""
         table.add_row(
             r.ref,
+            *([r.origin_topic or "?"] if origins else []),
             r.timestamp.strftime("%Y-%m-%d %H:%M:%S") if r.timestamp else "-",
             d["task"] or "-",
             f"[red]{d['error_class']}[/]",
@@ -69,6 +73,7 @@ def render_dead_letter(record: DeadLetterRecord) -> None:
         if d.get(name) is not None:
             table.add_row(name, str(d[name]))
     origin = d["origin"]
+    table.add_row("dlq topic", record.topic)
     table.add_row("origin", f"{origin['topic']}[{origin['partition']}]@{origin['offset']}")
     table.add_row("stage", str(d["stage"]))
     table.add_row("attempts / replays", f"{d['attempts']} / {d['replays']}")
@@ -91,10 +96,15 @@ def render_dlq_replay(report: DlqReplay, *, dry_run: bool) -> None:
     console = wide_console()
     verb = "would replay" if dry_run else "replayed"
     table = Table(title=f"{verb} {len(report.submitted)} record(s)")
-    for col in ("ref", "task", "task id"):
+    for col in ("ref", "to topic", "task", "task id"):
         table.add_column(col)
     for entry in report.submitted:
-        table.add_row(entry["ref"], str(entry["task"] or "-"), str(entry["task_id"] or "(new)"))
+        table.add_row(
+            entry["ref"],
+            str(entry["topic"]),
+            str(entry["task"] or "-"),
+            str(entry["task_id"] or "(new)"),
+        )
     if report.submitted:
         console.print(table)
     for entry in report.skipped:

@@ -48,6 +48,7 @@ from ..kafka.admin import offset_bounds, open_consumer, partitions_of
 from ..kafka.broker import detect
 from ..kafka.config import producer_config
 from ..kafka.delivery import produce
+from ..kafka.lanes import lanes_of
 from ..protocol.envelope import Envelope, task_id_for
 from ..protocol.headers import Headers, header_list, replay_count, replay_headers
 from ..settings import Settings
@@ -58,6 +59,7 @@ __all__ = [
     "ScanStats",
     "parse_time",
     "read_one",
+    "replay_lane",
     "replay_range",
     "scan_topic",
     "with_task_id",
@@ -311,7 +313,8 @@ def read_one(settings: Settings, topic: str, partition: int, offset: int) -> Mes
 
 
 class Republisher:
-    """Writes replayed records to the task topic with the same durability as submit()."""
+    """Writes replayed records to task topics (``settings.topic`` unless a record names
+    its own) with the same durability as submit()."""
 
     def __init__(self, *, settings: Settings) -> None:
         conf = producer_config(settings.bootstrap_servers, settings.librdkafka())
@@ -324,27 +327,36 @@ class Republisher:
         # Tags of the records Kafka did not take: their replay marks are released.
         self.failed: list[str] = []
         self.sent = 0
+        self._topics: set[str] = set()
 
     def send(
-        self, *, value: bytes | None, key: bytes | None, headers: Headers, tag: str = ""
+        self,
+        *,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers,
+        tag: str = "",
+        topic: str | None = None,
     ) -> None:
         def delivered(err: Any, _: Message) -> None:
             if err is not None:
                 self._errors.append(str(err))
                 self.failed.append(tag)
 
+        topic = topic or self.topic
         try:
             produce(
                 self._producer,
-                self.topic,
+                topic,
                 value=value,
                 key=key,
                 headers=headers,
                 on_delivery=delivered,
             )
         except KafkaException as exc:
-            raise DeliveryError(f"cannot write to {self.topic}: {exc}") from exc
+            raise DeliveryError(f"cannot write to {topic}: {exc}") from exc
         self.sent += 1
+        self._topics.add(topic)
         self._producer.poll(0)
 
     def flush(self, timeout_s: float = 60.0) -> None:
@@ -358,8 +370,22 @@ class Republisher:
         if self._errors:
             raise DeliveryError(
                 f"{len(self._errors)} of {self.sent} replayed record(s) not delivered to "
-                f"{self.topic}: {self._errors[:3]}"
+                f"{', '.join(sorted(self._topics))}: {self._errors[:3]}"
             )
+
+
+def replay_lane(settings: Settings) -> Settings:
+    """The settings of the task topic a range replay reads and writes: ``topic``, which
+    must be one of the lanes when ``topics`` names them (ConfigError otherwise)."""
+    if not settings.topics:
+        return settings
+    lanes = {lane.topic: lane for lane in lanes_of(settings)}
+    if settings.topic not in lanes:
+        raise ConfigError(
+            f"topic {settings.topic!r} is not one of the lanes ({', '.join(lanes) or 'none'}): "
+            "name the lane to replay with --topic (KAFCEL_TOPIC)"
+        )
+    return lanes[settings.topic]
 
 
 @dataclass(kw_only=True)
@@ -407,9 +433,11 @@ def replay_range(
     ``key``. With ``new_id`` every copy runs again; with the same id, ids that already
     finished are skipped by the once-guard (only what never completed runs). Copies
     written by earlier replays are left out unless ``include_replays``: a second replay
-    of the same hour must not replay the first one's copies too."""
+    of the same hour must not replay the first one's copies too. With lanes (``topics``)
+    ``topic`` names the lane replayed (:func:`replay_lane`)."""
     if until is not None and until < since:
         raise ConfigError("the end of the range is before its start")
+    settings = replay_lane(settings)
     report = RangeReplay(
         since=since.isoformat(),
         until=until.isoformat() if until else None,

@@ -22,6 +22,7 @@ from rich.table import Table
 from ..bridge.presence import read_presence
 from ..errors import ConfigError, KafkaError
 from ..kafka.admin import group_lag, offset_bounds, partitions_of
+from ..kafka.lanes import lanes_of
 from ..protocol.deadletter import parse_dlq_headers
 from ..protocol.headers import header_list
 from ..settings import Settings
@@ -38,7 +39,14 @@ from ..telemetry.health import (
 from .render import wide_console
 from .replay import scan_topic
 
-__all__ = ["TASK_META", "collect_status", "connect", "render_status", "result_backend_redis"]
+__all__ = [
+    "TASK_META",
+    "collect_status",
+    "connect",
+    "render_status",
+    "result_backend_redis",
+    "unhealthy",
+]
 
 # Task meta keys of Celery's Redis result backend, and how many status reads at most.
 TASK_META = "celery-task-meta-"
@@ -49,32 +57,40 @@ _STYLE = {"OK": "green", "WARN": "yellow", "STALL": "red", "STOP": "bold red"}
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
-    """The report as one JSON-ready dict. Raises KafkaError if Kafka or the topic is
-    missing; Redis or the result backend being down only empties their parts."""
+    """The report as one JSON-ready dict. Raises KafkaError if Kafka or a task topic is
+    missing; Redis or the result backend being down only empties their parts.
+
+    With lanes (``topics``): the partitions of every lane's task topic (each row names
+    its topic), ``lanes`` with each lane's lag and worst status, ``dlq`` summed over the
+    lanes' distinct DLQ topics and ``dlqs`` with each one's; ``topic`` is the lanes'
+    topics, comma separated, as ``topics`` takes them."""
+    lanes = lanes_of(settings)
     bootstrap, extra = settings.bootstrap_servers, settings.librdkafka()
-    rows = group_lag(bootstrap, settings.group_id, settings.topic, extra=extra)
-    if not rows:
-        # Kafka lists no topic its client may not describe: a missing ACL looks the same.
-        user = settings.sasl_username
-        acl = f", or Kafka user {user!r} may not describe it (an ACL)" if user else ""
-        raise KafkaError(
-            f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers} "
-            f"(start a bridge, or check --topic / KAFCEL_TOPIC{acl})"
-        )
+    rows = {
+        lane.topic: group_lag(bootstrap, settings.group_id, lane.topic, extra=extra)
+        for lane in lanes
+    }
+    missing = [topic for topic, found in rows.items() if not found]
+    if missing or not rows:
+        raise KafkaError(_missing(settings, missing))
     client = connect(settings.redis_url)
     redis_error = None
     bridges: list[dict[str, Any]] = []
-    samples: dict[int, list[Sample]] = {r.partition: [] for r in rows}
+    samples: dict[tuple[str, int], list[Sample]] = {
+        (r.topic, r.partition): [] for found in rows.values() for r in found
+    }
     now_s = time.time()
     try:
         bridges = read_presence(client, settings.group_id)
-        samples = read_samples(
-            client,
-            group=settings.group_id,
-            topic=settings.topic,
-            partitions=[r.partition for r in rows],
-            window_s=settings.lag_window_s,
-        )
+        for topic, found in rows.items():
+            by_partition = read_samples(
+                client,
+                group=settings.group_id,
+                topic=topic,
+                partitions=[r.partition for r in found],
+                window_s=settings.lag_window_s,
+            )
+            samples.update({(topic, p): got for p, got in by_partition.items()})
         now_s = server_time_s(client)  # the clock the bridges' reports carry
     except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
         # Not an outage to report around but a setting to fix: say which, not the secret.
@@ -86,12 +102,15 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         redis_error = f"Redis unreachable ({exc}): no bridge reports"
     finally:
         client.close()
-    owners = {p: b.get("member", "?") for b in bridges for p in b.get("partitions", [])}
+    owners = _owners(bridges, list(rows))
     partitions = []
-    for row in rows:
+    for row in (r for found in rows.values() for r in found):
         current = Report(row.committed, row.end)
         verdict = evaluate(
-            samples[row.partition], current=current, now_s=now_s, window_s=settings.lag_window_s
+            samples[(row.topic, row.partition)],
+            current=current,
+            now_s=now_s,
+            window_s=settings.lag_window_s,
         )
         reason = verdict.reason
         if redis_error and verdict.status == "STOP":
@@ -101,12 +120,13 @@ def collect_status(settings: Settings) -> dict[str, Any]:
                 **row.as_dict(),
                 "status": verdict.status,
                 "reason": reason,
-                "owner": owners.get(row.partition),
+                "owner": owners.get((row.topic, row.partition)),
             }
         )
     overall = worst([p["status"] for p in partitions])
-    return {
-        "topic": settings.topic,
+    dlqs = [_dlq(settings, topic) for topic in dict.fromkeys(lane.dlq_topic for lane in lanes)]
+    report: dict[str, Any] = {
+        "topic": ",".join(rows) if settings.topics else settings.topic,
         "group": settings.group_id,
         "at": now_s,
         "redis_error": redis_error,
@@ -116,17 +136,101 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             "counts": {s: sum(p["status"] == s for p in partitions) for s in STATUSES},
         },
         "partitions": partitions,
-        "lag": sum(r.lag for r in rows),
-        "dlq": _dlq(settings),
+        "lag": sum(p["lag"] for p in partitions),
+        "dlq": dlqs[0] if not settings.topics else _dlq_total(dlqs),
         "bridges": bridges,
         "in_flight": sum(b.get("stats", {}).get("in_flight", 0) for b in bridges),
         "redispatched": sum(b.get("stats", {}).get("redispatched", 0) for b in bridges),
         "tasks": task_states(settings),
     }
+    if settings.topics:
+        report["lanes"] = [_lane(lane, partitions) for lane in lanes]
+        report["dlqs"] = dlqs
+    return report
 
 
-def _dlq(settings: Settings) -> dict[str, Any]:
-    bootstrap, extra, topic = settings.bootstrap_servers, settings.librdkafka(), settings.dlq_topic
+def _missing(settings: Settings, topics: list[str]) -> str:
+    # Kafka lists no topic its client may not describe: a missing ACL looks the same.
+    user = settings.sasl_username
+    acl = f", or Kafka user {user!r} may not describe it (an ACL)" if user else ""
+    where = settings.bootstrap_servers
+    if not settings.topics:
+        return (
+            f"topic {settings.topic!r} does not exist on {where} "
+            f"(start a bridge, or check --topic / KAFCEL_TOPIC{acl})"
+        )
+    if not topics:
+        return f"no topic on {where} matches topics {','.join(settings.topics)}{acl}"
+    named = ", ".join(repr(t) for t in topics)
+    return (
+        f"lane topic(s) {named} do not exist on {where} "
+        f"(start a bridge, or check --topics / KAFCEL_TOPICS{acl})"
+    )
+
+
+def _owners(bridges: list[dict[str, Any]], topics: list[str]) -> dict[tuple[str, int], str]:
+    """Who owns each partition, by (topic, partition). A presence record lists partition
+    numbers only: with several lanes they say the owner only when the record names the
+    topics too (``assigned``: [[topic, partition], ...])."""
+    owners: dict[tuple[str, int], str] = {}
+    for b in bridges:
+        member = str(b.get("member", "?"))
+        assigned = b.get("assigned")
+        if isinstance(assigned, list):
+            owners.update({(str(t), int(p)): member for t, p in assigned})
+        elif len(topics) == 1:
+            owners.update({(topics[0], int(p)): member for p in b.get("partitions", [])})
+    return owners
+
+
+def _lane(lane: Settings, partitions: list[dict[str, Any]]) -> dict[str, Any]:
+    own = [p for p in partitions if p["topic"] == lane.topic]
+    return {
+        "topic": lane.topic,
+        "queue": lane.queue or None,
+        "results_topic": lane.results_topic,
+        "dlq_topic": lane.dlq_topic,
+        "partitions": len(own),
+        "lag": sum(p["lag"] for p in own),
+        "status": worst([p["status"] for p in own]),
+    }
+
+
+def _dlq_total(dlqs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lanes' DLQ topics as one: depths and classes summed."""
+    by_class: Counter[str] = Counter()
+    for d in dlqs:
+        by_class.update(d["by_class"])
+    read = [
+        d["depth"] if d["classes_from_newest"] is None else d["classes_from_newest"] for d in dlqs
+    ]
+    partial = any(d["classes_from_newest"] is not None for d in dlqs)
+    return {
+        "topic": ",".join(d["topic"] for d in dlqs),
+        "depth": sum(d["depth"] for d in dlqs),
+        "by_class": dict(by_class.most_common()),
+        # Classes read from the newest records only in some topic: how many were read.
+        "classes_from_newest": sum(read) if partial else None,
+    }
+
+
+def unhealthy(report: dict[str, Any]) -> list[str]:
+    """The partitions whose status is not OK, as ``--check`` names them: ``P:STATUS``, or
+    ``TOPIC[P]:STATUS`` with lanes."""
+    lanes = "lanes" in report
+    return [
+        f"{p['topic']}[{p['partition']}]:{p['status']}"
+        if lanes
+        else f"{p['partition']}:{p['status']}"
+        for p in report["partitions"]
+        if p["status"] != OK
+    ]
+
+
+def _dlq(settings: Settings, topic: str | None = None) -> dict[str, Any]:
+    """Depth and error classes of the DLQ topic ``topic`` (default: ``dlq_topic``)."""
+    topic = topic or settings.dlq_topic
+    bootstrap, extra = settings.bootstrap_servers, settings.librdkafka()
     # One bounds read for the depth and the scan: each costs a tail read of the topic.
     parts = partitions_of(bootstrap, topic, extra=extra)
     bounds = offset_bounds(bootstrap, [(topic, p) for p in parts], extra=extra)
@@ -139,7 +243,7 @@ def _dlq(settings: Settings) -> dict[str, Any]:
             meta = parse_dlq_headers(header_list(msg))
             by_class[meta.get("error.class", "unknown")] += 1
     return {
-        "topic": settings.dlq_topic,
+        "topic": topic,
         "depth": depth,
         "by_class": dict(by_class.most_common()),
         "classes_from_newest": read if read < depth else None,
@@ -202,41 +306,79 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
     console = console or wide_console()
     evaluation = report["evaluation"]
     status = evaluation["status"]
+    lanes = report.get("lanes")
     table = Table(
         title=(
-            f"{report['topic']}  (group {report['group']})  "
+            f"{'lanes ' if lanes else ''}{report['topic']}  (group {report['group']})  "
             f"[{_STYLE[status]}]{status}[/] over {evaluation['window_s']:g}s"
         )
     )
-    for col in ("partition", "committed", "end", "lag", "status", "owner", "why"):
-        table.add_column(
-            col, justify="right" if col in ("partition", "committed", "end", "lag") else "left"
-        )
-    for row in report["partitions"]:
-        committed = "-" if row["committed"] is None else str(row["committed"])
-        lag = str(row["lag"])
-        table.add_row(
-            str(row["partition"]),
-            committed,
-            str(row["end"]),
-            f"[red]{lag}[/]" if row["lag"] else lag,
-            f"[{_STYLE[row['status']]}]{row['status']}[/]",
-            str(row.get("owner") or "-"),
-            row["reason"] if row["status"] != OK else "",
-        )
-    table.add_section()
-    table.add_row("total", "", "", str(report["lag"]))
+    numeric = ("partition", "committed", "end", "lag")
+    columns = ("topic",) * bool(lanes) + (*numeric, "status", "owner", "why")
+    for col in columns:
+        table.add_column(col, justify="right" if col in numeric else "left")
+    for lane in lanes or [None]:
+        for row in report["partitions"]:
+            if lane is None or row["topic"] == lane["topic"]:
+                table.add_row(*_partition_row(row, with_topic=lane is not None))
+        if lane is not None:
+            # Each lane's own total and worst status, below its partitions.
+            name, lag = f"[bold]{lane['topic']}[/]", str(lane["lag"])
+            table.add_row(
+                name, "lane", "", "", lag, f"[{_STYLE[lane['status']]}]{lane['status']}[/]"
+            )
+            table.add_section()
+    if not lanes:
+        table.add_section()
+    lead = ["total", ""] if lanes else ["total"]
+    table.add_row(*lead, "", "", str(report["lag"]))
     console.print(table)
+    _render_consumers(report, console)
+    tasks = report["tasks"]
+    states = ", ".join(f"{k} {v}" for k, v in tasks["states"].items()) or "none"
+    note = f" [yellow]({tasks['error']})[/]" if "error" in tasks else ""
+    console.print(f"tasks in the result backend: {states}{note}")
+    for dlq in report.get("dlqs") or [report["dlq"]]:
+        style = "red" if dlq["depth"] else "green"
+        classes = ", ".join(f"{k} {v}" for k, v in dlq["by_class"].items())
+        console.print(
+            f"DLQ [bold]{dlq['topic']}[/]: [{style}]{dlq['depth']}[/] record(s)"
+            + (f": {classes}" if classes else "")
+        )
+
+
+def _partition_row(row: dict[str, Any], *, with_topic: bool) -> list[str]:
+    committed = "-" if row["committed"] is None else str(row["committed"])
+    lag = str(row["lag"])
+    return [
+        *([row["topic"]] if with_topic else []),
+        str(row["partition"]),
+        committed,
+        str(row["end"]),
+        f"[red]{lag}[/]" if row["lag"] else lag,
+        f"[{_STYLE[row['status']]}]{row['status']}[/]",
+        str(row.get("owner") or "-"),
+        row["reason"] if row["status"] != OK else "",
+    ]
+
+
+def _render_consumers(report: dict[str, Any], console: Console) -> None:
     # Bridges and Celery workers consuming the topic themselves (path B), one group.
     bridges = Table(title="consumers: bridges and consuming workers")
     for col in ("member", "role", "partitions", "in flight", "dispatched", "redispatched", "dlq"):
         bridges.add_column(col, justify="left" if col in ("member", "role") else "right")
     for b in report.get("bridges", []):
         st = b.get("stats", {})
+        assigned = b.get("assigned")
+        owned = (
+            [f"{t}[{p}]" for t, p in assigned]
+            if isinstance(assigned, list)
+            else list(map(str, b.get("partitions", [])))
+        )
         bridges.add_row(
             str(b.get("member", "?")),
             str(b.get("role", "bridge")),
-            ",".join(map(str, b.get("partitions", []))) or "-",
+            ",".join(owned) or "-",
             str(st.get("in_flight", 0)),
             str(st.get("dispatched", 0)),
             str(st.get("redispatched", 0)),
@@ -250,15 +392,4 @@ def render_status(report: dict[str, Any], console: Console | None = None) -> Non
         console.print("[yellow]no live bridge of this group reported to Redis[/]")
     console.print(
         f"in flight [bold]{report['in_flight']}[/], redispatched [bold]{report['redispatched']}[/]"
-    )
-    tasks = report["tasks"]
-    states = ", ".join(f"{k} {v}" for k, v in tasks["states"].items()) or "none"
-    note = f" [yellow]({tasks['error']})[/]" if "error" in tasks else ""
-    console.print(f"tasks in the result backend: {states}{note}")
-    dlq = report["dlq"]
-    style = "red" if dlq["depth"] else "green"
-    classes = ", ".join(f"{k} {v}" for k, v in dlq["by_class"].items())
-    console.print(
-        f"DLQ [bold]{dlq['topic']}[/]: [{style}]{dlq['depth']}[/] record(s)"
-        + (f": {classes}" if classes else "")
     )
