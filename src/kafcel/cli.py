@@ -213,8 +213,8 @@ def dlq() -> None:
 @settings_options(_DLQ)
 def dlq_list(limit: int, as_json: bool, **options: Any) -> None:
     """Dead letters, newest last, with why each one failed."""
-    from .kafka.lanes import lanes_of
-    from .ops.deadletters import dlq_topics, read_dead_letters
+    from .kafka.lanes import dlq_topics, lanes_of
+    from .ops.deadletters import read_dead_letters
     from .ops.render import render_dead_letters
 
     flt = _dlq_filter(options)

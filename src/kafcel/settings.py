@@ -315,6 +315,7 @@ class Settings:
             "once_done_ttl_s",
             "redispatch_after_s",
             "queued_ttl_s",
+            "topics_refresh_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -406,16 +407,25 @@ class Settings:
                 "scheduled_topic cannot be shared by lanes: each lane has TOPIC.scheduled "
                 "(unset it, or use topic)"
             )
+        self._lane_queues()
+
+    def _lane_queues(self) -> dict[str, str]:
+        """``lane_queues`` as task topic -> Celery queue; ConfigError on a bad entry."""
+        queues: dict[str, str] = {}
         for entry in self.lane_queues:
             topic, sep, queue = entry.partition("=")
             if not sep or not topic.strip() or not queue.strip():
                 raise ConfigError(f"lane_queues entry {entry!r} is not TOPIC=QUEUE")
-        if self.topics_refresh_s <= 0:
-            raise ConfigError(f"topics_refresh_s must be positive, got {self.topics_refresh_s}")
+            queues[topic.strip()] = queue.strip()
+        return queues
 
     def lane_specs(self) -> list[LaneSpec]:
         """The lanes' topics and patterns with their weights (none: ``topic`` alone)."""
         return [LaneSpec.parse(entry) for entry in self.topics]
+
+    def has_lane_patterns(self) -> bool:
+        """Whether a lane is a pattern, matched against Kafka's topics (again and again)."""
+        return any(spec.pattern is not None for spec in self.lane_specs())
 
     def lane_topics(self, existing: Iterable[str]) -> dict[str, int]:
         """The lanes' task topics and weights: every named topic, and those of
@@ -444,12 +454,10 @@ class Settings:
         and its weight's share of the in-flight budget among ``weights``."""
         total = sum(weights.values()) or 1
         share = weights.get(topic, 1) / total
-        queues = dict(entry.split("=", 1) for entry in self.lane_queues)
-        queues = {name.strip(): queue.strip() for name, queue in queues.items()}
         return self.replace(
             topic=topic,
             topics=(),
-            queue=queues.get(topic, self.queue),
+            queue=self._lane_queues().get(topic, self.queue),
             max_in_flight=max(1, int(self.max_in_flight * share)),
             max_in_flight_bytes=max(1, int(self.max_in_flight_bytes * share)),
             group_instance_id=f"{self.group_instance_id}.{topic}" if self.group_instance_id else "",

@@ -148,7 +148,7 @@ class Lanes:
             from ..telemetry.metrics import start_bridge_metrics
 
             self._metrics = start_bridge_metrics(port=s.metrics_port)
-        patterns = any(spec.pattern is not None for spec in s.lane_specs())
+        patterns = s.has_lane_patterns()
         next_match = 0.0
         try:
             while not self._stop.is_set() and not self._failed:

@@ -11,16 +11,23 @@ from __future__ import annotations
 from ..settings import Settings
 from .admin import topic_names
 
-__all__ = ["lanes_of"]
+__all__ = ["dlq_topics", "lanes_of"]
 
 
 def lanes_of(settings: Settings) -> list[Settings]:
     """Each lane's settings (``settings`` alone when it names no ``topics``)."""
     if not settings.topics:
         return [settings]
-    patterns = any(spec.pattern is not None for spec in settings.lane_specs())
     existing = (
-        topic_names(settings.bootstrap_servers, extra=settings.librdkafka()) if patterns else ()
+        topic_names(settings.bootstrap_servers, extra=settings.librdkafka())
+        if settings.has_lane_patterns()
+        else ()
     )
     weights = settings.lane_topics(existing)
     return [settings.lane(topic, weights=weights) for topic in weights]
+
+
+def dlq_topics(lanes: list[Settings]) -> list[str]:
+    """The distinct DLQ topics of ``lanes`` (each lane's own, or the one they share), in
+    lane order."""
+    return list(dict.fromkeys(lane.dlq_topic for lane in lanes))

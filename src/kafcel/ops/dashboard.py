@@ -42,7 +42,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigError, KafcelError
-from ..kafka.lanes import lanes_of
+from ..kafka.lanes import dlq_topics, lanes_of
 from ..settings import Settings
 from . import deadletters
 from .status import collect_status
@@ -220,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
         settings = self.server.settings
         lanes = lanes_of(settings)
         records = deadletters.read_dead_letters(settings, flt, limit=limit, lanes=lanes)
-        topics = deadletters.dlq_topics(lanes)
+        topics = dlq_topics(lanes)
         return {
             "topic": ",".join(topics),
             "topics": topics,
@@ -237,7 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
         settings = self.server.settings
         with self.server.replay_lock:
             lanes = lanes_of(settings)
-            topics = deadletters.dlq_topics(lanes)
+            topics = dlq_topics(lanes)
             wanted = {deadletters.resolve_ref(ref, topics): ref for ref in refs}
             found = [
                 r

@@ -32,7 +32,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 from ..errors import BrokerError, ConfigError, KafkaError
 from ..guard.once import OnceGuard
 from ..kafka.admin import topic_names
-from ..kafka.lanes import lanes_of
+from ..kafka.lanes import dlq_topics, lanes_of
 from ..protocol.deadletter import DLQ_HEADER_PREFIX, KNOWN_FIELDS, parse_dlq_headers
 from ..protocol.headers import header_list, replay_headers
 from ..settings import Settings
@@ -43,7 +43,6 @@ __all__ = [
     "DeadLetterRecord",
     "DlqFilter",
     "DlqReplay",
-    "dlq_topics",
     "find_by_ref",
     "find_dead_letter",
     "parse_ref",
@@ -249,12 +248,6 @@ def parse_ref(text: str) -> tuple[str | None, int, int]:
     if not part.isdigit() or not off.isdigit() or (":" in head and not topic):
         raise ConfigError(f"{text!r} is not [DLQ_TOPIC:]PARTITION:OFFSET (e.g. 3:120)")
     return topic or None, int(part), int(off)
-
-
-def dlq_topics(lanes: list[Settings]) -> list[str]:
-    """The distinct DLQ topics of ``lanes`` (:func:`kafcel.kafka.lanes.lanes_of`), in
-    lane order."""
-    return list(dict.fromkeys(lane.dlq_topic for lane in lanes))
 
 
 def resolve_ref(text: str, topics: list[str]) -> tuple[str, int, int]:

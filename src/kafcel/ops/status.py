@@ -22,7 +22,7 @@ from rich.table import Table
 from ..bridge.presence import read_presence
 from ..errors import ConfigError, KafkaError
 from ..kafka.admin import group_lag, offset_bounds, partitions_of
-from ..kafka.lanes import lanes_of
+from ..kafka.lanes import dlq_topics, lanes_of
 from ..protocol.deadletter import parse_dlq_headers
 from ..protocol.headers import header_list
 from ..settings import Settings
@@ -124,7 +124,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             }
         )
     overall = worst([p["status"] for p in partitions])
-    dlqs = [_dlq(settings, topic) for topic in dict.fromkeys(lane.dlq_topic for lane in lanes)]
+    dlqs = [_dlq(settings, topic) for topic in dlq_topics(lanes)]
     report: dict[str, Any] = {
         "topic": ",".join(rows) if settings.topics else settings.topic,
         "group": settings.group_id,
@@ -169,9 +169,9 @@ def _missing(settings: Settings, topics: list[str]) -> str:
 
 
 def _owners(bridges: list[dict[str, Any]], topics: list[str]) -> dict[tuple[str, int], str]:
-    """Who owns each partition, by (topic, partition). A presence record lists partition
-    numbers only: with several lanes they say the owner only when the record names the
-    topics too (``assigned``: [[topic, partition], ...])."""
+    """Who owns each partition, by (topic, partition), from each presence record's
+    ``assigned`` ([[topic, partition], ...]); a record of a bridge older than lanes lists
+    partition numbers only, which name the owner only when there is one topic."""
     owners: dict[tuple[str, int], str] = {}
     for b in bridges:
         member = str(b.get("member", "?"))
